@@ -7,4 +7,8 @@
 //! wire formats are pure functions with no I/O.
 
 pub mod api_error;
+pub mod cli;
+pub mod logging;
 pub mod sse;
+pub mod supervisor;
+pub mod worker;

@@ -34,7 +34,10 @@ impl fmt::Display for SseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SseError::EventTooLarge { limit } => {
-                write!(f, "upstream event stream has an event larger than {limit} bytes")
+                write!(
+                    f,
+                    "upstream event stream has an event larger than {limit} bytes"
+                )
             }
             SseError::InvalidUtf8 => f.write_str("upstream event stream is not valid UTF-8"),
         }
@@ -332,11 +335,18 @@ mod tests {
     #[test]
     fn writer_round_trips_through_reader() {
         let mut out = Vec::new();
-        write_json_event(&mut out, Some("response.created"), &serde_json::json!({"a": "b\nc"}));
+        write_json_event(
+            &mut out,
+            Some("response.created"),
+            &serde_json::json!({"a": "b\nc"}),
+        );
         write_event(&mut out, None, "x");
         write_done(&mut out);
         let got = parse_in_pieces(&out, 7);
-        assert_eq!(got[0], ("response.created".into(), r#"{"a":"b\nc"}"#.into()));
+        assert_eq!(
+            got[0],
+            ("response.created".into(), r#"{"a":"b\nc"}"#.into())
+        );
         assert_eq!(got[1], (String::new(), "x".into()));
         assert_eq!(got[2].1, "[DONE]");
     }

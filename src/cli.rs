@@ -1,0 +1,122 @@
+//! The command line and its environment-variable twins (so an EnvironmentFile configures the
+//! service). Parsing happens in the supervisor before anything else; nothing here is secret:
+//! the key never comes from a flag or an environment variable.
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Where the worker's user is looked up when `--user` is not given.
+pub const PACKAGE_USER: &str = "codex-responses-api-proxy";
+
+pub const DEFAULT_UPSTREAM_URL: &str = "https://api.openai.com/v1/responses";
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "codex-responses-api-proxy",
+    version,
+    about = "Lets local users call a model provider through 127.0.0.1 without seeing its API key.",
+    long_about = "Lets local users call a model provider through 127.0.0.1 without seeing its API key.\n\n\
+The key is read from the systemd credential $CREDENTIALS_DIRECTORY/openai-api-key when it exists, \
+else from the first line of standard input, e.g.\n\n  \
+printenv OPENAI_API_KEY | env -u OPENAI_API_KEY codex-responses-api-proxy --port 8719\n\n\
+A root supervisor holds the key and the listening socket; it forks one worker that drops to an \
+unprivileged user with no capabilities and serves HTTP. By default only POST /v1/responses is \
+forwarded (with Authorization: Bearer <key>); every other request is refused with 403."
+)]
+pub struct Cli {
+    /// Port to listen on at 127.0.0.1 (ignored under socket activation; default: an ephemeral port).
+    #[arg(long, env = "CODEX_PROXY_PORT")]
+    pub port: Option<u16>,
+
+    /// Write `{"port":<port>,"pid":<supervisor pid>}` to this file once the proxy is serving.
+    #[arg(long, value_name = "FILE")]
+    pub server_info: Option<PathBuf>,
+
+    /// Serve `GET /shutdown`, which stops the whole service with exit status 0.
+    #[arg(long, env = "CODEX_PROXY_HTTP_SHUTDOWN")]
+    pub http_shutdown: bool,
+
+    /// Upstream endpoint requests are forwarded to (a query string, as Azure needs, is kept).
+    #[arg(long, env = "CODEX_PROXY_UPSTREAM_URL", default_value = DEFAULT_UPSTREAM_URL, value_name = "URL")]
+    pub upstream_url: String,
+
+    /// Serve POST /v1/responses from a Chat Completions upstream (--upstream-url is then the
+    /// upstream's .../chat/completions URL).
+    #[arg(long, env = "CODEX_PROXY_BRIDGE_TO_CHAT")]
+    pub bridge_to_chat: bool,
+
+    /// User the worker runs as when started as root (default: the `codex-responses-api-proxy`
+    /// system user if it exists, else `nobody`).
+    #[arg(long, env = "CODEX_PROXY_USER", value_name = "NAME")]
+    pub user: Option<String>,
+
+    /// Seconds allowed for connecting to the upstream.
+    #[arg(
+        long,
+        env = "CODEX_PROXY_CONNECT_TIMEOUT",
+        default_value_t = 10,
+        value_name = "SECS"
+    )]
+    pub connect_timeout: u64,
+
+    /// Seconds a client has to send its request headers.
+    #[arg(
+        long,
+        env = "CODEX_PROXY_HEADER_READ_TIMEOUT",
+        default_value_t = 30,
+        value_name = "SECS"
+    )]
+    pub header_read_timeout: u64,
+
+    /// Seconds the upstream may stay silent (before its headers or within a stream) before the
+    /// request is given up.
+    #[arg(
+        long,
+        env = "CODEX_PROXY_IDLE_TIMEOUT",
+        default_value_t = 300,
+        value_name = "SECS"
+    )]
+    pub idle_timeout: u64,
+
+    /// Largest request body accepted, in bytes (larger ones get 413).
+    #[arg(long, env = "CODEX_PROXY_MAX_REQUEST_BODY", default_value_t = 32 * 1024 * 1024, value_name = "BYTES")]
+    pub max_request_body: usize,
+
+    /// Seconds in-flight requests may take to finish after SIGTERM or /shutdown.
+    #[arg(
+        long,
+        env = "CODEX_PROXY_SHUTDOWN_GRACE",
+        default_value_t = 10,
+        value_name = "SECS"
+    )]
+    pub shutdown_grace: u64,
+
+    /// Log level: error, warn, info, debug or trace. The key is never logged at any level.
+    #[arg(
+        long,
+        env = "CODEX_PROXY_LOG",
+        default_value = "info",
+        value_name = "LEVEL"
+    )]
+    pub log_level: String,
+
+    /// Print the man page (roff) to standard output and exit.
+    #[arg(long, hide = true)]
+    pub man_page: bool,
+}
+
+impl Cli {
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout)
+    }
+    pub fn header_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.header_read_timeout)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout)
+    }
+    pub fn shutdown_grace(&self) -> Duration {
+        Duration::from_secs(self.shutdown_grace)
+    }
+}

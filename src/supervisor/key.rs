@@ -1,0 +1,476 @@
+//! Key intake: reads the upstream API key once, from the systemd credential
+//! `$CREDENTIALS_DIRECTORY/openai-api-key` or else from standard input, and keeps the finished
+//! `Authorization` header value in one locked, never-dumped page for the life of the process.
+//!
+//! Input is read with raw `read(2)` calls (no buffered reader that could keep a copy) into a
+//! 1024-byte stack buffer that already starts with `Bearer `, so a key may be at most 1017
+//! bytes. Input ends at the first newline or at end of file; trailing CR/LF are trimmed; the key
+//! must match `^[A-Za-z0-9_-]+$`. The stack buffer is zeroized whatever happens. No error message
+//! ever contains the bytes that were read.
+
+use std::fmt;
+use std::fs::File;
+use std::io::{self, Read};
+use std::mem::ManuallyDrop;
+use std::os::fd::FromRawFd;
+use std::path::{Path, PathBuf};
+use zeroize::Zeroize;
+
+pub const HEADER_PREFIX: &[u8] = b"Bearer ";
+pub const BUFFER_LEN: usize = 1024;
+/// The longest key that fits the buffer after `Bearer `.
+pub const MAX_KEY_LEN: usize = BUFFER_LEN - HEADER_PREFIX.len();
+/// File name of the key inside `$CREDENTIALS_DIRECTORY`.
+pub const CREDENTIAL_NAME: &str = "openai-api-key";
+/// Credential content meaning "no key installed yet": the service starts and answers 503.
+pub const UNSET_MARKER: &[u8] = b"unset";
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum KeyError {
+    NoInput,
+    Empty,
+    InvalidUtf8,
+    InvalidCharacters,
+    TooLong,
+    Read(io::ErrorKind),
+    Credential { path: PathBuf, kind: io::ErrorKind },
+    Lock(io::ErrorKind),
+}
+
+impl fmt::Display for KeyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const HOW: &str = "pipe the key on standard input, e.g. `printenv OPENAI_API_KEY | env -u OPENAI_API_KEY codex-responses-api-proxy`, or install it as the systemd credential openai-api-key";
+        match self {
+            KeyError::NoInput => write!(f, "no API key was given: {HOW}"),
+            KeyError::Empty => write!(f, "the API key is empty: {HOW}"),
+            KeyError::InvalidUtf8 => write!(
+                f,
+                "the API key is not valid UTF-8; it may only contain A-Z, a-z, 0-9, '_' and '-'"
+            ),
+            KeyError::InvalidCharacters => write!(
+                f,
+                "the API key contains characters other than A-Z, a-z, 0-9, '_' and '-' (a stray quote or space?)"
+            ),
+            KeyError::TooLong => write!(
+                f,
+                "the API key is longer than {MAX_KEY_LEN} bytes; only the key itself belongs on the first line"
+            ),
+            KeyError::Read(kind) => write!(f, "could not read the API key from standard input: {kind}"),
+            KeyError::Credential { path, kind } => write!(
+                f,
+                "could not read the API key credential {}: {kind}; check LoadCredential= in the unit",
+                path.display()
+            ),
+            KeyError::Lock(kind) => write!(
+                f,
+                "could not lock the API key in memory ({kind}); raise the memlock limit (LimitMEMLOCK=)"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for KeyError {}
+
+/// What key intake produced.
+#[derive(Debug)]
+pub enum KeySource {
+    /// A key, from stdin or a credential.
+    Key(ApiKeyHeader),
+    /// The credential says `unset`: no key installed yet.
+    NotConfigured,
+}
+
+/// The `Bearer <key>` header value in its own page: locked in RAM, excluded from core dumps and
+/// read-only after it is written. It lives as long as the process, so its bytes are `'static`.
+#[derive(Clone, Copy)]
+pub struct ApiKeyHeader {
+    bytes: &'static [u8],
+}
+
+impl fmt::Debug for ApiKeyHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKeyHeader([REDACTED])")
+    }
+}
+
+impl ApiKeyHeader {
+    /// Copies `header` (`Bearer <key>`) into a fresh locked page.
+    fn store(header: &[u8]) -> Result<ApiKeyHeader, KeyError> {
+        let page = page_size();
+        assert!(header.len() <= page);
+        // SAFETY: an anonymous private mapping of one page; we check the result.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(KeyError::Lock(io::Error::last_os_error().kind()));
+        }
+        // SAFETY: ptr points at `page` writable bytes that nothing else references.
+        unsafe {
+            libc::madvise(ptr, page, libc::MADV_DONTDUMP);
+            if libc::mlock(ptr, page) != 0 {
+                let kind = io::Error::last_os_error().kind();
+                libc::munmap(ptr, page);
+                return Err(KeyError::Lock(kind));
+            }
+            std::ptr::copy_nonoverlapping(header.as_ptr(), ptr.cast::<u8>(), header.len());
+            libc::mprotect(ptr, page, libc::PROT_READ);
+        }
+        // SAFETY: the page is never unmapped or written again, so the slice is valid forever.
+        let bytes = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), header.len()) };
+        Ok(ApiKeyHeader { bytes })
+    }
+
+    /// Locks the page again. Memory locks are not inherited across fork, so the worker calls this.
+    pub fn lock_in_memory(&self) -> io::Result<()> {
+        let page = page_size();
+        let start = self.bytes.as_ptr() as usize & !(page - 1);
+        // SAFETY: locking an existing mapping of ours does not touch its contents.
+        if unsafe { libc::mlock(start as *const libc::c_void, page) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// The header value, marked sensitive (never logged by hyper, never HPACK-indexed).
+    /// No copy of the key is made: the value points at the locked page.
+    pub fn header_value(&self) -> hyper::header::HeaderValue {
+        let mut value =
+            hyper::header::HeaderValue::from_maybe_shared(bytes::Bytes::from_static(self.bytes))
+                .expect("validated key is a valid header value");
+        value.set_sensitive(true);
+        value
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 {
+        size as usize
+    } else {
+        4096
+    }
+}
+
+/// Reads the key from the credential directory when the credential exists, else from stdin.
+pub fn load(credentials_directory: Option<&Path>) -> Result<KeySource, KeyError> {
+    if let Some(dir) = credentials_directory {
+        let path = dir.join(CREDENTIAL_NAME);
+        if path.exists() {
+            let mut file = File::open(&path).map_err(|e| KeyError::Credential {
+                path: path.clone(),
+                kind: e.kind(),
+            })?;
+            return read_key(&mut file, true).map_err(|e| match e {
+                KeyError::Read(kind) => KeyError::Credential { path, kind },
+                other => other,
+            });
+        }
+    }
+    // SAFETY: fd 0 stays open; ManuallyDrop keeps us from closing it.
+    let mut stdin = ManuallyDrop::new(unsafe { File::from_raw_fd(0) });
+    read_key(&mut *stdin, false)
+}
+
+/// Reads one key line from `source` with raw reads and stores it as a locked header.
+/// `allow_unset` accepts the `unset` marker (credentials only).
+pub fn read_key(source: &mut impl Read, allow_unset: bool) -> Result<KeySource, KeyError> {
+    let mut buffer = [0u8; BUFFER_LEN];
+    let result = read_key_into(source, &mut buffer, allow_unset);
+    buffer.zeroize();
+    result
+}
+
+fn read_key_into(
+    source: &mut impl Read,
+    buffer: &mut [u8; BUFFER_LEN],
+    allow_unset: bool,
+) -> Result<KeySource, KeyError> {
+    buffer[..HEADER_PREFIX.len()].copy_from_slice(HEADER_PREFIX);
+    let end = read_first_line(source, buffer)?;
+    let mut key = &buffer[HEADER_PREFIX.len()..end];
+    while let [rest @ .., b'\r' | b'\n'] = key {
+        key = rest;
+    }
+    if allow_unset && key == UNSET_MARKER {
+        return Ok(KeySource::NotConfigured);
+    }
+    validate(key)?;
+    let header_len = HEADER_PREFIX.len() + key.len();
+    ApiKeyHeader::store(&buffer[..header_len]).map(KeySource::Key)
+}
+
+/// Fills `buffer` after the prefix up to the first newline or EOF; returns the end offset.
+fn read_first_line(
+    source: &mut impl Read,
+    buffer: &mut [u8; BUFFER_LEN],
+) -> Result<usize, KeyError> {
+    let mut len = HEADER_PREFIX.len();
+    let mut read_any = false;
+    loop {
+        if len == BUFFER_LEN {
+            // The buffer is full: the key fits only if the input ends right here.
+            let mut next = [0u8; 1];
+            let n = read_retrying(source, &mut next)?;
+            let ends_here = n == 0 || matches!(next[0], b'\n' | b'\r');
+            next.zeroize();
+            return if ends_here {
+                Ok(len)
+            } else {
+                Err(KeyError::TooLong)
+            };
+        }
+        let n = read_retrying(source, &mut buffer[len..])?;
+        if n == 0 {
+            return if read_any {
+                Ok(len)
+            } else {
+                Err(KeyError::NoInput)
+            };
+        }
+        read_any = true;
+        if let Some(newline) = memchr::memchr(b'\n', &buffer[len..len + n]) {
+            return Ok(len + newline);
+        }
+        len += n;
+    }
+}
+
+fn read_retrying(source: &mut impl Read, into: &mut [u8]) -> Result<usize, KeyError> {
+    loop {
+        match source.read(into) {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(KeyError::Read(e.kind())),
+        }
+    }
+}
+
+fn validate(key: &[u8]) -> Result<(), KeyError> {
+    if key.is_empty() {
+        return Err(KeyError::Empty);
+    }
+    if std::str::from_utf8(key).is_err() {
+        return Err(KeyError::InvalidUtf8);
+    }
+    if !key
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || *b == b'_' || *b == b'-')
+    {
+        return Err(KeyError::InvalidCharacters);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that hands out its data in fixed-size pieces, like a pipe with short reads,
+    /// and can fail with EINTR first.
+    struct Pieces {
+        data: Vec<u8>,
+        at: usize,
+        piece: usize,
+        interrupt_first: bool,
+    }
+
+    impl Pieces {
+        fn new(data: &[u8], piece: usize) -> Self {
+            Pieces {
+                data: data.to_vec(),
+                at: 0,
+                piece,
+                interrupt_first: false,
+            }
+        }
+    }
+
+    impl Read for Pieces {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.interrupt_first {
+                self.interrupt_first = false;
+                return Err(io::ErrorKind::Interrupted.into());
+            }
+            let n = self.piece.min(buf.len()).min(self.data.len() - self.at);
+            buf[..n].copy_from_slice(&self.data[self.at..self.at + n]);
+            self.at += n;
+            Ok(n)
+        }
+    }
+
+    fn key_of(input: &[u8], piece: usize) -> Result<Vec<u8>, KeyError> {
+        match read_key(&mut Pieces::new(input, piece), false)? {
+            KeySource::Key(header) => Ok(header.bytes.to_vec()),
+            KeySource::NotConfigured => panic!("unset only allowed for credentials"),
+        }
+    }
+
+    fn header(key: &[u8]) -> Vec<u8> {
+        [HEADER_PREFIX, key].concat()
+    }
+
+    #[test]
+    fn plain_key_with_and_without_newline_in_any_piece_size() {
+        for piece in [1, 2, 3, 7, 1024] {
+            assert_eq!(
+                key_of(b"sk-abc_DEF-123\n", piece).unwrap(),
+                header(b"sk-abc_DEF-123")
+            );
+            assert_eq!(
+                key_of(b"sk-abc_DEF-123", piece).unwrap(),
+                header(b"sk-abc_DEF-123")
+            );
+            assert_eq!(key_of(b"sk-abc\r\n", piece).unwrap(), header(b"sk-abc"));
+            assert_eq!(key_of(b"sk-abc\r", piece).unwrap(), header(b"sk-abc"));
+        }
+    }
+
+    #[test]
+    fn only_the_first_line_counts() {
+        assert_eq!(
+            key_of(b"first\nsecond line with spaces\n", 5).unwrap(),
+            header(b"first")
+        );
+    }
+
+    #[test]
+    fn interrupted_reads_are_retried() {
+        let mut src = Pieces::new(b"k1\n", 1);
+        src.interrupt_first = true;
+        assert!(matches!(read_key(&mut src, false), Ok(KeySource::Key(_))));
+    }
+
+    #[test]
+    fn length_boundaries() {
+        let key = |n: usize| vec![b'a'; n];
+        assert_eq!(key_of(&key(1016), 100).unwrap(), header(&key(1016)));
+        assert_eq!(
+            key_of(&[key(1016), b"\n".to_vec()].concat(), 100).unwrap(),
+            header(&key(1016))
+        );
+        assert_eq!(key_of(&key(1017), 100).unwrap(), header(&key(1017)));
+        assert_eq!(
+            key_of(&[key(1017), b"\n".to_vec()].concat(), 1).unwrap(),
+            header(&key(1017))
+        );
+        assert_eq!(
+            key_of(&[key(1017), b"\r\n".to_vec()].concat(), 64).unwrap(),
+            header(&key(1017))
+        );
+        assert_eq!(key_of(&key(1018), 100), Err(KeyError::TooLong));
+        assert_eq!(
+            key_of(&[key(1018), b"\n".to_vec()].concat(), 1),
+            Err(KeyError::TooLong)
+        );
+        assert_eq!(key_of(&key(5000), 4096), Err(KeyError::TooLong));
+    }
+
+    #[test]
+    fn empty_and_missing_input() {
+        assert_eq!(key_of(b"", 10), Err(KeyError::NoInput));
+        assert_eq!(key_of(b"\n", 10), Err(KeyError::Empty));
+        assert_eq!(key_of(b"\r\n", 10), Err(KeyError::Empty));
+        assert_eq!(key_of(b"\nsk-on-second-line\n", 10), Err(KeyError::Empty));
+    }
+
+    #[test]
+    fn bad_bytes() {
+        for bad in [
+            &b"sk abc"[..],
+            b"sk\tabc",
+            b"\"sk\"",
+            b"sk.abc",
+            b"sk=",
+            b"sk\0a",
+            b" sk",
+        ] {
+            assert_eq!(key_of(bad, 3), Err(KeyError::InvalidCharacters), "{bad:?}");
+        }
+        assert_eq!(key_of(b"sk-\xff\xfe", 3), Err(KeyError::InvalidUtf8));
+        assert_eq!(
+            key_of("sk-é".as_bytes(), 3),
+            Err(KeyError::InvalidCharacters)
+        );
+    }
+
+    #[test]
+    fn read_errors_are_reported_by_kind() {
+        struct Broken;
+        impl Read for Broken {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::ErrorKind::PermissionDenied.into())
+            }
+        }
+        assert_eq!(
+            read_key(&mut Broken, false).unwrap_err(),
+            KeyError::Read(io::ErrorKind::PermissionDenied)
+        );
+    }
+
+    #[test]
+    fn errors_and_debug_never_show_the_key() {
+        let secret = b"sk-SECRETVALUE with space";
+        let err = key_of(secret, 4).unwrap_err();
+        assert!(!format!("{err} {err:?}").contains("SECRETVALUE"));
+        let KeySource::Key(h) = read_key(&mut Pieces::new(b"sk-SECRETVALUE", 3), false).unwrap()
+        else {
+            panic!()
+        };
+        assert!(!format!("{h:?}").contains("SECRETVALUE"));
+        let value = h.header_value();
+        assert!(value.is_sensitive());
+        assert!(!format!("{value:?}").contains("SECRETVALUE"));
+    }
+
+    #[test]
+    fn unset_marker_only_for_credentials() {
+        assert!(matches!(
+            read_key(&mut Pieces::new(b"unset\n", 2), true),
+            Ok(KeySource::NotConfigured)
+        ));
+        assert!(matches!(
+            read_key(&mut Pieces::new(b"unset", 2), false),
+            Ok(KeySource::Key(_))
+        ));
+    }
+
+    #[test]
+    fn credential_wins_over_stdin_and_errors_name_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(CREDENTIAL_NAME), b"sk-from-cred\n").unwrap();
+        let KeySource::Key(h) = load(Some(dir.path())).unwrap() else {
+            panic!()
+        };
+        assert_eq!(h.bytes, b"Bearer sk-from-cred");
+        std::fs::write(dir.path().join(CREDENTIAL_NAME), b"bad key").unwrap();
+        assert_eq!(
+            load(Some(dir.path())).unwrap_err(),
+            KeyError::InvalidCharacters
+        );
+    }
+
+    #[test]
+    fn stored_header_is_locked_and_read_only() {
+        let KeySource::Key(h) = read_key(&mut Pieces::new(b"sk-lock", 3), false).unwrap() else {
+            panic!()
+        };
+        h.lock_in_memory().unwrap();
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let locked_kb: u64 = status
+            .lines()
+            .find(|l| l.starts_with("VmLck:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap();
+        assert!(locked_kb > 0);
+    }
+}

@@ -1,0 +1,294 @@
+//! The root side: hardening, key intake, the listening sockets, the fork of one worker, and
+//! then a small loop that waits on the worker's pipe and on signals. The supervisor never
+//! reads client input; it only learns "serving" and "shut down, please" from the worker.
+
+pub mod hardening;
+pub mod key;
+pub mod listener;
+pub mod notify;
+pub mod privilege_drop;
+
+use crate::cli::Cli;
+use crate::worker::{self, WorkerConfig};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, pipe2, ForkResult, Pid};
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use tracing::{error, info, warn};
+
+/// Bytes the worker writes to the supervisor's pipe.
+pub const MSG_SERVING: u8 = b'R';
+pub const MSG_SHUTDOWN: u8 = b'S';
+
+/// Extra time the worker gets past its own grace period before it is killed.
+const KILL_MARGIN: Duration = Duration::from_secs(5);
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    error!("{message}");
+    ExitCode::from(1)
+}
+
+/// Runs the whole service. Must be called while the process is single-threaded.
+pub fn run(cli: Cli) -> ExitCode {
+    if let Err(e) = hardening::forbid_dumps() {
+        eprintln!("codex-responses-api-proxy: cannot disable core dumps: {e}");
+        return ExitCode::from(1);
+    }
+    hardening::remove_loader_variables();
+    if let Err(e) = crate::logging::init(&cli.log_level) {
+        eprintln!("codex-responses-api-proxy: {e}");
+        return ExitCode::from(2);
+    }
+    let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
+    let key = match key::load(credentials.as_deref()) {
+        Ok(key) => key,
+        Err(e) => return fail(e),
+    };
+    let upstream_url = match reqwest::Url::parse(&cli.upstream_url) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") => url,
+        _ => {
+            return fail(format!(
+                "--upstream-url {:?} is not an http(s) URL",
+                cli.upstream_url
+            ))
+        }
+    };
+    let listeners = match listener::open(cli.port) {
+        Ok(listeners) => listeners,
+        Err(e) => return fail(e),
+    };
+    let port = listener::first_tcp_port(&listeners);
+    let worker_user = match privilege_drop::resolve(cli.user.as_deref()) {
+        Ok(user) => user,
+        Err(e) => return fail(e),
+    };
+    let (from_worker, to_supervisor) = match pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(pair) => pair,
+        Err(e) => return fail(format!("cannot create the supervisor pipe: {e}")),
+    };
+    let mut signals = SigSet::empty();
+    for signal in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGCHLD,
+        Signal::SIGHUP,
+    ] {
+        signals.add(signal);
+    }
+    if let Err(e) = signals.thread_block() {
+        return fail(format!("cannot block signals: {e}"));
+    }
+    let signal_fd = match SignalFd::with_flags(&signals, SfdFlags::SFD_CLOEXEC) {
+        Ok(fd) => fd,
+        Err(e) => return fail(format!("cannot create a signalfd: {e}")),
+    };
+    let config = WorkerConfig::from_cli(&cli, key, upstream_url);
+    // SAFETY: the process is single-threaded here (no runtime, no threads were started).
+    match unsafe { fork() } {
+        Err(e) => fail(format!("cannot fork the worker: {e}")),
+        Ok(ForkResult::Child) => {
+            drop(from_worker);
+            drop(signal_fd);
+            let code = start_worker(config, listeners, to_supervisor, worker_user, signals);
+            std::process::exit(code);
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(to_supervisor);
+            drop(listeners);
+            info!(
+                worker_pid = child.as_raw(),
+                worker_user = worker_user
+                    .as_ref()
+                    .map(|u| u.name.as_str())
+                    .unwrap_or("(unchanged)"),
+                "worker started"
+            );
+            supervise(
+                child,
+                from_worker,
+                signal_fd,
+                port,
+                cli.server_info.as_deref(),
+                cli.shutdown_grace() + KILL_MARGIN,
+            )
+        }
+    }
+}
+
+/// In the forked child: drop privileges, re-lock the key, unblock signals, then serve.
+fn start_worker(
+    config: WorkerConfig,
+    listeners: Vec<listener::Listener>,
+    to_supervisor: OwnedFd,
+    user: Option<privilege_drop::WorkerUser>,
+    signals: SigSet,
+) -> i32 {
+    if let Err(e) = privilege_drop::drop_privileges(user.as_ref()) {
+        error!("worker: cannot drop privileges: {e}");
+        return 1;
+    }
+    if let key::KeySource::Key(header) = &config.key {
+        if let Err(e) = header.lock_in_memory() {
+            error!("worker: cannot lock the key in memory: {e}; raise LimitMEMLOCK=");
+            return 1;
+        }
+    }
+    if let Err(e) = signals.thread_unblock() {
+        error!("worker: cannot unblock signals: {e}");
+        return 1;
+    }
+    worker::run(config, listeners, to_supervisor)
+}
+
+/// Waits for the worker's messages and for signals until the service should end.
+fn supervise(
+    worker: Pid,
+    from_worker: OwnedFd,
+    signal_fd: SignalFd,
+    port: Option<u16>,
+    server_info: Option<&Path>,
+    stop_timeout: Duration,
+) -> ExitCode {
+    let mut pipe_open = true;
+    let mut stop_deadline: Option<Instant> = None;
+    let begin_stop = |why: &str, deadline: &mut Option<Instant>| {
+        if deadline.is_none() {
+            info!("stopping: {why}");
+            let _ = notify::notify("STOPPING=1");
+            let _ = kill(worker, Signal::SIGTERM);
+            *deadline = Some(Instant::now() + stop_timeout);
+        }
+    };
+    loop {
+        let timeout = match stop_deadline {
+            None => PollTimeout::NONE,
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    warn!("worker did not stop in time; killing it");
+                    let _ = kill(worker, Signal::SIGKILL);
+                    stop_deadline = Some(Instant::now() + Duration::from_secs(3600));
+                    continue;
+                }
+                PollTimeout::try_from(left.as_millis().min(60_000) as u32)
+                    .unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let mut fds = vec![PollFd::new(signal_fd.as_fd(), PollFlags::POLLIN)];
+        if pipe_open {
+            fds.push(PollFd::new(from_worker.as_fd(), PollFlags::POLLIN));
+        }
+        match poll(&mut fds, timeout) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return fail(format!("poll failed: {e}")),
+        }
+        let pipe_ready = pipe_open
+            && fds[1]
+                .revents()
+                .is_some_and(|r| r.intersects(PollFlags::POLLIN | PollFlags::POLLHUP));
+        let signal_ready = fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN));
+        drop(fds);
+        if pipe_ready {
+            let mut buf = [0u8; 64];
+            match nix::unistd::read(&from_worker, &mut buf) {
+                Ok(0) => pipe_open = false,
+                Ok(n) => {
+                    for message in &buf[..n] {
+                        match *message {
+                            MSG_SERVING => announce_serving(worker, port, server_info),
+                            MSG_SHUTDOWN => {
+                                begin_stop("shutdown requested over HTTP", &mut stop_deadline)
+                            }
+                            other => warn!("unexpected byte {other} from the worker"),
+                        }
+                    }
+                }
+                Err(nix::errno::Errno::EINTR) => {}
+                Err(_) => pipe_open = false,
+            }
+        }
+        if signal_ready {
+            while let Ok(Some(info)) = signal_fd.read_signal() {
+                match Signal::try_from(info.ssi_signo as i32) {
+                    Ok(Signal::SIGTERM) => begin_stop("SIGTERM", &mut stop_deadline),
+                    Ok(Signal::SIGINT) => begin_stop("SIGINT", &mut stop_deadline),
+                    Ok(Signal::SIGHUP) => info!("SIGHUP ignored; restart the service to reload"),
+                    _ => {}
+                }
+                if let Some(code) = reap(worker, stop_deadline.is_some()) {
+                    return code;
+                }
+            }
+        }
+    }
+}
+
+/// Checks whether the worker has exited; returns the supervisor's exit code if so.
+fn reap(worker: Pid, stopping: bool) -> Option<ExitCode> {
+    let status = match waitpid(worker, Some(WaitPidFlag::WNOHANG)) {
+        Ok(WaitStatus::StillAlive) => return None,
+        Ok(status) => status,
+        Err(nix::errno::Errno::ECHILD) => return Some(ExitCode::from(1)),
+        Err(_) => return None,
+    };
+    let description = match status {
+        WaitStatus::Exited(_, code) => format!("exit status {code}"),
+        WaitStatus::Signaled(_, signal, _) => format!("signal {signal}"),
+        _ => return None,
+    };
+    if stopping {
+        info!("worker stopped ({description}); exiting");
+        Some(ExitCode::SUCCESS)
+    } else {
+        error!("worker exited unexpectedly ({description}); exiting with failure so that systemd restarts the service");
+        Some(ExitCode::from(1))
+    }
+}
+
+fn announce_serving(worker: Pid, port: Option<u16>, server_info: Option<&Path>) {
+    if let (Some(path), Some(port)) = (server_info, port) {
+        if let Err(e) = write_server_info(path, port, std::process::id()) {
+            error!("cannot write --server-info {}: {e}", path.display());
+        }
+    }
+    if let Err(e) = notify::notify("READY=1") {
+        warn!("sd_notify READY=1 failed: {e}");
+    }
+    info!(
+        port = port.unwrap_or(0),
+        worker_pid = worker.as_raw(),
+        "serving"
+    );
+}
+
+/// Writes `{"port":…,"pid":…}` atomically (temporary file, then rename).
+pub fn write_server_info(path: &Path, port: u16, pid: u32) -> std::io::Result<()> {
+    let line = format!("{{\"port\":{port},\"pid\":{pid}}}\n");
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "server-info".into());
+    let temporary = path.with_file_name(format!(".{file_name}.{pid}.tmp"));
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(line.as_bytes())?;
+    file.sync_all()?;
+    drop(file);
+    std::fs::rename(&temporary, path)
+}
+
+/// For the worker: tells the supervisor something over the inherited pipe.
+pub fn tell_supervisor(pipe: &OwnedFd, message: u8) {
+    // SAFETY: writing one byte from a valid buffer to a descriptor we own.
+    unsafe {
+        libc::write(pipe.as_raw_fd(), [message].as_ptr().cast(), 1);
+    }
+}

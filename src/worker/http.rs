@@ -1,0 +1,270 @@
+//! The worker's HTTP vocabulary: the response body type every route returns, OpenAI-style
+//! error responses, a body that coalesces what the upstream already delivered into one write,
+//! and the one log line per request (written when the response body is finished or dropped).
+
+use crate::api_error::error_body;
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
+use hyper::body::{Body as HttpBody, Frame, SizeHint};
+use hyper::{header, Response, StatusCode};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type of every response the worker sends.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+/// Marks a response with the status the upstream answered, for the request log line.
+#[derive(Clone, Copy, Debug)]
+pub struct UpstreamStatus(pub u16);
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn json_response(status: StatusCode, json: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(full(json));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// An OpenAI-style error response.
+pub fn error_response(
+    status: StatusCode,
+    message: &str,
+    kind: &str,
+    code: Option<&str>,
+) -> Response<Body> {
+    json_response(status, error_body(message, kind, code, None))
+}
+
+/// Most bytes merged into one frame; past this, a frame is sent even if more is ready.
+const COALESCE_LIMIT: usize = 64 * 1024;
+
+/// A body over a stream of chunks that hands hyper everything already received as one frame,
+/// so that a burst of small SSE events becomes one write instead of one segment each.
+pub struct CoalescingBody<S> {
+    stream: S,
+    pending_error: Option<BoxError>,
+    ended: bool,
+}
+
+impl<S> CoalescingBody<S> {
+    pub fn new(stream: S) -> Self {
+        CoalescingBody {
+            stream,
+            pending_error: None,
+            ended: false,
+        }
+    }
+}
+
+impl<S, E> HttpBody for CoalescingBody<S>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Some(error) = this.pending_error.take() {
+            return Poll::Ready(Some(Err(error)));
+        }
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        let first = match Pin::new(&mut this.stream).poll_next(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => {
+                this.ended = true;
+                return Poll::Ready(None);
+            }
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(Some(Ok(chunk))) => chunk,
+        };
+        let mut merged: Option<BytesMut> = None;
+        while merged.as_ref().map_or(first.len(), |m| m.len()) < COALESCE_LIMIT {
+            match Pin::new(&mut this.stream).poll_next(cx) {
+                Poll::Ready(Some(Ok(more))) => merged
+                    .get_or_insert_with(|| BytesMut::from(&first[..]))
+                    .extend_from_slice(&more),
+                Poll::Ready(Some(Err(e))) => {
+                    this.pending_error = Some(e.into());
+                    break;
+                }
+                Poll::Ready(None) => {
+                    this.ended = true;
+                    break;
+                }
+                Poll::Pending => break,
+            }
+        }
+        let data = merged.map_or(first, BytesMut::freeze);
+        Poll::Ready(Some(Ok(Frame::data(data))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended && self.pending_error.is_none()
+    }
+}
+
+/// What the request log line says about one request.
+pub struct RequestRecord {
+    pub method: String,
+    pub path: String,
+    pub status: u16,
+    pub upstream_status: Option<u16>,
+    pub started: Instant,
+    pub bytes: u64,
+    pub failed: bool,
+}
+
+impl RequestRecord {
+    pub fn new(method: &hyper::Method, uri: &hyper::Uri, started: Instant) -> Self {
+        // Paths come from clients: keep the line short and printable.
+        let mut path: String = uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("")
+            .chars()
+            .take(200)
+            .collect();
+        path.retain(|c| !c.is_control());
+        RequestRecord {
+            method: method.as_str().chars().take(16).collect(),
+            path,
+            status: 0,
+            upstream_status: None,
+            started,
+            bytes: 0,
+            failed: false,
+        }
+    }
+}
+
+/// A response body that counts what it sends and logs the request when it is done.
+pub struct LoggedBody {
+    inner: Body,
+    record: RequestRecord,
+    finished: bool,
+}
+
+impl LoggedBody {
+    pub fn wrap(response: Response<Body>, mut record: RequestRecord) -> Response<LoggedBody> {
+        record.status = response.status().as_u16();
+        record.upstream_status = response.extensions().get::<UpstreamStatus>().map(|s| s.0);
+        response.map(|inner| LoggedBody {
+            inner,
+            record,
+            finished: false,
+        })
+    }
+}
+
+impl HttpBody for LoggedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.record.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                this.record.failed = true;
+                this.finished = true;
+            }
+            Poll::Ready(None) => this.finished = true,
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        let r = &self.record;
+        let outcome = if r.failed {
+            "upstream_error"
+        } else if self.finished || self.inner.is_end_stream() {
+            "complete"
+        } else {
+            "client_gone"
+        };
+        tracing::info!(
+            method = %r.method,
+            path = %r.path,
+            status = r.status,
+            upstream_status = r.upstream_status.unwrap_or(0),
+            duration_ms = r.started.elapsed().as_millis() as u64,
+            bytes = r.bytes,
+            outcome,
+            "{} {} {}",
+            r.method,
+            r.path,
+            r.status
+        );
+    }
+}
+
+/// Reads a whole request body of at most `limit` bytes; a larger one is a 413 (refused from
+/// `Content-Length` before reading when the client declares it).
+pub async fn read_request_body(
+    body: hyper::body::Incoming,
+    headers: &header::HeaderMap,
+    limit: usize,
+) -> Result<Bytes, Response<Body>> {
+    let too_large = || {
+        error_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("Request body is larger than the proxy's limit of {limit} bytes."),
+            "invalid_request_error",
+            Some("request_too_large"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(error_response(
+            StatusCode::BAD_REQUEST,
+            &format!("Could not read the request body: {e}"),
+            "invalid_request_error",
+            Some("bad_request_body"),
+        )),
+    }
+}

@@ -1,0 +1,254 @@
+//! The unprivileged side: a tokio runtime serving HTTP/1.1 on the inherited listeners. It
+//! starts only after the privilege drop and owns everything that touches client input.
+
+pub mod headers;
+pub mod http;
+pub mod routes;
+pub mod strict;
+pub mod upstream;
+
+use crate::cli::Cli;
+use crate::supervisor::key::KeySource;
+use crate::supervisor::listener::Listener;
+use crate::supervisor::{tell_supervisor, MSG_SERVING};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::watch;
+use tracing::{debug, error, info, warn};
+use upstream::UpstreamClient;
+
+/// Everything the worker needs, prepared by the supervisor before fork.
+pub struct WorkerConfig {
+    pub key: KeySource,
+    pub upstream_url: reqwest::Url,
+    pub bridge_to_chat: bool,
+    pub http_shutdown: bool,
+    pub connect_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_request_body: usize,
+    pub shutdown_grace: Duration,
+}
+
+impl WorkerConfig {
+    pub fn from_cli(cli: &Cli, key: KeySource, upstream_url: reqwest::Url) -> Self {
+        WorkerConfig {
+            key,
+            upstream_url,
+            bridge_to_chat: cli.bridge_to_chat,
+            http_shutdown: cli.http_shutdown,
+            connect_timeout: cli.connect_timeout(),
+            header_read_timeout: cli.header_read_timeout(),
+            idle_timeout: cli.idle_timeout(),
+            max_request_body: cli.max_request_body,
+            shutdown_grace: cli.shutdown_grace(),
+        }
+    }
+}
+
+/// Shared by all requests.
+pub struct State {
+    /// `None` when no key is installed: every route answers 503.
+    pub upstream: Option<UpstreamClient>,
+    pub upstream_url: reqwest::Url,
+    pub bridge_to_chat: bool,
+    pub http_shutdown: bool,
+    pub max_request_body: usize,
+    pub supervisor_pipe: OwnedFd,
+}
+
+/// Serves until SIGTERM/SIGINT, then drains; returns the process exit code.
+pub fn run(config: WorkerConfig, listeners: Vec<Listener>, supervisor_pipe: OwnedFd) -> i32 {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            error!("worker: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    runtime.block_on(serve(config, listeners, supervisor_pipe))
+}
+
+async fn serve(config: WorkerConfig, listeners: Vec<Listener>, supervisor_pipe: OwnedFd) -> i32 {
+    let upstream = match &config.key {
+        KeySource::Key(header) => match UpstreamClient::new(
+            header.header_value(),
+            config.connect_timeout,
+            config.idle_timeout,
+        ) {
+            Ok(client) => Some(client),
+            Err(e) => {
+                error!("worker: {e}");
+                return 1;
+            }
+        },
+        KeySource::NotConfigured => {
+            warn!("no API key is installed: every request will get 503 until one is; as root run `codex-responses-api-proxy-install-key`");
+            None
+        }
+    };
+    let state = Arc::new(State {
+        upstream,
+        upstream_url: config.upstream_url.clone(),
+        bridge_to_chat: config.bridge_to_chat,
+        http_shutdown: config.http_shutdown,
+        max_request_body: config.max_request_body,
+        supervisor_pipe,
+    });
+    let (mut terminate, mut interrupt) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            error!("worker: cannot install signal handlers");
+            return 1;
+        }
+    };
+    let graceful = Arc::new(GracefulShutdown::new());
+    let (stop_accepting, stop_signal) = watch::channel(false);
+    let mut accept_loops = Vec::new();
+    for listener in listeners {
+        let state = state.clone();
+        let watcher = graceful.clone();
+        let stop = stop_signal.clone();
+        let header_timeout = config.header_read_timeout;
+        let accept_loop = match listener {
+            Listener::Tcp { socket, name } => {
+                let socket = match socket
+                    .set_nonblocking(true)
+                    .and_then(|_| tokio::net::TcpListener::from_std(socket))
+                {
+                    Ok(s) => s,
+                    Err(e) => {
+                        error!("worker: cannot use listener {name}: {e}");
+                        return 1;
+                    }
+                };
+                tokio::spawn(accept_tcp(socket, state, watcher, stop, header_timeout))
+            }
+            Listener::Unix { socket, name } => {
+                let socket = match socket
+                    .set_nonblocking(true)
+                    .and_then(|_| tokio::net::UnixListener::from_std(socket))
+                {
+                    Ok(s) => s,
+                    Err(e) => {
+                        error!("worker: cannot use listener {name}: {e}");
+                        return 1;
+                    }
+                };
+                tokio::spawn(accept_unix(socket, state, watcher, stop, header_timeout))
+            }
+        };
+        accept_loops.push(accept_loop);
+    }
+    tell_supervisor(&state.supervisor_pipe, MSG_SERVING);
+    tokio::select! {
+        _ = terminate.recv() => info!("worker: SIGTERM received, draining"),
+        _ = interrupt.recv() => info!("worker: SIGINT received, draining"),
+    }
+    let _ = stop_accepting.send(true);
+    for accept_loop in accept_loops {
+        let _ = accept_loop.await;
+    }
+    let Ok(graceful) = Arc::try_unwrap(graceful) else {
+        error!("worker: accept loops still hold the shutdown handle");
+        return 1;
+    };
+    let in_flight = graceful.count();
+    tokio::select! {
+        _ = graceful.shutdown() => {
+            info!("worker: drained {in_flight} connection(s); exiting");
+        }
+        _ = tokio::time::sleep(config.shutdown_grace) => {
+            warn!("worker: connections still open after the grace period; exiting anyway");
+        }
+    }
+    0
+}
+
+async fn accept_tcp(
+    listener: tokio::net::TcpListener,
+    state: Arc<State>,
+    watcher: Arc<GracefulShutdown>,
+    mut stop: watch::Receiver<bool>,
+    header_timeout: Duration,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    let _ = stream.set_nodelay(true);
+                    spawn_connection(TokioIo::new(stream), state.clone(), &watcher, header_timeout);
+                }
+                Err(e) => accept_failed(e).await,
+            }
+        }
+    }
+}
+
+async fn accept_unix(
+    listener: tokio::net::UnixListener,
+    state: Arc<State>,
+    watcher: Arc<GracefulShutdown>,
+    mut stop: watch::Receiver<bool>,
+    header_timeout: Duration,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _peer)) => {
+                    spawn_connection(TokioIo::new(stream), state.clone(), &watcher, header_timeout);
+                }
+                Err(e) => accept_failed(e).await,
+            }
+        }
+    }
+}
+
+/// Accept errors (e.g. out of file descriptors) must not spin the loop.
+async fn accept_failed(error: std::io::Error) {
+    warn!("accept failed: {error}");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+fn spawn_connection<I>(
+    io: I,
+    state: Arc<State>,
+    graceful: &GracefulShutdown,
+    header_timeout: Duration,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let service = service_fn(move |request| {
+        let state = state.clone();
+        async move {
+            let record = http::RequestRecord::new(request.method(), request.uri(), Instant::now());
+            let response = routes::handle(state, request).await;
+            Ok::<_, std::convert::Infallible>(http::LoggedBody::wrap(response, record))
+        }
+    });
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .serve_connection(io, service);
+    let connection = graceful.watch(connection);
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            debug!("connection ended with an error: {e}");
+        }
+    });
+}

@@ -1,0 +1,48 @@
+//! The strict proxy route: `POST /v1/responses` forwarded byte for byte to the upstream with
+//! the key, the response streamed back as it arrives.
+
+use super::headers;
+use super::http::{read_request_body, Body, CoalescingBody, UpstreamStatus};
+use super::upstream::UpstreamClient;
+use super::State;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+
+pub async fn forward(
+    state: &State,
+    upstream: &UpstreamClient,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let (parts, body) = request.into_parts();
+    let body = match read_request_body(body, &parts.headers, state.max_request_body).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let upstream_headers = headers::for_upstream(&parts.headers);
+    let upstream = match upstream
+        .post(&state.upstream_url, upstream_headers, body)
+        .await
+    {
+        Ok(upstream) => upstream,
+        Err(error) => {
+            tracing::warn!("{error}");
+            return error.to_response();
+        }
+    };
+    mirror(upstream)
+}
+
+/// Status, end-to-end headers and the streamed body of an upstream response.
+pub fn mirror(upstream: reqwest::Response) -> Response<Body> {
+    let status = upstream.status();
+    let headers = headers::for_client(upstream.headers());
+    let body = CoalescingBody::new(upstream.bytes_stream()).boxed_unsync();
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
+        .extensions_mut()
+        .insert(UpstreamStatus(status.as_u16()));
+    response
+}

@@ -1,0 +1,103 @@
+//! The one upstream client: adds the key, applies the connect and idle timeouts, never follows
+//! redirects, and turns transport failures into clear 502/504 answers.
+
+use super::http::{error_response, Body};
+use bytes::Bytes;
+use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION};
+use hyper::{Response, StatusCode};
+use std::time::Duration;
+
+pub struct UpstreamClient {
+    client: reqwest::Client,
+    authorization: HeaderValue,
+}
+
+/// A request that got no HTTP response from the upstream.
+#[derive(Debug)]
+pub enum UpstreamError {
+    Unreachable(String),
+    Timeout(String),
+}
+
+impl UpstreamError {
+    fn from_reqwest(error: reqwest::Error) -> Self {
+        // The innermost cause says most ("Connection refused", "dns error", …); URLs and
+        // headers are not part of it, so the key cannot appear.
+        let mut cause: &dyn std::error::Error = &error;
+        while let Some(next) = cause.source() {
+            cause = next;
+        }
+        let detail = cause.to_string();
+        if error.is_timeout() {
+            UpstreamError::Timeout(detail)
+        } else {
+            UpstreamError::Unreachable(detail)
+        }
+    }
+
+    pub fn to_response(&self) -> Response<Body> {
+        match self {
+            UpstreamError::Unreachable(detail) => error_response(
+                StatusCode::BAD_GATEWAY,
+                &format!("The proxy could not get a response from the upstream: {detail}"),
+                "upstream_error",
+                Some("upstream_unreachable"),
+            ),
+            UpstreamError::Timeout(detail) => error_response(
+                StatusCode::GATEWAY_TIMEOUT,
+                &format!("The upstream did not answer in time: {detail}"),
+                "upstream_error",
+                Some("upstream_timeout"),
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UpstreamError::Unreachable(d) => write!(f, "upstream unreachable: {d}"),
+            UpstreamError::Timeout(d) => write!(f, "upstream timeout: {d}"),
+        }
+    }
+}
+
+impl UpstreamClient {
+    /// `idle_timeout` bounds every wait for the upstream: for its headers and between any two
+    /// reads of its body.
+    pub fn new(
+        authorization: HeaderValue,
+        connect_timeout: Duration,
+        idle_timeout: Duration,
+    ) -> Result<Self, String> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(connect_timeout)
+            .read_timeout(idle_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(UpstreamClient {
+            client,
+            authorization,
+        })
+    }
+
+    /// POSTs `body` with the client's end-to-end `headers` plus the key.
+    pub async fn post(
+        &self,
+        url: &reqwest::Url,
+        mut headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        headers.insert(AUTHORIZATION, self.authorization.clone());
+        self.client
+            .post(url.clone())
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(UpstreamError::from_reqwest)
+    }
+}
