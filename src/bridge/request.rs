@@ -1156,5 +1156,3 @@ fn image_part(part: &Value, path: &str) -> Result<Value, RequestError> {
     Ok(json!({"type": "image_url", "image_url": {"url": url, "detail": detail}}))
 }
 
-#[cfg(test)]
-mod tests;

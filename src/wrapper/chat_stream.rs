@@ -951,4 +951,385 @@ impl ChatStream {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod test_support {
+    //! Fixture streams and helpers shared by the chat and completions tests.
+
+    use crate::sse::SseReader;
+
+    pub(crate) const TEXT: &str = include_str!("../../tests/fixtures/responses-streams/text.sse");
+    pub(crate) const REASONING: &str =
+        include_str!("../../tests/fixtures/responses-streams/reasoning.sse");
+    pub(crate) const PARALLEL_TOOLS: &str =
+        include_str!("../../tests/fixtures/responses-streams/parallel-tools.sse");
+    pub(crate) const INCOMPLETE: &str =
+        include_str!("../../tests/fixtures/responses-streams/incomplete-max-tokens.sse");
+    pub(crate) const FAILED: &str = include_str!("../../tests/fixtures/responses-streams/failed.sse");
+    pub(crate) const NO_USAGE: &str =
+        include_str!("../../tests/fixtures/responses-streams/no-usage.sse");
+
+    pub(crate) const ALL: [(&str, &str); 6] = [
+        ("text", TEXT),
+        ("reasoning", REASONING),
+        ("parallel-tools", PARALLEL_TOOLS),
+        ("incomplete-max-tokens", INCOMPLETE),
+        ("failed", FAILED),
+        ("no-usage", NO_USAGE),
+    ];
+
+    /// Parses SSE bytes fed in `piece`-byte slices; returns each event's data.
+    pub(crate) fn sse_data(bytes: &[u8], piece: usize) -> Vec<String> {
+        let mut reader = SseReader::default();
+        let mut out = Vec::new();
+        for slice in bytes.chunks(piece.max(1)) {
+            reader.push(slice);
+            while let Ok(Some(event)) = reader.next_event() {
+                out.push(event.data.to_string());
+            }
+        }
+        if let Ok(Some(event)) = reader.finish() {
+            out.push(event.data.to_string());
+        }
+        out
+    }
+
+    /// Saves a converted output for validate_sse.py when `WRAPPER_OUT_DIR` is set.
+    pub(crate) fn save_output(name: &str, bytes: &[u8]) {
+        if let Ok(dir) = std::env::var("WRAPPER_OUT_DIR") {
+            let _ = std::fs::write(format!("{dir}/{name}"), bytes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::test_support::*;
+    use super::*;
+    use crate::conformance::chat::{check_chat_completion, check_chat_stream};
+    use crate::sse::SseReader;
+    use serde_json::json;
+
+    const MODES: [ReasoningOutputMode; 6] = [
+        ReasoningOutputMode::OpenAi,
+        ReasoningOutputMode::R1,
+        ReasoningOutputMode::O3,
+        ReasoningOutputMode::Tagged,
+        ReasoningOutputMode::Hidden,
+        ReasoningOutputMode::All,
+    ];
+
+    fn meta(include_usage: bool) -> ClientMeta {
+        ClientMeta {
+            stream: true,
+            include_usage,
+            model: "gpt-5".into(),
+        }
+    }
+
+    /// Feeds a fixture through SseReader in `piece`-byte slices into a new ChatStream.
+    fn translate(
+        fixture: &str,
+        mode: ReasoningOutputMode,
+        include_usage: bool,
+        piece: usize,
+    ) -> (ChatStream, Vec<u8>) {
+        let mut stream = ChatStream::new(&meta(include_usage), mode, 1_700_000_000, "chatcmpl-test");
+        let mut out = Vec::new();
+        let mut reader = SseReader::default();
+        for slice in fixture.as_bytes().chunks(piece.max(1)) {
+            reader.push(slice);
+            while let Ok(Some(event)) = reader.next_event() {
+                let _ = stream.push_event(event.data, &mut out);
+            }
+        }
+        if let Ok(Some(event)) = reader.finish() {
+            let _ = stream.push_event(event.data, &mut out);
+        }
+        stream.finish(&mut out);
+        (stream, out)
+    }
+
+    fn chunks(out: &[u8]) -> Vec<Value> {
+        sse_data(out, usize::MAX)
+            .iter()
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect()
+    }
+
+    fn deltas(out: &[u8]) -> Vec<Value> {
+        chunks(out)
+            .into_iter()
+            .filter_map(|c| c["choices"].get(0).map(|c| c["delta"].clone()))
+            .collect()
+    }
+
+    fn concat(out: &[u8], field: &str) -> String {
+        deltas(out)
+            .iter()
+            .filter_map(|d| d[field].as_str().map(str::to_string))
+            .collect()
+    }
+
+    fn mode_name(mode: ReasoningOutputMode) -> String {
+        format!("{mode:?}").to_lowercase()
+    }
+
+    #[test]
+    fn every_fixture_every_mode_every_split_conforms() {
+        for (name, fixture) in ALL {
+            for mode in MODES {
+                for include_usage in [false, true] {
+                    let (stream, whole) = translate(fixture, mode, include_usage, usize::MAX);
+                    for piece in [1, 3, 17, 256] {
+                        let (_, split) = translate(fixture, mode, include_usage, piece);
+                        assert_eq!(split, whole, "{name} {mode:?} piece {piece}");
+                    }
+                    let events = sse_data(&whole, usize::MAX);
+                    check_chat_stream(&events)
+                        .unwrap_or_else(|e| panic!("{name} {mode:?}: {e}"));
+                    let usage = if include_usage { "-usage" } else { "" };
+                    let file = format!("chat-{name}-{}{usage}", mode_name(mode));
+                    save_output(&format!("{file}.sse"), &whole);
+                    if *stream.outcome() == StreamOutcome::Completed {
+                        let body = stream.final_completion();
+                        check_chat_completion(&body)
+                            .unwrap_or_else(|e| panic!("{name} {mode:?} body: {e}"));
+                        save_output(&format!("{file}.json"), body.to_string().as_bytes());
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn text_stream_exact_chunks() {
+        let (_, out) = translate(TEXT, ReasoningOutputMode::OpenAi, true, usize::MAX);
+        let head = r#"data: {"id":"chatcmpl-test","object":"chat.completion.chunk","created":1700000000,"model":"gpt-5","choices":"#;
+        let expected = [
+            r#"[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}"#,
+            r#"[{"index":0,"delta":{"content":"Hello"},"logprobs":null,"finish_reason":null}]}"#,
+            r#"[{"index":0,"delta":{"content":"! How can"},"logprobs":null,"finish_reason":null}]}"#,
+            r#"[{"index":0,"delta":{"content":" I help \"you\" today?\n"},"logprobs":null,"finish_reason":null}]}"#,
+            r#"[{"index":0,"delta":{"content":"Ünïcødé ✓"},"logprobs":null,"finish_reason":null}]}"#,
+            r#"[{"index":0,"delta":{},"logprobs":null,"finish_reason":"stop"}]}"#,
+            r#"[],"usage":{"completion_tokens":9,"completion_tokens_details":{"reasoning_tokens":0},"prompt_tokens":12,"prompt_tokens_details":{"cached_tokens":4},"total_tokens":21}}"#,
+        ];
+        let mut want = String::new();
+        for tail in expected {
+            want.push_str(head);
+            want.push_str(tail);
+            want.push_str("\n\n");
+        }
+        want.push_str("data: [DONE]\n\n");
+        assert_eq!(String::from_utf8(out).unwrap(), want);
+    }
+
+    #[test]
+    fn parallel_tool_calls_get_their_own_indices() {
+        let (stream, out) = translate(PARALLEL_TOOLS, ReasoningOutputMode::Hidden, false, 5);
+        let calls: Vec<Value> = deltas(&out)
+            .into_iter()
+            .filter_map(|d| d.get("tool_calls").map(|c| c[0].clone()))
+            .collect();
+        assert_eq!(
+            calls,
+            vec![
+                json!({"index":0,"id":"call_paris","type":"function","function":{"name":"get_weather","arguments":""}}),
+                json!({"index":0,"function":{"arguments":"{\"ci"}}),
+                json!({"index":0,"function":{"arguments":"ty\":\"Pa"}}),
+                json!({"index":0,"function":{"arguments":"ris\"}"}}),
+                json!({"index":1,"id":"call_rome","type":"function","function":{"name":"get_weather","arguments":""}}),
+                json!({"index":1,"function":{"arguments":"{\"city\":"}}),
+                json!({"index":1,"function":{"arguments":"\"Rome\"}"}}),
+            ]
+        );
+        let last = chunks(&out).pop().unwrap();
+        assert_eq!(last["choices"][0]["finish_reason"], "tool_calls");
+        let body = stream.final_completion();
+        assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
+        assert_eq!(body["choices"][0]["message"]["content"], Value::Null);
+        assert_eq!(
+            body["choices"][0]["message"]["tool_calls"],
+            json!([
+                {"id":"call_paris","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}},
+                {"id":"call_rome","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Rome\"}"}},
+            ])
+        );
+        assert_eq!(body["usage"]["completion_tokens_details"]["reasoning_tokens"], 10);
+    }
+
+    #[test]
+    fn arguments_only_in_done_events_are_still_sent() {
+        let mut stream = ChatStream::new(&meta(false), ReasoningOutputMode::OpenAi, 1, "c");
+        let mut out = Vec::new();
+        let events = [
+            r#"{"type":"response.output_item.added","output_index":0,"item":{"type":"function_call","id":"fc1","call_id":"call1","name":"f","arguments":""}}"#,
+            r#"{"type":"response.function_call_arguments.delta","item_id":"fc1","output_index":0,"delta":"{\"a\""}"#,
+            r#"{"type":"response.function_call_arguments.done","item_id":"fc1","output_index":0,"arguments":"{\"a\":1}"}"#,
+            r#"{"type":"response.output_item.done","output_index":0,"item":{"type":"function_call","id":"fc1","call_id":"call1","name":"f","arguments":"{\"a\":1}"}}"#,
+            r#"{"type":"response.output_item.done","output_index":1,"item":{"type":"function_call","id":"fc2","call_id":"call2","name":"g","arguments":"{}"}}"#,
+            r#"{"type":"response.completed","response":{"status":"completed"}}"#,
+        ];
+        for e in events {
+            stream.push_event(e, &mut out).unwrap();
+        }
+        check_chat_stream(&sse_data(&out, usize::MAX)).unwrap();
+        let body = stream.final_completion();
+        let calls = &body["choices"][0]["message"]["tool_calls"];
+        assert_eq!(calls[0]["function"]["arguments"], "{\"a\":1}");
+        assert_eq!(calls[1]["id"], "call2");
+        assert_eq!(calls[1]["function"]["arguments"], "{}");
+    }
+
+    #[test]
+    fn reasoning_modes_render_as_specified() {
+        let (stream, out) = translate(REASONING, ReasoningOutputMode::OpenAi, false, usize::MAX);
+        let expected = "**Planning the answer**\n\nThe user wants 2+2.\n**Computing**\n\n2+2 is 4.";
+        assert_eq!(concat(&out, "reasoning_content"), expected);
+        assert_eq!(concat(&out, "content"), "The answer is 4.");
+        let message = &stream.final_completion()["choices"][0]["message"];
+        assert_eq!(message["reasoning_content"], expected);
+        assert_eq!(message["content"], "The answer is 4.");
+
+        let (_, out) = translate(REASONING, ReasoningOutputMode::R1, false, usize::MAX);
+        assert_eq!(concat(&out, "reasoning_content"), expected.replacen(".\n**", ".**", 1));
+
+        let (stream, out) = translate(REASONING, ReasoningOutputMode::O3, false, usize::MAX);
+        let o3: Vec<Value> = deltas(&out).into_iter().filter_map(|d| d.get("reasoning").cloned()).collect();
+        assert_eq!(o3[0], json!({"content": [{"type": "text", "text": "**Planning"}]}));
+        assert_eq!(o3.len(), 4);
+        let message = &stream.final_completion()["choices"][0]["message"];
+        assert!(message["reasoning"]["content"][0]["text"].as_str().unwrap().starts_with("**Planning"));
+
+        let (stream, out) = translate(REASONING, ReasoningOutputMode::Tagged, false, usize::MAX);
+        let tagged = format!("<think>{expected}</think>The answer is 4.");
+        assert_eq!(concat(&out, "content"), tagged);
+        assert!(concat(&out, "reasoning_content").is_empty());
+        assert_eq!(stream.final_completion()["choices"][0]["message"]["content"], tagged);
+
+        let (stream, out) = translate(REASONING, ReasoningOutputMode::Hidden, false, usize::MAX);
+        assert!(!String::from_utf8(out).unwrap().contains("Planning"));
+        assert!(stream.final_completion()["choices"][0]["message"].get("reasoning_content").is_none());
+    }
+
+    #[test]
+    fn tagged_think_closes_before_tool_calls_and_at_the_end() {
+        let (_, out) = translate(PARALLEL_TOOLS, ReasoningOutputMode::Tagged, false, usize::MAX);
+        let d = deltas(&out);
+        let close = d.iter().position(|d| d["content"] == "</think>").unwrap();
+        let first_call = d.iter().position(|d| d.get("tool_calls").is_some()).unwrap();
+        assert!(close < first_call);
+        let mut stream = ChatStream::new(&meta(false), ReasoningOutputMode::Tagged, 1, "c");
+        let mut out = Vec::new();
+        for e in [
+            r#"{"type":"response.reasoning_summary_text.delta","output_index":0,"summary_index":0,"delta":"hm"}"#,
+            r#"{"type":"response.completed","response":{"status":"completed"}}"#,
+        ] {
+            stream.push_event(e, &mut out).unwrap();
+        }
+        assert_eq!(concat(&out, "content"), "<think>hm</think>");
+    }
+
+    #[test]
+    fn finish_chunk_and_usage_without_upstream_usage() {
+        let (stream, out) = translate(NO_USAGE, ReasoningOutputMode::OpenAi, true, usize::MAX);
+        let all = chunks(&out);
+        assert_eq!(all[all.len() - 2]["choices"][0]["finish_reason"], "stop");
+        assert_eq!(all[all.len() - 1]["choices"], json!([]));
+        assert_eq!(all[all.len() - 1]["usage"]["total_tokens"], 0);
+        assert!(out.ends_with(b"data: [DONE]\n\n"));
+        assert_eq!(stream.final_completion()["usage"]["prompt_tokens"], 0);
+        let (_, out) = translate(NO_USAGE, ReasoningOutputMode::OpenAi, false, usize::MAX);
+        assert!(chunks(&out).iter().all(|c| c.get("usage").is_none()));
+    }
+
+    #[test]
+    fn incomplete_is_length() {
+        let (stream, out) = translate(INCOMPLETE, ReasoningOutputMode::OpenAi, false, usize::MAX);
+        assert_eq!(chunks(&out).pop().unwrap()["choices"][0]["finish_reason"], "length");
+        assert_eq!(*stream.outcome(), StreamOutcome::Completed);
+        assert_eq!(stream.final_completion()["choices"][0]["finish_reason"], "length");
+        let mut stream = ChatStream::new(&meta(false), ReasoningOutputMode::OpenAi, 1, "c");
+        let mut out = Vec::new();
+        let filtered = r#"{"type":"response.incomplete","response":{"incomplete_details":{"reason":"content_filter"}}}"#;
+        stream.push_event(filtered, &mut out).unwrap();
+        assert_eq!(stream.final_completion()["choices"][0]["finish_reason"], "content_filter");
+    }
+
+    #[test]
+    fn failed_stream_ends_with_an_error_chunk() {
+        let (stream, out) = translate(FAILED, ReasoningOutputMode::OpenAi, true, usize::MAX);
+        let events = sse_data(&out, usize::MAX);
+        assert_eq!(events.last().unwrap(), "[DONE]");
+        let error: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+        assert_eq!(
+            error,
+            json!({"error": {"message": "The model failed to generate a response.",
+                "type": "server_error", "param": null, "code": "server_error"}})
+        );
+        let failure = stream.outcome().error().unwrap();
+        assert_eq!(failure.status, 502);
+        assert!(failure.to_body().contains("failed to generate"));
+    }
+
+    #[test]
+    fn error_event_truncation_and_bad_json_fail() {
+        let mut stream = ChatStream::new(&meta(false), ReasoningOutputMode::OpenAi, 1, "c");
+        let mut out = Vec::new();
+        stream
+            .push_event(r#"{"type":"error","code":"rate_limit_exceeded","message":"slow down","sequence_number":3}"#, &mut out)
+            .unwrap();
+        assert_eq!(
+            *stream.outcome(),
+            StreamOutcome::Failed { message: "slow down".into(), code: Some("rate_limit_exceeded".into()) }
+        );
+        let before = out.len();
+        stream.push_event(r#"{"type":"response.completed","response":{}}"#, &mut out).unwrap();
+        stream.finish(&mut out);
+        assert_eq!(out.len(), before, "nothing after the terminal event");
+
+        let mut stream = ChatStream::new(&meta(false), ReasoningOutputMode::OpenAi, 1, "c");
+        let mut out = Vec::new();
+        stream.push_event(r#"{"type":"response.output_text.delta","delta":"hi"}"#, &mut out).unwrap();
+        stream.finish(&mut out);
+        assert!(matches!(stream.outcome(), StreamOutcome::Failed { code: Some(c), .. } if c == "stream_incomplete"));
+        check_chat_stream(&sse_data(&out, usize::MAX)).unwrap();
+
+        let mut stream = ChatStream::new(&meta(false), ReasoningOutputMode::OpenAi, 1, "c");
+        let mut out = Vec::new();
+        let err = stream.push_event(r#"{"type":"response.output_text.delta","delta":5}"#, &mut out).unwrap_err();
+        assert_eq!(err.status, 502);
+        assert!(stream.outcome().error().is_some());
+        assert!(String::from_utf8(out).unwrap().ends_with("data: [DONE]\n\n"));
+    }
+
+    #[test]
+    fn unknown_and_odd_events_are_ignored() {
+        let mut stream = ChatStream::new(&meta(false), ReasoningOutputMode::OpenAi, 1, "c");
+        let mut out = Vec::new();
+        for e in [
+            r#"{"type":"response.created","response":{"id":"r"}}"#,
+            r#"{"type":"response.future_thing","delta":{"nested":[1,2]},"output_index":"x"}"#,
+            r#"not json at all"#,
+            r#"[DONE]"#,
+            r#"{"type":"response.function_call_arguments.delta","item_id":"nope","delta":"x"}"#,
+            r#"{"type":"response.output_text.delta","delta":"ok"}"#,
+            r#"{"type":"response.completed","response":{"usage":null}}"#,
+        ] {
+            let _ = stream.push_event(e, &mut out);
+        }
+        // A non-JSON line has no type: it fails the stream (it could have been anything).
+        assert!(stream.outcome().error().is_some());
+        let mut stream = ChatStream::new(&meta(false), ReasoningOutputMode::OpenAi, 1, "c");
+        let mut out = Vec::new();
+        for e in [
+            r#"{"type":"response.future_thing","delta":{"nested":[1,2]},"output_index":"x"}"#,
+            r#"{"type":"response.output_text.delta","delta":"ok"}"#,
+            r#"{"type":"response.completed","response":{"usage":null}}"#,
+        ] {
+            stream.push_event(e, &mut out).unwrap();
+        }
+        assert_eq!(concat(&out, "content"), "ok");
+        check_chat_stream(&sse_data(&out, usize::MAX)).unwrap();
+    }
+}
