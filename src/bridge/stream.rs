@@ -414,8 +414,8 @@ impl From<ChunkUsage> for UsageView {
         let cached_tokens = u
             .prompt_tokens_details
             .and_then(|d| d.cached_tokens)
-            .or(u.prompt_cache_hit_tokens)
-            .unwrap_or(0);
+            .unwrap_or(0)
+            .max(u.prompt_cache_hit_tokens.unwrap_or(0));
         let reasoning_tokens = u
             .completion_tokens_details
             .and_then(|d| d.reasoning_tokens)
@@ -1343,3 +1343,428 @@ pub fn failure_code(code: &str, kind: &str, message: &str) -> &'static str {
     }
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bridge::request::responses_to_chat;
+    use crate::conformance::responses::{check_response_object, check_responses_stream};
+    use crate::sse::SseReader;
+    use serde_json::json;
+
+    /// (file name, contents, assume_think_open, expected terminal event)
+    const FIXTURES: &[(&str, &str, bool, &str)] = &[
+        ("text", include_str!("../../tests/fixtures/chat-streams/text.sse"), false, "response.completed"),
+        ("reasoning-content", include_str!("../../tests/fixtures/chat-streams/reasoning-content.sse"), false, "response.completed"),
+        ("reasoning-field-tool", include_str!("../../tests/fixtures/chat-streams/reasoning-field-tool.sse"), false, "response.completed"),
+        ("think-inline-split", include_str!("../../tests/fixtures/chat-streams/think-inline-split.sse"), false, "response.completed"),
+        ("think-missing-open", include_str!("../../tests/fixtures/chat-streams/think-missing-open.sse"), true, "response.completed"),
+        ("text-starting-with-lt", include_str!("../../tests/fixtures/chat-streams/text-starting-with-lt.sse"), false, "response.completed"),
+        ("tool-calls-parallel", include_str!("../../tests/fixtures/chat-streams/tool-calls-parallel.sse"), false, "response.completed"),
+        ("tool-calls-same-index", include_str!("../../tests/fixtures/chat-streams/tool-calls-same-index.sse"), false, "response.completed"),
+        ("tool-call-whole-chunk", include_str!("../../tests/fixtures/chat-streams/tool-call-whole-chunk.sse"), false, "response.completed"),
+        ("custom-tool-call", include_str!("../../tests/fixtures/chat-streams/custom-tool-call.sse"), false, "response.completed"),
+        ("finish-length", include_str!("../../tests/fixtures/chat-streams/finish-length.sse"), false, "response.incomplete"),
+        ("content-filter", include_str!("../../tests/fixtures/chat-streams/content-filter.sse"), false, "response.incomplete"),
+        ("error-mid-stream", include_str!("../../tests/fixtures/chat-streams/error-mid-stream.sse"), false, "response.failed"),
+        ("cut-without-done", include_str!("../../tests/fixtures/chat-streams/cut-without-done.sse"), false, "response.failed"),
+        ("finish-then-eof", include_str!("../../tests/fixtures/chat-streams/finish-then-eof.sse"), false, "response.completed"),
+        ("usage-details", include_str!("../../tests/fixtures/chat-streams/usage-details.sse"), false, "response.completed"),
+    ];
+
+    fn test_meta(assume_think_open: bool) -> StreamMeta {
+        let request = json!({
+            "model": "test-model",
+            "input": "hi",
+            "stream": true,
+            "tools": [
+                {"type": "function", "name": "exec_command", "parameters": {"type": "object"}},
+                {"type": "function", "name": "get_goal", "parameters": {"type": "object"}},
+                {"type": "namespace", "name": "multi_agent_v1", "description": "Sub-agents.",
+                 "tools": [{"type": "function", "name": "spawn_agent", "parameters": {"type": "object"}}]},
+                {"type": "custom", "name": "apply_patch", "description": "Edit files."},
+                {"type": "web_search"}
+            ]
+        });
+        let mut meta = responses_to_chat(&request).expect("valid request").meta;
+        meta.assume_think_open = assume_think_open;
+        meta
+    }
+
+    struct Converted {
+        sse: Vec<u8>,
+        events: Vec<(String, Value)>,
+        response: Value,
+        errors: Vec<StreamError>,
+    }
+
+    /// Feeds an upstream body through `SseReader` in `piece`-byte pieces, like the server does.
+    fn convert(body: &[u8], piece: usize, meta: StreamMeta) -> Converted {
+        let mut converter = ChatStreamConverter::new(meta, "resp_test1", 1_795_268_307);
+        let mut reader = SseReader::default();
+        let mut sse = Vec::new();
+        let mut errors = Vec::new();
+        converter.start(&mut sse);
+        for bytes in body.chunks(piece.max(1)) {
+            reader.push(bytes);
+            while let Some(event) = reader.next_event().expect("valid SSE") {
+                if let Err(err) = converter.push_sse_data(event.data, &mut sse) {
+                    errors.push(err);
+                }
+            }
+        }
+        if let Some(event) = reader.finish().expect("valid SSE") {
+            if let Err(err) = converter.push_sse_data(event.data, &mut sse) {
+                errors.push(err);
+            }
+        }
+        converter.end_of_stream(&mut sse);
+        Converted {
+            events: parse_events(&sse),
+            sse,
+            response: converter.final_response(),
+            errors,
+        }
+    }
+
+    fn parse_events(sse: &[u8]) -> Vec<(String, Value)> {
+        let mut reader = SseReader::default();
+        reader.push(sse);
+        let mut events = Vec::new();
+        while let Some(event) = reader.next_event().expect("valid SSE") {
+            let data = serde_json::from_str(event.data).expect("event data is JSON");
+            events.push((event.event.to_string(), data));
+        }
+        events
+    }
+
+    fn fixture(name: &str) -> (&'static str, bool) {
+        let (_, body, think, _) = FIXTURES
+            .iter()
+            .find(|f| f.0 == name)
+            .expect("fixture exists");
+        (body, *think)
+    }
+
+    fn convert_fixture(name: &str) -> Converted {
+        let (body, think) = fixture(name);
+        convert(body.as_bytes(), usize::MAX, test_meta(think))
+    }
+
+    fn types(events: &[(String, Value)]) -> Vec<&str> {
+        events
+            .iter()
+            .map(|(_, v)| v["type"].as_str().unwrap_or_default())
+            .collect()
+    }
+
+    fn events_of<'a>(events: &'a [(String, Value)], kind: &str) -> Vec<&'a Value> {
+        events.iter().map(|(_, v)| v).filter(|v| v["type"] == kind).collect()
+    }
+
+    #[test]
+    fn every_fixture_converts_to_a_conforming_stream_at_any_split() {
+        for (name, body, think, terminal) in FIXTURES {
+            let whole = convert(body.as_bytes(), usize::MAX, test_meta(*think));
+            let values: Vec<Value> = whole.events.iter().map(|(_, v)| v.clone()).collect();
+            if let Err(problems) = check_responses_stream(&values) {
+                panic!("{name}: stream does not conform:\n{problems}");
+            }
+            for (event_name, value) in &whole.events {
+                assert_eq!(value["type"], event_name.as_str(), "{name}: event line");
+            }
+            let last = values.last().expect("events");
+            assert_eq!(last["type"], *terminal, "{name}: terminal event");
+            assert_eq!(last["response"], whole.response, "{name}: final response");
+            if let Err(problems) = check_response_object(&whole.response) {
+                panic!("{name}: final response does not conform:\n{problems}");
+            }
+            for piece in [1, 2, 3, 7, 64] {
+                let split = convert(body.as_bytes(), piece, test_meta(*think));
+                assert_eq!(split.sse, whole.sse, "{name}: piece size {piece}");
+            }
+            if let Ok(dir) = std::env::var("BRIDGE_SSE_OUT") {
+                let dir = std::path::Path::new(&dir);
+                std::fs::write(dir.join(format!("{name}.sse")), &whole.sse).expect("write");
+                let json = serde_json::to_vec_pretty(&whole.response).expect("json");
+                std::fs::write(dir.join(format!("{name}.json")), json).expect("write");
+            }
+        }
+    }
+
+    #[test]
+    fn text_stream_has_exactly_the_expected_events() {
+        let out = convert_fixture("text");
+        assert_eq!(
+            types(&out.events),
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_text.delta",
+                "response.output_text.delta",
+                "response.output_text.delta",
+                "response.output_text.delta",
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.completed",
+            ]
+        );
+        let sequence: Vec<u64> = out
+            .events
+            .iter()
+            .map(|(_, v)| v["sequence_number"].as_u64().unwrap_or(u64::MAX))
+            .collect();
+        assert_eq!(sequence, (0..12).collect::<Vec<u64>>());
+        let text = "Hello, wörld! 👋 Quotes \"and\"\nnewlines\\.";
+        assert_eq!(
+            out.events[2].1,
+            json!({"type": "response.output_item.added", "sequence_number": 2, "output_index": 0,
+                   "item": {"type": "message", "id": "msg_test1_0", "status": "in_progress",
+                            "role": "assistant", "content": []}})
+        );
+        assert_eq!(
+            out.events[4].1,
+            json!({"type": "response.output_text.delta", "sequence_number": 4,
+                   "item_id": "msg_test1_0", "output_index": 0, "content_index": 0,
+                   "delta": "Hel", "logprobs": []})
+        );
+        let done_item = json!({"type": "message", "id": "msg_test1_0", "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]});
+        assert_eq!(out.events[10].1["item"], done_item);
+        let response = &out.events[11].1["response"];
+        assert_eq!(response["status"], "completed");
+        assert_eq!(response["output"], json!([done_item]));
+        assert_eq!(response["model"], "test-model");
+        assert_eq!(response["tool_choice"], "auto");
+        assert_eq!(
+            response["usage"],
+            json!({"input_tokens": 12, "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                   "output_tokens": 7, "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 19})
+        );
+    }
+
+    #[test]
+    fn inline_think_tags_split_across_chunks_become_a_reasoning_item() {
+        let out = convert_fixture("think-inline-split");
+        let output = &out.response["output"];
+        assert_eq!(output[0]["type"], "reasoning");
+        assert_eq!(
+            output[0]["summary"],
+            json!([{"type": "summary_text", "text": "Let me think: 2 < 3 is true."}])
+        );
+        assert_eq!(output[1]["content"][0]["text"], "Yes: 2 < 3, and <b>bold</b>.");
+        assert_eq!(
+            types(&out.events)[2..5],
+            [
+                "response.output_item.added",
+                "response.reasoning_summary_part.added",
+                "response.reasoning_summary_text.delta",
+            ]
+        );
+        let first_message = out
+            .events
+            .iter()
+            .position(|(_, v)| v["item"]["type"] == "message")
+            .unwrap_or(0);
+        let reasoning_done = out
+            .events
+            .iter()
+            .position(|(_, v)| v["type"] == "response.output_item.done")
+            .unwrap_or(usize::MAX);
+        assert!(reasoning_done < first_message, "reasoning closes before text starts");
+    }
+
+    #[test]
+    fn missing_opening_think_tag_is_handled_when_assumed_open() {
+        let out = convert_fixture("think-missing-open");
+        let output = &out.response["output"];
+        assert_eq!(output[0]["summary"][0]["text"], "Reasoning without an opening tag.");
+        assert_eq!(output[1]["content"][0]["text"], "The answer.");
+        let plain = convert(fixture("think-missing-open").0.as_bytes(), 5, test_meta(false));
+        assert_eq!(plain.response["output"][0]["type"], "message");
+    }
+
+    #[test]
+    fn a_less_than_sign_that_is_not_a_tag_stays_text() {
+        let out = convert_fixture("text-starting-with-lt");
+        assert_eq!(out.response["output"][0]["content"][0]["text"], "<div>hi</div>");
+        assert_eq!(out.response["output"].as_array().map(Vec::len), Some(1));
+    }
+
+    #[test]
+    fn reasoning_fields_become_summaries() {
+        let out = convert_fixture("reasoning-content");
+        assert_eq!(out.response["output"][0]["summary"][0]["text"], "The user wants a greeting.");
+        assert_eq!(out.response["output"][1]["content"][0]["text"], "Hello!");
+        assert_eq!(out.response["usage"]["input_tokens_details"]["cached_tokens"], 16);
+        assert_eq!(out.response["usage"]["output_tokens_details"]["reasoning_tokens"], 5);
+        let out = convert_fixture("reasoning-field-tool");
+        assert_eq!(out.response["output"][0]["summary"][0]["text"], "I should list the files.");
+        assert_eq!(out.response["output"][1]["type"], "function_call");
+        assert_eq!(out.response["output"][1]["arguments"], "{\"cmd\": \"ls -la\"}");
+        let deltas = events_of(&out.events, "response.reasoning_summary_text.delta");
+        assert!(deltas.iter().all(|d| d["summary_index"] == 0));
+    }
+
+    #[test]
+    fn parallel_interleaved_calls_are_each_assembled() {
+        let out = convert_fixture("tool-calls-parallel");
+        let output = out.response["output"].as_array().cloned().unwrap_or_default();
+        assert_eq!(output.len(), 3);
+        assert_eq!(
+            output[0],
+            json!({"type": "function_call", "id": "fc_test1_0", "status": "completed",
+                   "call_id": "call_A", "name": "exec_command", "arguments": "{\"cmd\":\"pwd\"}"})
+        );
+        assert_eq!(output[1]["name"], "spawn_agent");
+        assert_eq!(output[1]["namespace"], "multi_agent_v1");
+        assert_eq!(output[1]["arguments"], "{\"message\":\"check tests\"}");
+        assert_eq!(output[2]["call_id"], "call_C");
+        assert_eq!(output[2]["arguments"], "{}");
+        let added = events_of(&out.events, "response.output_item.added");
+        assert!(added.iter().all(|e| e["item"]["arguments"] == ""));
+        assert_eq!(out.response["usage"]["input_tokens_details"]["cached_tokens"], 384);
+    }
+
+    #[test]
+    fn a_call_delivered_whole_is_not_doubled() {
+        let out = convert_fixture("tool-call-whole-chunk");
+        let deltas = events_of(&out.events, "response.function_call_arguments.delta");
+        assert_eq!(deltas.len(), 1);
+        assert_eq!(deltas[0]["delta"], "{\"cmd\":\"echo hi\"}");
+        assert_eq!(out.response["output"][0]["arguments"], "{\"cmd\":\"echo hi\"}");
+    }
+
+    #[test]
+    fn calls_sharing_an_index_are_told_apart_by_id() {
+        let out = convert_fixture("tool-calls-same-index");
+        let output = &out.response["output"];
+        assert_eq!(output[0]["call_id"], "call_first");
+        assert_eq!(output[0]["arguments"], "{\"cmd\":\"ls\"}");
+        assert_eq!(output[1]["call_id"], "call_second");
+        assert_eq!(output[1]["arguments"], "{\"cmd\":\"pwd\"}");
+        assert_eq!(out.response["usage"]["total_tokens"], 0);
+    }
+
+    #[test]
+    fn custom_tool_calls_come_back_with_decoded_input() {
+        let out = convert_fixture("custom-tool-call");
+        let output = &out.response["output"];
+        assert_eq!(output[0]["content"][0]["text"], "I'll add the file.");
+        let patch = "*** Begin Patch\n*** Add File: hello.txt\n+hi \"there\"\n*** End Patch\n";
+        assert_eq!(
+            output[1],
+            json!({"type": "custom_tool_call", "id": "ctc_test1_1", "status": "completed",
+                   "call_id": "call_patch", "name": "apply_patch", "input": patch})
+        );
+        assert!(events_of(&out.events, "response.function_call_arguments.delta").is_empty());
+        let done = events_of(&out.events, "response.custom_tool_call_input.done");
+        assert_eq!(done[0]["input"], patch);
+    }
+
+    #[test]
+    fn finish_reasons_map_to_incomplete_details() {
+        let out = convert_fixture("finish-length");
+        assert_eq!(out.response["status"], "incomplete");
+        assert_eq!(out.response["incomplete_details"]["reason"], "max_output_tokens");
+        assert_eq!(out.response["output"][0]["status"], "incomplete");
+        assert_eq!(out.response["usage"]["output_tokens"], 16);
+        let out = convert_fixture("content-filter");
+        assert_eq!(out.response["incomplete_details"]["reason"], "content_filter");
+    }
+
+    #[test]
+    fn upstream_errors_and_cuts_fail_the_response() {
+        let out = convert_fixture("error-mid-stream");
+        assert_eq!(out.response["status"], "failed");
+        assert_eq!(out.response["error"]["code"], "rate_limit_exceeded");
+        assert_eq!(out.response["error"]["message"], "Rate limit reached for requests");
+        assert_eq!(out.response["output"][0]["content"][0]["text"], "Partial ");
+        assert_eq!(out.errors.len(), 1);
+        let out = convert_fixture("cut-without-done");
+        assert_eq!(out.response["error"]["code"], "server_error");
+        assert_eq!(out.response["output"][0]["status"], "incomplete");
+        let out = convert_fixture("finish-then-eof");
+        assert_eq!(out.response["status"], "completed");
+    }
+
+    #[test]
+    fn invalid_chunk_json_fails_once_and_later_input_is_ignored() {
+        let mut converter = ChatStreamConverter::new(test_meta(false), "resp_x", 1);
+        let mut out = Vec::new();
+        let err = converter.push_chunk("{not json", &mut out).unwrap_err();
+        assert_eq!(err.code, "server_error");
+        assert!(converter.is_terminated());
+        let ok = r#"{"choices":[{"index":0,"delta":{"content":"late"}}]}"#;
+        assert!(converter.push_chunk(ok, &mut out).is_ok());
+        converter.finish(&mut out);
+        converter.fail("server_error", "again", &mut out);
+        converter.end_of_stream(&mut out);
+        let events = parse_events(&out);
+        let terminals = events
+            .iter()
+            .filter(|(_, v)| v["type"] == "response.failed")
+            .count();
+        assert_eq!(terminals, 1);
+        assert_eq!(types(&events).len(), 3);
+    }
+
+    #[test]
+    fn odd_but_harmless_chunk_shapes_are_tolerated() {
+        let mut converter = ChatStreamConverter::new(test_meta(false), "resp_y", 1);
+        let mut out = Vec::new();
+        for chunk in [
+            r#"{"choices":null,"usage":null}"#,
+            r#"{"choices":[{"index":0,"delta":{"reasoning":{"effort":"x"},"content":null}}]}"#,
+            r#"{"choices":[{"index":1,"delta":{"content":"other choice"}}]}"#,
+            r#"{"choices":[{"delta":{"content":"hi"},"finish_reason":null}]}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":null}}"#,
+        ] {
+            converter.push_chunk(chunk, &mut out).expect("tolerated");
+        }
+        converter.finish(&mut out);
+        let response = converter.final_response();
+        assert_eq!(response["output"][0]["content"][0]["text"], "hi");
+        assert_eq!(response["usage"]["total_tokens"], 1);
+        let values: Vec<Value> = parse_events(&out).into_iter().map(|(_, v)| v).collect();
+        assert_eq!(check_responses_stream(&values), Ok(()));
+    }
+
+    #[test]
+    fn error_codes_that_codex_acts_on_are_recognized() {
+        assert_eq!(failure_code("rate_limit_exceeded", "", ""), "rate_limit_exceeded");
+        assert_eq!(failure_code("429", "", "slow down"), "rate_limit_exceeded");
+        assert_eq!(
+            failure_code("", "invalid_request_error", "This model's maximum context length is 8192"),
+            "context_length_exceeded"
+        );
+        assert_eq!(failure_code("insufficient_quota", "", ""), "insufficient_quota");
+        assert_eq!(failure_code("500", "server_error", "boom"), "server_error");
+        let mut converter = ChatStreamConverter::new(test_meta(false), "resp_z", 1);
+        let mut out = Vec::new();
+        let err = converter
+            .push_chunk(r#"{"error":"context length exceeded"}"#, &mut out)
+            .unwrap_err();
+        assert_eq!(err.code, "context_length_exceeded");
+    }
+
+    #[test]
+    fn partial_tag_suffixes_are_found() {
+        assert_eq!(partial_tag_suffix("abc</th", THINK_CLOSE), 4);
+        assert_eq!(partial_tag_suffix("abc<", THINK_CLOSE), 1);
+        assert_eq!(partial_tag_suffix("abc", THINK_CLOSE), 0);
+        assert_eq!(partial_tag_suffix("é", THINK_CLOSE), 0);
+        assert_eq!(partial_tag_suffix("</think", THINK_CLOSE), 7);
+    }
+
+    #[test]
+    fn custom_input_decoding_falls_back_gracefully() {
+        assert_eq!(decode_custom_input(r#"{"input":"a\nb"}"#), "a\nb");
+        assert_eq!(decode_custom_input(r#"{"patch":"x"}"#), "x");
+        assert_eq!(decode_custom_input("*** Begin Patch"), "*** Begin Patch");
+    }
+}

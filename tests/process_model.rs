@@ -1,0 +1,178 @@
+//! The process model seen from outside: what the kernel says about the supervisor and the
+//! worker (users, capabilities, dumpability, locks, environment). Most checks need root, which
+//! CI has; as an ordinary user only the checks that apply are made.
+
+mod common;
+
+use common::*;
+use std::os::unix::process::CommandExt;
+use std::time::Duration;
+
+fn status_field(pid: u32, name: &str) -> String {
+    proc_status(pid)
+        .get(name)
+        .cloned()
+        .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
+}
+
+fn core_limit(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/limits"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap()
+        .split_whitespace()
+        .skip(4)
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn supervisor_and_worker_are_hardened() {
+    let mock = MockUpstream::start(|_| Reply::json(200, "{}")).await;
+    let proxy = Proxy::start_with(ProxyOptions {
+        args: vec!["--upstream-url".into(), mock.url("/v1/responses")],
+        env: vec![
+            ("LD_BIND_NOW".into(), "1".into()),
+            ("LD_LIBRARY_PATH".into(), "/nonexistent-for-test".into()),
+        ],
+        ..Default::default()
+    });
+    let worker = proxy.worker_pid();
+    // A request proves the worker is the one serving.
+    let answer = http_client()
+        .post(proxy.url("/v1/responses"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+
+    for pid in [proxy.pid, worker] {
+        assert_eq!(core_limit(pid), "0 0", "core limit of {pid}");
+        let status = proc_status(pid);
+        let locked: u64 = status["VmLck"]
+            .trim_end_matches(" kB")
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(locked > 0, "VmLck of {pid} is {locked}");
+        if is_root() {
+            // Only root may read the environment of a non-dumpable process.
+            let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+            let text = String::from_utf8_lossy(&environ);
+            assert!(
+                !text.contains("LD_BIND_NOW") && !text.contains("LD_LIBRARY_PATH"),
+                "LD_ variable in {pid}: {text:?}"
+            );
+            assert!(!text.contains(TEST_KEY));
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+            assert!(!String::from_utf8_lossy(&cmdline).contains(TEST_KEY));
+        }
+    }
+
+    let worker_status = proc_status(worker);
+    assert_eq!(worker_status["NoNewPrivs"], "1");
+    for set in ["CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"] {
+        assert_eq!(worker_status[set], "0000000000000000", "worker {set}");
+    }
+    if is_root() {
+        let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+        let uids: Vec<&str> = worker_status["Uid"].split_whitespace().collect();
+        assert_eq!(uids, vec![nobody.uid.to_string(); 4], "worker uid");
+        let gids: Vec<&str> = worker_status["Gid"].split_whitespace().collect();
+        assert_eq!(gids, vec![nobody.gid.to_string(); 4], "worker gid");
+        assert_eq!(worker_status["Groups"], nobody.gid.to_string());
+        assert_eq!(
+            proc_status(proxy.pid)["Uid"].split_whitespace().next(),
+            Some("0")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unprivileged_user_cannot_read_environ_or_ptrace_either_process() {
+    if !is_root() {
+        eprintln!("skipped: needs root to act as another user");
+        return;
+    }
+    let mock = MockUpstream::start(|_| Reply::json(200, "{}")).await;
+    let proxy = Proxy::start(&mock.url("/v1/responses"), &[]);
+    let worker = proxy.worker_pid();
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    for pid in [proxy.pid, worker] {
+        let read = std::process::Command::new("cat")
+            .arg(format!("/proc/{pid}/environ"))
+            .uid(nobody.uid.as_raw())
+            .gid(nobody.gid.as_raw())
+            .output()
+            .unwrap();
+        assert!(!read.status.success(), "nobody read /proc/{pid}/environ");
+        assert!(read.stdout.is_empty());
+
+        // The child becomes nobody, then tries PTRACE_ATTACH before exec.
+        let target = pid as i32;
+        let mut attach = std::process::Command::new("true");
+        attach.uid(nobody.uid.as_raw()).gid(nobody.gid.as_raw());
+        unsafe {
+            attach.pre_exec(move || {
+                let r = libc::ptrace(libc::PTRACE_ATTACH, target, 0, 0);
+                if r == 0 {
+                    libc::ptrace(libc::PTRACE_DETACH, target, 0, 0);
+                    return Ok(());
+                }
+                Err(std::io::Error::last_os_error())
+            });
+        }
+        let error = attach.status().expect_err("nobody attached with ptrace");
+        assert_eq!(
+            error.raw_os_error(),
+            Some(libc::EPERM),
+            "ptrace {pid}: {error}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unknown_worker_user_is_a_clear_startup_error() {
+    if !is_root() {
+        eprintln!("skipped: --user only applies when started as root");
+        return;
+    }
+    let output = std::process::Command::new(binary())
+        .args(["--user", "no-such-user-for-test"])
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(b"sk-x\n")?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("does not exist"));
+    let root = std::process::Command::new(binary())
+        .args(["--user", "root"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(!root.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fork_happens_while_single_threaded() {
+    // The supervisor never starts a runtime: it stays at one thread while serving.
+    let mock = MockUpstream::start(|_| Reply::json(200, "{}")).await;
+    let proxy = Proxy::start(&mock.url("/v1/responses"), &[]);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(status_field(proxy.pid, "Threads"), "1");
+    assert!(
+        status_field(proxy.worker_pid(), "Threads")
+            .parse::<u32>()
+            .unwrap()
+            > 1
+    );
+}
