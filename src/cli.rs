@@ -101,6 +101,79 @@ pub struct Cli {
     )]
     pub log_level: String,
 
+    /// Also serve the wrapper routes: Chat Completions, Completions, Models and Ollama clients
+    /// on this upstream (`/v1/chat/completions`, `/v1/completions`, `/v1/models`, `/api/*`).
+    #[arg(
+        long,
+        env = "CODEX_PROXY_WRAPPER_ROUTES",
+        help_heading = "Wrapper routes"
+    )]
+    pub wrapper_routes: bool,
+
+    /// File holding the key clients must send as `Authorization: Bearer <key>` on the wrapper
+    /// routes (the systemd credential `client-api-key` wins). Without one, no client key is asked.
+    #[arg(long, value_name = "FILE", help_heading = "Wrapper routes")]
+    pub client_api_key_file: Option<PathBuf>,
+
+    /// Default reasoning effort: minimal, low, medium or high.
+    #[arg(long, env = "REASONING_EFFORT", help_heading = "Wrapper routes")]
+    pub reasoning_effort: Option<String>,
+
+    /// Reasoning summary asked of the upstream: auto, concise, detailed or none.
+    #[arg(long, env = "REASONING_SUMMARY", help_heading = "Wrapper routes")]
+    pub reasoning_summary: Option<String>,
+
+    /// How reasoning reaches chat clients: openai, r1, o3, tagged, hidden or all.
+    #[arg(long, env = "REASONING_OUTPUT_MODE", help_heading = "Wrapper routes")]
+    pub reasoning_output_mode: Option<String>,
+
+    /// Model ids listed on /v1/models: a JSON array or a comma/space separated list.
+    #[arg(long, env = "EXPOSE_MODELS", help_heading = "Wrapper routes")]
+    pub expose_models: Option<String>,
+
+    /// Send every wrapper request to this model, whatever the client asks.
+    #[arg(long, env = "DEBUG_MODEL", help_heading = "Wrapper routes")]
+    pub debug_model: Option<String>,
+
+    /// Log at debug level (same as --log-level debug).
+    #[arg(long, env = "VERBOSE", help_heading = "Wrapper routes")]
+    pub verbose: bool,
+
+    /// Ollama server for the /api/* pass-through, e.g. http://127.0.0.1:11434.
+    #[arg(
+        long,
+        env = "OLLAMA_API_URL",
+        value_name = "URL",
+        help_heading = "Wrapper routes"
+    )]
+    pub ollama_api_url: Option<String>,
+
+    /// Which client headers reach the upstream on wrapper routes:
+    /// off, safe, list, override or override-codex.
+    #[arg(
+        long,
+        env = "FORWARD_CLIENT_HEADERS_MODE",
+        default_value = "off",
+        help_heading = "Wrapper routes"
+    )]
+    pub forward_client_headers_mode: String,
+
+    /// Header names forwarded in `list` mode (comma separated).
+    #[arg(
+        long,
+        env = "FORWARD_CLIENT_HEADERS_LIST",
+        help_heading = "Wrapper routes"
+    )]
+    pub forward_client_headers_list: Option<String>,
+
+    /// JSON object of headers set on upstream requests in `override` mode.
+    #[arg(
+        long,
+        env = "FORWARD_CLIENT_HEADERS_OVERRIDE",
+        help_heading = "Wrapper routes"
+    )]
+    pub forward_client_headers_override: Option<String>,
+
     /// Print the man page (roff) to standard output and exit.
     #[arg(long, hide = true)]
     pub man_page: bool,

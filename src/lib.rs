@@ -7,8 +7,11 @@
 //! wire formats are pure functions with no I/O.
 
 pub mod api_error;
+pub mod bridge;
 pub mod cli;
+pub mod conformance;
 pub mod logging;
 pub mod sse;
 pub mod supervisor;
 pub mod worker;
+pub mod wrapper;

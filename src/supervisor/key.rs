@@ -270,6 +270,36 @@ fn validate(key: &[u8]) -> Result<(), KeyError> {
     Ok(())
 }
 
+/// Reads a secondary secret (the wrapper's client access key, a Codex `auth.json`): the systemd
+/// credential `name` when it exists, else `file`. Read as root, before the worker exists.
+/// Trailing newlines are trimmed. Errors name the file, never its content.
+pub fn read_secret(
+    credentials_directory: Option<&Path>,
+    name: &str,
+    file: Option<&Path>,
+) -> Result<Option<secrecy::SecretString>, String> {
+    let credential = credentials_directory
+        .map(|dir| dir.join(name))
+        .filter(|path| path.exists());
+    let Some(path) = credential.as_deref().or(file) else {
+        return Ok(None);
+    };
+    let mut bytes =
+        std::fs::read(path).map_err(|e| format!("cannot read {} ({name}): {e}", path.display()))?;
+    let text = match std::str::from_utf8(&bytes) {
+        Ok(text) => text.trim_end_matches(['\r', '\n']).to_owned(),
+        Err(_) => {
+            bytes.zeroize();
+            return Err(format!("{} ({name}) is not valid UTF-8", path.display()));
+        }
+    };
+    bytes.zeroize();
+    if text.is_empty() {
+        return Err(format!("{} ({name}) is empty", path.display()));
+    }
+    Ok(Some(secrecy::SecretString::from(text)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

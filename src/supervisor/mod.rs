@@ -9,7 +9,10 @@ pub mod notify;
 pub mod privilege_drop;
 
 use crate::cli::Cli;
+use crate::worker::client_headers::ClientHeaderForwarding;
+use crate::worker::wrapper_routes::WrapperConfig;
 use crate::worker::{self, WorkerConfig};
+use crate::wrapper::settings::WrapperSettings;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
@@ -41,7 +44,12 @@ pub fn run(cli: Cli) -> ExitCode {
         return ExitCode::from(1);
     }
     hardening::remove_loader_variables();
-    if let Err(e) = crate::logging::init(&cli.log_level) {
+    let log_level = if cli.verbose && cli.log_level == "info" {
+        "debug"
+    } else {
+        cli.log_level.as_str()
+    };
+    if let Err(e) = crate::logging::init(log_level) {
         eprintln!("codex-responses-api-proxy: {e}");
         return ExitCode::from(2);
     }
@@ -88,7 +96,15 @@ pub fn run(cli: Cli) -> ExitCode {
         Ok(fd) => fd,
         Err(e) => return fail(format!("cannot create a signalfd: {e}")),
     };
-    let config = WorkerConfig::from_cli(&cli, key, upstream_url);
+    let wrapper = if cli.wrapper_routes {
+        match wrapper_config(&cli, credentials.as_deref()) {
+            Ok(wrapper) => Some(wrapper),
+            Err(e) => return fail(e),
+        }
+    } else {
+        None
+    };
+    let config = WorkerConfig::from_cli(&cli, key, upstream_url, wrapper);
     // SAFETY: the process is single-threaded here (no runtime, no threads were started).
     match unsafe { fork() } {
         Err(e) => fail(format!("cannot fork the worker: {e}")),
@@ -119,6 +135,55 @@ pub fn run(cli: Cli) -> ExitCode {
             )
         }
     }
+}
+
+/// The wrapper routes' settings and secrets, checked before anything is served.
+fn wrapper_config(cli: &Cli, credentials: Option<&Path>) -> Result<WrapperConfig, String> {
+    let lookup = |name: &str| -> Option<String> {
+        match name {
+            "REASONING_EFFORT" => cli.reasoning_effort.clone(),
+            "REASONING_SUMMARY" => cli.reasoning_summary.clone(),
+            "REASONING_OUTPUT_MODE" => cli.reasoning_output_mode.clone(),
+            "DEBUG_MODEL" => cli.debug_model.clone(),
+            "EXPOSE_MODELS" => cli.expose_models.clone(),
+            _ => None,
+        }
+    };
+    let settings = WrapperSettings::from_lookup(lookup).map_err(|e| e.0)?;
+    let forwarding = ClientHeaderForwarding::parse(
+        &cli.forward_client_headers_mode,
+        cli.forward_client_headers_list.as_deref(),
+        cli.forward_client_headers_override.as_deref(),
+    )?;
+    let ollama_url = match cli
+        .ollama_api_url
+        .as_deref()
+        .filter(|u| !u.trim().is_empty())
+    {
+        None => None,
+        Some(url) => {
+            let mut url = reqwest::Url::parse(url.trim())
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .ok_or_else(|| format!("OLLAMA_API_URL {url:?} is not an http(s) URL"))?;
+            if !url.path().ends_with('/') {
+                let path = format!("{}/", url.path());
+                url.set_path(&path);
+            }
+            Some(url)
+        }
+    };
+    let client_api_key = key::read_secret(
+        credentials,
+        "client-api-key",
+        cli.client_api_key_file.as_deref(),
+    )?;
+    Ok(WrapperConfig {
+        settings,
+        client_api_key,
+        ollama_url,
+        forwarding,
+    })
 }
 
 /// In the forked child: drop privileges, re-lock the key, unblock signals, then serve.

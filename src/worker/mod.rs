@@ -1,11 +1,15 @@
 //! The unprivileged side: a tokio runtime serving HTTP/1.1 on the inherited listeners. It
 //! starts only after the privilege drop and owns everything that touches client input.
 
+pub mod bridge_route;
+pub mod client_headers;
 pub mod headers;
 pub mod http;
 pub mod routes;
 pub mod strict;
+pub mod translate;
 pub mod upstream;
+pub mod wrapper_routes;
 
 use crate::cli::Cli;
 use crate::supervisor::key::KeySource;
@@ -21,6 +25,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 use upstream::UpstreamClient;
+use wrapper_routes::WrapperConfig;
 
 /// Everything the worker needs, prepared by the supervisor before fork.
 pub struct WorkerConfig {
@@ -33,10 +38,16 @@ pub struct WorkerConfig {
     pub idle_timeout: Duration,
     pub max_request_body: usize,
     pub shutdown_grace: Duration,
+    pub wrapper: Option<WrapperConfig>,
 }
 
 impl WorkerConfig {
-    pub fn from_cli(cli: &Cli, key: KeySource, upstream_url: reqwest::Url) -> Self {
+    pub fn from_cli(
+        cli: &Cli,
+        key: KeySource,
+        upstream_url: reqwest::Url,
+        wrapper: Option<WrapperConfig>,
+    ) -> Self {
         WorkerConfig {
             key,
             upstream_url,
@@ -47,6 +58,7 @@ impl WorkerConfig {
             idle_timeout: cli.idle_timeout(),
             max_request_body: cli.max_request_body,
             shutdown_grace: cli.shutdown_grace(),
+            wrapper,
         }
     }
 }
@@ -60,6 +72,10 @@ pub struct State {
     pub http_shutdown: bool,
     pub max_request_body: usize,
     pub supervisor_pipe: OwnedFd,
+    /// The wrapper routes, when enabled.
+    pub wrapper: Option<WrapperConfig>,
+    /// A client with no credentials, for pass-through to servers that need none (Ollama).
+    pub plain_client: reqwest::Client,
 }
 
 /// Serves until SIGTERM/SIGINT, then drains; returns the process exit code.
@@ -97,6 +113,18 @@ async fn serve(config: WorkerConfig, listeners: Vec<Listener>, supervisor_pipe: 
             None
         }
     };
+    let plain_client = match reqwest::Client::builder()
+        .connect_timeout(config.connect_timeout)
+        .read_timeout(config.idle_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(client) => client,
+        Err(e) => {
+            error!("worker: cannot build the HTTP client: {e}");
+            return 1;
+        }
+    };
     let state = Arc::new(State {
         upstream,
         upstream_url: config.upstream_url.clone(),
@@ -104,6 +132,8 @@ async fn serve(config: WorkerConfig, listeners: Vec<Listener>, supervisor_pipe: 
         http_shutdown: config.http_shutdown,
         max_request_body: config.max_request_body,
         supervisor_pipe,
+        wrapper: config.wrapper,
+        plain_client,
     });
     let (mut terminate, mut interrupt) = match (
         signal(SignalKind::terminate()),

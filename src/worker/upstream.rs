@@ -101,3 +101,45 @@ impl UpstreamClient {
             .map_err(UpstreamError::from_reqwest)
     }
 }
+
+/// Most bytes of an upstream error body that are read and passed on.
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// An upstream HTTP error (status ≥ 400) for a route that translates: same status, and an
+/// OpenAI-style error body (the upstream's own when it already is one).
+pub async fn mirror_error(upstream: reqwest::Response) -> Response<Body> {
+    let status = upstream.status();
+    let mut body = Vec::new();
+    let mut stream = upstream.bytes_stream();
+    while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut stream).await {
+        body.extend_from_slice(&chunk);
+        if body.len() >= ERROR_BODY_LIMIT {
+            body.truncate(ERROR_BODY_LIMIT);
+            break;
+        }
+    }
+    let is_openai_error = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .is_some_and(|v| v.get("error").is_some_and(|e| e.is_object()));
+    let mut response = if is_openai_error {
+        super::http::json_response(status, body)
+    } else {
+        let text = String::from_utf8_lossy(&body);
+        let text = text.trim();
+        let message = if text.is_empty() {
+            format!("The upstream answered {status}.")
+        } else {
+            format!("The upstream answered {status}: {text}")
+        };
+        let kind = if status.is_server_error() {
+            "server_error"
+        } else {
+            "invalid_request_error"
+        };
+        error_response(status, &message, kind, Some("upstream_error"))
+    };
+    response
+        .extensions_mut()
+        .insert(super::http::UpstreamStatus(status.as_u16()));
+    response
+}

@@ -1,0 +1,148 @@
+//! Drives a pure stream converter from a live upstream response: upstream bytes go through
+//! the one SSE reader, each event's data into the converter, and whatever the converter wrote
+//! goes to the client as soon as it exists. Upstream failures and cuts become the converter's
+//! own terminal error, so a client never sees a stream end without one. Shared by the bridge
+//! and the wrapper routes.
+
+use super::http::{Body, BoxError};
+use crate::sse::SseReader;
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use std::pin::Pin;
+
+/// A pure converter from one upstream event stream to the client's wire format.
+pub trait StreamConverter: Send + 'static {
+    /// Writes the opening events (idempotent).
+    fn start(&mut self, out: &mut Vec<u8>);
+    /// Handles one upstream event's data. [`Flow::Stop`] means the converter wrote its
+    /// terminal error and no more upstream input is wanted.
+    fn push_event(&mut self, data: &str, out: &mut Vec<u8>) -> Flow;
+    /// The upstream body ended cleanly.
+    fn upstream_ended(&mut self, out: &mut Vec<u8>);
+    /// The upstream failed (transport error, timeout, unreadable stream).
+    fn upstream_failed(&mut self, message: &str, out: &mut Vec<u8>);
+    /// Whether the terminal event has been written.
+    fn is_done(&self) -> bool;
+}
+
+/// Whether a converter wants more upstream input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+impl<E> From<Result<(), E>> for Flow {
+    fn from(result: Result<(), E>) -> Self {
+        match result {
+            Ok(()) => Flow::Continue,
+            Err(_) => Flow::Stop,
+        }
+    }
+}
+
+type UpstreamBytes = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + Send>>;
+
+struct Translation<C> {
+    upstream: Option<UpstreamBytes>,
+    reader: SseReader,
+    converter: C,
+}
+
+impl<C: StreamConverter> Translation<C> {
+    fn new(upstream: reqwest::Response, converter: C) -> Self {
+        Translation {
+            upstream: Some(Box::pin(upstream.bytes_stream())),
+            reader: SseReader::default(),
+            converter,
+        }
+    }
+
+    /// Feeds upstream input until the converter produced something or everything ended.
+    /// Returns `None` once the terminal output has been handed out.
+    async fn next_output(&mut self) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        if !self.converter.is_done() {
+            self.converter.start(&mut out);
+        }
+        while out.is_empty() {
+            let upstream = self.upstream.as_mut()?;
+            match upstream.next().await {
+                Some(Ok(chunk)) => {
+                    self.reader.push(&chunk);
+                    self.drain_events(&mut out);
+                }
+                Some(Err(error)) => {
+                    let message = describe(&error);
+                    self.converter.upstream_failed(&message, &mut out);
+                }
+                None => {
+                    match self.reader.finish() {
+                        Ok(Some(event)) => {
+                            let _ = self.converter.push_event(event.data, &mut out);
+                        }
+                        Ok(None) => {}
+                        Err(e) => self.converter.upstream_failed(&e.to_string(), &mut out),
+                    }
+                    self.converter.upstream_ended(&mut out);
+                }
+            }
+            if self.converter.is_done() {
+                // Stop reading: dropping the upstream body closes its connection.
+                self.upstream = None;
+            }
+        }
+        Some(out)
+    }
+
+    fn drain_events(&mut self, out: &mut Vec<u8>) {
+        loop {
+            match self.reader.next_event() {
+                Ok(Some(event)) => {
+                    if self.converter.push_event(event.data, out) == Flow::Stop {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    self.converter.upstream_failed(&e.to_string(), out);
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// What a transport error says, without URLs.
+pub fn describe(error: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    if error.is_timeout() {
+        format!("the upstream stream stalled: {cause}")
+    } else {
+        format!("the upstream connection failed: {cause}")
+    }
+}
+
+/// A streaming client body: converted output is sent as soon as it is produced.
+pub fn streaming_body<C: StreamConverter>(upstream: reqwest::Response, converter: C) -> Body {
+    let translation = Translation::new(upstream, converter);
+    let frames = futures_util::stream::unfold(translation, |mut t| async move {
+        t.next_output()
+            .await
+            .map(|out| (Ok::<_, BoxError>(Frame::data(Bytes::from(out))), t))
+    });
+    StreamBody::new(frames).boxed_unsync()
+}
+
+/// Runs a whole upstream stream through `converter` (for clients that did not ask to stream)
+/// and returns the converter in its final state.
+pub async fn run_to_end<C: StreamConverter>(upstream: reqwest::Response, converter: C) -> C {
+    let mut translation = Translation::new(upstream, converter);
+    while translation.next_output().await.is_some() {}
+    translation.converter
+}

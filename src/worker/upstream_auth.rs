@@ -1,0 +1,1051 @@
+//! Upstream authentication modes (`UPSTREAM_AUTH_MODE`), as users of the TypeScript
+//! codex-openai-wrapper know them, without its bugs.
+//!
+//! This module owns everything about the credentials the worker adds to an upstream request:
+//!
+//! * `apikey_env` ([`AuthMode::ApiKey`]): the static key the supervisor read from standard input
+//!   or the `openai-api-key` credential, sent as `Authorization: Bearer <key>`.
+//! * `apikey_auth_json` ([`AuthMode::ApiKeyFromAuthJson`]): the key is a top-level field
+//!   (default `OPENAI_API_KEY`) of the Codex `auth.json` document.
+//! * `chatgpt_token` ([`AuthMode::ChatGptToken`]): `tokens.access_token` of `auth.json` plus the
+//!   `chatgpt-account-id` header (from `tokens.account_id`, else from the id_token claim
+//!   `https://api.openai.com/auth` → `chatgpt_account_id`). The tokens are refreshed at the OAuth
+//!   token endpoint when `last_refresh` is older than 28 days (or unknown), and after an upstream
+//!   401. Refresh tokens are single-use, so rotated tokens are saved atomically (mode 0600) to
+//!   `<state dir>/codex-auth.json`; on the next start that file wins over the credential unless
+//!   the credential is newer. (The wrapper's Node runtime never saves them: after one refresh
+//!   its next restart fails.)
+//!
+//! The `auth.json` bytes come from the supervisor (read as root from the systemd credential
+//! `codex-auth` or a file), never from plain environment variables. Tokens are held as
+//! [`SecretString`]s and sent as sensitive header values; no error message, log line or
+//! `Debug` output of this module contains a token or key.
+
+use hyper::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
+use std::fmt;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tracing::{error, info, warn};
+
+/// The OAuth token endpoint the Codex CLI refreshes its ChatGPT tokens at.
+pub const DEFAULT_TOKEN_URL: &str = "https://auth.openai.com/oauth/token";
+/// The `auth.json` field holding the API key in `apikey_auth_json` mode, unless configured.
+pub const DEFAULT_API_KEY_FIELD: &str = "OPENAI_API_KEY";
+/// Tokens older than this are refreshed before use (the Codex CLI and the wrapper use 28 days).
+pub const DEFAULT_REFRESH_AFTER: Duration = Duration::from_secs(28 * 24 * 60 * 60);
+/// File name of the rotated tokens inside the state directory.
+pub const SAVED_TOKENS_FILE: &str = "codex-auth.json";
+/// The header carrying the ChatGPT account id in `chatgpt_token` mode.
+pub const ACCOUNT_ID_HEADER: &str = "chatgpt-account-id";
+/// The id_token claim holding the ChatGPT account details.
+const AUTH_CLAIM: &str = "https://api.openai.com/auth";
+const REFRESH_SCOPE: &str = "openid profile email";
+/// Bound on one token endpoint call, whatever the shared client's timeouts are.
+const TOKEN_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// After a failed refresh, callers holding the same token get the same error for this long
+/// instead of hitting the token endpoint again.
+const FAILED_REFRESH_COOLDOWN: Duration = Duration::from_secs(15);
+/// Most bytes of a token endpoint answer that are read.
+const TOKEN_RESPONSE_LIMIT: usize = 1024 * 1024;
+
+/// How the worker authenticates to the upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthMode {
+    /// `apikey_env`: the static key from standard input or the `openai-api-key` credential.
+    ApiKey,
+    /// `apikey_auth_json`: the key is the top-level `field` of the Codex `auth.json`.
+    ApiKeyFromAuthJson { field: String },
+    /// `chatgpt_token`: ChatGPT OAuth tokens from the Codex `auth.json`, refreshed as needed.
+    ChatGptToken,
+}
+
+impl AuthMode {
+    /// The `UPSTREAM_AUTH_MODE` spelling of the mode.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AuthMode::ApiKey => "apikey_env",
+            AuthMode::ApiKeyFromAuthJson { .. } => "apikey_auth_json",
+            AuthMode::ChatGptToken => "chatgpt_token",
+        }
+    }
+}
+
+impl fmt::Display for AuthMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AuthMode {
+    type Err = AuthError;
+
+    /// Accepts the wrapper's values, ignoring ASCII case and surrounding white space.
+    fn from_str(value: &str) -> Result<Self, AuthError> {
+        let trimmed = value.trim();
+        match trimmed.to_ascii_lowercase().as_str() {
+            "apikey_env" => Ok(AuthMode::ApiKey),
+            "apikey_auth_json" => Ok(AuthMode::ApiKeyFromAuthJson {
+                field: DEFAULT_API_KEY_FIELD.to_owned(),
+            }),
+            "chatgpt_token" => Ok(AuthMode::ChatGptToken),
+            _ => {
+                // Echo the value only when it looks like a mode name, never a pasted key.
+                let shown = if !trimmed.is_empty()
+                    && trimmed.len() <= 32
+                    && trimmed
+                        .bytes()
+                        .all(|b| b.is_ascii_alphabetic() || b == b'_' || b == b'-')
+                {
+                    format!("`{trimmed}`")
+                } else {
+                    "(value not shown)".to_owned()
+                };
+                Err(AuthError::Config(format!(
+                    "unknown upstream auth mode {shown}: expected apikey_env, apikey_auth_json or chatgpt_token"
+                )))
+            }
+        }
+    }
+}
+
+/// Why the worker could not authenticate to the upstream. Messages never contain a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    /// A setting or the `auth.json` document is missing or malformed (500).
+    Config(String),
+    /// The token endpoint could not be reached or refused the refresh (502).
+    TokenEndpoint(String),
+}
+
+impl fmt::Display for AuthError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AuthError::Config(m) => write!(f, "upstream authentication is misconfigured: {m}"),
+            AuthError::TokenEndpoint(m) => write!(f, "could not refresh the ChatGPT tokens: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for AuthError {}
+
+impl AuthError {
+    /// The HTTP status and OpenAI-style body a client gets for this error.
+    pub fn to_response_parts(&self) -> (u16, String) {
+        match self {
+            AuthError::Config(_) => (
+                500,
+                crate::api_error::error_body(
+                    &self.to_string(),
+                    "server_error",
+                    Some("upstream_auth_misconfigured"),
+                    None,
+                ),
+            ),
+            AuthError::TokenEndpoint(_) => (
+                502,
+                crate::api_error::error_body(
+                    &self.to_string(),
+                    "upstream_error",
+                    Some("upstream_token_refresh_failed"),
+                    None,
+                ),
+            ),
+        }
+    }
+}
+
+/// Everything [`UpstreamAuth::new`] needs. [`UpstreamAuthSettings::new`] fills in the defaults.
+pub struct UpstreamAuthSettings {
+    pub mode: AuthMode,
+    /// `Bearer <key>` from key intake ([`crate::supervisor::key::ApiKeyHeader::header_value`]);
+    /// needed by `apikey_env`.
+    pub static_key: Option<HeaderValue>,
+    /// The Codex `auth.json` document as read by the supervisor; needed by `apikey_auth_json`
+    /// and (unless the state directory holds saved tokens) by `chatgpt_token`.
+    pub auth_json: Option<SecretSlice<u8>>,
+    /// Where rotated ChatGPT tokens are saved (`codex-auth.json`), writable by the worker.
+    pub state_dir: Option<PathBuf>,
+    /// The OAuth token endpoint (default [`DEFAULT_TOKEN_URL`]).
+    pub token_url: String,
+    /// The OAuth client id of the Codex CLI; required by `chatgpt_token`.
+    pub client_id: Option<String>,
+    /// Tokens whose `last_refresh` is older than this are refreshed before use.
+    pub refresh_after: Duration,
+    /// The client used for the token endpoint (the upstream client may be shared).
+    pub http: reqwest::Client,
+}
+
+impl UpstreamAuthSettings {
+    pub fn new(mode: AuthMode, http: reqwest::Client) -> Self {
+        UpstreamAuthSettings {
+            mode,
+            static_key: None,
+            auth_json: None,
+            state_dir: None,
+            token_url: DEFAULT_TOKEN_URL.to_owned(),
+            client_id: None,
+            refresh_after: DEFAULT_REFRESH_AFTER,
+            http,
+        }
+    }
+}
+
+impl fmt::Debug for UpstreamAuthSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamAuthSettings")
+            .field("mode", &self.mode)
+            .field("static_key", &self.static_key.as_ref().map(|_| "[REDACTED]"))
+            .field("auth_json", &self.auth_json.as_ref().map(|_| "[REDACTED]"))
+            .field("state_dir", &self.state_dir)
+            .field("token_url", &self.token_url)
+            .field("client_id", &self.client_id)
+            .field("refresh_after", &self.refresh_after)
+            .finish()
+    }
+}
+
+/// The upstream credentials of the worker. Cloning is cheap (one `Arc`).
+#[derive(Clone)]
+pub struct UpstreamAuth {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    mode: AuthMode,
+    kind: Kind,
+}
+
+enum Kind {
+    /// `Bearer <key>`, sensitive.
+    Static(HeaderValue),
+    ChatGpt(ChatGpt),
+}
+
+struct ChatGpt {
+    current: RwLock<Arc<Tokens>>,
+    /// Held while a refresh runs, so only one runs at a time; remembers the last failure.
+    refresh: tokio::sync::Mutex<RefreshMemo>,
+    token_url: reqwest::Url,
+    client_id: String,
+    state_dir: Option<PathBuf>,
+    refresh_after: Duration,
+    http: reqwest::Client,
+    warned_unsaved: AtomicBool,
+}
+
+#[derive(Default)]
+struct RefreshMemo {
+    /// When a refresh of the token in the `HeaderValue` failed, and how.
+    failed: Option<(Instant, HeaderValue, AuthError)>,
+}
+
+/// One generation of ChatGPT tokens.
+struct Tokens {
+    access_token: SecretString,
+    refresh_token: Option<SecretString>,
+    id_token: Option<SecretString>,
+    account_id: SecretString,
+    /// Unix seconds; `None` when unknown.
+    last_refresh: Option<i64>,
+    /// `Bearer <access token>`, sensitive.
+    bearer: HeaderValue,
+    /// The account id, sensitive (kept out of logs).
+    account_header: HeaderValue,
+}
+
+impl fmt::Debug for Tokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tokens")
+            .field("last_refresh", &self.last_refresh)
+            .field("has_refresh_token", &self.refresh_token.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for UpstreamAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = f.debug_struct("UpstreamAuth");
+        s.field("mode", &self.inner.mode);
+        if let Kind::ChatGpt(chatgpt) = &self.inner.kind {
+            s.field("token_url", &chatgpt.token_url.as_str())
+                .field("state_dir", &chatgpt.state_dir)
+                .field("tokens", &*chatgpt.current());
+        }
+        s.finish_non_exhaustive()
+    }
+}
+
+impl UpstreamAuth {
+    /// Checks the settings and loads the credentials. In `chatgpt_token` mode, tokens saved in
+    /// the state directory win over the `auth.json` credential unless the credential's
+    /// `last_refresh` is newer (a fresh `codex login` installed by the administrator).
+    pub fn new(settings: UpstreamAuthSettings) -> Result<Self, AuthError> {
+        let kind = match &settings.mode {
+            AuthMode::ApiKey => {
+                let Some(mut key) = settings.static_key.clone() else {
+                    return Err(AuthError::Config(
+                        "UPSTREAM_AUTH_MODE=apikey_env needs an API key on standard input or in the openai-api-key credential".into(),
+                    ));
+                };
+                key.set_sensitive(true);
+                Kind::Static(key)
+            }
+            AuthMode::ApiKeyFromAuthJson { field } => {
+                let Some(document) = &settings.auth_json else {
+                    return Err(AuthError::Config(format!(
+                        "UPSTREAM_AUTH_MODE=apikey_auth_json needs the Codex auth.json (the codex-auth credential) with the field {field}"
+                    )));
+                };
+                Kind::Static(api_key_from_auth_json(document.expose_secret(), field)?)
+            }
+            AuthMode::ChatGptToken => Kind::ChatGpt(ChatGpt::new(&settings)?),
+        };
+        Ok(UpstreamAuth {
+            inner: Arc::new(Inner {
+                mode: settings.mode,
+                kind,
+            }),
+        })
+    }
+
+    pub fn mode(&self) -> &AuthMode {
+        &self.inner.mode
+    }
+
+    /// Sets `Authorization: Bearer …` (sensitive) and, in ChatGPT mode, `chatgpt-account-id`,
+    /// refreshing the tokens first when they are older than the refresh interval or of unknown
+    /// age. A failed refresh at that point is logged and the current token is used: it may well
+    /// still be valid, and an upstream 401 leads to [`Self::refresh_after_unauthorized`].
+    pub async fn authorize(&self, headers: &mut HeaderMap) -> Result<(), AuthError> {
+        match &self.inner.kind {
+            Kind::Static(key) => {
+                headers.insert(AUTHORIZATION, key.clone());
+            }
+            Kind::ChatGpt(chatgpt) => {
+                let mut tokens = chatgpt.current();
+                if chatgpt.is_stale(&tokens) {
+                    match chatgpt.refresh_unless_replaced(&tokens.bearer).await {
+                        Ok(()) => tokens = chatgpt.current(),
+                        Err(e) => warn!(
+                            "the ChatGPT tokens are due for a refresh, which failed; using the current access token: {e}"
+                        ),
+                    }
+                }
+                headers.insert(AUTHORIZATION, tokens.bearer.clone());
+                headers.insert(
+                    HeaderName::from_static(ACCOUNT_ID_HEADER),
+                    tokens.account_header.clone(),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Call after the upstream answered 401 to a request sent with the `Authorization` value
+    /// `rejected`. Refreshes the tokens unless another request already did (only one refresh
+    /// runs, however many requests got a 401 with the same token) and returns `true` when a
+    /// retry with fresh credentials makes sense. Static keys cannot be refreshed: `Ok(false)`.
+    pub async fn refresh_after_unauthorized(
+        &self,
+        rejected: &HeaderValue,
+    ) -> Result<bool, AuthError> {
+        match &self.inner.kind {
+            Kind::Static(_) => Ok(false),
+            Kind::ChatGpt(chatgpt) => {
+                chatgpt.refresh_unless_replaced(rejected).await?;
+                Ok(true)
+            }
+        }
+    }
+}
+
+impl ChatGpt {
+    fn new(settings: &UpstreamAuthSettings) -> Result<Self, AuthError> {
+        let client_id = match settings.client_id.as_deref().map(str::trim) {
+            Some(id) if !id.is_empty() => id.to_owned(),
+            _ => {
+                return Err(AuthError::Config(
+                    "UPSTREAM_AUTH_MODE=chatgpt_token needs the OAuth client id of the Codex CLI (used to refresh the tokens); it is not set".into(),
+                ))
+            }
+        };
+        let token_url = reqwest::Url::parse(settings.token_url.trim())
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+            .ok_or_else(|| {
+                AuthError::Config("the token endpoint URL is not a valid http(s) URL".into())
+            })?;
+        let from_credential = settings
+            .auth_json
+            .as_ref()
+            .map(|d| parse_tokens(d.expose_secret(), "the codex-auth credential (auth.json)"))
+            .transpose()?;
+        let saved = match &settings.state_dir {
+            Some(dir) => load_saved_tokens(dir)?,
+            None => None,
+        };
+        let tokens = match (from_credential, saved) {
+            (None, None) => {
+                return Err(AuthError::Config(
+                    "UPSTREAM_AUTH_MODE=chatgpt_token needs the Codex auth.json (the codex-auth credential)".into(),
+                ))
+            }
+            (Some(credential), None) => credential,
+            (None, Some((saved, path))) => {
+                info!("using the ChatGPT tokens saved in {}", path.display());
+                saved
+            }
+            (Some(credential), Some((saved, path))) => {
+                // `None` (unknown) sorts before every time.
+                if credential.last_refresh > saved.last_refresh {
+                    info!(
+                        "the codex-auth credential is newer than the tokens saved in {}; using the credential",
+                        path.display()
+                    );
+                    credential
+                } else {
+                    info!(
+                        "using the rotated ChatGPT tokens saved in {} (not older than the codex-auth credential)",
+                        path.display()
+                    );
+                    saved
+                }
+            }
+        };
+        Ok(ChatGpt {
+            current: RwLock::new(Arc::new(tokens)),
+            refresh: tokio::sync::Mutex::new(RefreshMemo::default()),
+            token_url,
+            client_id,
+            state_dir: settings.state_dir.clone(),
+            refresh_after: settings.refresh_after,
+            http: settings.http.clone(),
+            warned_unsaved: AtomicBool::new(false),
+        })
+    }
+
+    fn current(&self) -> Arc<Tokens> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn is_stale(&self, tokens: &Tokens) -> bool {
+        match tokens.last_refresh {
+            None => true,
+            Some(at) => {
+                let age = unix_now().saturating_sub(at);
+                age > 0 && age as u64 > self.refresh_after.as_secs()
+            }
+        }
+    }
+
+    /// Refreshes unless the current token is no longer `expected` (someone else refreshed while
+    /// we waited for the lock). A refresh that failed moments ago for the same token is not
+    /// retried: its error is returned again.
+    async fn refresh_unless_replaced(&self, expected: &HeaderValue) -> Result<(), AuthError> {
+        let mut memo = self.refresh.lock().await;
+        let tokens = self.current();
+        if tokens.bearer != *expected {
+            return Ok(());
+        }
+        if let Some((when, token, failure)) = &memo.failed {
+            if token == expected && when.elapsed() < FAILED_REFRESH_COOLDOWN {
+                return Err(failure.clone());
+            }
+        }
+        match self.refresh_now(&tokens).await {
+            Ok(fresh) => {
+                memo.failed = None;
+                self.save(&fresh).await;
+                *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
+                info!("refreshed the ChatGPT tokens");
+                Ok(())
+            }
+            Err(e) => {
+                error!("{e}");
+                memo.failed = Some((Instant::now(), expected.clone(), e.clone()));
+                Err(e)
+            }
+        }
+    }
+
+    async fn refresh_now(&self, old: &Tokens) -> Result<Tokens, AuthError> {
+        let Some(refresh_token) = &old.refresh_token else {
+            return Err(AuthError::Config(
+                "the ChatGPT tokens have no refresh_token, so they cannot be refreshed; sign in again with `codex login` and reinstall the codex-auth credential".into(),
+            ));
+        };
+        #[derive(serde::Serialize)]
+        struct RefreshRequest<'a> {
+            client_id: &'a str,
+            grant_type: &'a str,
+            refresh_token: &'a str,
+            scope: &'a str,
+        }
+        let body = serde_json::to_vec(&RefreshRequest {
+            client_id: &self.client_id,
+            grant_type: "refresh_token",
+            refresh_token: refresh_token.expose_secret(),
+            scope: REFRESH_SCOPE,
+        })
+        .expect("JSON serialization into memory");
+        let where_ = endpoint_for_messages(&self.token_url);
+        let mut response = self
+            .http
+            .post(self.token_url.clone())
+            .header(CONTENT_TYPE, "application/json")
+            .header(hyper::header::ACCEPT, "application/json")
+            .timeout(TOKEN_REQUEST_TIMEOUT)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| {
+                AuthError::TokenEndpoint(format!(
+                    "the token endpoint {where_} could not be reached: {}",
+                    innermost_cause(&e)
+                ))
+            })?;
+        let status = response.status();
+        let mut answer = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if answer.len() + chunk.len() > TOKEN_RESPONSE_LIMIT {
+                        return Err(AuthError::TokenEndpoint(format!(
+                            "the token endpoint {where_} answered {status} with more than {TOKEN_RESPONSE_LIMIT} bytes"
+                        )));
+                    }
+                    answer.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(AuthError::TokenEndpoint(format!(
+                        "the token endpoint {where_} answered {status} but its body could not be read: {}",
+                        innermost_cause(&e)
+                    )))
+                }
+            }
+        }
+        let answer = SecretSlice::from(answer);
+        if !status.is_success() {
+            let known = [Some(refresh_token), old.id_token.as_ref(), Some(&old.access_token)];
+            let code = error_code(answer.expose_secret())
+                .filter(|c| known.iter().flatten().all(|s| !c.contains(s.expose_secret())))
+                .map(|c| format!(" ({c})"))
+                .unwrap_or_default();
+            let hint = if matches!(status.as_u16(), 400 | 401 | 403) {
+                "; the refresh token was rejected (refresh tokens are single-use): sign in again with `codex login` and reinstall the codex-auth credential"
+            } else {
+                ""
+            };
+            return Err(AuthError::TokenEndpoint(format!(
+                "the token endpoint {where_} answered {status}{code}{hint}"
+            )));
+        }
+        self.tokens_from_answer(answer.expose_secret(), old)
+            .map_err(|m| AuthError::TokenEndpoint(format!("the token endpoint {where_} {m}")))
+    }
+
+    /// The new generation from a successful token endpoint answer; what it leaves out is kept.
+    fn tokens_from_answer(&self, answer: &[u8], old: &Tokens) -> Result<Tokens, String> {
+        let mut object = match serde_json::from_slice::<serde_json::Value>(answer) {
+            Ok(serde_json::Value::Object(object)) => object,
+            Ok(_) => return Err("answered with JSON that is not an object".into()),
+            Err(e) => return Err(format!("answered with {}", describe_json_error(&e))),
+        };
+        let access_token = take_string(&mut object, "access_token")
+            .map_err(|_| "answered without an access_token".to_owned())?;
+        let refresh_token = take_string(&mut object, "refresh_token")
+            .ok()
+            .or_else(|| old.refresh_token.clone());
+        let id_token = take_string(&mut object, "id_token").ok();
+        let account_id = id_token
+            .as_ref()
+            .and_then(|t| account_id_from_id_token(t.expose_secret()).ok())
+            .unwrap_or_else(|| old.account_id.clone());
+        let id_token = id_token.or_else(|| old.id_token.clone());
+        Tokens::new(
+            access_token,
+            refresh_token,
+            id_token,
+            account_id,
+            Some(unix_now()),
+        )
+        .map_err(|m| format!("answered with {m}"))
+    }
+
+    /// Saves `tokens` to the state directory, or warns (once) that they will not survive a
+    /// restart. A failure is logged, not returned: the tokens work for this process anyway.
+    async fn save(&self, tokens: &Tokens) {
+        let Some(dir) = self.state_dir.clone() else {
+            if !self.warned_unsaved.swap(true, Ordering::Relaxed) {
+                warn!(
+                    "no state directory is configured: the rotated ChatGPT tokens live only in memory, and since refresh tokens are single-use, the next restart will need a fresh `codex login`"
+                );
+            }
+            return;
+        };
+        let document = saved_document(tokens);
+        let target = dir.join(SAVED_TOKENS_FILE);
+        let outcome =
+            tokio::task::spawn_blocking(move || write_atomically(&dir, &document)).await;
+        match outcome {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => error!(
+                "could not save the rotated ChatGPT tokens to {}: {e}; the old refresh token is spent, so after a restart sign in again with `codex login`",
+                target.display()
+            ),
+            Err(e) => error!("saving the rotated ChatGPT tokens did not finish: {e}"),
+        }
+    }
+}
+
+impl Tokens {
+    fn new(
+        access_token: SecretString,
+        refresh_token: Option<SecretString>,
+        id_token: Option<SecretString>,
+        account_id: SecretString,
+        last_refresh: Option<i64>,
+    ) -> Result<Tokens, String> {
+        let bearer = bearer_header(access_token.expose_secret())
+            .ok_or("an access_token that is not a valid HTTP header value")?;
+        let mut account_header = HeaderValue::from_str(account_id.expose_secret())
+            .map_err(|_| "an account id that is not a valid HTTP header value".to_owned())?;
+        account_header.set_sensitive(true);
+        Ok(Tokens {
+            access_token,
+            refresh_token,
+            id_token,
+            account_id,
+            last_refresh,
+            bearer,
+            account_header,
+        })
+    }
+}
+
+/// `Bearer <token>` as a sensitive header value; `None` when the token has characters a header
+/// cannot carry (or is empty).
+fn bearer_header(token: &str) -> Option<HeaderValue> {
+    if token.is_empty() {
+        return None;
+    }
+    let mut value = String::with_capacity("Bearer ".len() + token.len());
+    value.push_str("Bearer ");
+    value.push_str(token);
+    let mut header = HeaderValue::from_maybe_shared(bytes::Bytes::from(value)).ok()?;
+    header.set_sensitive(true);
+    Some(header)
+}
+
+fn api_key_from_auth_json(document: &[u8], field: &str) -> Result<HeaderValue, AuthError> {
+    let what = "the codex-auth credential (auth.json)";
+    let mut object = parse_object(document, what)?;
+    let key = take_string(&mut object, field).map_err(|problem| {
+        AuthError::Config(format!(
+            "{what} {problem} field {field} (needed by UPSTREAM_AUTH_MODE=apikey_auth_json)"
+        ))
+    })?;
+    bearer_header(key.expose_secret()).ok_or_else(|| {
+        AuthError::Config(format!(
+            "the field {field} of {what} has characters an HTTP header cannot carry"
+        ))
+    })
+}
+
+/// Parses an `auth.json` document into ChatGPT tokens. `what` names the document in errors.
+fn parse_tokens(document: &[u8], what: &str) -> Result<Tokens, AuthError> {
+    let mut object = parse_object(document, what)?;
+    let mut tokens = match object.remove("tokens") {
+        Some(serde_json::Value::Object(tokens)) => tokens,
+        None | Some(serde_json::Value::Null) => {
+            return Err(AuthError::Config(format!(
+                "{what} has no `tokens` object (sign in with ChatGPT: `codex login`)"
+            )))
+        }
+        Some(_) => {
+            return Err(AuthError::Config(format!(
+                "{what}: `tokens` is not an object"
+            )))
+        }
+    };
+    let field_error =
+        |name: &str, problem: String| AuthError::Config(format!("{what} {problem} field tokens.{name}"));
+    let access_token =
+        take_string(&mut tokens, "access_token").map_err(|p| field_error("access_token", p))?;
+    let refresh_token = optional_string(&mut tokens, "refresh_token")
+        .map_err(|p| field_error("refresh_token", p))?;
+    let id_token =
+        optional_string(&mut tokens, "id_token").map_err(|p| field_error("id_token", p))?;
+    let account_id = match optional_string(&mut tokens, "account_id")
+        .map_err(|p| field_error("account_id", p))?
+    {
+        Some(id) => id,
+        None => match &id_token {
+            Some(id_token) => account_id_from_id_token(id_token.expose_secret()).map_err(|m| {
+                AuthError::Config(format!(
+                    "{what} has no tokens.account_id, and {m}"
+                ))
+            })?,
+            None => {
+                return Err(AuthError::Config(format!(
+                    "{what} has neither tokens.account_id nor tokens.id_token, so the ChatGPT account id is unknown"
+                )))
+            }
+        },
+    };
+    let last_refresh = match object.get("last_refresh") {
+        Some(serde_json::Value::String(text)) => match parse_rfc3339(text) {
+            Some(at) => Some(at),
+            None => {
+                warn!("{what}: last_refresh is not an RFC 3339 time; the tokens will be refreshed before use");
+                None
+            }
+        },
+        _ => None,
+    };
+    Tokens::new(access_token, refresh_token, id_token, account_id, last_refresh)
+        .map_err(|m| AuthError::Config(format!("{what} has {m}")))
+}
+
+/// Reads `<dir>/codex-auth.json`: `Ok(None)` when absent or unusable (then the credential is
+/// used, with a warning for an unusable file), an error when it exists but cannot be read.
+fn load_saved_tokens(dir: &Path) -> Result<Option<(Tokens, PathBuf)>, AuthError> {
+    let path = dir.join(SAVED_TOKENS_FILE);
+    let bytes = match std::fs::read(&path) {
+        Ok(bytes) => SecretSlice::from(bytes),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(AuthError::Config(format!(
+                "cannot read the saved ChatGPT tokens {}: {e}",
+                path.display()
+            )))
+        }
+    };
+    let what = format!("the saved tokens {}", path.display());
+    match parse_tokens(bytes.expose_secret(), &what) {
+        Ok(tokens) => Ok(Some((tokens, path))),
+        Err(e) => {
+            warn!("ignoring unusable saved tokens: {e}");
+            Ok(None)
+        }
+    }
+}
+
+fn parse_object(
+    document: &[u8],
+    what: &str,
+) -> Result<serde_json::Map<String, serde_json::Value>, AuthError> {
+    match serde_json::from_slice::<serde_json::Value>(document) {
+        Ok(serde_json::Value::Object(object)) => Ok(object),
+        Ok(_) => Err(AuthError::Config(format!(
+            "{what} is not a JSON object"
+        ))),
+        Err(e) => Err(AuthError::Config(format!(
+            "{what} is not valid JSON: {}",
+            describe_json_error(&e)
+        ))),
+    }
+}
+
+/// A serde_json error without its message, which can quote the document.
+fn describe_json_error(e: &serde_json::Error) -> String {
+    let kind = match e.classify() {
+        serde_json::error::Category::Eof => "unexpected end of input",
+        serde_json::error::Category::Syntax => "a syntax error",
+        serde_json::error::Category::Data => "a value of the wrong type",
+        serde_json::error::Category::Io => "a read error",
+    };
+    format!("{kind} at line {} column {}", e.line(), e.column())
+}
+
+/// Moves a non-empty string field out; the error says what is wrong, to be followed by
+/// "field NAME".
+fn take_string(
+    object: &mut serde_json::Map<String, serde_json::Value>,
+    name: &str,
+) -> Result<SecretString, String> {
+    match optional_string(object, name)? {
+        Some(value) => Ok(value),
+        None => Err("is missing the".into()),
+    }
+}
+
+/// Like [`take_string`], but absent, `null` and `""` are `None`.
+fn optional_string(
+    object: &mut serde_json::Map<String, serde_json::Value>,
+    name: &str,
+) -> Result<Option<SecretString>, String> {
+    match object.remove(name) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) if s.is_empty() => Ok(None),
+        Some(serde_json::Value::String(s)) => Ok(Some(SecretString::from(s))),
+        Some(_) => Err("has a non-string value in the".into()),
+    }
+}
+
+/// The `chatgpt_account_id` of the `https://api.openai.com/auth` claim of an id_token. The
+/// signature is not checked: the value only becomes a request header.
+fn account_id_from_id_token(id_token: &str) -> Result<SecretString, String> {
+    let mut parts = id_token.split('.');
+    let (Some(_header), Some(payload), Some(_signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err("tokens.id_token is not a JWT (three dot-separated parts)".into());
+    };
+    let payload = SecretSlice::from(
+        base64url_decode(payload)
+            .ok_or("the payload of tokens.id_token is not valid base64url")?,
+    );
+    let claims: serde_json::Value = serde_json::from_slice(payload.expose_secret())
+        .map_err(|_| "the payload of tokens.id_token is not JSON".to_owned())?;
+    match claims
+        .get(AUTH_CLAIM)
+        .and_then(|claim| claim.get("chatgpt_account_id"))
+    {
+        Some(serde_json::Value::String(id)) if !id.is_empty() => {
+            Ok(SecretString::from(id.clone()))
+        }
+        _ => Err(format!(
+            "tokens.id_token has no {AUTH_CLAIM} → chatgpt_account_id claim"
+        )),
+    }
+}
+
+/// Decodes base64url (`-`, `_`; the standard `+`, `/` are accepted too), padded or not.
+fn base64url_decode(text: &str) -> Option<Vec<u8>> {
+    fn sextet(byte: u8) -> Option<u32> {
+        Some(match byte {
+            b'A'..=b'Z' => byte - b'A',
+            b'a'..=b'z' => byte - b'a' + 26,
+            b'0'..=b'9' => byte - b'0' + 52,
+            b'-' | b'+' => 62,
+            b'_' | b'/' => 63,
+            _ => return None,
+        } as u32)
+    }
+    let bytes = text.trim_end_matches('=').as_bytes();
+    if bytes.len() % 4 == 1 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
+    for group in bytes.chunks(4) {
+        let mut bits = 0u32;
+        for (i, &b) in group.iter().enumerate() {
+            bits |= sextet(b)? << (18 - 6 * i);
+        }
+        let decoded = [(bits >> 16) as u8, (bits >> 8) as u8, bits as u8];
+        out.extend_from_slice(&decoded[..group.len() - 1]);
+    }
+    Some(out)
+}
+
+/// An error code from a token endpoint error answer (`{"error":"invalid_grant"}` or
+/// `{"error":{"code":"…"}}`), only when it looks like an identifier.
+fn error_code(answer: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(answer).ok()?;
+    let error = value.get("error")?;
+    let code = match error {
+        serde_json::Value::String(code) => code.as_str(),
+        serde_json::Value::Object(_) => error
+            .get("code")
+            .or_else(|| error.get("type"))
+            .and_then(|c| c.as_str())?,
+        _ => return None,
+    };
+    let looks_like_code = !code.is_empty()
+        && code.len() <= 64
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+    looks_like_code.then(|| code.to_owned())
+}
+
+/// The token URL as shown in messages: no user info, query or fragment.
+fn endpoint_for_messages(url: &reqwest::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.set_query(None);
+    shown.set_fragment(None);
+    shown.to_string()
+}
+
+fn innermost_cause(error: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    if error.is_timeout() {
+        format!("timed out ({cause})")
+    } else {
+        cause.to_string()
+    }
+}
+
+/// The tokens in `auth.json` format, ready to be written. No API key is copied into it.
+fn saved_document(tokens: &Tokens) -> SecretSlice<u8> {
+    #[derive(serde::Serialize)]
+    struct Document<'a> {
+        #[serde(rename = "OPENAI_API_KEY")]
+        openai_api_key: Option<&'a str>,
+        tokens: SavedTokens<'a>,
+        last_refresh: Option<String>,
+    }
+    #[derive(serde::Serialize)]
+    struct SavedTokens<'a> {
+        id_token: Option<&'a str>,
+        access_token: &'a str,
+        refresh_token: Option<&'a str>,
+        account_id: &'a str,
+    }
+    let document = Document {
+        openai_api_key: None,
+        tokens: SavedTokens {
+            id_token: tokens.id_token.as_ref().map(|t| t.expose_secret()),
+            access_token: tokens.access_token.expose_secret(),
+            refresh_token: tokens.refresh_token.as_ref().map(|t| t.expose_secret()),
+            account_id: tokens.account_id.expose_secret(),
+        },
+        last_refresh: tokens.last_refresh.map(format_rfc3339),
+    };
+    let mut bytes = serde_json::to_vec_pretty(&document).expect("JSON serialization into memory");
+    bytes.push(b'\n');
+    SecretSlice::from(bytes)
+}
+
+/// Writes `<dir>/codex-auth.json` atomically: a 0600 temporary file in the same directory,
+/// written and fsynced, renamed over the target, then the directory fsynced.
+fn write_atomically(dir: &Path, contents: &SecretSlice<u8>) -> io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let temp = dir.join(format!(
+        ".{SAVED_TOKENS_FILE}.{}.{}.tmp",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temp)?;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        file.write_all(contents.expose_secret())?;
+        file.sync_all()?;
+        std::fs::rename(&temp, dir.join(SAVED_TOKENS_FILE))
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temp);
+        return result;
+    }
+    std::fs::File::open(dir)?.sync_all()
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date.
+fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
+    let year = if month <= 2 { year - 1 } else { year };
+    let era = year.div_euclid(400);
+    let year_of_era = year - era * 400;
+    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
+    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
+    era * 146_097 + day_of_era - 719_468
+}
+
+fn civil_from_days(days: i64) -> (i64, i64, i64) {
+    let days = days + 719_468;
+    let era = days.div_euclid(146_097);
+    let day_of_era = days - era * 146_097;
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let mp = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Unix seconds of an RFC 3339 time (`2025-08-10T12:34:56.789Z`, `…+02:00`).
+fn parse_rfc3339(text: &str) -> Option<i64> {
+    let b = text.trim().as_bytes();
+    let number = |range: std::ops::Range<usize>| -> Option<i64> {
+        let digits = b.get(range)?;
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(digits).ok()?.parse().ok()
+    };
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
+    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60
+    {
+        return None;
+    }
+    let mut rest = &b[19..];
+    if let [b'.', tail @ ..] = rest {
+        let digits = tail.iter().take_while(|c| c.is_ascii_digit()).count();
+        if digits == 0 {
+            return None;
+        }
+        rest = &tail[digits..];
+    }
+    let offset = match rest {
+        [b'Z' | b'z'] => 0,
+        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
+            let all = [*h1, *h2, *m1, *m2];
+            if !all.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            let hours = i64::from((h1 - b'0') * 10 + (h2 - b'0'));
+            let minutes = i64::from((m1 - b'0') * 10 + (m2 - b'0'));
+            let seconds = hours * 3600 + minutes * 60;
+            if *sign == b'+' {
+                seconds
+            } else {
+                -seconds
+            }
+        }
+        _ => return None,
+    };
+    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset)
+}
+
+/// `2025-08-10T12:34:56Z`.
+fn format_rfc3339(unix: i64) -> String {
+    let (year, month, day) = civil_from_days(unix.div_euclid(86_400));
+    let seconds = unix.rem_euclid(86_400);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        seconds / 3600,
+        seconds / 60 % 60,
+        seconds % 60
+    )
+}

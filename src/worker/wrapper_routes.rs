@@ -1,0 +1,533 @@
+//! The wrapper routes (`--wrapper-routes`): Chat Completions, legacy Completions, Models and
+//! Ollama clients served from this proxy's upstream. The conversions are the pure functions in
+//! `crate::wrapper` (and `crate::bridge` when the upstream speaks Chat Completions); this module
+//! does routing, the client access key, CORS and the upstream calls.
+
+use super::client_headers::ClientHeaderForwarding;
+use super::http::{error_response, json_response, read_request_body, Body, UpstreamStatus};
+use super::translate::{self, Flow, StreamConverter};
+use super::upstream::{mirror_error, UpstreamClient};
+use super::{bridge_route, strict, State};
+use crate::bridge::request::responses_to_chat;
+use crate::bridge::stream::ChatStreamConverter;
+use crate::sse::SseReader;
+use crate::wrapper::chat_request::chat_to_responses;
+use crate::wrapper::chat_stream::{ChatStream, StreamOutcome};
+use crate::wrapper::completions::{completion_to_responses, CompletionStream};
+use crate::wrapper::settings::{models_list_body, ReasoningOutputMode, WrapperSettings};
+use crate::wrapper::{ClientMeta, ConvertContext, ResponsesPlan, WrapperError};
+use hyper::body::Incoming;
+use hyper::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use hyper::{Method, Request, Response, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+
+/// The wrapper routes' configuration, prepared by the supervisor.
+pub struct WrapperConfig {
+    pub settings: WrapperSettings,
+    /// The key clients must present, when one is configured.
+    pub client_api_key: Option<SecretString>,
+    pub ollama_url: Option<reqwest::Url>,
+    pub forwarding: ClientHeaderForwarding,
+}
+
+impl std::fmt::Debug for WrapperConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WrapperConfig")
+            .field("settings", &self.settings)
+            .field(
+                "client_api_key",
+                &self.client_api_key.as_ref().map(|_| "[REDACTED]"),
+            )
+            .field("ollama_url", &self.ollama_url)
+            .finish()
+    }
+}
+
+/// A wrapper route, recognised from the method and the exact path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WrapperRoute {
+    Health,
+    Preflight,
+    ChatCompletions(ReasoningOutputMode),
+    Completions,
+    Models,
+    Ollama,
+    /// A reasoning-mode prefix while the mode is not `all`.
+    PrefixNotEnabled,
+}
+
+/// Recognises a wrapper route; `None` when the request is not one.
+pub fn classify(settings: &WrapperSettings, method: &Method, path: &str) -> Option<WrapperRoute> {
+    if method == Method::OPTIONS {
+        return Some(WrapperRoute::Preflight);
+    }
+    if path.starts_with("/api/") {
+        return Some(WrapperRoute::Ollama);
+    }
+    let (mode, rest) = match path.strip_prefix('/').and_then(|p| p.split_once("/v1/")) {
+        Some((prefix, rest)) if !prefix.is_empty() => {
+            let mode = ReasoningOutputMode::from_route_prefix(prefix)?;
+            if settings.output_mode != ReasoningOutputMode::All {
+                return Some(WrapperRoute::PrefixNotEnabled);
+            }
+            (mode, format!("/v1/{rest}"))
+        }
+        _ => (settings.output_mode.concrete(), path.to_string()),
+    };
+    match (method, rest.as_str()) {
+        (&Method::GET, "/" | "/health") => Some(WrapperRoute::Health),
+        (&Method::POST, "/v1/chat/completions") => Some(WrapperRoute::ChatCompletions(mode)),
+        (&Method::POST, "/v1/completions") => Some(WrapperRoute::Completions),
+        (&Method::GET, "/v1/models") => Some(WrapperRoute::Models),
+        _ => None,
+    }
+}
+
+/// Checks the client access key: the 401 to send when it is missing or wrong.
+pub fn client_key_rejection(config: &WrapperConfig, headers: &HeaderMap) -> Option<Response<Body>> {
+    let expected = config.client_api_key.as_ref()?;
+    let unauthorized = |message: &str| {
+        let mut response = error_response(
+            StatusCode::UNAUTHORIZED,
+            message,
+            "authentication_error",
+            Some("invalid_api_key"),
+        );
+        response
+            .headers_mut()
+            .insert("www-authenticate", HeaderValue::from_static("Bearer"));
+        Some(response)
+    };
+    let Some(value) = headers.get(AUTHORIZATION) else {
+        return unauthorized("Missing Authorization header");
+    };
+    let Some(token) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) else {
+        return unauthorized("Invalid Authorization header format. Expected: Bearer <token>");
+    };
+    if !constant_time_eq(token.trim().as_bytes(), expected.expose_secret().as_bytes()) {
+        return unauthorized("Invalid API key");
+    }
+    None
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn with_cors(mut response: Response<Body>) -> Response<Body> {
+    let headers = response.headers_mut();
+    headers.insert("access-control-allow-origin", HeaderValue::from_static("*"));
+    response
+}
+
+pub async fn serve(
+    state: &State,
+    config: &WrapperConfig,
+    route: WrapperRoute,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let response = match route {
+        WrapperRoute::Health => json_response(StatusCode::OK, r#"{"status":"ok"}"#),
+        WrapperRoute::Preflight => preflight(),
+        WrapperRoute::PrefixNotEnabled => error_response(
+            StatusCode::NOT_FOUND,
+            "Reasoning-mode route prefixes are served only when REASONING_OUTPUT_MODE=all.",
+            "invalid_request_error",
+            Some("not_found"),
+        ),
+        WrapperRoute::Models => json_response(
+            StatusCode::OK,
+            models_list_body(&config.settings.exposed_models, bridge_route::unix_now()),
+        ),
+        WrapperRoute::Ollama => ollama(state, config, request).await,
+        WrapperRoute::ChatCompletions(mode) => match &state.upstream {
+            Some(upstream) => chat_completions(state, config, upstream, mode, request).await,
+            None => super::routes::not_configured(),
+        },
+        WrapperRoute::Completions => match &state.upstream {
+            Some(upstream) => completions(state, config, upstream, request).await,
+            None => super::routes::not_configured(),
+        },
+    };
+    with_cors(response)
+}
+
+fn preflight() -> Response<Body> {
+    let mut response = Response::new(super::http::full(""));
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    let h = response.headers_mut();
+    h.insert(
+        "access-control-allow-methods",
+        HeaderValue::from_static("GET, POST, OPTIONS"),
+    );
+    h.insert(
+        "access-control-allow-headers",
+        HeaderValue::from_static(
+            "Authorization, Content-Type, X-Session-Id, OpenAI-Organization, OpenAI-Project",
+        ),
+    );
+    h.insert("access-control-max-age", HeaderValue::from_static("86400"));
+    response
+}
+
+fn wrapper_error(error: &WrapperError) -> Response<Body> {
+    let status = StatusCode::from_u16(error.status).unwrap_or(StatusCode::BAD_REQUEST);
+    json_response(status, error.to_body())
+}
+
+/// Reads and parses a JSON request body, with the wrapper's error messages.
+async fn json_body(
+    state: &State,
+    request: Request<Incoming>,
+) -> Result<(HeaderMap, serde_json::Value), Response<Body>> {
+    let (parts, body) = request.into_parts();
+    let bytes = read_request_body(body, &parts.headers, state.max_request_body).await?;
+    match serde_json::from_slice(&bytes) {
+        Ok(json) => Ok((parts.headers, json)),
+        Err(e) => Err(error_response(
+            StatusCode::BAD_REQUEST,
+            &format!("Invalid JSON body: {e}"),
+            "invalid_request_error",
+            Some("invalid_json"),
+        )),
+    }
+}
+
+/// The client's session id (`X-Session-Id` or `session_id`), or a new one.
+fn session_id(headers: &HeaderMap) -> String {
+    ["x-session-id", "session_id", "session-id"]
+        .iter()
+        .find_map(|name| headers.get(*name)?.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 200)
+        .map(str::to_owned)
+        .unwrap_or_else(|| bridge_route::new_response_id().replacen("resp_", "sess_", 1))
+}
+
+fn upstream_headers(config: &WrapperConfig, client: &HeaderMap, session: &str) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    config.forwarding.apply(client, &mut headers);
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
+    if let Ok(value) = HeaderValue::from_str(session) {
+        headers.insert("session_id", value);
+    }
+    headers
+}
+
+async fn chat_completions(
+    state: &State,
+    config: &WrapperConfig,
+    upstream: &UpstreamClient,
+    mode: ReasoningOutputMode,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    if state.bridge_to_chat {
+        // The upstream already speaks Chat Completions: pass through, converting nothing.
+        return strict::forward(state, upstream, request).await;
+    }
+    let (client_headers, body) = match json_body(state, request).await {
+        Ok(parsed) => parsed,
+        Err(response) => return response,
+    };
+    let session = session_id(&client_headers);
+    let context = ConvertContext {
+        settings: &config.settings,
+        session_id: Some(&session),
+        instructions: None,
+    };
+    let plan = match chat_to_responses(&body, &context) {
+        Ok(plan) => plan,
+        Err(e) => return wrapper_error(&e),
+    };
+    let id = bridge_route::new_response_id().replacen("resp_", "chatcmpl-", 1);
+    let converter = ChatStream::new(&plan.client, mode, bridge_route::unix_now(), &id);
+    let headers = upstream_headers(config, &client_headers, &session);
+    call_responses_upstream(state, upstream, plan, headers, converter).await
+}
+
+async fn completions(
+    state: &State,
+    config: &WrapperConfig,
+    upstream: &UpstreamClient,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let (client_headers, body) = match json_body(state, request).await {
+        Ok(parsed) => parsed,
+        Err(response) => return response,
+    };
+    let session = session_id(&client_headers);
+    let context = ConvertContext {
+        settings: &config.settings,
+        session_id: Some(&session),
+        instructions: None,
+    };
+    let plan = match completion_to_responses(&body, &context) {
+        Ok(plan) => plan,
+        Err(e) => return wrapper_error(&e),
+    };
+    let id = bridge_route::new_response_id().replacen("resp_", "cmpl-", 1);
+    let converter = CompletionStream::new(&plan.client, bridge_route::unix_now(), &id);
+    let headers = upstream_headers(config, &client_headers, &session);
+    if state.bridge_to_chat {
+        return call_chat_upstream(state, upstream, plan, headers, converter).await;
+    }
+    call_responses_upstream(state, upstream, plan, headers, converter).await
+}
+
+/// A converter whose final state answers a client that did not ask to stream.
+pub trait ClientConverter: StreamConverter {
+    fn outcome(&self) -> &StreamOutcome;
+    fn final_body(&self) -> serde_json::Value;
+}
+
+async fn call_responses_upstream<C: ClientConverter>(
+    state: &State,
+    upstream: &UpstreamClient,
+    plan: ResponsesPlan,
+    headers: HeaderMap,
+    converter: C,
+) -> Response<Body> {
+    let body = match serde_json::to_vec(&plan.upstream_body) {
+        Ok(body) => body,
+        Err(e) => return wrapper_error(&WrapperError::upstream(e.to_string(), None)),
+    };
+    let answer = match upstream
+        .post(&state.upstream_url, headers, body.into())
+        .await
+    {
+        Ok(answer) => answer,
+        Err(error) => {
+            tracing::warn!("{error}");
+            return error.to_response();
+        }
+    };
+    respond(answer, &plan.client, converter).await
+}
+
+/// Completions on a Chat Completions upstream: the client's request goes through the
+/// Responses form to chat, and the chat stream comes back through Responses events.
+async fn call_chat_upstream<C: ClientConverter>(
+    state: &State,
+    upstream: &UpstreamClient,
+    plan: ResponsesPlan,
+    headers: HeaderMap,
+    converter: C,
+) -> Response<Body> {
+    let chat = match responses_to_chat(&plan.upstream_body) {
+        Ok(chat) => chat,
+        Err(e) => {
+            let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
+            return json_response(status, e.to_body());
+        }
+    };
+    let body = match serde_json::to_vec(&chat.chat_body) {
+        Ok(body) => body,
+        Err(e) => return wrapper_error(&WrapperError::upstream(e.to_string(), None)),
+    };
+    let answer = match upstream
+        .post(&state.upstream_url, headers, body.into())
+        .await
+    {
+        Ok(answer) => answer,
+        Err(error) => {
+            tracing::warn!("{error}");
+            return error.to_response();
+        }
+    };
+    let bridge = ChatStreamConverter::new(
+        chat.meta,
+        &bridge_route::new_response_id(),
+        bridge_route::unix_now(),
+    );
+    respond(answer, &plan.client, Chained::new(bridge, converter)).await
+}
+
+async fn respond<C: ClientConverter>(
+    answer: reqwest::Response,
+    client: &ClientMeta,
+    converter: C,
+) -> Response<Body> {
+    let upstream_status = answer.status();
+    if !upstream_status.is_success() {
+        return mirror_error(answer).await;
+    }
+    let mut response = if client.stream {
+        let mut response = Response::new(translate::streaming_body(answer, converter));
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream; charset=utf-8"),
+        );
+        response
+            .headers_mut()
+            .insert("cache-control", HeaderValue::from_static("no-cache"));
+        response
+    } else {
+        let converter = translate::run_to_end(answer, converter).await;
+        match converter.outcome().error() {
+            Some(error) => wrapper_error(&error),
+            None => json_response(
+                StatusCode::OK,
+                serde_json::to_vec(&converter.final_body()).unwrap_or_default(),
+            ),
+        }
+    };
+    response
+        .extensions_mut()
+        .insert(UpstreamStatus(upstream_status.as_u16()));
+    response
+}
+
+/// The `response.failed` event a wrapper converter understands, for transport failures.
+fn failed_event(message: &str) -> String {
+    serde_json::json!({
+        "type": "response.failed",
+        "response": {"status": "failed", "error": {"code": "server_error", "message": message}},
+    })
+    .to_string()
+}
+
+macro_rules! wrapper_converter {
+    ($type:ty) => {
+        impl StreamConverter for $type {
+            fn start(&mut self, _out: &mut Vec<u8>) {}
+            fn push_event(&mut self, data: &str, out: &mut Vec<u8>) -> Flow {
+                <$type>::push_event(self, data, out).into()
+            }
+            fn upstream_ended(&mut self, out: &mut Vec<u8>) {
+                self.finish(out)
+            }
+            fn upstream_failed(&mut self, message: &str, out: &mut Vec<u8>) {
+                let _ = <$type>::push_event(self, &failed_event(message), out);
+            }
+            fn is_done(&self) -> bool {
+                *<$type>::outcome(self) != StreamOutcome::InProgress
+            }
+        }
+        impl ClientConverter for $type {
+            fn outcome(&self) -> &StreamOutcome {
+                <$type>::outcome(self)
+            }
+            fn final_body(&self) -> serde_json::Value {
+                self.final_completion()
+            }
+        }
+    };
+}
+
+wrapper_converter!(ChatStream);
+wrapper_converter!(CompletionStream);
+
+/// Two converters in a row: `first`'s SSE output is parsed and fed to `second`.
+pub struct Chained<A, B> {
+    first: A,
+    second: B,
+    between: SseReader,
+    buffer: Vec<u8>,
+}
+
+impl<A: StreamConverter, B: StreamConverter> Chained<A, B> {
+    pub fn new(first: A, second: B) -> Self {
+        Chained {
+            first,
+            second,
+            between: SseReader::default(),
+            buffer: Vec::new(),
+        }
+    }
+
+    fn pass_on(&mut self, out: &mut Vec<u8>) {
+        self.between.push(&self.buffer);
+        self.buffer.clear();
+        while let Ok(Some(event)) = self.between.next_event() {
+            if self.second.push_event(event.data, out) == Flow::Stop {
+                break;
+            }
+        }
+    }
+}
+
+impl<A: StreamConverter, B: StreamConverter> StreamConverter for Chained<A, B> {
+    fn start(&mut self, out: &mut Vec<u8>) {
+        self.first.start(&mut self.buffer);
+        self.second.start(out);
+        self.pass_on(out);
+    }
+    fn push_event(&mut self, data: &str, out: &mut Vec<u8>) -> Flow {
+        let flow = self.first.push_event(data, &mut self.buffer);
+        self.pass_on(out);
+        flow
+    }
+    fn upstream_ended(&mut self, out: &mut Vec<u8>) {
+        self.first.upstream_ended(&mut self.buffer);
+        self.pass_on(out);
+        self.second.upstream_ended(out);
+    }
+    fn upstream_failed(&mut self, message: &str, out: &mut Vec<u8>) {
+        self.first.upstream_failed(message, &mut self.buffer);
+        self.pass_on(out);
+        self.second.upstream_failed(message, out);
+    }
+    fn is_done(&self) -> bool {
+        self.second.is_done()
+    }
+}
+
+impl<A: StreamConverter, B: ClientConverter> ClientConverter for Chained<A, B> {
+    fn outcome(&self) -> &StreamOutcome {
+        self.second.outcome()
+    }
+    fn final_body(&self) -> serde_json::Value {
+        self.second.final_body()
+    }
+}
+
+/// `/api/*` passed through to Ollama as it is (no key added, the client's Authorization
+/// removed), the answer streamed back (NDJSON included).
+async fn ollama(
+    state: &State,
+    config: &WrapperConfig,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let Some(base) = &config.ollama_url else {
+        return error_response(
+            StatusCode::NOT_FOUND,
+            "The Ollama pass-through (/api/*) is not configured: set OLLAMA_API_URL (or --ollama-api-url).",
+            "invalid_request_error",
+            Some("ollama_not_configured"),
+        );
+    };
+    let (parts, body) = request.into_parts();
+    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    let Ok(url) = base.join(path_and_query.trim_start_matches('/')) else {
+        return error_response(
+            StatusCode::BAD_REQUEST,
+            "The request path cannot be joined to OLLAMA_API_URL.",
+            "invalid_request_error",
+            None,
+        );
+    };
+    let body = match read_request_body(body, &parts.headers, state.max_request_body).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let headers = super::headers::for_upstream(&parts.headers);
+    match state
+        .plain_client
+        .request(parts.method, url)
+        .headers(headers)
+        .body(body)
+        .send()
+        .await
+    {
+        Ok(answer) => strict::mirror(answer),
+        Err(e) => error_response(
+            StatusCode::BAD_GATEWAY,
+            &format!("Ollama could not be reached: {}", translate::describe(&e)),
+            "upstream_error",
+            Some("upstream_unreachable"),
+        ),
+    }
+}
