@@ -1047,7 +1047,13 @@ impl ChatStreamConverter {
         });
         let index = match existing {
             Some(i) if id.is_empty() || self.call_id_of(i) == Some(id) => i,
-            _ => self.open_call(upstream_index, id, name, out),
+            Some(replaced) => {
+                // A new id at the same index: the previous call there is complete.
+                self.open_calls.retain(|&open| open != replaced);
+                self.close_call(replaced, "completed", out);
+                self.open_call(upstream_index, id, name, out)
+            }
+            None => self.open_call(upstream_index, id, name, out),
         };
         if arguments.is_empty() {
             return;
