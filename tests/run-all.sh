@@ -28,6 +28,15 @@ echo "== installing the Codex CLI used by the end-to-end tests"
 CODEX_BIN="$(bash tests/install-codex.sh)"
 export CODEX_BIN
 
+echo "== installing the official openai Python SDK used as a real client"
+venv=/var/cache/codex-proxy-tests/venv
+[ "$(id -u)" -eq 0 ] || venv="$HOME/.cache/codex-proxy-tests/venv"
+if ! "$venv/bin/python" -c 'import openai' 2>/dev/null; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check openai
+fi
+export OPENAI_SDK_PYTHON="$venv/bin/python"
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -199,7 +199,10 @@ impl fmt::Debug for UpstreamAuthSettings {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("UpstreamAuthSettings")
             .field("mode", &self.mode)
-            .field("static_key", &self.static_key.as_ref().map(|_| "[REDACTED]"))
+            .field(
+                "static_key",
+                &self.static_key.as_ref().map(|_| "[REDACTED]"),
+            )
             .field("auth_json", &self.auth_json.as_ref().map(|_| "[REDACTED]"))
             .field("state_dir", &self.state_dir)
             .field("token_url", &self.token_url)
@@ -223,7 +226,7 @@ struct Inner {
 enum Kind {
     /// `Bearer <key>`, sensitive.
     Static(HeaderValue),
-    ChatGpt(ChatGpt),
+    ChatGpt(Box<ChatGpt>),
 }
 
 struct ChatGpt {
@@ -303,7 +306,7 @@ impl UpstreamAuth {
                 };
                 Kind::Static(api_key_from_auth_json(document.expose_secret(), field)?)
             }
-            AuthMode::ChatGptToken => Kind::ChatGpt(ChatGpt::new(&settings)?),
+            AuthMode::ChatGptToken => Kind::ChatGpt(Box::new(ChatGpt::new(&settings)?)),
         };
         Ok(UpstreamAuth {
             inner: Arc::new(Inner {
@@ -535,9 +538,18 @@ impl ChatGpt {
         }
         let answer = SecretSlice::from(answer);
         if !status.is_success() {
-            let known = [Some(refresh_token), old.id_token.as_ref(), Some(&old.access_token)];
+            let known = [
+                Some(refresh_token),
+                old.id_token.as_ref(),
+                Some(&old.access_token),
+            ];
             let code = error_code(answer.expose_secret())
-                .filter(|c| known.iter().flatten().all(|s| !c.contains(s.expose_secret())))
+                .filter(|c| {
+                    known
+                        .iter()
+                        .flatten()
+                        .all(|s| !c.contains(s.expose_secret()))
+                })
                 .map(|c| format!(" ({c})"))
                 .unwrap_or_default();
             let hint = if matches!(status.as_u16(), 400 | 401 | 403) {
@@ -594,8 +606,7 @@ impl ChatGpt {
         };
         let document = saved_document(tokens);
         let target = dir.join(SAVED_TOKENS_FILE);
-        let outcome =
-            tokio::task::spawn_blocking(move || write_atomically(&dir, &document)).await;
+        let outcome = tokio::task::spawn_blocking(move || write_atomically(&dir, &document)).await;
         match outcome {
             Ok(Ok(())) => {}
             Ok(Err(e)) => error!(
@@ -677,8 +688,9 @@ fn parse_tokens(document: &[u8], what: &str) -> Result<Tokens, AuthError> {
             )))
         }
     };
-    let field_error =
-        |name: &str, problem: String| AuthError::Config(format!("{what} {problem} field tokens.{name}"));
+    let field_error = |name: &str, problem: String| {
+        AuthError::Config(format!("{what} {problem} field tokens.{name}"))
+    };
     let access_token =
         take_string(&mut tokens, "access_token").map_err(|p| field_error("access_token", p))?;
     let refresh_token = optional_string(&mut tokens, "refresh_token")
@@ -712,8 +724,14 @@ fn parse_tokens(document: &[u8], what: &str) -> Result<Tokens, AuthError> {
         },
         _ => None,
     };
-    Tokens::new(access_token, refresh_token, id_token, account_id, last_refresh)
-        .map_err(|m| AuthError::Config(format!("{what} has {m}")))
+    Tokens::new(
+        access_token,
+        refresh_token,
+        id_token,
+        account_id,
+        last_refresh,
+    )
+    .map_err(|m| AuthError::Config(format!("{what} has {m}")))
 }
 
 /// Reads `<dir>/codex-auth.json`: `Ok(None)` when absent or unusable (then the credential is
@@ -746,9 +764,7 @@ fn parse_object(
 ) -> Result<serde_json::Map<String, serde_json::Value>, AuthError> {
     match serde_json::from_slice::<serde_json::Value>(document) {
         Ok(serde_json::Value::Object(object)) => Ok(object),
-        Ok(_) => Err(AuthError::Config(format!(
-            "{what} is not a JSON object"
-        ))),
+        Ok(_) => Err(AuthError::Config(format!("{what} is not a JSON object"))),
         Err(e) => Err(AuthError::Config(format!(
             "{what} is not valid JSON: {}",
             describe_json_error(&e)
@@ -802,8 +818,7 @@ fn account_id_from_id_token(id_token: &str) -> Result<SecretString, String> {
         return Err("tokens.id_token is not a JWT (three dot-separated parts)".into());
     };
     let payload = SecretSlice::from(
-        base64url_decode(payload)
-            .ok_or("the payload of tokens.id_token is not valid base64url")?,
+        base64url_decode(payload).ok_or("the payload of tokens.id_token is not valid base64url")?,
     );
     let claims: serde_json::Value = serde_json::from_slice(payload.expose_secret())
         .map_err(|_| "the payload of tokens.id_token is not JSON".to_owned())?;
@@ -811,9 +826,7 @@ fn account_id_from_id_token(id_token: &str) -> Result<SecretString, String> {
         .get(AUTH_CLAIM)
         .and_then(|claim| claim.get("chatgpt_account_id"))
     {
-        Some(serde_json::Value::String(id)) if !id.is_empty() => {
-            Ok(SecretString::from(id.clone()))
-        }
+        Some(serde_json::Value::String(id)) if !id.is_empty() => Ok(SecretString::from(id.clone())),
         _ => Err(format!(
             "tokens.id_token has no {AUTH_CLAIM} → chatgpt_account_id claim"
         )),
@@ -1005,7 +1018,11 @@ fn parse_rfc3339(text: &str) -> Option<i64> {
     }
     let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
     let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 || second > 60
+    if !(1..=12).contains(&month)
+        || !(1..=31).contains(&day)
+        || hour > 23
+        || minute > 59
+        || second > 60
     {
         return None;
     }
@@ -1048,4 +1065,752 @@ fn format_rfc3339(unix: i64) -> String {
         seconds / 60 % 60,
         seconds % 60
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+    use hyper::body::{Bytes, Incoming};
+    use hyper::{Request, Response};
+    use std::convert::Infallible;
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Mutex;
+
+    const ACCOUNT: &str = "acct-123";
+    const CLIENT_ID: &str = "test-client-id";
+
+    // --- a mock token endpoint ---------------------------------------------------------------
+
+    #[derive(Clone)]
+    enum Reply {
+        /// 200 with `access-N`, `refresh-N` and an id_token for [`ACCOUNT`] (N = call number).
+        Rotate,
+        Fixed(u16, &'static str),
+    }
+
+    struct Mock {
+        calls: AtomicUsize,
+        reply: Reply,
+        delay: Duration,
+        requests: Mutex<Vec<serde_json::Value>>,
+    }
+
+    async fn mock_endpoint(reply: Reply, delay: Duration) -> (String, Arc<Mock>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let mock = Arc::new(Mock {
+            calls: AtomicUsize::new(0),
+            reply,
+            delay,
+            requests: Mutex::new(Vec::new()),
+        });
+        let shared = mock.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let mock = shared.clone();
+                tokio::spawn(async move {
+                    let service =
+                        hyper::service::service_fn(move |request| answer(mock.clone(), request));
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (format!("http://{address}/oauth/token"), mock)
+    }
+
+    async fn answer(
+        mock: Arc<Mock>,
+        request: Request<Incoming>,
+    ) -> Result<Response<Full<Bytes>>, Infallible> {
+        let n = mock.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        assert_eq!(request.method(), hyper::Method::POST);
+        assert_eq!(request.uri().path(), "/oauth/token");
+        assert_eq!(request.headers()[CONTENT_TYPE], "application/json");
+        let body = request.into_body().collect().await.unwrap().to_bytes();
+        mock.requests
+            .lock()
+            .unwrap()
+            .push(serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null));
+        tokio::time::sleep(mock.delay).await;
+        let (status, body) = match &mock.reply {
+            Reply::Rotate => (
+                200,
+                serde_json::json!({
+                    "access_token": format!("access-{n}"),
+                    "refresh_token": format!("refresh-{n}"),
+                    "id_token": id_token_for(ACCOUNT),
+                    "expires_in": 864000,
+                })
+                .to_string(),
+            ),
+            Reply::Fixed(status, body) => (*status, (*body).to_owned()),
+        };
+        Ok(Response::builder()
+            .status(status)
+            .header(CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .unwrap())
+    }
+
+    /// A port nothing listens on.
+    async fn dead_endpoint() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        drop(listener);
+        format!("http://{address}/oauth/token")
+    }
+
+    // --- documents ---------------------------------------------------------------------------
+
+    fn base64url_encode(bytes: &[u8]) -> String {
+        const ALPHABET: &[u8; 64] =
+            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let mut bits = 0u32;
+            for (i, &b) in chunk.iter().enumerate() {
+                bits |= u32::from(b) << (16 - 8 * i);
+            }
+            for i in 0..=chunk.len() {
+                out.push(ALPHABET[(bits >> (18 - 6 * i) & 63) as usize] as char);
+            }
+        }
+        out
+    }
+
+    fn jwt(claims: serde_json::Value) -> String {
+        format!(
+            "{}.{}.c2lnbmF0dXJl",
+            base64url_encode(br#"{"alg":"RS256","typ":"JWT"}"#),
+            base64url_encode(claims.to_string().as_bytes())
+        )
+    }
+
+    fn id_token_for(account: &str) -> String {
+        jwt(serde_json::json!({
+            "email": "someone@example.com",
+            AUTH_CLAIM: {"chatgpt_account_id": account, "chatgpt_plan_type": "plus"},
+        }))
+    }
+
+    fn auth_json(tokens: serde_json::Value, last_refresh: Option<String>) -> SecretSlice<u8> {
+        let mut document = serde_json::json!({"OPENAI_API_KEY": null, "tokens": tokens});
+        if let Some(at) = last_refresh {
+            document["last_refresh"] = at.into();
+        }
+        SecretSlice::from(document.to_string().into_bytes())
+    }
+
+    fn chatgpt_tokens(access: &str, refresh: &str) -> serde_json::Value {
+        serde_json::json!({
+            "id_token": id_token_for(ACCOUNT),
+            "access_token": access,
+            "refresh_token": refresh,
+            "account_id": ACCOUNT,
+        })
+    }
+
+    fn now_rfc3339() -> String {
+        format_rfc3339(unix_now())
+    }
+
+    const LONG_AGO: &str = "2020-01-01T00:00:00.123456Z";
+
+    fn chatgpt_settings(
+        token_url: &str,
+        document: Option<SecretSlice<u8>>,
+        state_dir: Option<&Path>,
+    ) -> UpstreamAuthSettings {
+        let mut settings =
+            UpstreamAuthSettings::new(AuthMode::ChatGptToken, reqwest::Client::new());
+        settings.auth_json = document;
+        settings.state_dir = state_dir.map(Path::to_path_buf);
+        settings.token_url = token_url.to_owned();
+        settings.client_id = Some(CLIENT_ID.to_owned());
+        settings
+    }
+
+    async fn headers_of(auth: &UpstreamAuth) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        auth.authorize(&mut headers).await.unwrap();
+        headers
+    }
+
+    fn assert_no_secret(text: &str, secrets: &[&str]) {
+        for secret in secrets {
+            assert!(!text.contains(secret), "{secret:?} leaked into {text:?}");
+        }
+    }
+
+    fn config_error(result: Result<UpstreamAuth, AuthError>) -> String {
+        match result {
+            Err(e @ AuthError::Config(_)) => {
+                let (status, body) = e.to_response_parts();
+                assert_eq!(status, 500);
+                let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+                assert_eq!(body["error"]["code"], "upstream_auth_misconfigured");
+                format!("{e} | {e:?}")
+            }
+            Err(other) => panic!("expected a configuration error, got {other}"),
+            Ok(auth) => panic!("expected a configuration error, got {auth:?}"),
+        }
+    }
+
+    // --- modes -------------------------------------------------------------------------------
+
+    #[test]
+    fn modes_parse_from_the_wrapper_values() {
+        assert_eq!("apikey_env".parse::<AuthMode>().unwrap(), AuthMode::ApiKey);
+        assert_eq!(
+            " APIKEY_AUTH_JSON\n".parse::<AuthMode>().unwrap(),
+            AuthMode::ApiKeyFromAuthJson {
+                field: "OPENAI_API_KEY".into()
+            }
+        );
+        assert_eq!(
+            "chatgpt_token".parse::<AuthMode>().unwrap(),
+            AuthMode::ChatGptToken
+        );
+        for mode in [
+            AuthMode::ApiKey,
+            AuthMode::ChatGptToken,
+            AuthMode::ApiKeyFromAuthJson { field: "X".into() },
+        ] {
+            assert_eq!(
+                mode.to_string().parse::<AuthMode>().unwrap().as_str(),
+                mode.as_str()
+            );
+        }
+        let e = "chatgpt".parse::<AuthMode>().unwrap_err().to_string();
+        assert!(
+            e.contains("`chatgpt`") && e.contains("apikey_env, apikey_auth_json or chatgpt_token"),
+            "{e}"
+        );
+        let e = "sk-proj-0123456789abcdef".parse::<AuthMode>().unwrap_err();
+        assert_no_secret(&format!("{e} {e:?}"), &["0123456789abcdef"]);
+    }
+
+    #[tokio::test]
+    async fn api_key_mode_sends_the_static_key() {
+        let mut settings = UpstreamAuthSettings::new(AuthMode::ApiKey, reqwest::Client::new());
+        settings.static_key = Some(HeaderValue::from_static("Bearer sk-static-secret"));
+        let auth = UpstreamAuth::new(settings).unwrap();
+        let headers = headers_of(&auth).await;
+        assert_eq!(headers[AUTHORIZATION], "Bearer sk-static-secret");
+        assert!(headers[AUTHORIZATION].is_sensitive());
+        assert!(headers.get(ACCOUNT_ID_HEADER).is_none());
+        assert!(!auth
+            .refresh_after_unauthorized(&headers[AUTHORIZATION])
+            .await
+            .unwrap());
+        assert_no_secret(&format!("{auth:?}"), &["sk-static-secret"]);
+
+        let missing = UpstreamAuthSettings::new(AuthMode::ApiKey, reqwest::Client::new());
+        assert!(config_error(UpstreamAuth::new(missing)).contains("openai-api-key"));
+    }
+
+    #[tokio::test]
+    async fn api_key_from_auth_json_reads_the_configured_field() {
+        let document = br#"{"OPENAI_API_KEY":"sk-from-json","OTHER_KEY":"sk-other","tokens":null}"#;
+        let mut settings =
+            UpstreamAuthSettings::new("apikey_auth_json".parse().unwrap(), reqwest::Client::new());
+        settings.auth_json = Some(SecretSlice::from(document.to_vec()));
+        let auth = UpstreamAuth::new(settings).unwrap();
+        let headers = headers_of(&auth).await;
+        assert_eq!(headers[AUTHORIZATION], "Bearer sk-from-json");
+        assert!(headers[AUTHORIZATION].is_sensitive());
+        assert!(headers.get(ACCOUNT_ID_HEADER).is_none());
+        assert!(!auth
+            .refresh_after_unauthorized(&headers[AUTHORIZATION])
+            .await
+            .unwrap());
+        assert_no_secret(&format!("{auth:?}"), &["sk-from-json", "sk-other"]);
+
+        let mut settings = UpstreamAuthSettings::new(
+            AuthMode::ApiKeyFromAuthJson {
+                field: "OTHER_KEY".into(),
+            },
+            reqwest::Client::new(),
+        );
+        settings.auth_json = Some(SecretSlice::from(document.to_vec()));
+        let auth = UpstreamAuth::new(settings).unwrap();
+        assert_eq!(headers_of(&auth).await[AUTHORIZATION], "Bearer sk-other");
+    }
+
+    #[tokio::test]
+    async fn chatgpt_mode_uses_the_account_id_from_the_tokens() {
+        let (url, mock) = mock_endpoint(Reply::Rotate, Duration::ZERO).await;
+        let mut tokens = chatgpt_tokens("access-0", "refresh-0");
+        tokens["id_token"] = id_token_for("acct-from-claim").into();
+        let document = auth_json(tokens, Some(now_rfc3339()));
+        let auth = UpstreamAuth::new(chatgpt_settings(&url, Some(document), None)).unwrap();
+        let headers = headers_of(&auth).await;
+        assert_eq!(headers[AUTHORIZATION], "Bearer access-0");
+        assert!(headers[AUTHORIZATION].is_sensitive());
+        assert_eq!(headers[ACCOUNT_ID_HEADER], ACCOUNT);
+        assert_eq!(
+            mock.calls.load(Ordering::SeqCst),
+            0,
+            "fresh tokens are not refreshed"
+        );
+        assert_no_secret(&format!("{auth:?}"), &["access-0", "refresh-0", ACCOUNT]);
+    }
+
+    #[tokio::test]
+    async fn chatgpt_mode_takes_the_account_id_from_the_id_token_claim() {
+        let (url, _mock) = mock_endpoint(Reply::Rotate, Duration::ZERO).await;
+        let tokens = serde_json::json!({
+            "id_token": id_token_for("acct-from-claim"),
+            "access_token": "access-0",
+            "refresh_token": "refresh-0",
+        });
+        let auth = UpstreamAuth::new(chatgpt_settings(
+            &url,
+            Some(auth_json(tokens, Some(now_rfc3339()))),
+            None,
+        ))
+        .unwrap();
+        let headers = headers_of(&auth).await;
+        assert_eq!(headers[ACCOUNT_ID_HEADER], "acct-from-claim");
+        assert_eq!(headers[AUTHORIZATION], "Bearer access-0");
+    }
+
+    // --- refresh -----------------------------------------------------------------------------
+
+    #[tokio::test]
+    async fn stale_tokens_are_refreshed_before_use_and_saved() {
+        let (url, mock) = mock_endpoint(Reply::Rotate, Duration::ZERO).await;
+        let state = tempfile::tempdir().unwrap();
+        let old_credential = || {
+            auth_json(
+                chatgpt_tokens("access-0", "refresh-0"),
+                Some(LONG_AGO.to_owned()),
+            )
+        };
+        let auth = UpstreamAuth::new(chatgpt_settings(
+            &url,
+            Some(old_credential()),
+            Some(state.path()),
+        ))
+        .unwrap();
+        let headers = headers_of(&auth).await;
+        assert_eq!(mock.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(headers[AUTHORIZATION], "Bearer access-1");
+        assert_eq!(headers[ACCOUNT_ID_HEADER], ACCOUNT);
+        let sent = mock.requests.lock().unwrap()[0].clone();
+        assert_eq!(
+            sent,
+            serde_json::json!({
+                "client_id": CLIENT_ID,
+                "grant_type": "refresh_token",
+                "refresh_token": "refresh-0",
+                "scope": "openid profile email",
+            })
+        );
+
+        // Saved atomically, 0600, in auth.json format, with the rotated refresh token.
+        use std::os::unix::fs::PermissionsExt;
+        let path = state.path().join(SAVED_TOKENS_FILE);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let saved: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(saved["tokens"]["refresh_token"], "refresh-1");
+        assert_eq!(saved["tokens"]["access_token"], "access-1");
+        assert_eq!(saved["tokens"]["account_id"], ACCOUNT);
+        assert!(saved["tokens"]["id_token"].is_string());
+        assert!(saved["OPENAI_API_KEY"].is_null());
+        let saved_at = parse_rfc3339(saved["last_refresh"].as_str().unwrap()).unwrap();
+        assert!((unix_now() - saved_at).abs() < 60);
+        let leftovers: Vec<_> = std::fs::read_dir(state.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(leftovers, [std::ffi::OsString::from(SAVED_TOKENS_FILE)]);
+
+        // Fresh now: no second refresh.
+        assert_eq!(headers_of(&auth).await[AUTHORIZATION], "Bearer access-1");
+        assert_eq!(mock.calls.load(Ordering::SeqCst), 1);
+
+        // A restart with the same (old) credential uses the saved tokens, not the spent ones.
+        let restarted = UpstreamAuth::new(chatgpt_settings(
+            &url,
+            Some(old_credential()),
+            Some(state.path()),
+        ))
+        .unwrap();
+        assert_eq!(
+            headers_of(&restarted).await[AUTHORIZATION],
+            "Bearer access-1"
+        );
+        assert_eq!(mock.calls.load(Ordering::SeqCst), 1);
+        // So does a restart without any credential.
+        let restarted =
+            UpstreamAuth::new(chatgpt_settings(&url, None, Some(state.path()))).unwrap();
+        assert_eq!(
+            headers_of(&restarted).await[AUTHORIZATION],
+            "Bearer access-1"
+        );
+
+        // A credential newer than the saved tokens (a fresh `codex login`) wins.
+        let newer = auth_json(
+            chatgpt_tokens("access-new-login", "refresh-new-login"),
+            Some(format_rfc3339(unix_now() + 3600)),
+        );
+        let relogged =
+            UpstreamAuth::new(chatgpt_settings(&url, Some(newer), Some(state.path()))).unwrap();
+        assert_eq!(
+            headers_of(&relogged).await[AUTHORIZATION],
+            "Bearer access-new-login"
+        );
+        assert_eq!(mock.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn unknown_last_refresh_means_refresh_first_and_works_without_a_state_dir() {
+        let (url, mock) = mock_endpoint(Reply::Rotate, Duration::ZERO).await;
+        for last_refresh in [None, Some("yesterday".to_owned())] {
+            let document = auth_json(chatgpt_tokens("access-0", "refresh-0"), last_refresh);
+            let auth = UpstreamAuth::new(chatgpt_settings(&url, Some(document), None)).unwrap();
+            let before = mock.calls.load(Ordering::SeqCst);
+            headers_of(&auth).await;
+            assert_eq!(mock.calls.load(Ordering::SeqCst), before + 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn refresh_interval_is_configurable() {
+        let (url, mock) = mock_endpoint(Reply::Rotate, Duration::ZERO).await;
+        let document = auth_json(
+            chatgpt_tokens("access-0", "refresh-0"),
+            Some(format_rfc3339(unix_now() - 2 * 3600)),
+        );
+        let mut settings = chatgpt_settings(&url, Some(document), None);
+        settings.refresh_after = Duration::from_secs(3600);
+        let auth = UpstreamAuth::new(settings).unwrap();
+        assert_eq!(headers_of(&auth).await[AUTHORIZATION], "Bearer access-1");
+        assert_eq!(mock.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_unauthorized_requests_share_one_refresh() {
+        let (url, mock) = mock_endpoint(Reply::Rotate, Duration::from_millis(200)).await;
+        let state = tempfile::tempdir().unwrap();
+        let document = auth_json(chatgpt_tokens("access-0", "refresh-0"), Some(now_rfc3339()));
+        let auth =
+            UpstreamAuth::new(chatgpt_settings(&url, Some(document), Some(state.path()))).unwrap();
+        let mut tasks = Vec::new();
+        for _ in 0..12 {
+            let auth = auth.clone();
+            tasks.push(tokio::spawn(async move {
+                let rejected = headers_of(&auth).await[AUTHORIZATION].clone();
+                assert_eq!(rejected, "Bearer access-0");
+                let retry = auth.refresh_after_unauthorized(&rejected).await.unwrap();
+                (retry, headers_of(&auth).await[AUTHORIZATION].clone())
+            }));
+        }
+        for task in tasks {
+            let (retry, after) = task.await.unwrap();
+            assert!(retry);
+            assert_eq!(after, "Bearer access-1");
+        }
+        assert_eq!(mock.calls.load(Ordering::SeqCst), 1);
+        // A late 401 for the old token: the token was replaced already, so just retry.
+        assert!(auth
+            .refresh_after_unauthorized(&HeaderValue::from_static("Bearer access-0"))
+            .await
+            .unwrap());
+        assert_eq!(mock.calls.load(Ordering::SeqCst), 1);
+        // A 401 for the new token refreshes again, with the rotated refresh token.
+        assert!(auth
+            .refresh_after_unauthorized(&HeaderValue::from_static("Bearer access-1"))
+            .await
+            .unwrap());
+        assert_eq!(mock.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            mock.requests.lock().unwrap()[1]["refresh_token"],
+            "refresh-1"
+        );
+        assert_eq!(headers_of(&auth).await[AUTHORIZATION], "Bearer access-2");
+    }
+
+    #[tokio::test]
+    async fn token_endpoint_failures_are_clear_and_secret_free() {
+        let secrets = ["access-secret-0", "refresh-secret-0"];
+        let cases = [
+            (
+                Some(Reply::Fixed(
+                    400,
+                    r#"{"error":"invalid_grant","error_description":"refresh-secret-0 was already used"}"#,
+                )),
+                "400",
+            ),
+            (
+                Some(Reply::Fixed(
+                    401,
+                    r#"{"error":{"code":"refresh-secret-0","message":"x"}}"#,
+                )),
+                "401",
+            ),
+            (Some(Reply::Fixed(500, "upstream exploded")), "500"),
+            (
+                Some(Reply::Fixed(200, "<html>not json</html>")),
+                "syntax error",
+            ),
+            (
+                Some(Reply::Fixed(200, r#"{"refresh_token":"r"}"#)),
+                "without an access_token",
+            ),
+            (None, "could not be reached"),
+        ];
+        for (reply, expected) in cases {
+            let (url, mock) = match reply {
+                Some(reply) => {
+                    let (url, mock) = mock_endpoint(reply, Duration::ZERO).await;
+                    (url, Some(mock))
+                }
+                None => (dead_endpoint().await, None),
+            };
+            let state = tempfile::tempdir().unwrap();
+            let document = auth_json(
+                chatgpt_tokens("access-secret-0", "refresh-secret-0"),
+                Some(now_rfc3339()),
+            );
+            let auth =
+                UpstreamAuth::new(chatgpt_settings(&url, Some(document), Some(state.path())))
+                    .unwrap();
+            let rejected = headers_of(&auth).await[AUTHORIZATION].clone();
+            let error = auth
+                .refresh_after_unauthorized(&rejected)
+                .await
+                .unwrap_err();
+            assert!(matches!(error, AuthError::TokenEndpoint(_)), "{error:?}");
+            let shown = format!("{error} | {error:?}");
+            assert!(shown.contains(expected), "{expected:?} not in {shown}");
+            assert_no_secret(&shown, &secrets);
+            let (status, body) = error.to_response_parts();
+            assert_eq!(status, 502);
+            assert_no_secret(&body, &secrets);
+            let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(body["error"]["code"], "upstream_token_refresh_failed");
+            if expected == "400" {
+                assert!(shown.contains("(invalid_grant)") && shown.contains("codex login"));
+            }
+            // Nothing was saved and the old token stays in use.
+            assert!(!state.path().join(SAVED_TOKENS_FILE).exists());
+            assert_eq!(headers_of(&auth).await[AUTHORIZATION], rejected);
+            // Other requests with the same token get the same answer without another call.
+            if let Some(mock) = mock {
+                assert_eq!(
+                    auth.refresh_after_unauthorized(&rejected)
+                        .await
+                        .unwrap_err(),
+                    error
+                );
+                assert_eq!(mock.calls.load(Ordering::SeqCst), 1);
+            }
+            assert_no_secret(&format!("{auth:?}"), &secrets);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_refresh_before_use_falls_back_to_the_current_token() {
+        let (url, mock) = mock_endpoint(Reply::Fixed(503, ""), Duration::ZERO).await;
+        let document = auth_json(
+            chatgpt_tokens("access-0", "refresh-0"),
+            Some(LONG_AGO.to_owned()),
+        );
+        let auth = UpstreamAuth::new(chatgpt_settings(&url, Some(document), None)).unwrap();
+        assert_eq!(headers_of(&auth).await[AUTHORIZATION], "Bearer access-0");
+        assert_eq!(headers_of(&auth).await[AUTHORIZATION], "Bearer access-0");
+        assert_eq!(
+            mock.calls.load(Ordering::SeqCst),
+            1,
+            "failures are not hammered"
+        );
+    }
+
+    // --- malformed input ---------------------------------------------------------------------
+
+    #[tokio::test]
+    async fn malformed_auth_json_gives_clear_errors() {
+        let url = dead_endpoint().await;
+        let secrets = ["access-secret-0", "refresh-secret-0", "sk-secret-key"];
+        let chatgpt = |document: &[u8]| {
+            config_error(UpstreamAuth::new(chatgpt_settings(
+                &url,
+                Some(SecretSlice::from(document.to_vec())),
+                None,
+            )))
+        };
+        let cases: Vec<(Vec<u8>, &str)> = vec![
+            (b"access-secret-0 refresh-secret-0".to_vec(), "is not valid JSON: a syntax error at line 1"),
+            (br#"{"tokens": {"access_token": "access-secret-0""#.to_vec(), "unexpected end of input"),
+            (br#"["access-secret-0"]"#.to_vec(), "is not a JSON object"),
+            (br#"{"OPENAI_API_KEY": "sk-secret-key"}"#.to_vec(), "no `tokens` object"),
+            (br#"{"tokens": "access-secret-0"}"#.to_vec(), "`tokens` is not an object"),
+            (
+                br#"{"tokens": {"refresh_token": "refresh-secret-0", "account_id": "a"}}"#.to_vec(),
+                "is missing the field tokens.access_token",
+            ),
+            (
+                br#"{"tokens": {"access_token": 42, "account_id": "a"}}"#.to_vec(),
+                "non-string value in the field tokens.access_token",
+            ),
+            (
+                br#"{"tokens": {"access_token": "access-secret-0", "refresh_token": "refresh-secret-0"}}"#.to_vec(),
+                "neither tokens.account_id nor tokens.id_token",
+            ),
+            (
+                br#"{"tokens": {"access_token": "access-secret-0", "id_token": "refresh-secret-0"}}"#.to_vec(),
+                "tokens.id_token is not a JWT",
+            ),
+            (
+                format!(r#"{{"tokens": {{"access_token": "access-secret-0", "id_token": "{}"}}}}"#, jwt(serde_json::json!({"sub": "x"}))).into_bytes(),
+                "no https://api.openai.com/auth → chatgpt_account_id claim",
+            ),
+            (
+                br#"{"tokens": {"access_token": "access-secret-0", "id_token": "a.!!!.c"}}"#.to_vec(),
+                "not valid base64url",
+            ),
+            (
+                br#"{"tokens": {"access_token": "access secret\u0001", "account_id": "a"}}"#.to_vec(),
+                "access_token that is not a valid HTTP header value",
+            ),
+        ];
+        for (document, expected) in cases {
+            let message = chatgpt(&document);
+            assert!(message.contains(expected), "{expected:?} not in {message}");
+            assert!(message.contains("codex-auth credential"), "{message}");
+            assert_no_secret(&message, &secrets);
+        }
+
+        // apikey_auth_json: a missing or mistyped field is named.
+        for (document, expected) in [
+            (
+                &br#"{"tokens": {"access_token": "access-secret-0"}}"#[..],
+                "is missing the field OPENAI_API_KEY",
+            ),
+            (
+                br#"{"OPENAI_API_KEY": null}"#,
+                "is missing the field OPENAI_API_KEY",
+            ),
+            (
+                br#"{"OPENAI_API_KEY": ["sk-secret-key"]}"#,
+                "non-string value in the field OPENAI_API_KEY",
+            ),
+            (b"sk-secret-key", "is not valid JSON"),
+        ] {
+            let mut settings = UpstreamAuthSettings::new(
+                "apikey_auth_json".parse().unwrap(),
+                reqwest::Client::new(),
+            );
+            settings.auth_json = Some(SecretSlice::from(document.to_vec()));
+            let message = config_error(UpstreamAuth::new(settings));
+            assert!(message.contains(expected), "{expected:?} not in {message}");
+            assert_no_secret(&message, &secrets);
+        }
+        let settings =
+            UpstreamAuthSettings::new("apikey_auth_json".parse().unwrap(), reqwest::Client::new());
+        assert!(config_error(UpstreamAuth::new(settings)).contains("needs the Codex auth.json"));
+    }
+
+    #[tokio::test]
+    async fn chatgpt_mode_needs_a_client_id_a_url_and_tokens() {
+        let document = || Some(auth_json(chatgpt_tokens("access-0", "refresh-0"), None));
+        let mut settings = chatgpt_settings(DEFAULT_TOKEN_URL, document(), None);
+        settings.client_id = None;
+        assert!(config_error(UpstreamAuth::new(settings)).contains("OAuth client id"));
+        let mut settings = chatgpt_settings("not a url", document(), None);
+        settings.client_id = Some(CLIENT_ID.into());
+        assert!(config_error(UpstreamAuth::new(settings)).contains("token endpoint URL"));
+        let settings = chatgpt_settings(DEFAULT_TOKEN_URL, None, None);
+        assert!(config_error(UpstreamAuth::new(settings)).contains("needs the Codex auth.json"));
+        let defaults = UpstreamAuthSettings::new(AuthMode::ChatGptToken, reqwest::Client::new());
+        assert_eq!(defaults.token_url, DEFAULT_TOKEN_URL);
+        assert_eq!(defaults.refresh_after, Duration::from_secs(28 * 86_400));
+    }
+
+    #[tokio::test]
+    async fn an_unusable_saved_file_falls_back_to_the_credential() {
+        let state = tempfile::tempdir().unwrap();
+        std::fs::write(state.path().join(SAVED_TOKENS_FILE), b"{ truncated").unwrap();
+        let document = auth_json(chatgpt_tokens("access-0", "refresh-0"), Some(now_rfc3339()));
+        let auth = UpstreamAuth::new(chatgpt_settings(
+            DEFAULT_TOKEN_URL,
+            Some(document),
+            Some(state.path()),
+        ))
+        .unwrap();
+        assert_eq!(headers_of(&auth).await[AUTHORIZATION], "Bearer access-0");
+    }
+
+    #[test]
+    fn settings_debug_hides_secrets() {
+        let mut settings = UpstreamAuthSettings::new(AuthMode::ApiKey, reqwest::Client::new());
+        settings.static_key = Some(HeaderValue::from_static("Bearer sk-debug-secret"));
+        settings.auth_json = Some(SecretSlice::from(b"{\"x\":\"json-secret\"}".to_vec()));
+        assert_no_secret(
+            &format!("{settings:?}"),
+            &["sk-debug-secret", "json-secret"],
+        );
+    }
+
+    // --- helpers -----------------------------------------------------------------------------
+
+    #[test]
+    fn base64url_decoding() {
+        assert_eq!(base64url_decode("").unwrap(), b"");
+        assert_eq!(base64url_decode("Zg").unwrap(), b"f");
+        assert_eq!(base64url_decode("Zg==").unwrap(), b"f");
+        assert_eq!(base64url_decode("Zm8").unwrap(), b"fo");
+        assert_eq!(base64url_decode("Zm9v").unwrap(), b"foo");
+        assert_eq!(base64url_decode("Zm9vYmFy").unwrap(), b"foobar");
+        assert_eq!(base64url_decode("-_-_").unwrap(), [0xfb, 0xff, 0xbf]);
+        assert_eq!(base64url_decode("+/+/").unwrap(), [0xfb, 0xff, 0xbf]);
+        assert!(base64url_decode("Z").is_none());
+        assert!(base64url_decode("Zm9v!").is_none());
+        for len in 0..40 {
+            let data: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
+            assert_eq!(base64url_decode(&base64url_encode(&data)).unwrap(), data);
+        }
+    }
+
+    #[test]
+    fn rfc3339_times() {
+        assert_eq!(parse_rfc3339("2025-08-10T12:34:56Z"), Some(1_754_829_296));
+        assert_eq!(
+            parse_rfc3339("2025-08-10T12:34:56.123456789Z"),
+            Some(1_754_829_296)
+        );
+        assert_eq!(
+            parse_rfc3339("2025-08-10T14:34:56+02:00"),
+            Some(1_754_829_296)
+        );
+        assert_eq!(
+            parse_rfc3339("2025-08-10t10:34:56.5-02:00"),
+            Some(1_754_829_296)
+        );
+        assert_eq!(parse_rfc3339("2024-02-29T23:59:59Z"), Some(1_709_251_199));
+        assert_eq!(parse_rfc3339("1969-12-31T23:00:00Z"), Some(-3600));
+        for bad in [
+            "",
+            "yesterday",
+            "2025-08-10",
+            "2025-13-10T00:00:00Z",
+            "2025-08-10T12:34:56",
+            "2025-08-10T12:34:56.Z",
+            "2025-08-10T12:34:56+0200",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+        assert_eq!(format_rfc3339(1_754_829_296), "2025-08-10T12:34:56Z");
+        assert_eq!(format_rfc3339(-3600), "1969-12-31T23:00:00Z");
+        for t in [0, 1, 951_782_400, 1_709_251_199, 4_102_444_800, unix_now()] {
+            assert_eq!(parse_rfc3339(&format_rfc3339(t)), Some(t));
+        }
+    }
 }

@@ -1075,10 +1075,8 @@ mod tests {
 
     #[test]
     fn null_fields_count_as_absent() {
-        let up = upstream(
-            json!({"messages": [user("x")], "n": 1, "stop": null, "tools": null,
-            "max_tokens": null, "stream": null, "logprobs": false, "stop": []}),
-        );
+        let up = upstream(json!({"messages": [user("x")], "n": 1, "tools": null,
+            "max_tokens": null, "stream": null, "logprobs": false, "stop": []}));
         assert!(up.get("tools").is_none() && up.get("max_output_tokens").is_none());
     }
 }

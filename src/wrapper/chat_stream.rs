@@ -74,7 +74,7 @@ struct EventKind<'a> {
 
 #[derive(Deserialize)]
 struct UpstreamItem<'a> {
-    #[serde(rename = "type", borrow)]
+    #[serde(rename = "type", borrow, default)]
     kind: Cow<'a, str>,
     #[serde(borrow, default)]
     id: Option<Cow<'a, str>>,
@@ -299,6 +299,17 @@ impl UpstreamInterpreter {
         if self.is_done() || data == "[DONE]" {
             return Ok(());
         }
+        // Most events we do not act on (`*.done` texts, `content_part.*`, the lifecycle
+        // events with a whole `response`) are large; skip them without parsing when the
+        // type leads the object, as it does on every upstream we know.
+        match leading_type(data) {
+            Some("response.created" | "response.in_progress") => {
+                emit(Signal::Started);
+                return Ok(());
+            }
+            Some(kind) if !is_handled(kind) => return Ok(()),
+            _ => {}
+        }
         match serde_json::from_str::<UpstreamEvent>(data) {
             Ok(event) => {
                 self.dispatch(&event, emit);
@@ -516,6 +527,13 @@ impl UpstreamInterpreter {
             self.send_arguments(index, rest, emit);
         }
     }
+}
+
+/// The event type when `data` starts with `{"type":"…"` (and it has no escapes).
+fn leading_type(data: &str) -> Option<&str> {
+    let rest = data.strip_prefix(r#"{"type":""#)?;
+    let end = memchr::memchr2(b'"', b'\\', rest.as_bytes())?;
+    (rest.as_bytes()[end] == b'"').then(|| &rest[..end])
 }
 
 fn non_empty<'a>(s: &'a Option<Cow<'_, str>>) -> Option<&'a str> {
@@ -1381,6 +1399,17 @@ mod tests {
         assert!(String::from_utf8(out)
             .unwrap()
             .ends_with("data: [DONE]\n\n"));
+    }
+
+    #[test]
+    fn leading_type_is_read_without_parsing() {
+        assert_eq!(
+            leading_type(r#"{"type":"response.created","x":1}"#),
+            Some("response.created")
+        );
+        assert_eq!(leading_type(r#"{"type":"a\"b"}"#), None);
+        assert_eq!(leading_type(r#"{ "type":"a"}"#), None);
+        assert_eq!(leading_type(r#"{"type":"unterminated"#), None);
     }
 
     #[test]
