@@ -174,6 +174,66 @@ pub struct Cli {
     )]
     pub forward_client_headers_override: Option<String>,
 
+    /// How the upstream is authenticated: apikey_env (the key from the credential or stdin),
+    /// apikey_auth_json (a key field of a Codex auth.json) or chatgpt_token (ChatGPT tokens
+    /// from a Codex auth.json, refreshed and saved under --state-directory).
+    #[arg(
+        long,
+        env = "UPSTREAM_AUTH_MODE",
+        default_value = "apikey_env",
+        help_heading = "Upstream authentication"
+    )]
+    pub upstream_auth_mode: String,
+
+    /// A Codex auth.json for apikey_auth_json and chatgpt_token (the systemd credential
+    /// `codex-auth` wins).
+    #[arg(long, value_name = "FILE", help_heading = "Upstream authentication")]
+    pub codex_auth_file: Option<PathBuf>,
+
+    /// The auth.json field holding the key in apikey_auth_json mode.
+    #[arg(
+        long,
+        env = "AUTH_JSON_API_KEY_FIELD",
+        default_value = "OPENAI_API_KEY",
+        help_heading = "Upstream authentication"
+    )]
+    pub auth_json_api_key_field: String,
+
+    /// Directory where rotated ChatGPT tokens are saved (systemd's StateDirectory= sets it).
+    #[arg(
+        long,
+        env = "STATE_DIRECTORY",
+        value_name = "DIR",
+        help_heading = "Upstream authentication"
+    )]
+    pub state_directory: Option<PathBuf>,
+
+    /// OAuth token endpoint for refreshing ChatGPT tokens.
+    #[arg(
+        long,
+        env = "CODEX_PROXY_TOKEN_URL",
+        default_value = "https://auth.openai.com/oauth/token",
+        help_heading = "Upstream authentication"
+    )]
+    pub token_url: String,
+
+    /// OAuth client id used when refreshing ChatGPT tokens (required by chatgpt_token).
+    #[arg(
+        long,
+        env = "CODEX_PROXY_OAUTH_CLIENT_ID",
+        help_heading = "Upstream authentication"
+    )]
+    pub oauth_client_id: Option<String>,
+
+    /// Refresh ChatGPT tokens whose last refresh is older than this many days.
+    #[arg(
+        long,
+        env = "CODEX_PROXY_TOKEN_REFRESH_DAYS",
+        default_value_t = 28,
+        help_heading = "Upstream authentication"
+    )]
+    pub token_refresh_days: u64,
+
     /// Print the man page (roff) to standard output and exit.
     #[arg(long, hide = true)]
     pub man_page: bool,

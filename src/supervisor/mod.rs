@@ -10,8 +10,9 @@ pub mod privilege_drop;
 
 use crate::cli::Cli;
 use crate::worker::client_headers::ClientHeaderForwarding;
+use crate::worker::upstream_auth::{AuthError, AuthMode};
 use crate::worker::wrapper_routes::WrapperConfig;
-use crate::worker::{self, WorkerConfig};
+use crate::worker::{self, AuthConfig, WorkerConfig};
 use crate::wrapper::settings::WrapperSettings;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, SigSet, Signal};
@@ -54,9 +55,18 @@ pub fn run(cli: Cli) -> ExitCode {
         return ExitCode::from(2);
     }
     let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(std::path::PathBuf::from);
-    let key = match key::load(credentials.as_deref()) {
-        Ok(key) => key,
+    let auth = match auth_config(&cli, credentials.as_deref()) {
+        Ok(auth) => auth,
         Err(e) => return fail(e),
+    };
+    // The static key is read only where it is used; the other modes take auth.json.
+    let key = if auth.mode == AuthMode::ApiKey {
+        match key::load(credentials.as_deref()) {
+            Ok(key) => key,
+            Err(e) => return fail(e),
+        }
+    } else {
+        key::KeySource::NotConfigured
     };
     let upstream_url = match reqwest::Url::parse(&cli.upstream_url) {
         Ok(url) if matches!(url.scheme(), "http" | "https") => url,
@@ -104,7 +114,12 @@ pub fn run(cli: Cli) -> ExitCode {
     } else {
         None
     };
-    let config = WorkerConfig::from_cli(&cli, key, upstream_url, wrapper);
+    if let (Some(dir), Some(user)) = (&auth.state_dir, &worker_user) {
+        if let Err(e) = hand_over_state_directory(dir, user) {
+            return fail(e);
+        }
+    }
+    let config = WorkerConfig::from_cli(&cli, key, upstream_url, wrapper, auth);
     // SAFETY: the process is single-threaded here (no runtime, no threads were started).
     match unsafe { fork() } {
         Err(e) => fail(format!("cannot fork the worker: {e}")),
@@ -135,6 +150,51 @@ pub fn run(cli: Cli) -> ExitCode {
             )
         }
     }
+}
+
+/// Upstream authentication settings; reads the Codex auth.json (as root) when the mode needs it.
+fn auth_config(cli: &Cli, credentials: Option<&Path>) -> Result<AuthConfig, String> {
+    let mut mode: AuthMode = cli
+        .upstream_auth_mode
+        .parse()
+        .map_err(|e: AuthError| e.to_string())?;
+    if let AuthMode::ApiKeyFromAuthJson { field } = &mut mode {
+        field.clone_from(&cli.auth_json_api_key_field);
+    }
+    let auth_json = if mode == AuthMode::ApiKey {
+        None
+    } else {
+        let document = key::read_secret(credentials, "codex-auth", cli.codex_auth_file.as_deref())?
+            .ok_or_else(|| {
+                format!(
+                    "UPSTREAM_AUTH_MODE={} needs a Codex auth.json: install it as the systemd credential codex-auth or pass --codex-auth-file",
+                    cli.upstream_auth_mode
+                )
+            })?;
+        use secrecy::ExposeSecret;
+        Some(secrecy::SecretSlice::from(
+            document.expose_secret().as_bytes().to_vec(),
+        ))
+    };
+    Ok(AuthConfig {
+        mode,
+        auth_json,
+        state_dir: cli.state_directory.clone(),
+        token_url: cli.token_url.clone(),
+        client_id: cli.oauth_client_id.clone(),
+        refresh_after: Duration::from_secs(cli.token_refresh_days.saturating_mul(24 * 60 * 60)),
+    })
+}
+
+/// The worker saves rotated tokens in the state directory: make it the worker user's, 0700.
+fn hand_over_state_directory(dir: &Path, user: &privilege_drop::WorkerUser) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| format!("cannot create the state directory {}: {e}", dir.display()))?;
+    nix::unistd::chown(dir, Some(user.uid), Some(user.gid))
+        .map_err(|e| format!("cannot give {} to {}: {e}", dir.display(), user.name))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("cannot restrict {}: {e}", dir.display()))
 }
 
 /// The wrapper routes' settings and secrets, checked before anything is served.

@@ -9,6 +9,7 @@ pub mod routes;
 pub mod strict;
 pub mod translate;
 pub mod upstream;
+pub mod upstream_auth;
 pub mod wrapper_routes;
 
 use crate::cli::Cli;
@@ -25,6 +26,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::watch;
 use tracing::{debug, error, info, warn};
 use upstream::UpstreamClient;
+use upstream_auth::{AuthMode, UpstreamAuth, UpstreamAuthSettings};
 use wrapper_routes::WrapperConfig;
 
 /// Everything the worker needs, prepared by the supervisor before fork.
@@ -39,6 +41,18 @@ pub struct WorkerConfig {
     pub max_request_body: usize,
     pub shutdown_grace: Duration,
     pub wrapper: Option<WrapperConfig>,
+    pub auth: AuthConfig,
+}
+
+/// How the worker authenticates upstream, prepared by the supervisor.
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// The Codex auth.json (apikey_auth_json, chatgpt_token), read as root.
+    pub auth_json: Option<secrecy::SecretSlice<u8>>,
+    pub state_dir: Option<std::path::PathBuf>,
+    pub token_url: String,
+    pub client_id: Option<String>,
+    pub refresh_after: Duration,
 }
 
 impl WorkerConfig {
@@ -47,6 +61,7 @@ impl WorkerConfig {
         key: KeySource,
         upstream_url: reqwest::Url,
         wrapper: Option<WrapperConfig>,
+        auth: AuthConfig,
     ) -> Self {
         WorkerConfig {
             key,
@@ -59,6 +74,7 @@ impl WorkerConfig {
             max_request_body: cli.max_request_body,
             shutdown_grace: cli.shutdown_grace(),
             wrapper,
+            auth,
         }
     }
 }
@@ -96,21 +112,36 @@ pub fn run(config: WorkerConfig, listeners: Vec<Listener>, supervisor_pipe: Owne
 }
 
 async fn serve(config: WorkerConfig, listeners: Vec<Listener>, supervisor_pipe: OwnedFd) -> i32 {
-    let upstream = match &config.key {
-        KeySource::Key(header) => match UpstreamClient::new(
-            header.header_value(),
-            config.connect_timeout,
-            config.idle_timeout,
-        ) {
-            Ok(client) => Some(client),
+    let http = match upstream::build_http_client(config.connect_timeout, config.idle_timeout) {
+        Ok(http) => http,
+        Err(e) => {
+            error!("worker: {e}");
+            return 1;
+        }
+    };
+    let static_key = match (&config.auth.mode, &config.key) {
+        (AuthMode::ApiKey, KeySource::NotConfigured) => None,
+        (_, KeySource::Key(header)) => Some(header.header_value()),
+        (_, KeySource::NotConfigured) => None,
+    };
+    let upstream = if config.auth.mode == AuthMode::ApiKey && static_key.is_none() {
+        warn!("no API key is installed: every request will get 503 until one is; as root run `codex-responses-api-proxy-install-key`");
+        None
+    } else {
+        let auth = &config.auth;
+        let mut settings = UpstreamAuthSettings::new(auth.mode.clone(), http.clone());
+        settings.static_key = static_key;
+        settings.auth_json = auth.auth_json.clone();
+        settings.state_dir = auth.state_dir.clone();
+        settings.token_url = auth.token_url.clone();
+        settings.client_id = auth.client_id.clone();
+        settings.refresh_after = auth.refresh_after;
+        match UpstreamAuth::new(settings) {
+            Ok(auth) => Some(UpstreamClient::new(http, auth)),
             Err(e) => {
                 error!("worker: {e}");
                 return 1;
             }
-        },
-        KeySource::NotConfigured => {
-            warn!("no API key is installed: every request will get 503 until one is; as root run `codex-responses-api-proxy-install-key`");
-            None
         }
     };
     let plain_client = match reqwest::Client::builder()

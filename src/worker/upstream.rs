@@ -1,7 +1,8 @@
 //! The one upstream client: adds the key, applies the connect and idle timeouts, never follows
 //! redirects, and turns transport failures into clear 502/504 answers.
 
-use super::http::{error_response, Body};
+use super::http::{error_response, json_response, Body};
+use super::upstream_auth::{AuthError, UpstreamAuth};
 use bytes::Bytes;
 use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use hyper::{Response, StatusCode};
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 pub struct UpstreamClient {
     client: reqwest::Client,
-    authorization: HeaderValue,
+    auth: UpstreamAuth,
 }
 
 /// A request that got no HTTP response from the upstream.
@@ -17,6 +18,8 @@ pub struct UpstreamClient {
 pub enum UpstreamError {
     Unreachable(String),
     Timeout(String),
+    /// The credentials could not be prepared (token refresh failed, misconfiguration).
+    Auth(AuthError),
 }
 
 impl UpstreamError {
@@ -49,6 +52,13 @@ impl UpstreamError {
                 "upstream_error",
                 Some("upstream_timeout"),
             ),
+            UpstreamError::Auth(error) => {
+                let (status, body) = error.to_response_parts();
+                json_response(
+                    StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+                    body,
+                )
+            }
         }
     }
 }
@@ -58,40 +68,38 @@ impl std::fmt::Display for UpstreamError {
         match self {
             UpstreamError::Unreachable(d) => write!(f, "upstream unreachable: {d}"),
             UpstreamError::Timeout(d) => write!(f, "upstream timeout: {d}"),
+            UpstreamError::Auth(e) => write!(f, "upstream authentication: {e}"),
         }
     }
 }
 
+/// The HTTP client every upstream request (and token refresh) goes through. `idle_timeout`
+/// bounds every wait for the upstream: for its headers and between any two reads of its body.
+pub fn build_http_client(
+    connect_timeout: Duration,
+    idle_timeout: Duration,
+) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .read_timeout(idle_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .tcp_nodelay(true)
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
+}
+
 impl UpstreamClient {
-    /// `idle_timeout` bounds every wait for the upstream: for its headers and between any two
-    /// reads of its body.
-    pub fn new(
-        authorization: HeaderValue,
-        connect_timeout: Duration,
-        idle_timeout: Duration,
-    ) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            .read_timeout(idle_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        Ok(UpstreamClient {
-            client,
-            authorization,
-        })
+    pub fn new(client: reqwest::Client, auth: UpstreamAuth) -> Self {
+        UpstreamClient { client, auth }
     }
 
-    /// POSTs `body` with the client's end-to-end `headers` plus the key.
-    pub async fn post(
+    async fn send(
         &self,
         url: &reqwest::Url,
-        mut headers: HeaderMap,
+        headers: HeaderMap,
         body: Bytes,
     ) -> Result<reqwest::Response, UpstreamError> {
-        headers.insert(AUTHORIZATION, self.authorization.clone());
         self.client
             .post(url.clone())
             .headers(headers)
@@ -99,6 +107,42 @@ impl UpstreamClient {
             .send()
             .await
             .map_err(UpstreamError::from_reqwest)
+    }
+
+    /// POSTs `body` with the client's end-to-end `headers` plus the credentials. After a 401
+    /// with refreshable credentials (ChatGPT tokens) it refreshes and retries once.
+    pub async fn post(
+        &self,
+        url: &reqwest::Url,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<reqwest::Response, UpstreamError> {
+        let mut first = headers.clone();
+        self.auth
+            .authorize(&mut first)
+            .await
+            .map_err(UpstreamError::Auth)?;
+        let sent: Option<HeaderValue> = first.get(AUTHORIZATION).cloned();
+        let response = self.send(url, first, body.clone()).await?;
+        if response.status() != reqwest::StatusCode::UNAUTHORIZED {
+            return Ok(response);
+        }
+        let Some(sent) = sent else {
+            return Ok(response);
+        };
+        match self.auth.refresh_after_unauthorized(&sent).await {
+            Ok(true) => {
+                drop(response);
+                let mut retry = headers;
+                self.auth
+                    .authorize(&mut retry)
+                    .await
+                    .map_err(UpstreamError::Auth)?;
+                self.send(url, retry, body).await
+            }
+            Ok(false) => Ok(response),
+            Err(e) => Err(UpstreamError::Auth(e)),
+        }
     }
 }
 
