@@ -234,6 +234,11 @@ pub struct Cli {
     )]
     pub token_refresh_days: u64,
 
+    /// Do not install the worker's seccomp filter (for diagnosing a system call it refuses;
+    /// the refusal shows as EPERM in `strace -f`).
+    #[arg(long, env = "CODEX_PROXY_NO_SYSCALL_FILTER")]
+    pub no_syscall_filter: bool,
+
     /// Print the man page (roff) to standard output and exit.
     #[arg(long, hide = true)]
     pub man_page: bool,

@@ -7,6 +7,7 @@ pub mod key;
 pub mod listener;
 pub mod notify;
 pub mod privilege_drop;
+pub mod syscall_filter;
 
 use crate::cli::Cli;
 use crate::worker::client_headers::ClientHeaderForwarding;
@@ -126,7 +127,14 @@ pub fn run(cli: Cli) -> ExitCode {
         Ok(ForkResult::Child) => {
             drop(from_worker);
             drop(signal_fd);
-            let code = start_worker(config, listeners, to_supervisor, worker_user, signals);
+            let code = start_worker(
+                config,
+                listeners,
+                to_supervisor,
+                worker_user,
+                signals,
+                !cli.no_syscall_filter,
+            );
             std::process::exit(code);
         }
         Ok(ForkResult::Parent { child }) => {
@@ -246,13 +254,15 @@ fn wrapper_config(cli: &Cli, credentials: Option<&Path>) -> Result<WrapperConfig
     })
 }
 
-/// In the forked child: drop privileges, re-lock the key, unblock signals, then serve.
+/// In the forked child: drop privileges, re-lock the key, install the seccomp filter,
+/// unblock signals, then serve.
 fn start_worker(
     config: WorkerConfig,
     listeners: Vec<listener::Listener>,
     to_supervisor: OwnedFd,
     user: Option<privilege_drop::WorkerUser>,
     signals: SigSet,
+    syscall_filter: bool,
 ) -> i32 {
     if let Err(e) = privilege_drop::drop_privileges(user.as_ref()) {
         error!("worker: cannot drop privileges: {e}");
@@ -261,6 +271,14 @@ fn start_worker(
     if let key::KeySource::Key(header) = &config.key {
         if let Err(e) = header.lock_in_memory() {
             error!("worker: cannot lock the key in memory: {e}; raise LimitMEMLOCK=");
+            return 1;
+        }
+    }
+    if syscall_filter {
+        if let Err(e) = syscall_filter::install() {
+            error!(
+                "worker: cannot install the seccomp filter: {e}; --no-syscall-filter disables it"
+            );
             return 1;
         }
     }
