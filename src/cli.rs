@@ -9,6 +9,9 @@ use std::time::Duration;
 /// Where the worker's user is looked up when `--user` is not given.
 pub const PACKAGE_USER: &str = "codex-responses-api-proxy";
 
+/// Where the package keeps its state (systemd's `StateDirectory=` sets `$STATE_DIRECTORY`).
+pub const DEFAULT_STATE_DIRECTORY: &str = "/var/lib/codex-responses-api-proxy";
+
 pub const DEFAULT_UPSTREAM_URL: &str = "https://api.openai.com/v1/responses";
 
 #[derive(Parser, Debug, Clone)]
@@ -239,9 +242,71 @@ pub struct Cli {
     #[arg(long, env = "CODEX_PROXY_NO_SYSCALL_FILTER")]
     pub no_syscall_filter: bool,
 
+    /// Also listen on this unix socket (mode 0666; callers are identified by SO_PEERCRED).
+    #[arg(
+        long,
+        env = "CODEX_PROXY_UNIX_SOCKET",
+        value_name = "PATH",
+        help_heading = "Who is calling"
+    )]
+    pub unix_socket: Option<PathBuf>,
+
+    /// Only these local users may use the proxy (names or uids, comma separated).
+    #[arg(
+        long,
+        env = "CODEX_PROXY_ALLOW_USERS",
+        value_delimiter = ',',
+        help_heading = "Who is calling"
+    )]
+    pub allow_users: Vec<String>,
+
+    /// Only members of these groups may use the proxy (names or gids, comma separated).
+    #[arg(
+        long,
+        env = "CODEX_PROXY_ALLOW_GROUPS",
+        value_delimiter = ',',
+        help_heading = "Who is calling"
+    )]
+    pub allow_groups: Vec<String>,
+
+    /// Most model requests one local user may start per minute (429 beyond).
+    #[arg(
+        long,
+        env = "CODEX_PROXY_REQUESTS_PER_MINUTE",
+        help_heading = "Who is calling"
+    )]
+    pub requests_per_minute: Option<u32>,
+
+    /// Most tokens (input + output) one local user may use per UTC day (429 beyond).
+    #[arg(
+        long,
+        env = "CODEX_PROXY_TOKENS_PER_DAY",
+        help_heading = "Who is calling"
+    )]
+    pub tokens_per_day: Option<u64>,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Print the man page (roff) to standard output and exit.
     #[arg(long, hide = true)]
     pub man_page: bool,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Print per-user request and token totals recorded in the state directory.
+    Usage {
+        /// Start of the range: RFC 3339, YYYY-MM-DD, `now`, or relative like -24h, -7d.
+        #[arg(long, default_value = "-24h", allow_hyphen_values = true)]
+        since: String,
+        /// End of the range (same forms).
+        #[arg(long, default_value = "now", allow_hyphen_values = true)]
+        until: String,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl Cli {

@@ -13,5 +13,6 @@ pub mod conformance;
 pub mod logging;
 pub mod sse;
 pub mod supervisor;
+pub mod usage;
 pub mod worker;
 pub mod wrapper;

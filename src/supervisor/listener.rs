@@ -145,6 +145,27 @@ pub fn open(port: Option<u16>) -> Result<Vec<Listener>, ListenerError> {
     Ok(listeners)
 }
 
+/// Binds the `--unix-socket` listener: any local user may connect (the worker identifies
+/// each caller with SO_PEERCRED and applies the allow-lists).
+pub fn bind_unix(path: &std::path::Path) -> Result<Listener, ListenerError> {
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    let bad = |error: std::io::Error| {
+        ListenerError::BadEnvironment(format!("cannot listen on {}: {error}", path.display()))
+    };
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(bad(std::io::Error::other("it exists and is not a socket")));
+        }
+        std::fs::remove_file(path).map_err(bad)?;
+    }
+    let socket = UnixListener::bind(path).map_err(bad)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666)).map_err(bad)?;
+    Ok(Listener::Unix {
+        socket,
+        name: "unix-socket".into(),
+    })
+}
+
 /// The first TCP port we listen on, for `--server-info`.
 pub fn first_tcp_port(listeners: &[Listener]) -> Option<u16> {
     listeners.iter().find_map(|l| match l {

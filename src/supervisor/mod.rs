@@ -10,6 +10,7 @@ pub mod privilege_drop;
 pub mod syscall_filter;
 
 use crate::cli::Cli;
+use crate::worker::access_control::AllowList;
 use crate::worker::client_headers::ClientHeaderForwarding;
 use crate::worker::upstream_auth::{AuthError, AuthMode};
 use crate::worker::wrapper_routes::WrapperConfig;
@@ -78,10 +79,23 @@ pub fn run(cli: Cli) -> ExitCode {
             ))
         }
     };
-    let listeners = match listener::open(cli.port) {
+    let mut listeners = match listener::open(cli.port) {
         Ok(listeners) => listeners,
         Err(e) => return fail(e),
     };
+    if let Some(path) = &cli.unix_socket {
+        match listener::bind_unix(path) {
+            Ok(unix) => listeners.push(unix),
+            Err(e) => return fail(e),
+        }
+    }
+    let allow = match AllowList::from_config(&cli.allow_users, &cli.allow_groups) {
+        Ok(allow) => allow,
+        Err(e) => return fail(e),
+    };
+    if let Some(allow) = &allow {
+        info!("access limited to {}", allow.describe());
+    }
     let port = listener::first_tcp_port(&listeners);
     let worker_user = match privilege_drop::resolve(cli.user.as_deref()) {
         Ok(user) => user,
@@ -120,7 +134,8 @@ pub fn run(cli: Cli) -> ExitCode {
             return fail(e);
         }
     }
-    let config = WorkerConfig::from_cli(&cli, key, upstream_url, wrapper, auth);
+    let mut config = WorkerConfig::from_cli(&cli, key, upstream_url, wrapper, auth);
+    config.allow = allow;
     // SAFETY: the process is single-threaded here (no runtime, no threads were started).
     match unsafe { fork() } {
         Err(e) => fail(format!("cannot fork the worker: {e}")),

@@ -9,8 +9,12 @@ use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use hyper::{header, Response, StatusCode};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
+
+use super::peer_identity::PeerIdentity;
+use crate::usage::{Accounting, UsageTap};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of every response the worker sends.
@@ -123,6 +127,9 @@ where
 
 /// What the request log line says about one request.
 pub struct RequestRecord {
+    pub identity: Arc<PeerIdentity>,
+    /// A request to a model (its tokens are counted and limited).
+    pub is_model_route: bool,
     pub method: String,
     pub path: String,
     pub status: u16,
@@ -133,7 +140,16 @@ pub struct RequestRecord {
 }
 
 impl RequestRecord {
-    pub fn new(method: &hyper::Method, uri: &hyper::Uri, started: Instant) -> Self {
+    pub fn new(
+        method: &hyper::Method,
+        uri: &hyper::Uri,
+        started: Instant,
+        identity: Arc<PeerIdentity>,
+    ) -> Self {
+        let is_model_route = method == hyper::Method::POST
+            && ["/responses", "/chat/completions", "/completions"]
+                .iter()
+                .any(|end| uri.path().ends_with(end));
         // Paths come from clients: keep the line short and printable.
         let mut path: String = uri
             .path_and_query()
@@ -144,6 +160,8 @@ impl RequestRecord {
             .collect();
         path.retain(|c| !c.is_control());
         RequestRecord {
+            identity,
+            is_model_route,
             method: method.as_str().chars().take(16).collect(),
             path,
             status: 0,
@@ -155,21 +173,41 @@ impl RequestRecord {
     }
 }
 
-/// A response body that counts what it sends and logs the request when it is done.
+/// A response body that counts what it sends, reads the token usage out of it as it passes,
+/// and logs (and accounts for) the request when it is done.
 pub struct LoggedBody {
     inner: Body,
     record: RequestRecord,
     finished: bool,
+    tap: UsageTap,
+    /// Where the request's tokens are recorded (model routes only).
+    accounting: Option<Arc<Accounting>>,
 }
 
 impl LoggedBody {
-    pub fn wrap(response: Response<Body>, mut record: RequestRecord) -> Response<LoggedBody> {
+    pub fn wrap(
+        response: Response<Body>,
+        mut record: RequestRecord,
+        accounting: Option<Arc<Accounting>>,
+    ) -> Response<LoggedBody> {
         record.status = response.status().as_u16();
         record.upstream_status = response.extensions().get::<UpstreamStatus>().map(|s| s.0);
+        // Compressed bodies cannot be read as they pass; their tokens are not counted.
+        let readable = response
+            .headers()
+            .get(header::CONTENT_ENCODING)
+            .is_none_or(|e| e.as_bytes().eq_ignore_ascii_case(b"identity"));
+        let tap = if accounting.is_some() && readable {
+            UsageTap::new()
+        } else {
+            UsageTap::disabled()
+        };
         response.map(|inner| LoggedBody {
             inner,
             record,
             finished: false,
+            tap,
+            accounting,
         })
     }
 }
@@ -188,6 +226,7 @@ impl HttpBody for LoggedBody {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.record.bytes += data.len() as u64;
+                    this.tap.observe(data);
                 }
             }
             Poll::Ready(Some(Err(_))) => {
@@ -211,7 +250,18 @@ impl HttpBody for LoggedBody {
 
 impl Drop for LoggedBody {
     fn drop(&mut self) {
+        let usage = std::mem::take(&mut self.tap).finish();
         let r = &self.record;
+        if let Some(accounting) = &self.accounting {
+            accounting.finish(
+                r.identity.uid,
+                r.identity.user.as_deref(),
+                &r.path,
+                r.status,
+                usage.as_ref(),
+            );
+        }
+        let tokens = usage.as_ref();
         let outcome = if r.failed {
             "upstream_error"
         } else if self.finished || self.inner.is_end_stream() {
@@ -227,6 +277,13 @@ impl Drop for LoggedBody {
             duration_ms = r.started.elapsed().as_millis() as u64,
             bytes = r.bytes,
             outcome,
+            client_uid = r.identity.uid,
+            client_user = %r.identity.display_name(),
+            model = tokens.and_then(|u| u.model.as_deref()).unwrap_or(""),
+            input_tokens = tokens.map_or(0, |u| u.input_tokens),
+            output_tokens = tokens.map_or(0, |u| u.output_tokens),
+            cached_tokens = tokens.map_or(0, |u| u.cached_tokens),
+            reasoning_tokens = tokens.map_or(0, |u| u.reasoning_tokens),
             "{} {} {}",
             r.method,
             r.path,

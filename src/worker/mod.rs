@@ -1,10 +1,12 @@
 //! The unprivileged side: a tokio runtime serving HTTP/1.1 on the inherited listeners. It
 //! starts only after the privilege drop and owns everything that touches client input.
 
+pub mod access_control;
 pub mod bridge_route;
 pub mod client_headers;
 pub mod headers;
 pub mod http;
+pub mod peer_identity;
 pub mod routes;
 pub mod strict;
 pub mod translate;
@@ -16,9 +18,12 @@ use crate::cli::Cli;
 use crate::supervisor::key::KeySource;
 use crate::supervisor::listener::Listener;
 use crate::supervisor::{tell_supervisor, MSG_SERVING};
+use crate::usage::{Accounting, Limits, RetryAfter};
+use access_control::{AllowList, Denial};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use peer_identity::PeerIdentity;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -42,6 +47,9 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     pub wrapper: Option<WrapperConfig>,
     pub auth: AuthConfig,
+    /// Who may call (None: every local user).
+    pub allow: Option<AllowList>,
+    pub limits: Limits,
 }
 
 /// How the worker authenticates upstream, prepared by the supervisor.
@@ -74,6 +82,11 @@ impl WorkerConfig {
             max_request_body: cli.max_request_body,
             shutdown_grace: cli.shutdown_grace(),
             wrapper,
+            allow: None,
+            limits: Limits {
+                requests_per_minute: cli.requests_per_minute,
+                tokens_per_day: cli.tokens_per_day,
+            },
             auth,
         }
     }
@@ -92,6 +105,9 @@ pub struct State {
     pub wrapper: Option<WrapperConfig>,
     /// A client with no credentials, for pass-through to servers that need none (Ollama).
     pub plain_client: reqwest::Client,
+    pub allow: Option<AllowList>,
+    /// Per-user records and limits.
+    pub accounting: Arc<Accounting>,
 }
 
 /// Serves until SIGTERM/SIGINT, then drains; returns the process exit code.
@@ -156,6 +172,13 @@ async fn serve(config: WorkerConfig, listeners: Vec<Listener>, supervisor_pipe: 
             return 1;
         }
     };
+    let accounting = match Accounting::open(config.auth.state_dir.as_deref(), config.limits) {
+        Ok(accounting) => Arc::new(accounting),
+        Err(e) => {
+            error!("worker: cannot open the usage store: {e}");
+            return 1;
+        }
+    };
     let state = Arc::new(State {
         upstream,
         upstream_url: config.upstream_url.clone(),
@@ -165,6 +188,8 @@ async fn serve(config: WorkerConfig, listeners: Vec<Listener>, supervisor_pipe: 
         supervisor_pipe,
         wrapper: config.wrapper,
         plain_client,
+        allow: config.allow,
+        accounting,
     });
     let (mut terminate, mut interrupt) = match (
         signal(SignalKind::terminate()),
@@ -250,9 +275,13 @@ async fn accept_tcp(
         tokio::select! {
             _ = stop.changed() => return,
             accepted = listener.accept() => match accepted {
-                Ok((stream, _peer)) => {
+                Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    spawn_connection(TokioIo::new(stream), state.clone(), &watcher, header_timeout);
+                    let identity = match stream.local_addr() {
+                        Ok(local) => peer_identity::identify_tcp(local, peer),
+                        Err(_) => PeerIdentity::unknown(),
+                    };
+                    spawn_connection(TokioIo::new(stream), state.clone(), &watcher, header_timeout, identity);
                 }
                 Err(e) => accept_failed(e).await,
             }
@@ -272,12 +301,51 @@ async fn accept_unix(
             _ = stop.changed() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
-                    spawn_connection(TokioIo::new(stream), state.clone(), &watcher, header_timeout);
+                    let identity = peer_identity::identify_unix(&stream);
+                    spawn_connection(TokioIo::new(stream), state.clone(), &watcher, header_timeout, identity);
                 }
                 Err(e) => accept_failed(e).await,
             }
         }
     }
+}
+
+/// The allow-lists (every route) and the per-user limits (model routes): the refusal to
+/// send, if any.
+fn admission(
+    state: &State,
+    identity: &PeerIdentity,
+    is_model_route: bool,
+) -> Option<hyper::Response<http::Body>> {
+    if let Some(allow) = &state.allow {
+        if let Err(denial) = allow.decide(identity) {
+            info!(client_user = %identity.display_name(), "refused: {}", denial.message);
+            return Some(http::error_response(
+                hyper::StatusCode::FORBIDDEN,
+                &denial.message,
+                Denial::KIND,
+                Some(Denial::CODE),
+            ));
+        }
+    }
+    if !is_model_route {
+        return None;
+    }
+    if let Err(limit) = state.accounting.admit(identity.uid) {
+        info!(client_user = %identity.display_name(), "limited: {}", limit.message());
+        let mut response = http::error_response(
+            hyper::StatusCode::TOO_MANY_REQUESTS,
+            &limit.message(),
+            limit.error_type(),
+            Some(RetryAfter::CODE),
+        );
+        response.headers_mut().insert(
+            hyper::header::RETRY_AFTER,
+            hyper::header::HeaderValue::from(limit.secs),
+        );
+        return Some(response);
+    }
+    None
 }
 
 /// Accept errors (e.g. out of file descriptors) must not spin the loop.
@@ -291,15 +359,27 @@ fn spawn_connection<I>(
     state: Arc<State>,
     graceful: &GracefulShutdown,
     header_timeout: Duration,
+    identity: PeerIdentity,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let identity = Arc::new(identity);
     let service = service_fn(move |request| {
         let state = state.clone();
+        let identity = identity.clone();
         async move {
-            let record = http::RequestRecord::new(request.method(), request.uri(), Instant::now());
-            let response = routes::handle(state, request).await;
-            Ok::<_, std::convert::Infallible>(http::LoggedBody::wrap(response, record))
+            let record = http::RequestRecord::new(
+                request.method(),
+                request.uri(),
+                Instant::now(),
+                identity.clone(),
+            );
+            let accounted = record.is_model_route.then(|| state.accounting.clone());
+            let response = match admission(&state, &identity, record.is_model_route) {
+                Some(refusal) => refusal,
+                None => routes::handle(state, request).await,
+            };
+            Ok::<_, std::convert::Infallible>(http::LoggedBody::wrap(response, record, accounted))
         }
     });
     let connection = hyper::server::conn::http1::Builder::new()

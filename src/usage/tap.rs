@@ -1,0 +1,420 @@
+//! Token usage read from a response body as it passes.
+//!
+//! [`UsageTap`] is pure: it is fed the body's chunks exactly as they go to the client and
+//! never holds them back. It recognises, by the first non-blank byte, an event stream
+//! (anything else) or a JSON body (`{`):
+//!
+//! - Responses event streams: the `response.completed` / `response.incomplete` /
+//!   `response.failed` event carries `response.model` and `response.usage`
+//!   (`input_tokens`, `output_tokens`, `input_tokens_details.cached_tokens`,
+//!   `output_tokens_details.reasoning_tokens`).
+//! - Chat Completions event streams: chunks with a non-null `usage` (`prompt_tokens`,
+//!   `completion_tokens`, `prompt_tokens_details.cached_tokens`,
+//!   `completion_tokens_details.reasoning_tokens`) and `model`; the last one wins.
+//! - JSON bodies (a Response object or a `chat.completion`): a copy is kept up to
+//!   [`MAX_JSON_BODY`] bytes and parsed once at the end; a larger body gives no usage.
+//!
+//! Only events whose data contains `"usage"` are parsed as JSON (found with memmem), and then
+//! only the fields needed here are kept, so the cost on a long stream is one memchr pass.
+
+use crate::sse::{SseReader, DEFAULT_MAX_EVENT_BYTES};
+use serde::{Deserialize, Serialize};
+
+/// The largest non-streamed JSON body that is kept for parsing.
+pub const MAX_JSON_BODY: usize = 4 * 1024 * 1024;
+
+/// Tokens used by one request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenUsage {
+    pub model: Option<String>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Part of `input_tokens` served from the prompt cache.
+    pub cached_tokens: u64,
+    /// Part of `output_tokens` spent on reasoning.
+    pub reasoning_tokens: u64,
+}
+
+impl TokenUsage {
+    /// Input plus output: what the daily limit counts.
+    pub fn total(&self) -> u64 {
+        self.input_tokens.saturating_add(self.output_tokens)
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct Details {
+    cached_tokens: Option<u64>,
+    reasoning_tokens: Option<u64>,
+}
+
+/// The union of the Responses and Chat usage objects.
+#[derive(Deserialize)]
+struct UsageFields {
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    input_tokens_details: Option<Details>,
+    output_tokens_details: Option<Details>,
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    prompt_tokens_details: Option<Details>,
+    completion_tokens_details: Option<Details>,
+}
+
+impl UsageFields {
+    fn into_usage(self, model: Option<String>) -> TokenUsage {
+        let cached = |d: Option<Details>| d.and_then(|d| d.cached_tokens);
+        let reasoning = |d: Option<Details>| d.and_then(|d| d.reasoning_tokens);
+        TokenUsage {
+            model,
+            input_tokens: self.input_tokens.or(self.prompt_tokens).unwrap_or(0),
+            output_tokens: self.output_tokens.or(self.completion_tokens).unwrap_or(0),
+            cached_tokens: cached(self.input_tokens_details)
+                .or(cached(self.prompt_tokens_details))
+                .unwrap_or(0),
+            reasoning_tokens: reasoning(self.output_tokens_details)
+                .or(reasoning(self.completion_tokens_details))
+                .unwrap_or(0),
+        }
+    }
+}
+
+/// A Response object, a chat completion (chunk), or a Responses stream event; unknown fields
+/// (the whole generated output among them) are skipped without being kept.
+#[derive(Deserialize)]
+struct Probe {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    model: Option<String>,
+    usage: Option<UsageFields>,
+    response: Option<InnerResponse>,
+}
+
+#[derive(Deserialize)]
+struct InnerResponse {
+    model: Option<String>,
+    usage: Option<UsageFields>,
+}
+
+const TERMINAL_EVENTS: [&str; 3] = [
+    "response.completed",
+    "response.incomplete",
+    "response.failed",
+];
+
+enum Mode {
+    /// Nothing but blanks seen yet.
+    Undecided,
+    Sse(Box<SseReader>),
+    Json(Vec<u8>),
+    /// Unreadable or too large: no usage from this body.
+    Off,
+}
+
+/// Watches one response body. Feed it every chunk with [`UsageTap::observe`], then call
+/// [`UsageTap::finish`].
+pub struct UsageTap {
+    mode: Mode,
+    found: Option<TokenUsage>,
+}
+
+impl Default for UsageTap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl UsageTap {
+    pub fn new() -> Self {
+        UsageTap {
+            mode: Mode::Undecided,
+            found: None,
+        }
+    }
+
+    /// A tap that sees nothing (e.g. for a body with a `Content-Encoding`, which it cannot read).
+    pub fn disabled() -> Self {
+        UsageTap {
+            mode: Mode::Off,
+            found: None,
+        }
+    }
+
+    /// Feeds the next chunk of the body.
+    pub fn observe(&mut self, chunk: &[u8]) {
+        if let Mode::Undecided = self.mode {
+            let Some(first) = chunk.iter().find(|b| !b.is_ascii_whitespace()) else {
+                return;
+            };
+            self.mode = if *first == b'{' {
+                Mode::Json(Vec::new())
+            } else {
+                Mode::Sse(Box::new(SseReader::new(DEFAULT_MAX_EVENT_BYTES)))
+            };
+        }
+        match &mut self.mode {
+            Mode::Undecided | Mode::Off => {}
+            Mode::Json(copy) => {
+                if copy.len() + chunk.len() > MAX_JSON_BODY {
+                    self.mode = Mode::Off;
+                } else {
+                    copy.extend_from_slice(chunk);
+                }
+            }
+            Mode::Sse(reader) => {
+                reader.push(chunk);
+                loop {
+                    match reader.next_event() {
+                        Ok(Some(event)) => take_event(&mut self.found, event.event, event.data),
+                        Ok(None) => break,
+                        Err(_) => {
+                            self.mode = Mode::Off;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// For drivers that already parse the event stream: one event's name and data.
+    pub fn observe_event(&mut self, event: &str, data: &str) {
+        take_event(&mut self.found, event, data);
+    }
+
+    /// The usage the body reported, if any.
+    pub fn finish(mut self) -> Option<TokenUsage> {
+        match std::mem::replace(&mut self.mode, Mode::Off) {
+            Mode::Sse(mut reader) => {
+                if let Ok(Some(event)) = reader.finish() {
+                    take_event(&mut self.found, event.event, event.data);
+                }
+            }
+            Mode::Json(copy) => {
+                if let Ok(probe) = serde_json::from_slice::<Probe>(&copy) {
+                    if let Some(usage) = probe.usage {
+                        self.found = Some(usage.into_usage(probe.model));
+                    }
+                }
+            }
+            Mode::Undecided | Mode::Off => {}
+        }
+        self.found
+    }
+
+    /// The usage seen so far (streams only; JSON bodies are parsed by [`UsageTap::finish`]).
+    pub fn peek(&self) -> Option<&TokenUsage> {
+        self.found.as_ref()
+    }
+}
+
+fn take_event(found: &mut Option<TokenUsage>, event: &str, data: &str) {
+    if memchr::memmem::find(data.as_bytes(), b"\"usage\"").is_none() {
+        return;
+    }
+    // Named Responses events other than the terminal ones never carry final usage.
+    if event.starts_with("response.") && !TERMINAL_EVENTS.contains(&event) {
+        return;
+    }
+    let Ok(probe) = serde_json::from_str::<Probe>(data) else {
+        return;
+    };
+    match probe.kind.as_deref() {
+        Some(kind) if kind.starts_with("response.") => {
+            if !TERMINAL_EVENTS.contains(&kind) {
+                return;
+            }
+            if let Some(response) = probe.response {
+                if let Some(usage) = response.usage {
+                    *found = Some(usage.into_usage(response.model));
+                }
+            }
+        }
+        _ => {
+            // A chat completion chunk (or any object with a top-level usage).
+            if let Some(usage) = probe.usage {
+                *found = Some(usage.into_usage(probe.model));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(body: &[u8], piece: usize) -> Option<TokenUsage> {
+        let mut tap = UsageTap::new();
+        for chunk in body.chunks(piece.max(1)) {
+            tap.observe(chunk);
+        }
+        tap.finish()
+    }
+
+    fn every_split(body: &[u8]) -> Option<TokenUsage> {
+        let want = run(body, body.len());
+        for piece in [1, 2, 3, 7, 64, 1000] {
+            assert_eq!(run(body, piece), want, "piece {piece}");
+        }
+        want
+    }
+
+    const RESPONSES_STREAM: &str = concat!(
+        "event: response.created\n",
+        "data: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_1\",\"model\":\"gpt-5\",\"usage\":null}}\n\n",
+        "event: response.output_text.delta\n",
+        "data: {\"type\":\"response.output_text.delta\",\"delta\":\"usage\"}\n\n",
+        "event: response.output_text.delta\n",
+        "data: {\"type\":\"response.output_text.delta\",\"delta\":\"the \\\"usage\\\" word\"}\n\n",
+        "event: response.completed\n",
+        "data: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_1\",\"model\":\"gpt-5-2025\",\"output\":[{\"type\":\"message\",\"content\":[{\"type\":\"output_text\",\"text\":\"hi\"}]}],",
+        "\"usage\":{\"input_tokens\":120,\"input_tokens_details\":{\"cached_tokens\":100},\"output_tokens\":30,\"output_tokens_details\":{\"reasoning_tokens\":12},\"total_tokens\":150}}}\n\n",
+    );
+
+    #[test]
+    fn responses_stream() {
+        let usage = every_split(RESPONSES_STREAM.as_bytes()).unwrap();
+        assert_eq!(
+            usage,
+            TokenUsage {
+                model: Some("gpt-5-2025".into()),
+                input_tokens: 120,
+                output_tokens: 30,
+                cached_tokens: 100,
+                reasoning_tokens: 12,
+            }
+        );
+        assert_eq!(usage.total(), 150);
+    }
+
+    #[test]
+    fn responses_stream_without_event_names_and_crlf() {
+        let body = RESPONSES_STREAM
+            .lines()
+            .filter(|l| !l.starts_with("event:"))
+            .collect::<Vec<_>>()
+            .join("\r\n");
+        let usage = every_split(body.as_bytes()).unwrap();
+        assert_eq!(usage.input_tokens, 120);
+    }
+
+    #[test]
+    fn incomplete_response_counts() {
+        let body = "data: {\"type\":\"response.incomplete\",\"response\":{\"model\":\"m\",\"usage\":{\"input_tokens\":5,\"output_tokens\":7}}}";
+        let usage = every_split(body.as_bytes()).unwrap();
+        assert_eq!((usage.input_tokens, usage.output_tokens), (5, 7));
+        assert_eq!(usage.cached_tokens, 0);
+    }
+
+    #[test]
+    fn stream_cut_before_completion_has_no_usage() {
+        let cut = RESPONSES_STREAM.find("event: response.completed").unwrap();
+        assert_eq!(every_split(&RESPONSES_STREAM.as_bytes()[..cut]), None);
+    }
+
+    const CHAT_STREAM: &str = concat!(
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"llama3\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n",
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"llama3\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"model\":\"llama3\",\"choices\":[],\"usage\":{\"prompt_tokens\":11,\"completion_tokens\":22,\"total_tokens\":33,",
+        "\"prompt_tokens_details\":{\"cached_tokens\":4},\"completion_tokens_details\":{\"reasoning_tokens\":6}}}\n\n",
+        "data: [DONE]\n\n",
+    );
+
+    #[test]
+    fn chat_stream() {
+        let usage = every_split(CHAT_STREAM.as_bytes()).unwrap();
+        assert_eq!(
+            usage,
+            TokenUsage {
+                model: Some("llama3".into()),
+                input_tokens: 11,
+                output_tokens: 22,
+                cached_tokens: 4,
+                reasoning_tokens: 6,
+            }
+        );
+    }
+
+    #[test]
+    fn chat_stream_with_cumulative_usage_keeps_the_last() {
+        let body = concat!(
+            "data: {\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1}}\n\n",
+            "data: {\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":9,\"prompt_tokens_details\":null}}\n\n",
+        );
+        let usage = every_split(body.as_bytes()).unwrap();
+        assert_eq!(usage.output_tokens, 9);
+    }
+
+    #[test]
+    fn non_streamed_response_object() {
+        let body = br#"  {"id":"resp_2","object":"response","model":"gpt-5","status":"completed","output":[],"usage":{"input_tokens":8,"input_tokens_details":{"cached_tokens":0},"output_tokens":2,"output_tokens_details":{"reasoning_tokens":1},"total_tokens":10}}"#;
+        let usage = every_split(body).unwrap();
+        assert_eq!(usage.model.as_deref(), Some("gpt-5"));
+        assert_eq!(
+            (
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.reasoning_tokens
+            ),
+            (8, 2, 1)
+        );
+    }
+
+    #[test]
+    fn non_streamed_chat_completion() {
+        let body = br#"{"id":"x","object":"chat.completion","model":"qwen","choices":[{"message":{"role":"assistant","content":"{\"usage\": 1}"}}],"usage":{"prompt_tokens":40,"completion_tokens":2,"total_tokens":42}}"#;
+        let usage = every_split(body).unwrap();
+        assert_eq!((usage.input_tokens, usage.output_tokens), (40, 2));
+        assert_eq!(usage.model.as_deref(), Some("qwen"));
+    }
+
+    #[test]
+    fn error_bodies_and_garbage_give_nothing() {
+        assert_eq!(
+            every_split(br#"{"error":{"message":"bad","type":"invalid_request_error"}}"#),
+            None
+        );
+        assert_eq!(every_split(b""), None);
+        assert_eq!(every_split(b"   \n"), None);
+        assert_eq!(every_split(b"\x1f\x8b\x08\x00 gzip"), None);
+        assert_eq!(every_split(b"{not json"), None);
+        assert_eq!(every_split(b"data: {\"usage\": \"a string\"}\n\n"), None);
+        let mut tap = UsageTap::disabled();
+        tap.observe(RESPONSES_STREAM.as_bytes());
+        assert_eq!(tap.finish(), None);
+    }
+
+    #[test]
+    fn large_json_bodies_are_given_up() {
+        let mut tap = UsageTap::new();
+        tap.observe(b"{\"pad\":\"");
+        let filler = vec![b'a'; 1024 * 1024];
+        for _ in 0..5 {
+            tap.observe(&filler);
+        }
+        tap.observe(b"\",\"usage\":{\"input_tokens\":1}}");
+        assert_eq!(tap.finish(), None);
+    }
+
+    #[test]
+    fn pre_parsed_events_can_be_fed_directly() {
+        let mut tap = UsageTap::new();
+        tap.observe_event("", "{\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}");
+        assert_eq!(tap.peek().unwrap().output_tokens, 2);
+        assert_eq!(tap.finish().unwrap().input_tokens, 1);
+    }
+
+    #[test]
+    fn non_terminal_responses_events_are_not_parsed() {
+        let mut tap = UsageTap::new();
+        tap.observe_event(
+            "response.in_progress",
+            "{\"type\":\"response.in_progress\",\"response\":{\"usage\":{\"input_tokens\":1}}}",
+        );
+        tap.observe_event(
+            "",
+            "{\"type\":\"response.in_progress\",\"response\":{\"usage\":{\"input_tokens\":1}}}",
+        );
+        assert_eq!(tap.finish(), None);
+    }
+}
