@@ -363,7 +363,8 @@ pub fn usage_command(
 ) -> Result<String, String> {
     let now = super::unix_now();
     let since = parse_time_arg(since, now)?;
-    let until = parse_time_arg(until, now)?;
+    // The end second itself is included, so that `--until now` covers this second.
+    let until = parse_time_arg(until, now)?.saturating_add(1);
     let path = super::UsageStore::path_in(state_dir);
     let (totals, skipped) = match summarize(&path, since, until) {
         Ok(found) => found,

@@ -374,10 +374,13 @@ fn spawn_connection<I>(
                 Instant::now(),
                 identity.clone(),
             );
-            let accounted = record.is_model_route.then(|| state.accounting.clone());
-            let response = match admission(&state, &identity, record.is_model_route) {
-                Some(refusal) => refusal,
-                None => routes::handle(state, request).await,
+            // Refused requests are logged but not recorded as usage.
+            let (response, accounted) = match admission(&state, &identity, record.is_model_route) {
+                Some(refusal) => (refusal, None),
+                None => {
+                    let accounted = record.is_model_route.then(|| state.accounting.clone());
+                    (routes::handle(state, request).await, accounted)
+                }
             };
             Ok::<_, std::convert::Infallible>(http::LoggedBody::wrap(response, record, accounted))
         }

@@ -1,0 +1,284 @@
+//! Who is calling: two real local users (created here; needs root, as in CI) call the real
+//! binary over TCP loopback and over its unix socket. The log names each caller, the
+//! allow-list admits one and refuses the other, token totals match what the upstream
+//! reported, and the limits answer 429.
+
+mod common;
+
+use common::*;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+/// A system user that exists for the duration of a test.
+struct TestUser {
+    name: String,
+    uid: u32,
+}
+
+impl TestUser {
+    fn create(tag: &str, group: Option<&str>) -> TestUser {
+        let name = format!("cxp{tag}{}", std::process::id() % 100_000);
+        let mut useradd = Command::new("useradd");
+        useradd.args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+        ]);
+        if let Some(group) = group {
+            useradd.args(["--groups", group]);
+        }
+        let status = useradd.arg(&name).status().expect("useradd");
+        assert!(status.success(), "useradd {name}");
+        let uid = nix::unistd::User::from_name(&name)
+            .unwrap()
+            .unwrap()
+            .uid
+            .as_raw();
+        TestUser { name, uid }
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).status();
+    }
+}
+
+struct TestGroup(String);
+
+impl TestGroup {
+    fn create() -> TestGroup {
+        let name = format!("cxpgroup{}", std::process::id() % 100_000);
+        assert!(Command::new("groupadd")
+            .args(["--system", &name])
+            .status()
+            .unwrap()
+            .success());
+        TestGroup(name)
+    }
+}
+
+impl Drop for TestGroup {
+    fn drop(&mut self) {
+        let _ = Command::new("groupdel").arg(&self.0).status();
+    }
+}
+
+/// `curl` run as `uid`; returns (status code, body).
+fn curl_as(uid: u32, args: &[&str]) -> (u16, String) {
+    let output = Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--noproxy", "*"])
+        .args(args)
+        .uid(uid)
+        .gid(65534)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+const COMPLETED: &str = "event: response.completed\ndata: {\"type\":\"response.completed\",\"sequence_number\":3,\"response\":{\"id\":\"resp_1\",\"object\":\"response\",\"model\":\"gpt-test\",\"status\":\"completed\",\"output\":[],\"usage\":{\"input_tokens\":100,\"input_tokens_details\":{\"cached_tokens\":40},\"output_tokens\":20,\"output_tokens_details\":{\"reasoning_tokens\":5},\"total_tokens\":120}}}\n\n";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identity_allow_list_accounting_and_limits_with_two_real_users() {
+    if !is_root() {
+        eprintln!("skipped: creating users needs root");
+        return;
+    }
+    let group = TestGroup::create();
+    let alice = TestUser::create("a", Some(&group.0));
+    let bob = TestUser::create("b", None);
+    let mock = MockUpstream::start(|_| Reply::sse(COMPLETED)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let socket = dir.path().join("proxy.sock");
+    // The socket's directory must be reachable by the test users.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let mut proxy = Proxy::start_with(ProxyOptions {
+        args: vec![
+            "--upstream-url".into(),
+            mock.url("/v1/responses"),
+            "--unix-socket".into(),
+            socket.to_str().unwrap().into(),
+            "--allow-groups".into(),
+            group.0.clone(),
+            "--state-directory".into(),
+            state.to_str().unwrap().into(),
+            "--requests-per-minute".into(),
+            "3".into(),
+            "--http-shutdown".into(),
+        ],
+        ..Default::default()
+    });
+    let tcp_url = proxy.url("/v1/responses");
+    let body = r#"{"model":"gpt-test","input":"hi","stream":true}"#;
+
+    // Alice (in the group) over TCP and over the unix socket.
+    let (status, text) = curl_as(alice.uid, &["-d", body, &tcp_url]);
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("response.completed"));
+    let (status, _) = curl_as(
+        alice.uid,
+        &[
+            "--unix-socket",
+            socket.to_str().unwrap(),
+            "-d",
+            body,
+            "http://localhost/v1/responses",
+        ],
+    );
+    assert_eq!(status, 200);
+
+    // Bob (not in the group) is refused on both, with a reason, and nothing goes upstream.
+    let upstream_before = mock.seen().len();
+    let (status, text) = curl_as(bob.uid, &["-d", body, &tcp_url]);
+    assert_eq!(status, 403);
+    assert!(
+        text.contains(&bob.name) && text.contains(&group.0),
+        "{text}"
+    );
+    let (status, _) = curl_as(
+        bob.uid,
+        &[
+            "--unix-socket",
+            socket.to_str().unwrap(),
+            "http://localhost/v1/models",
+        ],
+    );
+    assert_eq!(status, 403);
+    assert_eq!(mock.seen().len(), upstream_before);
+
+    // Alice's third request in the minute passes, the fourth is limited.
+    let (status, _) = curl_as(alice.uid, &["-d", body, &tcp_url]);
+    assert_eq!(status, 200);
+    let output = Command::new("curl")
+        .args([
+            "-s",
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "--noproxy",
+            "*",
+            "-d",
+            body,
+            &tcp_url,
+        ])
+        .uid(alice.uid)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let headers = String::from_utf8_lossy(&output.stdout).to_ascii_lowercase();
+    assert!(headers.starts_with("http/1.1 429"), "{headers}");
+    assert!(headers.contains("retry-after: "), "{headers}");
+
+    // Root is not in the group either: even /shutdown is refused.
+    let refused = http_client()
+        .get(proxy.url("/shutdown"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    proxy.signal(libc::SIGTERM);
+    proxy.wait_exit(std::time::Duration::from_secs(10));
+
+    // The log names each caller with uid and user name.
+    let log = proxy.stderr();
+    let alice_lines = log
+        .lines()
+        .filter(|l| l.contains(&format!("client_uid={}", alice.uid)))
+        .count();
+    assert!(alice_lines >= 3, "{log}");
+    assert!(log.contains(&format!("client_user={}", alice.name)));
+    assert!(log.contains(&format!("client_uid={}", bob.uid)));
+
+    // Totals per user match what the upstream reported: 3 completed requests for alice.
+    let report = Command::new(binary())
+        .args([
+            "--state-directory",
+            state.to_str().unwrap(),
+            "usage",
+            "--since",
+            "-1h",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        report.status.success(),
+        "{}",
+        String::from_utf8_lossy(&report.stderr)
+    );
+    let totals: serde_json::Value = serde_json::from_slice(&report.stdout).unwrap();
+    let alice_totals = totals
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["uid"] == alice.uid)
+        .unwrap_or_else(|| {
+            let store = std::fs::read_to_string(state.join("usage.jsonl")).unwrap_or_default();
+            panic!("no totals for alice in {totals}; store:\n{store}")
+        });
+    assert_eq!(alice_totals["input_tokens"], 300);
+    assert_eq!(alice_totals["output_tokens"], 60);
+    assert_eq!(alice_totals["cached_tokens"], 120);
+    assert_eq!(alice_totals["reasoning_tokens"], 15);
+    let table = Command::new(binary())
+        .args(["--state-directory", state.to_str().unwrap(), "usage"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&table.stdout).contains(&alice.name));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn limits_survive_a_worker_restart() {
+    let mock = MockUpstream::start(|_| Reply::sse(COMPLETED)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let args = |state: &std::path::Path| {
+        vec![
+            "--upstream-url".to_string(),
+            mock.url("/v1/responses"),
+            "--state-directory".into(),
+            state.to_str().unwrap().into(),
+            "--tokens-per-day".into(),
+            "200".into(),
+        ]
+    };
+    let first = Proxy::start_with(ProxyOptions {
+        args: args(&state),
+        ..Default::default()
+    });
+    for _ in 0..2 {
+        let r = http_client()
+            .post(first.url("/v1/responses"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap();
+    }
+    drop(first);
+    // 240 tokens used today: a new service refuses the next request.
+    let second = Proxy::start_with(ProxyOptions {
+        args: args(&state),
+        ..Default::default()
+    });
+    let r = http_client()
+        .post(second.url("/v1/responses"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().contains_key("retry-after"));
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+}
