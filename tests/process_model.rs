@@ -181,10 +181,22 @@ async fn fork_happens_while_single_threaded() {
 async fn the_worker_runs_under_its_seccomp_filter_and_still_resolves_names() {
     let mock = MockUpstream::start(|_| Reply::json(200, "{}")).await;
     // A host name, not an address: name resolution must work under the filter.
-    let proxy = Proxy::start(&format!("http://localhost:{}/v1/responses", mock.addr.port()), &[]);
+    let proxy = Proxy::start(
+        &format!("http://localhost:{}/v1/responses", mock.addr.port()),
+        &[],
+    );
     assert_eq!(status_field(proxy.worker_pid(), "Seccomp"), "2");
-    assert_eq!(status_field(proxy.pid, "Seccomp"), "0", "the supervisor is not filtered");
-    let answer = http_client().post(proxy.url("/v1/responses")).body("{}").send().await.unwrap();
+    assert_eq!(
+        status_field(proxy.pid, "Seccomp"),
+        "0",
+        "the supervisor is not filtered"
+    );
+    let answer = http_client()
+        .post(proxy.url("/v1/responses"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(answer.status(), 200);
 
     let unfiltered = Proxy::start(&mock.url("/v1/responses"), &["--no-syscall-filter"]);
