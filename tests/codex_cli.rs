@@ -1,26 +1,20 @@
 //! End-to-end tests with the real Codex CLI: `codex exec` talks to the real proxy binary, which
 //! forwards to a mock Responses upstream on loopback.
 //!
-//! The Codex binary comes from `CODEX_BIN` (see `tests/install-codex.sh`). Without it the tests
-//! print "skipped: CODEX_BIN not set" and pass, except under CI (env `CI` set) where they fail.
+//! The Codex binary comes from `CODEX_BIN` (see `tests/install-codex.sh`); the runner lives in
+//! `tests/codex_support/mod.rs`. Without `CODEX_BIN` the tests print "skipped: CODEX_BIN not
+//! set" and pass, except under CI (env `CI` set) where they fail.
 
+mod codex_support;
 mod common;
 
+use codex_support::*;
 use common::*;
 use serde_json::{json, Value};
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
-
-const CODEX_VERSION: &str = "0.169.0";
-const CODEX_TIMEOUT: Duration = Duration::from_secs(120);
-/// The key Codex itself sends to the proxy; the proxy must replace it with TEST_KEY.
-const CODEX_SIDE_KEY: &str = "codex-side-dummy-key";
-const MODEL: &str = "gpt-5.5";
 
 /// Builds a Responses API event stream shaped like the one api.openai.com sends: every event
 /// has `type` and a running `sequence_number`, is framed with an `event:` line, and the output
-/// items are announced, streamed and closed in order. Reusable for other mocks (bridge tests).
+/// items are announced, streamed and closed in order.
 struct ResponsesStream {
     response_id: String,
     events: Vec<Value>,
@@ -165,149 +159,6 @@ impl ResponsesStream {
                 )
             })
             .collect()
-    }
-}
-
-/// The Codex binary from `CODEX_BIN`; `None` means "skip this test".
-fn codex_bin() -> Option<PathBuf> {
-    match std::env::var_os("CODEX_BIN") {
-        Some(path) => {
-            let path = PathBuf::from(path);
-            assert!(
-                path.is_file(),
-                "CODEX_BIN={} is not a file; install it with tests/install-codex.sh",
-                path.display()
-            );
-            Some(path)
-        }
-        None if std::env::var_os("CI").is_some() => panic!(
-            "CODEX_BIN is not set but CI is: install the Codex CLI with \
-             `npm install @openai/codex@{CODEX_VERSION}` (or tests/install-codex.sh) and set \
-             CODEX_BIN to its binary"
-        ),
-        None => {
-            eprintln!("skipped: CODEX_BIN not set");
-            None
-        }
-    }
-}
-
-/// A scratch directory outside /tmp: Codex refuses to create its helper-binary aliases when
-/// CODEX_HOME is under a temporary directory (it warns and goes on without them).
-fn scratch_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("codex-cli-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
-        .unwrap()
-}
-
-/// Sandbox flags for `codex exec`. `workspace-write` (what users run, and what apply_patch
-/// needs) relies on Codex's bubblewrap, which needs user namespaces; we ask Codex's own
-/// `codex sandbox` whether it works here, and fall back to no sandbox otherwise.
-fn sandbox_flags(codex: &Path, home: &Path, workdir: &Path) -> Vec<&'static str> {
-    let probe = std::process::Command::new(codex)
-        .args(["sandbox", "-c", "sandbox_mode=\"workspace-write\"", "--"])
-        .args([
-            "sh",
-            "-c",
-            "echo probe > .sandbox-probe && cat .sandbox-probe",
-        ])
-        .current_dir(workdir)
-        .env("CODEX_HOME", home)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run codex sandbox");
-    let _ = std::fs::remove_file(workdir.join(".sandbox-probe"));
-    if probe.status.success() && String::from_utf8_lossy(&probe.stdout).trim() == "probe" {
-        vec!["-s", "workspace-write"]
-    } else {
-        eprintln!(
-            "note: Codex's workspace-write sandbox does not work here ({}: {}); \
-             running without a sandbox",
-            probe.status,
-            String::from_utf8_lossy(&probe.stderr).trim()
-        );
-        vec!["--dangerously-bypass-approvals-and-sandbox"]
-    }
-}
-
-struct CodexRun {
-    status: std::process::ExitStatus,
-    stdout: String,
-    stderr: String,
-    elapsed: Duration,
-}
-
-/// Runs `codex exec PROMPT` in `workdir` against the Responses endpoint `base_url`
-/// (`http://host:port/v1`), with a fresh CODEX_HOME, stdin from /dev/null, no retries,
-/// and a hard timeout after which the whole process group is killed.
-async fn run_codex(codex: &Path, base_url: &str, workdir: &Path, prompt: &str) -> CodexRun {
-    let home = scratch_dir();
-    let sandbox = sandbox_flags(codex, home.path(), workdir);
-    let provider = format!(
-        "model_providers.proxy={{name='proxy',base_url='{base_url}',env_key='CODEX_TEST_PROVIDER_KEY',\
-         wire_api='responses',request_max_retries=0,stream_max_retries=0}}"
-    );
-    let mut command = tokio::process::Command::new(codex);
-    command
-        .arg("exec")
-        .args(["--skip-git-repo-check", "--ephemeral"])
-        .args(&sandbox)
-        .arg("-C")
-        .arg(workdir)
-        .args(["-c", &provider, "-c", "model_provider=proxy", "-m", MODEL])
-        .arg(prompt)
-        .current_dir(workdir)
-        .env("CODEX_HOME", home.path())
-        .env("CODEX_TEST_PROVIDER_KEY", CODEX_SIDE_KEY)
-        .env_remove("OPENAI_API_KEY")
-        .env_remove("OPENAI_BASE_URL")
-        .env_remove("CODEX_API_KEY")
-        .env_remove("http_proxy")
-        .env_remove("https_proxy")
-        .env_remove("HTTP_PROXY")
-        .env_remove("HTTPS_PROXY")
-        .env_remove("ALL_PROXY")
-        .env_remove("all_proxy")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
-    let started = Instant::now();
-    let child = command.spawn().expect("start codex");
-    let group = child.id().expect("codex pid") as i32;
-    match tokio::time::timeout(CODEX_TIMEOUT, child.wait_with_output()).await {
-        Ok(output) => {
-            let output = output.expect("wait for codex");
-            CodexRun {
-                status: output.status,
-                stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-                elapsed: started.elapsed(),
-            }
-        }
-        Err(_) => {
-            // Dropping the future killed codex itself; take the commands it started with it.
-            unsafe {
-                libc::kill(-group, libc::SIGKILL);
-            }
-            panic!("codex exec did not finish within {CODEX_TIMEOUT:?}");
-        }
-    }
-}
-
-impl CodexRun {
-    fn assert_success(&self, proxy: &Proxy) {
-        assert!(
-            self.status.success(),
-            "codex exec failed with {} after {:?}\n--- stdout\n{}\n--- stderr\n{}\n--- proxy stderr\n{}",
-            self.status,
-            self.elapsed,
-            self.stdout,
-            self.stderr,
-            proxy.stderr()
-        );
     }
 }
 
