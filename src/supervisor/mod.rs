@@ -209,11 +209,20 @@ fn auth_config(cli: &Cli, credentials: Option<&Path>) -> Result<AuthConfig, Stri
     })
 }
 
-/// The worker saves rotated tokens in the state directory: make it the worker user's, 0700.
+/// The worker writes the usage store and rotated tokens in the state directory: make it the
+/// worker user's, 0700 (the package's tmpfiles entry already does; then nothing changes).
 fn hand_over_state_directory(dir: &Path, user: &privilege_drop::WorkerUser) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
     std::fs::create_dir_all(dir)
         .map_err(|e| format!("cannot create the state directory {}: {e}", dir.display()))?;
+    let meta = std::fs::metadata(dir)
+        .map_err(|e| format!("cannot inspect the state directory {}: {e}", dir.display()))?;
+    if meta.uid() == user.uid.as_raw()
+        && meta.gid() == user.gid.as_raw()
+        && meta.mode() & 0o777 == 0o700
+    {
+        return Ok(());
+    }
     nix::unistd::chown(dir, Some(user.uid), Some(user.gid))
         .map_err(|e| format!("cannot give {} to {}: {e}", dir.display(), user.name))?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
