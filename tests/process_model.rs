@@ -202,3 +202,25 @@ async fn the_worker_runs_under_its_seccomp_filter_and_still_resolves_names() {
     let unfiltered = Proxy::start(&mock.url("/v1/responses"), &["--no-syscall-filter"]);
     assert_eq!(status_field(unfiltered.worker_pid(), "Seccomp"), "0");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn shutdown_works_when_the_supervisor_may_not_signal_the_worker() {
+    // Under the packaged unit the supervisor has no CAP_KILL, so it cannot signal the worker
+    // (another uid); the stop must travel over the pipe instead.
+    if !is_root() {
+        eprintln!("skipped: needs root to drop CAP_KILL and change user");
+        return;
+    }
+    let mock = MockUpstream::start(|_| Reply::json(200, "{}")).await;
+    let mut proxy = Proxy::start_with(ProxyOptions {
+        args: vec!["--upstream-url".into(), mock.url("/v1/responses"), "--http-shutdown".into()],
+        launcher: vec!["setpriv".into(), "--bounding-set".into(), "-kill".into(), "--".into()],
+        ..Default::default()
+    });
+    let started = std::time::Instant::now();
+    let answer = http_client().get(proxy.url("/shutdown")).send().await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let status = proxy.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "{}", proxy.stderr());
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+}

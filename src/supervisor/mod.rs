@@ -101,6 +101,12 @@ pub fn run(cli: Cli) -> ExitCode {
         Ok(user) => user,
         Err(e) => return fail(e),
     };
+    // The supervisor→worker pipe: closing it tells the worker to drain and exit. (A signal
+    // would need CAP_KILL across the uid change, which the unit does not grant.)
+    let (stop_requested, stop_request) = match pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
+        Ok(pair) => pair,
+        Err(e) => return fail(format!("cannot create the supervisor pipe: {e}")),
+    };
     let (from_worker, to_supervisor) = match pipe2(nix::fcntl::OFlag::O_CLOEXEC) {
         Ok(pair) => pair,
         Err(e) => return fail(format!("cannot create the supervisor pipe: {e}")),
@@ -141,11 +147,13 @@ pub fn run(cli: Cli) -> ExitCode {
         Err(e) => fail(format!("cannot fork the worker: {e}")),
         Ok(ForkResult::Child) => {
             drop(from_worker);
+            drop(stop_request);
             drop(signal_fd);
             let code = start_worker(
                 config,
                 listeners,
                 to_supervisor,
+                stop_requested,
                 worker_user,
                 signals,
                 !cli.no_syscall_filter,
@@ -154,6 +162,7 @@ pub fn run(cli: Cli) -> ExitCode {
         }
         Ok(ForkResult::Parent { child }) => {
             drop(to_supervisor);
+            drop(stop_requested);
             drop(listeners);
             info!(
                 worker_pid = child.as_raw(),
@@ -166,6 +175,7 @@ pub fn run(cli: Cli) -> ExitCode {
             supervise(
                 child,
                 from_worker,
+                stop_request,
                 signal_fd,
                 port,
                 cli.server_info.as_deref(),
@@ -284,6 +294,7 @@ fn start_worker(
     config: WorkerConfig,
     listeners: Vec<listener::Listener>,
     to_supervisor: OwnedFd,
+    stop_requested: OwnedFd,
     user: Option<privilege_drop::WorkerUser>,
     signals: SigSet,
     syscall_filter: bool,
@@ -310,13 +321,14 @@ fn start_worker(
         error!("worker: cannot unblock signals: {e}");
         return 1;
     }
-    worker::run(config, listeners, to_supervisor)
+    worker::run(config, listeners, to_supervisor, stop_requested)
 }
 
 /// Waits for the worker's messages and for signals until the service should end.
 fn supervise(
     worker: Pid,
     from_worker: OwnedFd,
+    stop_request: OwnedFd,
     signal_fd: SignalFd,
     port: Option<u16>,
     server_info: Option<&Path>,
@@ -324,11 +336,13 @@ fn supervise(
 ) -> ExitCode {
     let mut pipe_open = true;
     let mut stop_deadline: Option<Instant> = None;
-    let begin_stop = |why: &str, deadline: &mut Option<Instant>| {
+    let mut stop_request = Some(stop_request);
+    let mut begin_stop = |why: &str, deadline: &mut Option<Instant>| {
         if deadline.is_none() {
             info!("stopping: {why}");
             let _ = notify::notify("STOPPING=1");
-            let _ = kill(worker, Signal::SIGTERM);
+            // Closing our end is the worker's signal to drain.
+            stop_request.take();
             *deadline = Some(Instant::now() + stop_timeout);
         }
     };
@@ -338,9 +352,14 @@ fn supervise(
             Some(deadline) => {
                 let left = deadline.saturating_duration_since(Instant::now());
                 if left.is_zero() {
+                    // Without CAP_KILL (as under the packaged unit) the kill fails; exiting
+                    // then still ends the worker: PR_SET_PDEATHSIG, and systemd stops the
+                    // whole control group.
                     warn!("worker did not stop in time; killing it");
-                    let _ = kill(worker, Signal::SIGKILL);
-                    stop_deadline = Some(Instant::now() + Duration::from_secs(3600));
+                    if kill(worker, Signal::SIGKILL).is_err() {
+                        return ExitCode::SUCCESS;
+                    }
+                    stop_deadline = Some(Instant::now() + Duration::from_secs(5));
                     continue;
                 }
                 PollTimeout::try_from(left.as_millis().min(60_000) as u32)

@@ -111,7 +111,12 @@ pub struct State {
 }
 
 /// Serves until SIGTERM/SIGINT, then drains; returns the process exit code.
-pub fn run(config: WorkerConfig, listeners: Vec<Listener>, supervisor_pipe: OwnedFd) -> i32 {
+pub fn run(
+    config: WorkerConfig,
+    listeners: Vec<Listener>,
+    supervisor_pipe: OwnedFd,
+    stop_requested: OwnedFd,
+) -> i32 {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
@@ -124,10 +129,26 @@ pub fn run(config: WorkerConfig, listeners: Vec<Listener>, supervisor_pipe: Owne
             return 1;
         }
     };
-    runtime.block_on(serve(config, listeners, supervisor_pipe))
+    runtime.block_on(serve(config, listeners, supervisor_pipe, stop_requested))
 }
 
-async fn serve(config: WorkerConfig, listeners: Vec<Listener>, supervisor_pipe: OwnedFd) -> i32 {
+/// Resolves when the supervisor closes its end of the stop pipe (or writes to it).
+async fn supervisor_stop(stop_requested: OwnedFd) {
+    use tokio::io::AsyncReadExt;
+    let Ok(mut pipe) = tokio::net::unix::pipe::Receiver::from_owned_fd(stop_requested) else {
+        warn!("worker: cannot watch the supervisor's stop pipe; only signals stop the worker");
+        return std::future::pending().await;
+    };
+    let mut byte = [0u8; 1];
+    let _ = pipe.read(&mut byte).await;
+}
+
+async fn serve(
+    config: WorkerConfig,
+    listeners: Vec<Listener>,
+    supervisor_pipe: OwnedFd,
+    stop_requested: OwnedFd,
+) -> i32 {
     let http = match upstream::build_http_client(config.connect_timeout, config.idle_timeout) {
         Ok(http) => http,
         Err(e) => {
@@ -243,6 +264,7 @@ async fn serve(config: WorkerConfig, listeners: Vec<Listener>, supervisor_pipe: 
     tokio::select! {
         _ = terminate.recv() => info!("worker: SIGTERM received, draining"),
         _ = interrupt.recv() => info!("worker: SIGINT received, draining"),
+        _ = supervisor_stop(stop_requested) => info!("worker: the supervisor asked to stop, draining"),
     }
     let _ = stop_accepting.send(true);
     for accept_loop in accept_loops {

@@ -206,6 +206,8 @@ pub struct ProxyOptions<'a> {
     pub args: Vec<String>,
     pub key: Option<&'a str>,
     pub env: Vec<(String, String)>,
+    /// A command the binary is started through (e.g. `setpriv …`), empty for none.
+    pub launcher: Vec<String>,
 }
 
 impl Default for ProxyOptions<'_> {
@@ -214,6 +216,7 @@ impl Default for ProxyOptions<'_> {
             args: vec![],
             key: Some(TEST_KEY),
             env: vec![],
+            launcher: vec![],
         }
     }
 }
@@ -233,7 +236,14 @@ impl Proxy {
         let dir = tempfile::tempdir().unwrap();
         let info = dir.path().join("server-info.json");
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-        let mut command = Command::new(binary());
+        let mut command = match options.launcher.split_first() {
+            Some((program, launcher_args)) => {
+                let mut command = Command::new(program);
+                command.args(launcher_args).arg(binary());
+                command
+            }
+            None => Command::new(binary()),
+        };
         command
             .args(&options.args)
             .arg("--server-info")
