@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+"""Mock Responses API upstream for tests/system/run.sh.
+
+Listens on 127.0.0.1:PORT. Every request is appended as one JSON line to
+the --record file (method, path, the Authorization header exactly as
+received, body size, model); POST requests are answered with a small
+Responses-style SSE stream, anything else with 404.
+
+Usage: mock_upstream.py --port 18080 --record /run/mock-upstream/requests.jsonl
+"""
+
+import argparse
+import json
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+TEXT = "Hello from the mock upstream"
+
+
+def sse_body() -> bytes:
+    events = [
+        ("response.created", {
+            "type": "response.created",
+            "response": {"id": "resp_mock", "object": "response",
+                         "status": "in_progress", "output": []},
+        }),
+        ("response.output_text.delta", {
+            "type": "response.output_text.delta", "item_id": "msg_mock",
+            "output_index": 0, "content_index": 0, "delta": TEXT,
+        }),
+        ("response.completed", {
+            "type": "response.completed",
+            "response": {
+                "id": "resp_mock", "object": "response", "status": "completed",
+                "output": [{
+                    "type": "message", "id": "msg_mock", "role": "assistant",
+                    "status": "completed",
+                    "content": [{"type": "output_text", "text": TEXT,
+                                 "annotations": []}],
+                }],
+                "usage": {"input_tokens": 3, "output_tokens": 6,
+                          "total_tokens": 9},
+            },
+        }),
+    ]
+    out = []
+    for name, data in events:
+        out.append(f"event: {name}\ndata: {json.dumps(data)}\n\n")
+    return "".join(out).encode()
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "mock-upstream/1"
+    record_lock = threading.Lock()
+    record_path = ""
+
+    def log_message(self, fmt, *args):  # keep stderr (the journal) short
+        sys.stderr.write("mock-upstream: " + (fmt % args) + "\n")
+
+    def read_body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                line = self.rfile.readline()
+                size = int(line.split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    # trailers until the empty line
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            return b"".join(chunks)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length else b""
+
+    def record(self, body: bytes) -> None:
+        model = None
+        try:
+            model = json.loads(body).get("model")
+        except (ValueError, AttributeError):
+            pass
+        entry = {
+            "method": self.command,
+            "path": self.path,
+            "authorization": self.headers.get("Authorization"),
+            "body_bytes": len(body),
+            "model": model,
+        }
+        with self.record_lock, open(self.record_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(entry) + "\n")
+
+    def reply(self, status: int, ctype: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+        self.wfile.flush()
+        self.close_connection = True
+
+    def do_POST(self):
+        body = self.read_body()
+        self.record(body)
+        self.reply(200, "text/event-stream", sse_body())
+
+    def do_GET(self):
+        self.record(b"")
+        self.reply(404, "application/json",
+                   b'{"error":{"message":"mock upstream: no such route"}}')
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--port", type=int, default=18080)
+    ap.add_argument("--record", required=True)
+    args = ap.parse_args()
+    Handler.record_path = args.record
+    open(args.record, "a", encoding="utf-8").close()
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
+    server.daemon_threads = True
+    sys.stderr.write(f"mock-upstream: listening on 127.0.0.1:{args.port}\n")
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
