@@ -82,14 +82,11 @@ pub async fn serve(
         }
     };
     let answer = match upstream
-        .post(&state.upstream_url, upstream_headers, chat_body.into())
+        .post_or_answer(&state.upstream_url, upstream_headers, chat_body.into())
         .await
     {
         Ok(answer) => answer,
-        Err(error) => {
-            tracing::warn!("{error}");
-            return error.to_response();
-        }
+        Err(response) => return response,
     };
     let upstream_status = answer.status();
     if !upstream_status.is_success() {
@@ -97,15 +94,7 @@ pub async fn serve(
     }
     let converter = ChatStreamConverter::new(plan.meta, &new_response_id(), unix_now());
     let mut response = if plan.client_stream {
-        let mut response = Response::new(translate::streaming_body(answer, converter));
-        response.headers_mut().insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream; charset=utf-8"),
-        );
-        response
-            .headers_mut()
-            .insert("cache-control", HeaderValue::from_static("no-cache"));
-        response
+        translate::streaming_response(answer, converter)
     } else {
         let converter = translate::run_to_end(answer, converter).await;
         let object = converter.final_response();

@@ -21,14 +21,11 @@ pub async fn forward(
     };
     let upstream_headers = headers::for_upstream(&parts.headers);
     let upstream = match upstream
-        .post(&state.upstream_url, upstream_headers, body)
+        .post_or_answer(&state.upstream_url, upstream_headers, body)
         .await
     {
         Ok(upstream) => upstream,
-        Err(error) => {
-            tracing::warn!("{error}");
-            return error.to_response();
-        }
+        Err(response) => return response,
     };
     mirror(upstream)
 }

@@ -139,6 +139,22 @@ pub fn streaming_body<C: StreamConverter>(upstream: reqwest::Response, converter
     StreamBody::new(frames).boxed_unsync()
 }
 
+/// A `text/event-stream` response whose body is [`streaming_body`].
+pub fn streaming_response<C: StreamConverter>(
+    upstream: reqwest::Response,
+    converter: C,
+) -> hyper::Response<Body> {
+    use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+    let mut response = hyper::Response::new(streaming_body(upstream, converter));
+    let headers = response.headers_mut();
+    headers.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
 /// Runs a whole upstream stream through `converter` (for clients that did not ask to stream)
 /// and returns the converter in its final state.
 pub async fn run_to_end<C: StreamConverter>(upstream: reqwest::Response, converter: C) -> C {

@@ -109,6 +109,20 @@ impl UpstreamClient {
             .map_err(UpstreamError::from_reqwest)
     }
 
+    /// [`UpstreamClient::post`] for a route handler: a failure is logged and becomes the
+    /// error response to send.
+    pub async fn post_or_answer(
+        &self,
+        url: &reqwest::Url,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<reqwest::Response, Response<Body>> {
+        self.post(url, headers, body).await.map_err(|error| {
+            tracing::warn!("{error}");
+            error.to_response()
+        })
+    }
+
     /// POSTs `body` with the client's end-to-end `headers` plus the credentials. After a 401
     /// with refreshable credentials (ChatGPT tokens) it refreshes and retries once.
     pub async fn post(

@@ -295,14 +295,11 @@ async fn call_responses_upstream<C: ClientConverter>(
         Err(e) => return wrapper_error(&WrapperError::upstream(e.to_string(), None)),
     };
     let answer = match upstream
-        .post(&state.upstream_url, headers, body.into())
+        .post_or_answer(&state.upstream_url, headers, body.into())
         .await
     {
         Ok(answer) => answer,
-        Err(error) => {
-            tracing::warn!("{error}");
-            return error.to_response();
-        }
+        Err(response) => return response,
     };
     respond(answer, &plan.client, converter).await
 }
@@ -328,14 +325,11 @@ async fn call_chat_upstream<C: ClientConverter>(
         Err(e) => return wrapper_error(&WrapperError::upstream(e.to_string(), None)),
     };
     let answer = match upstream
-        .post(&state.upstream_url, headers, body.into())
+        .post_or_answer(&state.upstream_url, headers, body.into())
         .await
     {
         Ok(answer) => answer,
-        Err(error) => {
-            tracing::warn!("{error}");
-            return error.to_response();
-        }
+        Err(response) => return response,
     };
     let bridge = ChatStreamConverter::new(
         chat.meta,
@@ -355,15 +349,7 @@ async fn respond<C: ClientConverter>(
         return mirror_error(answer).await;
     }
     let mut response = if client.stream {
-        let mut response = Response::new(translate::streaming_body(answer, converter));
-        response.headers_mut().insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream; charset=utf-8"),
-        );
-        response
-            .headers_mut()
-            .insert("cache-control", HeaderValue::from_static("no-cache"));
-        response
+        translate::streaming_response(answer, converter)
     } else {
         let converter = translate::run_to_end(answer, converter).await;
         match converter.outcome().error() {
