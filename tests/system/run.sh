@@ -11,6 +11,8 @@
 # non-zero on any failure. See tests/system/README.md.
 
 set -euo pipefail
+# Note: with pipefail, `cmd | grep -q` fails when grep exits early and cmd gets SIGPIPE, so
+# output is captured into a variable first wherever a match decides a check.
 
 SELF_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(git -C "$SELF_DIR" rev-parse --show-toplevel)
@@ -353,7 +355,8 @@ else
     fail "no key: after 7 requests the socket is still listening, not failed" \
         "last status=$RESP_STATUS socket=$(ct systemctl is-active "$PKG.socket") service=$(svc_show ActiveState)/$(svc_show Result)"
 fi
-if journal_unit | grep -q "$PKG-install-key"; then
+journal_now=$(journal_unit)
+if printf '%s\n' "$journal_now" | grep -q "$PKG-install-key"; then
     pass "no key: the journal says how to install the key"
 else
     fail "no key: the journal says how to install the key" "$(journal_unit | tail -n 15)"
@@ -465,7 +468,8 @@ if [ -n "$WORKER_PID" ] && [ "$MAIN_PID" != 0 ]; then
         else
             pass "$TESTUSER cannot read the ${p#*:}'s /proc/PID/environ"
         fi
-        if ct sh -c "tr '\0' '\n' </proc/${p%%:*}/environ; tr '\0' ' ' </proc/${p%%:*}/cmdline" | grep -q "$KEY"; then
+        proc_text=$(ct sh -c "tr '\0' '\n' </proc/${p%%:*}/environ; tr '\0' ' ' </proc/${p%%:*}/cmdline")
+        if printf '%s\n' "$proc_text" | grep -q "$KEY"; then
             fail "the key is not in the ${p#*:}'s environment or command line"
         else
             pass "the key is not in the ${p#*:}'s environment or command line"
@@ -501,17 +505,20 @@ else
 fi
 # Who is calling: the caller's uid and name are structured journal fields.
 alice_uid=$(ct id -u "$TESTUSER")
-if ct journalctl -u "$PKG" --no-pager -o cat F_CLIENT_USER="$TESTUSER" F_CLIENT_UID="$alice_uid" | grep -q '/v1/responses'; then
+by_alice=$(ct journalctl -u "$PKG" --no-pager -o cat F_CLIENT_USER="$TESTUSER" F_CLIENT_UID="$alice_uid")
+if printf '%s\n' "$by_alice" | grep -q '/v1/responses'; then
     pass "journalctl -u $PKG F_CLIENT_USER=$TESTUSER selects $TESTUSER's requests"
 else
     fail "journalctl -u $PKG F_CLIENT_USER=$TESTUSER selects $TESTUSER's requests" "$(ct journalctl -u "$PKG" --no-pager -o verbose | grep -E 'F_CLIENT|MESSAGE=' | tail -n 10)"
 fi
-if ct "$PKG" usage --json | grep -q "\"user\": *\"$TESTUSER\""; then
+usage_json=$(ct "$PKG" usage --json)
+if printf '%s\n' "$usage_json" | grep -q "\"user\": *\"$TESTUSER\""; then
     pass "$PKG usage reports $TESTUSER's requests from the state directory"
 else
     fail "$PKG usage reports $TESTUSER's requests from the state directory" "$(ct "$PKG" usage 2>&1 | tail -n 5)"
 fi
-if ct journalctl --no-pager -o verbose | grep -qF "$KEY"; then
+journal_all=$(ct journalctl --no-pager -o verbose)
+if printf '%s\n' "$journal_all" | grep -qF "$KEY"; then
     fail "the key appears nowhere in the journal (journalctl -o verbose, all units)"
 else
     pass "the key appears nowhere in the journal (journalctl -o verbose, all units)"
@@ -604,7 +611,8 @@ if [ "$RESP_STATUS" = 503 ] && ! ct test -e /etc/$PKG/openai-api-key && ! ct tes
 else
     fail "install-key --remove: key files gone, the service answers 503 again" "status=$RESP_STATUS"
 fi
-if ct journalctl --no-pager -o verbose | grep -qF -e "$KEY" -e "$KEY2"; then
+journal_all=$(ct journalctl --no-pager -o verbose)
+if printf '%s\n' "$journal_all" | grep -qF -e "$KEY" -e "$KEY2"; then
     fail "neither key appears in the journal after all of the above"
 else
     pass "neither key appears in the journal after all of the above"
