@@ -213,14 +213,31 @@ async fn shutdown_works_when_the_supervisor_may_not_signal_the_worker() {
     }
     let mock = MockUpstream::start(|_| Reply::json(200, "{}")).await;
     let mut proxy = Proxy::start_with(ProxyOptions {
-        args: vec!["--upstream-url".into(), mock.url("/v1/responses"), "--http-shutdown".into()],
-        launcher: vec!["setpriv".into(), "--bounding-set".into(), "-kill".into(), "--".into()],
+        args: vec![
+            "--upstream-url".into(),
+            mock.url("/v1/responses"),
+            "--http-shutdown".into(),
+        ],
+        launcher: vec![
+            "setpriv".into(),
+            "--bounding-set".into(),
+            "-kill".into(),
+            "--".into(),
+        ],
         ..Default::default()
     });
     let started = std::time::Instant::now();
-    let answer = http_client().get(proxy.url("/shutdown")).send().await.unwrap();
+    let answer = http_client()
+        .get(proxy.url("/shutdown"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(answer.status(), 200);
     let status = proxy.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "{}", proxy.stderr());
-    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
 }
