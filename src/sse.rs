@@ -112,6 +112,12 @@ impl SseReader {
             let Some(line_len) = self.find_line_end()? else {
                 return Ok(None);
             };
+            if line_len > self.max_event_bytes {
+                // The same bound whether the line arrived whole or in pieces.
+                return Err(SseError::EventTooLarge {
+                    limit: self.max_event_bytes,
+                });
+            }
             let line_start = self.start;
             let term = self.pending[line_start + line_len];
             self.start = line_start + line_len + 1;
@@ -131,6 +137,11 @@ impl SseReader {
     /// (many upstreams omit it); a partial line is treated as complete.
     pub fn finish(&mut self) -> Result<Option<SseEvent<'_>>, SseError> {
         let rest = self.pending.len() - self.start;
+        if rest > self.max_event_bytes {
+            return Err(SseError::EventTooLarge {
+                limit: self.max_event_bytes,
+            });
+        }
         if rest > 0 {
             let line_start = self.start;
             self.start = self.pending.len();
@@ -323,6 +334,36 @@ mod tests {
         let mut r = SseReader::new(10);
         r.push(b"data: 123456\ndata: 123456\n\n");
         assert!(r.next_event().is_err());
+    }
+
+    #[test]
+    fn the_limit_does_not_depend_on_how_the_bytes_were_split() {
+        // Found by fuzzing: whole and split input used to be measured differently.
+        let inputs: [&[u8]; 2] = [
+            b"data: 123456789012345678901234567890\n\n",
+            b": a comment longer than the limit of 33\n",
+        ];
+        for input in inputs {
+            let mut whole = SseReader::new(33);
+            whole.push(input);
+            let whole_result = whole.next_event().map(|e| e.is_some());
+            let mut split = SseReader::new(33);
+            let mut split_result = Ok(false);
+            for piece in input.chunks(7) {
+                split.push(piece);
+                split_result = split.next_event().map(|e| e.is_some());
+                if split_result.is_err() {
+                    break;
+                }
+            }
+            assert_eq!(
+                whole_result,
+                split_result,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+            assert!(whole_result.is_err());
+        }
     }
 
     #[test]

@@ -782,7 +782,9 @@ impl ChatStreamConverter {
             self.usage = Some(usage);
         }
         if let Some(choice) = &chunk.choices.0 {
-            self.push_choice(choice, out);
+            if let Err(message) = self.push_choice(choice, out) {
+                return Err(self.fail_with("server_error", message, out));
+            }
         }
         Ok(())
     }
@@ -870,9 +872,14 @@ impl ChatStreamConverter {
 
     // ------------------------------------------------------------------ chunk handling
 
-    fn push_choice(&mut self, choice: &ChunkChoice<'_>, out: &mut Vec<u8>) {
+    /// `Err` carries the message of a chunk that cannot be converted.
+    fn push_choice(
+        &mut self,
+        choice: &ChunkChoice<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), &'static str> {
         if self.finish_reason.is_some() {
-            return;
+            return Ok(());
         }
         if let Some(delta) = &choice.delta {
             self.push_reasoning(text_of(&delta.reasoning_content), out);
@@ -881,7 +888,7 @@ impl ChatStreamConverter {
             self.push_content(text_of(&delta.refusal), out);
             if let Some(calls) = &delta.tool_calls {
                 for call in calls {
-                    self.push_tool_call(call, out);
+                    self.push_tool_call(call, out)?;
                 }
             }
         }
@@ -891,6 +898,7 @@ impl ChatStreamConverter {
             self.finish_reason = Some(reason);
             self.close_all(reason, out);
         }
+        Ok(())
     }
 
     /// Routes content through inline `<think>` detection.
@@ -1033,7 +1041,14 @@ impl ChatStreamConverter {
         }
     }
 
-    fn push_tool_call(&mut self, delta: &ToolCallDelta<'_>, out: &mut Vec<u8>) {
+    /// `Err` when a new call starts without a function name: no valid `function_call` item
+    /// can be made of it, so the response fails rather than carrying a nameless call.
+    fn push_tool_call(
+        &mut self,
+        delta: &ToolCallDelta<'_>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), &'static str> {
+        const NAMELESS: &str = "the upstream started a tool call without a function name";
         self.flush_held(out);
         self.close_text_item("completed", out);
         let upstream_index = delta.index.unwrap_or(0);
@@ -1047,6 +1062,7 @@ impl ChatStreamConverter {
         });
         let index = match existing {
             Some(i) if id.is_empty() || self.call_id_of(i) == Some(id) => i,
+            Some(_) | None if name.is_empty() => return Err(NAMELESS),
             Some(replaced) => {
                 // A new id at the same index: the previous call there is complete.
                 self.open_calls.retain(|&open| open != replaced);
@@ -1056,15 +1072,16 @@ impl ChatStreamConverter {
             None => self.open_call(upstream_index, id, name, out),
         };
         if arguments.is_empty() {
-            return;
+            return Ok(());
         }
         let ItemBodyState::Call(call) = &mut self.items[index].body else {
-            return;
+            return Ok(());
         };
         call.arguments.push_str(arguments);
         if call.target.kind == ToolKind::Function {
             self.emit_delta(DeltaKind::FunctionArguments, index, arguments, out);
         }
+        Ok(())
     }
 
     fn call_id_of(&self, index: usize) -> Option<&str> {

@@ -217,12 +217,9 @@ fn read_first_line(
     let mut read_any = false;
     loop {
         if len == BUFFER_LEN {
-            // The buffer is full: the key fits only if the input ends right here.
-            let mut next = [0u8; 1];
-            let n = read_retrying(source, &mut next)?;
-            let ends_here = n == 0 || matches!(next[0], b'\n' | b'\r');
-            next.zeroize();
-            return if ends_here {
+            // The buffer is full: the key fits only if the line ends right here (carriage
+            // returns may precede the newline, nothing else may).
+            return if line_ends_next(source)? {
                 Ok(len)
             } else {
                 Err(KeyError::TooLong)
@@ -242,6 +239,23 @@ fn read_first_line(
         }
         len += n;
     }
+}
+
+/// Reads on, byte by byte, while only carriage returns come; true at a newline or EOF.
+fn line_ends_next(source: &mut impl Read) -> Result<bool, KeyError> {
+    let mut next = [0u8; 1];
+    let ends = loop {
+        if read_retrying(source, &mut next)? == 0 {
+            break true;
+        }
+        match next[0] {
+            b'\n' => break true,
+            b'\r' => continue,
+            _ => break false,
+        }
+    };
+    next.zeroize();
+    Ok(ends)
 }
 
 fn read_retrying(source: &mut impl Read, into: &mut [u8]) -> Result<usize, KeyError> {
@@ -397,6 +411,19 @@ mod tests {
             header(&key(1017))
         );
         assert_eq!(key_of(&key(1018), 100), Err(KeyError::TooLong));
+        // A carriage return that does not end the line is part of it (found by fuzzing).
+        assert_eq!(
+            key_of(&[key(1017), b"\rx".to_vec()].concat(), 64),
+            Err(KeyError::TooLong)
+        );
+        assert_eq!(
+            key_of(&[key(1017), b"\r\r\n".to_vec()].concat(), 7).unwrap(),
+            header(&key(1017))
+        );
+        assert_eq!(
+            key_of(&[key(1015), b"\rx".to_vec()].concat(), 64),
+            Err(KeyError::InvalidCharacters)
+        );
         assert_eq!(
             key_of(&[key(1018), b"\n".to_vec()].concat(), 1),
             Err(KeyError::TooLong)

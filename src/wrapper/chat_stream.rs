@@ -312,6 +312,13 @@ impl UpstreamInterpreter {
         }
         match serde_json::from_str::<UpstreamEvent>(data) {
             Ok(event) => {
+                if let Some(problem) = unusable_call(&event) {
+                    self.fail(problem, Some("bad_upstream_event"), emit);
+                    return Err(WrapperError::upstream(
+                        problem,
+                        Some("bad_upstream_event".into()),
+                    ));
+                }
                 self.dispatch(&event, emit);
                 Ok(())
             }
@@ -989,6 +996,18 @@ impl ChatStream {
     pub fn final_completion(&self) -> Value {
         self.renderer.final_completion()
     }
+}
+
+/// A function call item a chat client could not use: without a name, or without any id.
+fn unusable_call(event: &UpstreamEvent<'_>) -> Option<&'static str> {
+    let item = event.item.as_ref().filter(|i| i.kind == "function_call")?;
+    if item.name.as_deref().unwrap_or_default().is_empty() {
+        return Some("upstream sent a function call without a name");
+    }
+    let has_id = [&item.call_id, &item.id]
+        .iter()
+        .any(|id| !id.as_deref().unwrap_or_default().is_empty());
+    (!has_id).then_some("upstream sent a function call without an id")
 }
 
 #[cfg(test)]

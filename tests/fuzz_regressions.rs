@@ -1,0 +1,172 @@
+//! Replays fuzzer inputs through the same checks the fuzz targets assert (`fuzz/src/checks.rs`):
+//! every saved crash in `tests/fixtures/fuzz-regressions/` (named `<target>-<n>.<ext>`), and a
+//! small seed corpus built here from the fixtures, the way `fuzz/seed.sh` builds it.
+
+#[path = "../fuzz/src/checks.rs"]
+#[allow(dead_code)]
+mod checks;
+
+use std::path::{Path, PathBuf};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn files_in(dir: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(fixtures().join(dir))
+        .map(|entries| entries.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    files.sort();
+    files
+}
+
+/// The `data` of each event of an `.sse` fixture.
+fn sse_data(path: &Path) -> Vec<String> {
+    let body = std::fs::read(path).unwrap();
+    let mut reader = codex_responses_api_proxy::sse::SseReader::default();
+    reader.push(&body);
+    let mut events = Vec::new();
+    while let Some(event) = reader.next_event().unwrap() {
+        events.push(event.data.to_string());
+    }
+    if let Some(event) = reader.finish().unwrap() {
+        events.push(event.data.to_string());
+    }
+    events
+}
+
+fn with_flags(flags: u8, events: &[String]) -> Vec<u8> {
+    let mut input = vec![flags];
+    input.extend_from_slice(events.join("\0").as_bytes());
+    input
+}
+
+fn replay(target: &str, inputs: &[Vec<u8>]) {
+    assert!(!inputs.is_empty(), "{target}: no inputs");
+    for input in inputs {
+        checks::check(target, input);
+    }
+}
+
+#[test]
+fn saved_fuzz_crashes_replay_cleanly() {
+    let mut failing = Vec::new();
+    for path in files_in("fuzz-regressions") {
+        let name = path.file_name().unwrap().to_str().unwrap().to_string();
+        let target = checks::TARGETS
+            .iter()
+            .find(|t| name.starts_with(&format!("{t}-")))
+            .unwrap_or_else(|| panic!("{name}: name does not start with a fuzz target"));
+        let input = std::fs::read(&path).unwrap();
+        // The check's own panic message (printed above) says what is wrong.
+        if std::panic::catch_unwind(|| checks::check(target, &input)).is_err() {
+            failing.push(name);
+        }
+    }
+    assert!(
+        failing.is_empty(),
+        "fuzz regressions fail their checks: {failing:?}"
+    );
+}
+
+#[test]
+fn key_intake_seeds() {
+    let key = [b"sk-proj_".as_slice(), &[b'A'; 40]].concat();
+    let mut inputs = Vec::new();
+    for (flags, sizes, tail) in [
+        (0u8, &b""[..], &b"\n"[..]),
+        (0, b"", b"\r\n"),
+        (0, b"", b""),
+        (6, b"\x01\x00\x05", b"\nsecond line\n"),
+        (4, b"\x03\xff", b"\n"),
+    ] {
+        inputs.push([&[flags][..], sizes, &key, tail].concat());
+    }
+    for body in [
+        &b"unset\n"[..],
+        b"sk key with spaces\n",
+        b"\xc3\xa9t\xc3\xa9\n",
+        b"\n",
+        b"",
+    ] {
+        inputs.push([&[0u8][..], body].concat());
+        inputs.push([&[1u8][..], body].concat());
+    }
+    for len in [1016, 1017, 1018] {
+        inputs.push([vec![0u8], vec![b'A'; len]].concat());
+        inputs.push([vec![0u8], vec![b'A'; len], b"\r\n".to_vec()].concat());
+    }
+    replay("key_intake", &inputs);
+}
+
+#[test]
+fn sse_reader_seeds() {
+    let mut inputs = Vec::new();
+    for dir in ["chat-streams", "responses-streams"] {
+        for path in files_in(dir) {
+            let body = std::fs::read(&path).unwrap();
+            inputs.push([&b"\x00\x00"[..], &body].concat());
+            inputs.push([&b"\x00\x03\x00\x06\x3f"[..], &body].concat());
+            inputs.push([&b"\xff\x21\x10"[..], &body[..body.len().min(2000)]].concat());
+        }
+    }
+    for body in [
+        &b"data: a\r\n\r\ndata: b\r\rdata:c\n\n"[..],
+        b"event: x\ndata: 1\ndata: 2\n\n: c\n\n",
+        b"data: xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\n\n",
+    ] {
+        inputs.push([&b"\x90\x12\x00\x04"[..], body].concat());
+    }
+    replay("sse_reader", &inputs);
+}
+
+#[test]
+fn bridge_request_seeds() {
+    let mut inputs = Vec::new();
+    for path in files_in("codex-0.169.0") {
+        let recorded: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        inputs.push(serde_json::to_vec(&recorded["body"]).unwrap());
+    }
+    inputs.push(br#"{"model":"m","input":"hi"}"#.to_vec());
+    inputs.push(br#"{"model":"m","input":[],"tools":[{"type":"custom","name":"c"}]}"#.to_vec());
+    replay("bridge_request", &inputs);
+}
+
+#[test]
+fn bridge_stream_seeds() {
+    let mut inputs = Vec::new();
+    for path in files_in("chat-streams") {
+        let events = sse_data(&path);
+        for flags in [0, 1, 2, 3] {
+            inputs.push(with_flags(flags, &events));
+        }
+    }
+    replay("bridge_stream", &inputs);
+}
+
+#[test]
+fn wrapper_request_seeds() {
+    let inputs: Vec<Vec<u8>> = [
+        r#"{"model":"gpt-5","stream":true,"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hello"}]}"#,
+        r#"{"model":"gpt-5-high","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]},{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]},{"role":"tool","tool_call_id":"c1","content":"ok"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}],"stream_options":{"include_usage":true}}"#,
+        r#"{"model":"gpt-5","prompt":"Say hi","max_tokens":5,"stream":true}"#,
+        r#"{"model":"gpt-5","prompt":["one"],"temperature":0.2,"stop":["\n"]}"#,
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .collect();
+    replay("wrapper_request", &inputs);
+}
+
+#[test]
+fn wrapper_stream_seeds() {
+    let mut inputs = Vec::new();
+    for path in files_in("responses-streams") {
+        let events = sse_data(&path);
+        for flags in [0, 1, 2, 3, 4, 5, 8 | 3, 16, 16 | 8] {
+            inputs.push(with_flags(flags, &events));
+        }
+    }
+    replay("wrapper_stream", &inputs);
+}
