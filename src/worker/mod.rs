@@ -4,6 +4,7 @@
 pub mod access_control;
 pub mod bridge_route;
 pub mod client_headers;
+pub mod direct_upstream;
 pub mod headers;
 pub mod http;
 pub mod peer_identity;
@@ -96,6 +97,8 @@ impl WorkerConfig {
 pub struct State {
     /// `None` when no key is installed: every route answers 503.
     pub upstream: Option<UpstreamClient>,
+    /// The strict route's own connection pool, for a plain-HTTP upstream with a static key.
+    pub direct: Option<Arc<direct_upstream::DirectUpstream>>,
     pub upstream_url: reqwest::Url,
     pub bridge_to_chat: bool,
     pub http_shutdown: bool,
@@ -161,6 +164,15 @@ async fn serve(
         (_, KeySource::Key(header)) => Some(header.header_value()),
         (_, KeySource::NotConfigured) => None,
     };
+    let direct = match (&config.auth.mode, &static_key) {
+        (AuthMode::ApiKey, Some(key)) => direct_upstream::DirectUpstream::new(
+            &config.upstream_url,
+            key.clone(),
+            config.connect_timeout,
+            config.idle_timeout,
+        ),
+        _ => None,
+    };
     let upstream = if config.auth.mode == AuthMode::ApiKey && static_key.is_none() {
         warn!("no API key is installed: every request will get 503 until one is; as root run `codex-responses-api-proxy-install-key`");
         None
@@ -202,6 +214,7 @@ async fn serve(
     };
     let state = Arc::new(State {
         upstream,
+        direct,
         upstream_url: config.upstream_url.clone(),
         bridge_to_chat: config.bridge_to_chat,
         http_shutdown: config.http_shutdown,

@@ -20,6 +20,15 @@ pub async fn forward(
         Err(response) => return response,
     };
     let upstream_headers = headers::for_upstream(&parts.headers);
+    if let Some(direct) = &state.direct {
+        return match direct.post(upstream_headers, body).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::warn!("{error}");
+                error.to_response()
+            }
+        };
+    }
     let upstream = match upstream
         .post_or_answer(&state.upstream_url, upstream_headers, body)
         .await
