@@ -11,6 +11,11 @@
       every one has received its first event (the mock holds the rest back), then reads
       VmRSS/VmHWM of the given pids; closes everything and reads them again.
 
+  clients.py soak --port P --streams N --seconds S --pids PID,PID
+      Opens N streams like `hold` (the mock holds each back for longer than S seconds after
+      its first event), samples the proxy's memory every 10 s for S seconds, then waits for
+      every stream to finish with response.completed; prints the samples and the errors.
+
   clients.py mem --pids PID,PID
       VmRSS and VmHWM of each pid and their sums, in KiB.
 
@@ -170,6 +175,59 @@ async def hold(args):
     )
 
 
+async def finish_stream(reader, writer):
+    """Reads a held stream to its end; True when it ended with response.completed."""
+    buf = b""
+    try:
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                break
+            buf += data
+            if b"response.completed" in buf and buf.endswith(b"\r\n0\r\n\r\n"):
+                break
+    finally:
+        writer.close()
+    return b"response.completed" in buf
+
+
+async def soak(args):
+    pids = [int(p) for p in args.pids.split(",") if p]
+    idle = total_memory(pids)
+    streams = []
+
+    async def open_one():
+        reader, writer = await asyncio.open_connection("127.0.0.1", args.port)
+        writer.write(request_bytes(args.port))
+        await writer.drain()
+        first = await reader.read(65536)
+        if not first.startswith(b"HTTP/1.1 200"):
+            raise RuntimeError("not a 200: %r" % first[:200])
+        streams.append((reader, writer))
+
+    for i in range(0, args.streams, 100):
+        await asyncio.gather(*(open_one() for _ in range(min(100, args.streams - i))))
+    samples = []
+    started = time.perf_counter()
+    while time.perf_counter() - started < args.seconds:
+        samples.append({"t": round(time.perf_counter() - started), **total_memory(pids)})
+        await asyncio.sleep(10)
+    samples.append({"t": round(time.perf_counter() - started), **total_memory(pids)})
+    results = await asyncio.gather(*(finish_stream(r, w) for r, w in streams), return_exceptions=True)
+    completed = sum(1 for r in results if r is True)
+    rss = [s["rss_kb"] for s in samples]
+    print(json.dumps({
+        "streams": len(streams),
+        "seconds": args.seconds,
+        "idle": idle,
+        "samples": samples,
+        "rss_kb_min": min(rss),
+        "rss_kb_max": max(rss),
+        "completed": completed,
+        "errors": len(streams) - completed,
+    }))
+
+
 def listening(port):
     want = ":%04X" % port
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
@@ -240,6 +298,11 @@ def main():
     s.add_argument("--rounds", type=int, default=30)
     s.add_argument("--warmup", type=int, default=3)
     s.add_argument("targets", nargs="+")
+    k = sub.add_parser("soak")
+    k.add_argument("--port", type=int, required=True)
+    k.add_argument("--streams", type=int, default=1000)
+    k.add_argument("--seconds", type=int, default=180)
+    k.add_argument("--pids", required=True)
     h = sub.add_parser("hold")
     h.add_argument("--port", type=int, required=True)
     h.add_argument("--streams", type=int, default=1000)
@@ -255,6 +318,8 @@ def main():
     args = p.parse_args()
     if args.cmd == "stream":
         cmd_stream(args)
+    elif args.cmd == "soak":
+        asyncio.run(soak(args))
     elif args.cmd == "hold":
         asyncio.run(hold(args))
     elif args.cmd == "mem":

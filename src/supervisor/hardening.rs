@@ -27,6 +27,23 @@ pub fn forbid_dumps() -> io::Result<()> {
     Ok(())
 }
 
+/// Raises the soft open-files limit to the hard one: every open stream holds two descriptors
+/// (client and upstream), and the usual soft limit of 1024 would cap the service near 500.
+pub fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain getrlimit/setrlimit with a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 /// Removes every `LD_*` variable, and also blanks its original bytes, which the kernel keeps
 /// showing in /proc/PID/environ after a plain unsetenv. Must run while single-threaded.
 pub fn remove_loader_variables() {

@@ -47,6 +47,7 @@ pub fn run(cli: Cli) -> ExitCode {
         return ExitCode::from(1);
     }
     hardening::remove_loader_variables();
+    hardening::raise_open_files_limit();
     let log_level = if cli.verbose && cli.log_level == "info" {
         "debug"
     } else {
