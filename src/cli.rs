@@ -95,6 +95,10 @@ pub struct Cli {
     )]
     pub shutdown_grace: u64,
 
+    /// Threads serving requests (default: one per CPU, at most 8).
+    #[arg(long, env = "CODEX_PROXY_WORKER_THREADS", value_name = "N")]
+    pub worker_threads: Option<usize>,
+
     /// Log level: error, warn, info, debug or trace. The key is never logged at any level.
     #[arg(
         long,

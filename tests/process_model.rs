@@ -241,3 +241,16 @@ async fn shutdown_works_when_the_supervisor_may_not_signal_the_worker() {
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn worker_threads_sets_the_number_of_serving_threads() {
+    let mock = MockUpstream::start(|_| Reply::json(200, "{}")).await;
+    let threads = |n: &str| {
+        let proxy = Proxy::start(&mock.url("/v1/responses"), &["--worker-threads", n]);
+        status_field(proxy.worker_pid(), "Threads")
+            .parse::<u32>()
+            .unwrap()
+    };
+    let (one, four) = (threads("1"), threads("4"));
+    assert_eq!(four, one + 3, "1 → {one} threads, 4 → {four} threads");
+}

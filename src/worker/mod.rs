@@ -46,6 +46,7 @@ pub struct WorkerConfig {
     pub idle_timeout: Duration,
     pub max_request_body: usize,
     pub shutdown_grace: Duration,
+    pub worker_threads: Option<usize>,
     pub wrapper: Option<WrapperConfig>,
     pub auth: AuthConfig,
     /// Who may call (None: every local user).
@@ -82,6 +83,7 @@ impl WorkerConfig {
             idle_timeout: cli.idle_timeout(),
             max_request_body: cli.max_request_body,
             shutdown_grace: cli.shutdown_grace(),
+            worker_threads: cli.worker_threads.filter(|n| *n > 0),
             wrapper,
             allow: None,
             limits: Limits {
@@ -120,7 +122,9 @@ pub fn run(
     supervisor_pipe: OwnedFd,
     stop_requested: OwnedFd,
 ) -> i32 {
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(8));
+    let threads = config
+        .worker_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get().min(8)));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()
