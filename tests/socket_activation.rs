@@ -166,3 +166,59 @@ fn listen_pid_for_another_process_is_ignored_and_a_port_is_bound() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_activated_socket_can_be_a_unix_socket() {
+    let mock = MockUpstream::start(|_| Reply::json(200, "{\"ok\":true}")).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("openai-api-key"), format!("{TEST_KEY}\n")).unwrap();
+    let unix_path = dir.path().join("proxy.sock");
+    let port = free_port();
+    let mut child = Command::new("systemd-socket-activate")
+        .arg("-l")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("-l")
+        .arg(&unix_path)
+        .arg("--fdname=http:local")
+        .arg("-E")
+        .arg(format!("CREDENTIALS_DIRECTORY={}", dir.path().display()))
+        .arg(binary())
+        .args(["--upstream-url", &mock.url("/v1/responses")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !unix_path.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "unix socket never bound"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let output = tokio::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--unix-socket",
+        ])
+        .arg(&unix_path)
+        .args(["-d", "{}", "http://localhost/v1/responses"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "200");
+    assert_eq!(
+        mock.seen()[0].header("authorization").unwrap(),
+        format!("Bearer {TEST_KEY}")
+    );
+    if let Some(worker) = worker_pid_of_opt(child.id()) {
+        unsafe { libc::kill(worker as i32, libc::SIGKILL) };
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
