@@ -322,3 +322,50 @@ async fn no_descriptor_leaks_over_ten_thousand_requests() {
         "descriptors before {before}, after {after}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_sending_its_body_gets_408_and_nothing_is_forwarded() {
+    let mock = MockUpstream::start(|_| Reply::json(200, "{}")).await;
+    let proxy = Proxy::start(&mock.url("/v1/responses"), &["--idle-timeout", "1"]);
+    let started = Instant::now();
+    let (answer, closed) = exchange(
+        proxy.port,
+        b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{\"partial",
+    );
+    assert_eq!(status_of(&answer), 408, "{answer}");
+    assert!(closed);
+    assert!(started.elapsed() < Duration::from_secs(4));
+    assert!(mock.seen().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_stops_reading_is_cut_and_the_upstream_closed() {
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
+    let rx = std::sync::Mutex::new(Some(rx));
+    let mock = MockUpstream::start(move |_| Reply::Stream {
+        status: 200,
+        headers: vec![("content-type".into(), "text/event-stream".into())],
+        chunks: rx.lock().unwrap().take().expect("one stream"),
+    })
+    .await;
+    let proxy = Proxy::start(&mock.url("/v1/responses"), &["--idle-timeout", "1"]);
+    // A client that sends its request and then never reads.
+    let mut stalled = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    stalled
+        .write_all(b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        .unwrap();
+    // The upstream keeps producing until every buffer on the way is full.
+    let event = bytes::Bytes::from(format!("data: {}\n\n", "x".repeat(64 * 1024)));
+    let started = Instant::now();
+    loop {
+        if mock.stream_closed.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the stalled client still holds the upstream stream"
+        );
+        let _ = tokio::time::timeout(Duration::from_millis(50), tx.send(event.clone())).await;
+    }
+    drop(stalled);
+}

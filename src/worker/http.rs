@@ -293,11 +293,13 @@ impl Drop for LoggedBody {
 }
 
 /// Reads a whole request body of at most `limit` bytes; a larger one is a 413 (refused from
-/// `Content-Length` before reading when the client declares it).
+/// `Content-Length` before reading when the client declares it), and a client that stops
+/// sending it for the whole `timeout` gets a 408.
 pub async fn read_request_body(
     body: hyper::body::Incoming,
     headers: &header::HeaderMap,
     limit: usize,
+    timeout: std::time::Duration,
 ) -> Result<Bytes, Response<Body>> {
     let too_large = || {
         error_response(
@@ -314,7 +316,21 @@ pub async fn read_request_body(
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
-    match http_body_util::Limited::new(body, limit).collect().await {
+    let reading = http_body_util::Limited::new(body, limit).collect();
+    let Ok(read) = tokio::time::timeout(timeout, reading).await else {
+        let mut response = error_response(
+            StatusCode::REQUEST_TIMEOUT,
+            "The request body did not arrive in time.",
+            "invalid_request_error",
+            Some("request_timeout"),
+        );
+        response.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+        return Err(response);
+    };
+    match read {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Err(e) => Err(error_response(

@@ -9,6 +9,7 @@ pub mod headers;
 pub mod http;
 pub mod peer_identity;
 pub mod routes;
+pub mod stall_guard;
 pub mod strict;
 pub mod translate;
 pub mod upstream;
@@ -105,6 +106,8 @@ pub struct State {
     pub bridge_to_chat: bool,
     pub http_shutdown: bool,
     pub max_request_body: usize,
+    /// Longest silence of a client (sending its body, reading the response) or the upstream.
+    pub idle_timeout: Duration,
     pub supervisor_pipe: OwnedFd,
     /// The wrapper routes, when enabled.
     pub wrapper: Option<WrapperConfig>,
@@ -223,6 +226,7 @@ async fn serve(
         bridge_to_chat: config.bridge_to_chat,
         http_shutdown: config.http_shutdown,
         max_request_body: config.max_request_body,
+        idle_timeout: config.idle_timeout,
         supervisor_pipe,
         wrapper: config.wrapper,
         plain_client,
@@ -320,7 +324,7 @@ async fn accept_tcp(
                         Ok(local) => peer_identity::identify_tcp(local, peer),
                         Err(_) => PeerIdentity::unknown(),
                     };
-                    spawn_connection(TokioIo::new(stream), state.clone(), &watcher, header_timeout, identity);
+                    spawn_connection(stall_guard::StallGuard::new(TokioIo::new(stream), state.idle_timeout), state.clone(), &watcher, header_timeout, identity);
                 }
                 Err(e) => accept_failed(e).await,
             }
@@ -341,7 +345,7 @@ async fn accept_unix(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
                     let identity = peer_identity::identify_unix(&stream);
-                    spawn_connection(TokioIo::new(stream), state.clone(), &watcher, header_timeout, identity);
+                    spawn_connection(stall_guard::StallGuard::new(TokioIo::new(stream), state.idle_timeout), state.clone(), &watcher, header_timeout, identity);
                 }
                 Err(e) => accept_failed(e).await,
             }

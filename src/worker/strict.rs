@@ -15,7 +15,14 @@ pub async fn forward(
     request: Request<Incoming>,
 ) -> Response<Body> {
     let (parts, body) = request.into_parts();
-    let body = match read_request_body(body, &parts.headers, state.max_request_body).await {
+    let body = match read_request_body(
+        body,
+        &parts.headers,
+        state.max_request_body,
+        state.idle_timeout,
+    )
+    .await
+    {
         Ok(body) => body,
         Err(response) => return response,
     };

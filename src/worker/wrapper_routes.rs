@@ -184,7 +184,13 @@ async fn json_body(
     request: Request<Incoming>,
 ) -> Result<(HeaderMap, serde_json::Value), Response<Body>> {
     let (parts, body) = request.into_parts();
-    let bytes = read_request_body(body, &parts.headers, state.max_request_body).await?;
+    let bytes = read_request_body(
+        body,
+        &parts.headers,
+        state.max_request_body,
+        state.idle_timeout,
+    )
+    .await?;
     match serde_json::from_slice(&bytes) {
         Ok(json) => Ok((parts.headers, json)),
         Err(e) => Err(error_response(
@@ -495,7 +501,14 @@ async fn ollama(
             None,
         );
     };
-    let body = match read_request_body(body, &parts.headers, state.max_request_body).await {
+    let body = match read_request_body(
+        body,
+        &parts.headers,
+        state.max_request_body,
+        state.idle_timeout,
+    )
+    .await
+    {
         Ok(body) => body,
         Err(response) => return response,
     };
