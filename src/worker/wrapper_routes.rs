@@ -223,6 +223,34 @@ fn upstream_headers(config: &WrapperConfig, client: &HeaderMap, session: &str) -
     headers
 }
 
+/// A wrapper request converted for a Responses upstream: the plan and the headers to send.
+struct Converted {
+    plan: ResponsesPlan,
+    headers: HeaderMap,
+}
+
+type Conversion = fn(&serde_json::Value, &ConvertContext) -> Result<ResponsesPlan, WrapperError>;
+
+/// Reads the client's JSON body and converts it with `convert` (the session id becomes the
+/// upstream's `prompt_cache_key` and `session_id` header).
+async fn convert_request(
+    state: &State,
+    config: &WrapperConfig,
+    request: Request<Incoming>,
+    convert: Conversion,
+) -> Result<Converted, Response<Body>> {
+    let (client_headers, body) = json_body(state, request).await?;
+    let session = session_id(&client_headers);
+    let context = ConvertContext {
+        settings: &config.settings,
+        session_id: Some(&session),
+        instructions: None,
+    };
+    let plan = convert(&body, &context).map_err(|e| wrapper_error(&e))?;
+    let headers = upstream_headers(config, &client_headers, &session);
+    Ok(Converted { plan, headers })
+}
+
 async fn chat_completions(
     state: &State,
     config: &WrapperConfig,
@@ -234,23 +262,13 @@ async fn chat_completions(
         // The upstream already speaks Chat Completions: pass through, converting nothing.
         return strict::forward(state, upstream, request).await;
     }
-    let (client_headers, body) = match json_body(state, request).await {
-        Ok(parsed) => parsed,
-        Err(response) => return response,
-    };
-    let session = session_id(&client_headers);
-    let context = ConvertContext {
-        settings: &config.settings,
-        session_id: Some(&session),
-        instructions: None,
-    };
-    let plan = match chat_to_responses(&body, &context) {
-        Ok(plan) => plan,
-        Err(e) => return wrapper_error(&e),
-    };
+    let Converted { plan, headers } =
+        match convert_request(state, config, request, chat_to_responses).await {
+            Ok(converted) => converted,
+            Err(response) => return response,
+        };
     let id = bridge_route::new_response_id().replacen("resp_", "chatcmpl-", 1);
     let converter = ChatStream::new(&plan.client, mode, bridge_route::unix_now(), &id);
-    let headers = upstream_headers(config, &client_headers, &session);
     call_responses_upstream(state, upstream, plan, headers, converter).await
 }
 
@@ -260,23 +278,13 @@ async fn completions(
     upstream: &UpstreamClient,
     request: Request<Incoming>,
 ) -> Response<Body> {
-    let (client_headers, body) = match json_body(state, request).await {
-        Ok(parsed) => parsed,
-        Err(response) => return response,
-    };
-    let session = session_id(&client_headers);
-    let context = ConvertContext {
-        settings: &config.settings,
-        session_id: Some(&session),
-        instructions: None,
-    };
-    let plan = match completion_to_responses(&body, &context) {
-        Ok(plan) => plan,
-        Err(e) => return wrapper_error(&e),
-    };
+    let Converted { plan, headers } =
+        match convert_request(state, config, request, completion_to_responses).await {
+            Ok(converted) => converted,
+            Err(response) => return response,
+        };
     let id = bridge_route::new_response_id().replacen("resp_", "cmpl-", 1);
     let converter = CompletionStream::new(&plan.client, bridge_route::unix_now(), &id);
-    let headers = upstream_headers(config, &client_headers, &session);
     if state.bridge_to_chat {
         return call_chat_upstream(state, upstream, plan, headers, converter).await;
     }
