@@ -340,14 +340,7 @@ async fn a_client_that_stops_sending_its_body_gets_408_and_nothing_is_forwarded(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_stops_reading_is_cut_and_the_upstream_closed() {
-    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(4);
-    let rx = std::sync::Mutex::new(Some(rx));
-    let mock = MockUpstream::start(move |_| Reply::Stream {
-        status: 200,
-        headers: vec![("content-type".into(), "text/event-stream".into())],
-        chunks: rx.lock().unwrap().take().expect("one stream"),
-    })
-    .await;
+    let (mock, tx) = MockUpstream::streaming().await;
     let proxy = Proxy::start(&mock.url("/v1/responses"), &["--idle-timeout", "1"]);
     // A client that sends its request and then never reads.
     let mut stalled = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();

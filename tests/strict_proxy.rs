@@ -6,7 +6,6 @@ mod common;
 use bytes::Bytes;
 use common::*;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn forwards_with_the_key_and_only_end_to_end_headers() {
@@ -154,14 +153,7 @@ async fn upstream_statuses_headers_and_bodies_are_mirrored() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_event_reaches_the_client_while_the_upstream_holds_the_next() {
-    let (tx, rx) = mpsc::channel::<Bytes>(4);
-    let rx = std::sync::Mutex::new(Some(rx));
-    let mock = MockUpstream::start(move |_| Reply::Stream {
-        status: 200,
-        headers: vec![("content-type".into(), "text/event-stream".into())],
-        chunks: rx.lock().unwrap().take().expect("one stream"),
-    })
-    .await;
+    let (mock, tx) = MockUpstream::streaming().await;
     let proxy = Proxy::start(&mock.url("/v1/responses"), &[]);
     tx.send(Bytes::from_static(
         b"event: response.created\ndata: {\"n\":1}\n\n",
@@ -339,14 +331,7 @@ async fn http_shutdown_stops_the_service_with_status_0_only_when_enabled() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_lets_an_in_flight_stream_finish_then_exits_0() {
-    let (tx, rx) = mpsc::channel::<Bytes>(4);
-    let rx = std::sync::Mutex::new(Some(rx));
-    let mock = MockUpstream::start(move |_| Reply::Stream {
-        status: 200,
-        headers: vec![("content-type".into(), "text/event-stream".into())],
-        chunks: rx.lock().unwrap().take().expect("one stream"),
-    })
-    .await;
+    let (mock, tx) = MockUpstream::streaming().await;
     let mut proxy = Proxy::start(&mock.url("/v1/responses"), &[]);
     tx.send(Bytes::from_static(b"data: 1\n\n")).await.unwrap();
     let mut response = http_client()
@@ -383,14 +368,7 @@ async fn sigterm_lets_an_in_flight_stream_finish_then_exits_0() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_client_that_leaves_cancels_the_upstream_stream() {
-    let (tx, rx) = mpsc::channel::<Bytes>(4);
-    let rx = std::sync::Mutex::new(Some(rx));
-    let mock = MockUpstream::start(move |_| Reply::Stream {
-        status: 200,
-        headers: vec![("content-type".into(), "text/event-stream".into())],
-        chunks: rx.lock().unwrap().take().expect("one stream"),
-    })
-    .await;
+    let (mock, tx) = MockUpstream::streaming().await;
     let proxy = Proxy::start(&mock.url("/v1/responses"), &[]);
     tx.send(Bytes::from_static(b"data: 1\n\n")).await.unwrap();
     let mut response = http_client()

@@ -131,6 +131,20 @@ impl MockUpstream {
         }
     }
 
+    /// A mock whose one SSE answer is fed, chunk by chunk, through the returned sender;
+    /// dropping the sender ends the body.
+    pub async fn streaming() -> (MockUpstream, mpsc::Sender<Bytes>) {
+        let (tx, rx) = mpsc::channel::<Bytes>(4);
+        let rx = Mutex::new(Some(rx));
+        let mock = MockUpstream::start(move |_| Reply::Stream {
+            status: 200,
+            headers: vec![("content-type".into(), "text/event-stream".into())],
+            chunks: rx.lock().unwrap().take().expect("one stream"),
+        })
+        .await;
+        (mock, tx)
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
