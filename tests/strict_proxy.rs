@@ -348,12 +348,8 @@ async fn sigterm_lets_an_in_flight_stream_finish_then_exits_0() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     // No new connections once draining…
     assert!(
-        std::net::TcpStream::connect(("127.0.0.1", proxy.port)).is_err()
-            || raw_request(
-                proxy.port,
-                b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
-            )
-            .is_empty()
+        std::net::TcpStream::connect(("127.0.0.1", proxy.port)).is_err(),
+        "the listener still accepts while draining"
     );
     // …but the stream in flight completes.
     tx.send(Bytes::from_static(b"data: 2\n\n")).await.unwrap();
