@@ -74,10 +74,8 @@ pub fn run(cli: Cli) -> ExitCode {
     let upstream_url = match reqwest::Url::parse(&cli.upstream_url) {
         Ok(url) if matches!(url.scheme(), "http" | "https") => url,
         _ => {
-            return fail(format!(
-                "--upstream-url {:?} is not an http(s) URL",
-                cli.upstream_url
-            ))
+            // The value is not repeated: a mistyped URL may carry credentials.
+            return fail("--upstream-url (CODEX_PROXY_UPSTREAM_URL) is not an http(s) URL");
         }
     };
     let mut listeners = match listener::open(cli.port) {

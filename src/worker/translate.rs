@@ -117,10 +117,7 @@ impl<C: StreamConverter> Translation<C> {
 
 /// What a transport error says, without URLs.
 pub fn describe(error: &reqwest::Error) -> String {
-    let mut cause: &dyn std::error::Error = error;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
+    let cause = crate::worker::upstream::innermost_cause(error);
     if error.is_timeout() {
         format!("the upstream stream stalled: {cause}")
     } else {

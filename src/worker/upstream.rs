@@ -24,13 +24,7 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     fn from_reqwest(error: reqwest::Error) -> Self {
-        // The innermost cause says most ("Connection refused", "dns error", …); URLs and
-        // headers are not part of it, so the key cannot appear.
-        let mut cause: &dyn std::error::Error = &error;
-        while let Some(next) = cause.source() {
-            cause = next;
-        }
-        let detail = cause.to_string();
+        let detail = innermost_cause(&error);
         if error.is_timeout() {
             UpstreamError::Timeout(detail)
         } else {
@@ -60,6 +54,40 @@ impl UpstreamError {
                 )
             }
         }
+    }
+}
+
+/// What a transport error says at its root ("Connection refused", "dns error", …): no URL
+/// (which could carry credentials an admin put there) and no headers, so no key.
+pub fn innermost_cause(error: &reqwest::Error) -> String {
+    let mut cause: &dyn std::error::Error = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    if std::ptr::addr_eq(cause, error) {
+        // No source: reqwest's own message, with the URL removed.
+        let mut without_url = String::new();
+        let _ = std::fmt::write(&mut without_url, format_args!("{}", UrlFree(error)));
+        return without_url;
+    }
+    cause.to_string()
+}
+
+/// Formats a reqwest error without its URL.
+struct UrlFree<'a>(&'a reqwest::Error);
+
+impl std::fmt::Display for UrlFree<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let kind = if self.0.is_timeout() {
+            "timed out"
+        } else if self.0.is_connect() {
+            "could not connect"
+        } else if self.0.is_body() || self.0.is_decode() {
+            "the response body failed"
+        } else {
+            "the request failed"
+        };
+        f.write_str(kind)
     }
 }
 
