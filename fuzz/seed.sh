@@ -110,6 +110,19 @@ for path in fixture_files("responses-streams"):
     for flags in (0, 1, 2, 3, 4, 5, 8 | 3, 16, 16 | 8):
         write("wrapper_stream", bytes([flags]) + events)
 
+# framing_scanner: byte 0 low nibble number of piece sizes, the sizes (+1), then raw requests.
+requests = [
+    b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}",
+    b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2;e=1\r\n{}\r\n0\r\nT: 1\r\n\r\n",
+    b"POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"\r\nGET / HTTP/1.1\nHost: x\n\n",
+    b"GET / HTTP/1.1\r\nUpgrade: x\r\n\r\n",
+]
+pipelined = b"".join(requests)
+for sizes in (b"", b"\x00", b"\x02\x07", b"\x00\x01\x02\x03\x04"):
+    for data in requests + [pipelined]:
+        write("framing_scanner", bytes([len(sizes)]) + sizes + data)
+
 for t in sorted(os.listdir(os.path.join(fuzz, "corpus"))):
     print(f"seeded {t}: {len(os.listdir(os.path.join(fuzz, 'corpus', t)))} inputs")
 PY

@@ -170,3 +170,21 @@ fn wrapper_stream_seeds() {
     }
     replay("wrapper_stream", &inputs);
 }
+
+#[test]
+fn framing_scanner_seeds() {
+    let requests: [&[u8]; 4] = [
+        b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2;e=1\r\n{}\r\n0\r\nT: 1\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"\r\nGET / HTTP/1.1\nHost: x\n\n",
+    ];
+    let pipelined = requests.concat();
+    let mut inputs = Vec::new();
+    for sizes in [&b""[..], b"\x00", b"\x02\x07"] {
+        for data in requests.iter().copied().chain([pipelined.as_slice()]) {
+            inputs.push([&[sizes.len() as u8][..], sizes, data].concat());
+        }
+    }
+    replay("framing_scanner", &inputs);
+}

@@ -64,19 +64,69 @@ async fn malformed_framing_is_refused_closed_and_never_forwarded() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn content_length_with_transfer_encoding_cannot_smuggle_a_second_request() {
-    // RFC 9112 §6.3: Transfer-Encoding wins and the connection is closed after the response,
-    // so the bytes that a Content-Length reader would take as a second request are never read.
+async fn content_length_with_transfer_encoding_is_refused_and_never_forwarded() {
+    // hyper alone would take Transfer-Encoding and forward the request (RFC 9112 §6.3 allows
+    // that); we answer 400 and close, in either header order, so nothing can be smuggled.
+    let mock = MockUpstream::start(|_| Reply::json(200, "{}")).await;
+    let proxy = Proxy::start(&mock.url("/v1/responses"), &[]);
+    let requests: [&[u8]; 2] = [
+        b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nPOST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        b"POST /v1/responses HTTP/1.1\r\nHost: x\r\ntransfer-encoding: chunked\r\ncontent-length: 5\r\n\r\n0\r\n\r\n",
+    ];
+    for request in requests {
+        let (answer, closed) = exchange(proxy.port, request);
+        assert!(closed, "connection left open: {answer}");
+        assert_eq!(status_of(&answer), 400, "{answer}");
+        assert!(answer.contains("ambiguous_framing"), "{answer}");
+        assert!(
+            answer.contains("both Content-Length and Transfer-Encoding"),
+            "{answer}"
+        );
+        assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
+    }
+    assert!(
+        mock.seen().is_empty(),
+        "an ambiguous request reached the upstream"
+    );
+    let log = proxy.stderr();
+    assert!(log.contains("ambiguous framing"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bare_line_feed_in_a_head_is_refused() {
     let mock = MockUpstream::start(|_| Reply::json(200, "{}")).await;
     let proxy = Proxy::start(&mock.url("/v1/responses"), &[]);
     let (answer, closed) = exchange(
         proxy.port,
-        b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nPOST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+        b"POST /v1/responses HTTP/1.1\r\nHost: x\nContent-Length: 0\r\n\r\n",
     );
     assert!(closed);
-    assert_eq!(answer.matches("HTTP/1.1 ").count(), 1, "{answer}");
-    assert!(mock.seen().len() <= 1);
-    assert!(mock.seen().iter().all(|s| s.body.is_empty()));
+    assert_eq!(status_of(&answer), 400, "{answer}");
+    assert!(answer.contains("bare LF"), "{answer}");
+    assert!(mock.seen().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelined_requests_with_both_framings_still_pass() {
+    // The framing check follows bodies: a body that looks like a bad head is only a body.
+    let mock = MockUpstream::start(|_| Reply::json(200, "{}")).await;
+    let proxy = Proxy::start(&mock.url("/v1/responses"), &[]);
+    let body = "{\"x\":\"\nContent-Length: 1\nTransfer-Encoding: chunked\n\n\"}";
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let requests = format!(
+        "POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}\
+         POST /v1/responses HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{{}}\r\n0\r\n\r\n\
+         POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}",
+        body.len()
+    );
+    stream.write_all(requests.as_bytes()).unwrap();
+    let mut answer = String::new();
+    let _ = stream.read_to_string(&mut answer);
+    assert_eq!(answer.matches("HTTP/1.1 200 ").count(), 3, "{answer}");
+    assert_eq!(mock.seen().len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -19,6 +19,7 @@ use codex_responses_api_proxy::conformance::responses::{
 };
 use codex_responses_api_proxy::sse::{SseError, SseReader, DEFAULT_MAX_EVENT_BYTES};
 use codex_responses_api_proxy::supervisor::key::{self, KeyError, KeySource, MAX_KEY_LEN};
+use codex_responses_api_proxy::worker::framing_guard::FramingScanner;
 use codex_responses_api_proxy::wrapper::chat_request::chat_to_responses;
 use codex_responses_api_proxy::wrapper::chat_stream::{ChatStream, StreamOutcome};
 use codex_responses_api_proxy::wrapper::completions::{completion_to_responses, CompletionStream};
@@ -73,6 +74,7 @@ pub fn check(name: &str, data: &[u8]) {
         "bridge_stream" => check_bridge_stream(data),
         "wrapper_request" => check_wrapper_request(data),
         "wrapper_stream" => check_wrapper_stream(data),
+        "framing_scanner" => check_framing_scanner(data),
         other => panic!("unknown fuzz target {other}"),
     }
 }
@@ -718,4 +720,38 @@ pub fn check_wrapper_stream(data: &[u8]) {
             panic!("final body fails the body check: {problems}\n--- body:\n{body}");
         }
     }
+}
+
+// -------------------------------------------------------------------------- framing scanner
+
+/// Layout: byte 0 low nibble = number of piece sizes, then the sizes (each `+1`, used in
+/// turn), then the raw connection bytes. The verdict on the bytes fed whole equals the verdict
+/// on them fed in those pieces, and nothing panics.
+pub fn check_framing_scanner(data: &[u8]) {
+    let Some((&header, rest)) = data.split_first() else {
+        return;
+    };
+    let count = usize::from(header & 0x0f).min(rest.len());
+    let (sizes, body) = rest.split_at(count);
+    let mut whole = FramingScanner::default();
+    whole.feed(body);
+    let mut pieces = FramingScanner::default();
+    let mut at = 0;
+    for turn in 0.. {
+        if at >= body.len() {
+            break;
+        }
+        let size = match sizes.len() {
+            0 => body.len(),
+            n => usize::from(sizes[turn % n]) + 1,
+        };
+        let end = (at + size).min(body.len());
+        pieces.feed(&body[at..end]);
+        at = end;
+    }
+    assert_eq!(
+        whole.refused(),
+        pieces.refused(),
+        "the verdict depends on how the bytes were split"
+    );
 }

@@ -5,6 +5,7 @@ pub mod access_control;
 pub mod bridge_route;
 pub mod client_headers;
 pub mod direct_upstream;
+pub mod framing_guard;
 pub mod headers;
 pub mod http;
 pub mod peer_identity;
@@ -22,11 +23,13 @@ use crate::supervisor::listener::Listener;
 use crate::supervisor::{tell_supervisor, MSG_SERVING};
 use crate::usage::{Accounting, Limits, RetryAfter};
 use access_control::{AllowList, Denial};
+use framing_guard::{FramingVerdicts, FramingWatch};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use peer_identity::PeerIdentity;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
@@ -324,7 +327,7 @@ async fn accept_tcp(
                         Ok(local) => peer_identity::identify_tcp(local, peer),
                         Err(_) => PeerIdentity::unknown(),
                     };
-                    spawn_connection(stall_guard::StallGuard::new(TokioIo::new(stream), state.idle_timeout), state.clone(), &watcher, header_timeout, identity);
+                    spawn_connection(stream, state.clone(), &watcher, header_timeout, identity);
                 }
                 Err(e) => accept_failed(e).await,
             }
@@ -345,7 +348,7 @@ async fn accept_unix(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
                     let identity = peer_identity::identify_unix(&stream);
-                    spawn_connection(stall_guard::StallGuard::new(TokioIo::new(stream), state.idle_timeout), state.clone(), &watcher, header_timeout, identity);
+                    spawn_connection(stream, state.clone(), &watcher, header_timeout, identity);
                 }
                 Err(e) => accept_failed(e).await,
             }
@@ -391,25 +394,42 @@ fn admission(
     None
 }
 
+/// Asks hyper to close the connection once `response` is written.
+fn close_after(mut response: hyper::Response<http::Body>) -> hyper::Response<http::Body> {
+    response.headers_mut().insert(
+        hyper::header::CONNECTION,
+        hyper::header::HeaderValue::from_static("close"),
+    );
+    response
+}
+
 /// Accept errors (e.g. out of file descriptors) must not spin the loop.
 async fn accept_failed(error: std::io::Error) {
     warn!("accept failed: {error}");
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
-fn spawn_connection<I>(
-    io: I,
+fn spawn_connection<S>(
+    stream: S,
     state: Arc<State>,
     graceful: &GracefulShutdown,
     header_timeout: Duration,
     identity: PeerIdentity,
 ) where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let verdicts = Arc::new(FramingVerdicts::default());
+    let io = stall_guard::StallGuard::new(
+        TokioIo::new(FramingWatch::new(stream, verdicts.clone())),
+        state.idle_timeout,
+    );
     let identity = Arc::new(identity);
+    let requests_seen = Arc::new(AtomicU64::new(0));
     let service = service_fn(move |request| {
         let state = state.clone();
         let identity = identity.clone();
+        let number = requests_seen.fetch_add(1, Ordering::Relaxed);
+        let framing_fault = verdicts.fault_of(number);
         async move {
             let record = http::RequestRecord::new(
                 request.method(),
@@ -417,6 +437,16 @@ fn spawn_connection<I>(
                 Instant::now(),
                 identity.clone(),
             );
+            if let Some(fault) = framing_fault {
+                info!(client_user = %identity.display_name(), "refused: ambiguous framing: {fault:?}");
+                let response = http::error_response(
+                    hyper::StatusCode::BAD_REQUEST,
+                    fault.message(),
+                    "invalid_request_error",
+                    Some("ambiguous_framing"),
+                );
+                return Ok(http::LoggedBody::wrap(close_after(response), record, None));
+            }
             // Refused requests are logged but not recorded as usage.
             let (response, accounted) = match admission(&state, &identity, record.is_model_route) {
                 Some(refusal) => (refusal, None),
