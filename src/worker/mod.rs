@@ -99,7 +99,8 @@ impl WorkerConfig {
     }
 }
 
-/// Shared by all requests.
+/// Shared by all requests of a shard (every field but `direct` is shared by all shards).
+#[derive(Clone)]
 pub struct State {
     /// `None` when no key is installed: every route answers 503.
     pub upstream: Option<UpstreamClient>,
@@ -111,28 +112,32 @@ pub struct State {
     pub max_request_body: usize,
     /// Longest silence of a client (sending its body, reading the response) or the upstream.
     pub idle_timeout: Duration,
-    pub supervisor_pipe: OwnedFd,
+    pub supervisor_pipe: Arc<OwnedFd>,
     /// The wrapper routes, when enabled.
-    pub wrapper: Option<WrapperConfig>,
+    pub wrapper: Option<Arc<WrapperConfig>>,
     /// A client with no credentials, for pass-through to servers that need none (Ollama).
     pub plain_client: reqwest::Client,
-    pub allow: Option<AllowList>,
+    pub allow: Option<Arc<AllowList>>,
     /// Per-user records and limits.
     pub accounting: Arc<Accounting>,
 }
 
 /// Serves until SIGTERM/SIGINT, then drains; returns the process exit code.
+///
+/// The work is split into shards, one thread each (one per core by default, like nginx's
+/// worker processes): every shard runs its own single-threaded runtime, accepts on its own
+/// copy of the listeners and keeps its own upstream connections, so a request never crosses
+/// threads. The main thread only watches signals and the supervisor.
 pub fn run(
     config: WorkerConfig,
     listeners: Vec<Listener>,
     supervisor_pipe: OwnedFd,
     stop_requested: OwnedFd,
 ) -> i32 {
-    let threads = config
+    let shards = config
         .worker_threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get().min(8)));
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
+    let control = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
@@ -142,7 +147,13 @@ pub fn run(
             return 1;
         }
     };
-    runtime.block_on(serve(config, listeners, supervisor_pipe, stop_requested))
+    control.block_on(serve(
+        config,
+        shards,
+        listeners,
+        supervisor_pipe,
+        stop_requested,
+    ))
 }
 
 /// Resolves when the supervisor closes its end of the stop pipe (or writes to it).
@@ -157,31 +168,140 @@ async fn supervisor_stop(stop_requested: OwnedFd) {
 }
 
 async fn serve(
-    config: WorkerConfig,
+    mut config: WorkerConfig,
+    shards: usize,
     listeners: Vec<Listener>,
     supervisor_pipe: OwnedFd,
     stop_requested: OwnedFd,
 ) -> i32 {
-    let http = match upstream::build_http_client(config.connect_timeout, config.idle_timeout) {
-        Ok(http) => http,
-        Err(e) => {
-            error!("worker: {e}");
+    let Some(state) = shared_state(&mut config, supervisor_pipe) else {
+        return 1;
+    };
+    let (mut terminate, mut interrupt) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(t), Ok(i)) => (t, i),
+        _ => {
+            error!("worker: cannot install signal handlers");
             return 1;
         }
     };
-    let static_key = match (&config.auth.mode, &config.key) {
-        (AuthMode::ApiKey, KeySource::NotConfigured) => None,
-        (_, KeySource::Key(header)) => Some(header.header_value()),
-        (_, KeySource::NotConfigured) => None,
+    let (stop_accepting, stop_signal) = watch::channel(false);
+    // Every shard keeps its runtime until all have drained: a pooled reqwest connection made
+    // on one shard may be serving another's request.
+    let all_drained = Arc::new(std::sync::Barrier::new(shards));
+    let mut started = Vec::new();
+    let mut finished = Vec::new();
+    for index in 0..shards {
+        let mut sockets = Vec::new();
+        for listener in &listeners {
+            match listener.try_clone() {
+                Ok(copy) => sockets.push(copy),
+                Err(e) => {
+                    error!("worker: cannot share listener {listener:?}: {e}");
+                    return 1;
+                }
+            }
+        }
+        let mut shard_state = (*state).clone();
+        shard_state.direct = direct_upstream_for(&config);
+        let shard = Shard {
+            state: Arc::new(shard_state),
+            listeners: sockets,
+            stop: stop_signal.clone(),
+            header_timeout: config.header_read_timeout,
+            shutdown_grace: config.shutdown_grace,
+        };
+        let (ready, ready_signal) = tokio::sync::oneshot::channel();
+        let (done, done_signal) = tokio::sync::oneshot::channel();
+        let all_drained = all_drained.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("worker-{index}"))
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        let _ = ready.send(Err(format!("cannot start a runtime: {e}")));
+                        return;
+                    }
+                };
+                runtime.block_on(shard.serve(ready));
+                let _ = done.send(());
+                all_drained.wait();
+            });
+        if let Err(e) = spawned {
+            error!("worker: cannot start shard {index}: {e}");
+            return 1;
+        }
+        started.push(ready_signal);
+        finished.push(done_signal);
+    }
+    drop(listeners);
+    for ready in started {
+        match ready.await {
+            Ok(Ok(())) => {}
+            Ok(Err(why)) => {
+                error!("worker: {why}");
+                return 1;
+            }
+            Err(_) => {
+                error!("worker: a shard ended while starting");
+                return 1;
+            }
+        }
+    }
+    tell_supervisor(&state.supervisor_pipe, MSG_SERVING);
+    tokio::select! {
+        _ = terminate.recv() => info!("worker: SIGTERM received, draining"),
+        _ = interrupt.recv() => info!("worker: SIGINT received, draining"),
+        _ = supervisor_stop(stop_requested) => info!("worker: the supervisor asked to stop, draining"),
+    }
+    let _ = stop_accepting.send(true);
+    let drained = async {
+        for done in finished {
+            let _ = done.await;
+        }
     };
-    let direct = match (&config.auth.mode, &static_key) {
-        (AuthMode::ApiKey, Some(key)) => direct_upstream::DirectUpstream::new(
+    // Each shard bounds its own drain by the grace period; this is only a backstop.
+    if tokio::time::timeout(config.shutdown_grace + Duration::from_secs(1), drained)
+        .await
+        .is_err()
+    {
+        warn!("worker: a shard did not finish draining; exiting anyway");
+    }
+    0
+}
+
+/// The upstream connection pool of one shard (None unless the strict fast path applies).
+fn direct_upstream_for(config: &WorkerConfig) -> Option<Arc<direct_upstream::DirectUpstream>> {
+    match (&config.auth.mode, &config.key) {
+        (AuthMode::ApiKey, KeySource::Key(header)) => direct_upstream::DirectUpstream::new(
             &config.upstream_url,
-            key.clone(),
+            header.header_value(),
             config.connect_timeout,
             config.idle_timeout,
         ),
         _ => None,
+    }
+}
+
+/// What every shard shares: clients, credentials, settings, usage records. `None` after
+/// logging why the worker cannot start.
+fn shared_state(config: &mut WorkerConfig, supervisor_pipe: OwnedFd) -> Option<Arc<State>> {
+    let http = match upstream::build_http_client(config.connect_timeout, config.idle_timeout) {
+        Ok(http) => http,
+        Err(e) => {
+            error!("worker: {e}");
+            return None;
+        }
+    };
+    let static_key = match &config.key {
+        KeySource::Key(header) => Some(header.header_value()),
+        KeySource::NotConfigured => None,
     };
     let upstream = if config.auth.mode == AuthMode::ApiKey && static_key.is_none() {
         warn!("no API key is installed: every request will get 503 until one is; as root run `codex-responses-api-proxy-install-key`");
@@ -199,7 +319,7 @@ async fn serve(
             Ok(auth) => Some(UpstreamClient::new(http, auth)),
             Err(e) => {
                 error!("worker: {e}");
-                return 1;
+                return None;
             }
         }
     };
@@ -212,102 +332,101 @@ async fn serve(
         Ok(client) => client,
         Err(e) => {
             error!("worker: cannot build the HTTP client: {e}");
-            return 1;
+            return None;
         }
     };
     let accounting = match Accounting::open(config.auth.state_dir.as_deref(), config.limits) {
         Ok(accounting) => Arc::new(accounting),
         Err(e) => {
             error!("worker: cannot open the usage store: {e}");
-            return 1;
+            return None;
         }
     };
-    let state = Arc::new(State {
+    Some(Arc::new(State {
         upstream,
-        direct,
+        direct: None,
         upstream_url: config.upstream_url.clone(),
         bridge_to_chat: config.bridge_to_chat,
         http_shutdown: config.http_shutdown,
         max_request_body: config.max_request_body,
         idle_timeout: config.idle_timeout,
-        supervisor_pipe,
-        wrapper: config.wrapper,
+        supervisor_pipe: Arc::new(supervisor_pipe),
+        wrapper: config.wrapper.take().map(Arc::new),
         plain_client,
-        allow: config.allow,
+        allow: config.allow.take().map(Arc::new),
         accounting,
-    });
-    let (mut terminate, mut interrupt) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) {
-        (Ok(t), Ok(i)) => (t, i),
-        _ => {
-            error!("worker: cannot install signal handlers");
-            return 1;
+    }))
+}
+
+/// One thread's share of the service: its listeners, its state, its connections.
+struct Shard {
+    state: Arc<State>,
+    listeners: Vec<Listener>,
+    stop: watch::Receiver<bool>,
+    header_timeout: Duration,
+    shutdown_grace: Duration,
+}
+
+impl Shard {
+    /// Accepts until told to stop, then drains its connections for at most the grace period.
+    async fn serve(self, ready: tokio::sync::oneshot::Sender<Result<(), String>>) {
+        let graceful = Arc::new(GracefulShutdown::new());
+        let mut accept_loops = Vec::new();
+        for listener in self.listeners {
+            let state = self.state.clone();
+            let watcher = graceful.clone();
+            let stop = self.stop.clone();
+            let header_timeout = self.header_timeout;
+            let accept_loop = match listener {
+                Listener::Tcp { socket, name } => {
+                    match socket
+                        .set_nonblocking(true)
+                        .and_then(|_| tokio::net::TcpListener::from_std(socket))
+                    {
+                        Ok(s) => tokio::spawn(accept_tcp(s, state, watcher, stop, header_timeout)),
+                        Err(e) => {
+                            let _ = ready.send(Err(format!("cannot use listener {name}: {e}")));
+                            return;
+                        }
+                    }
+                }
+                Listener::Unix { socket, name } => {
+                    match socket
+                        .set_nonblocking(true)
+                        .and_then(|_| tokio::net::UnixListener::from_std(socket))
+                    {
+                        Ok(s) => tokio::spawn(accept_unix(s, state, watcher, stop, header_timeout)),
+                        Err(e) => {
+                            let _ = ready.send(Err(format!("cannot use listener {name}: {e}")));
+                            return;
+                        }
+                    }
+                }
+            };
+            accept_loops.push(accept_loop);
         }
-    };
-    let graceful = Arc::new(GracefulShutdown::new());
-    let (stop_accepting, stop_signal) = watch::channel(false);
-    let mut accept_loops = Vec::new();
-    for listener in listeners {
-        let state = state.clone();
-        let watcher = graceful.clone();
-        let stop = stop_signal.clone();
-        let header_timeout = config.header_read_timeout;
-        let accept_loop = match listener {
-            Listener::Tcp { socket, name } => {
-                let socket = match socket
-                    .set_nonblocking(true)
-                    .and_then(|_| tokio::net::TcpListener::from_std(socket))
-                {
-                    Ok(s) => s,
-                    Err(e) => {
-                        error!("worker: cannot use listener {name}: {e}");
-                        return 1;
-                    }
-                };
-                tokio::spawn(accept_tcp(socket, state, watcher, stop, header_timeout))
-            }
-            Listener::Unix { socket, name } => {
-                let socket = match socket
-                    .set_nonblocking(true)
-                    .and_then(|_| tokio::net::UnixListener::from_std(socket))
-                {
-                    Ok(s) => s,
-                    Err(e) => {
-                        error!("worker: cannot use listener {name}: {e}");
-                        return 1;
-                    }
-                };
-                tokio::spawn(accept_unix(socket, state, watcher, stop, header_timeout))
-            }
+        let _ = ready.send(Ok(()));
+        let mut stop = self.stop;
+        let _ = stop.wait_for(|stopping| *stopping).await;
+        for accept_loop in accept_loops {
+            let _ = accept_loop.await;
+        }
+        let Ok(graceful) = Arc::try_unwrap(graceful) else {
+            error!("worker: accept loops still hold the shutdown handle");
+            return;
         };
-        accept_loops.push(accept_loop);
-    }
-    tell_supervisor(&state.supervisor_pipe, MSG_SERVING);
-    tokio::select! {
-        _ = terminate.recv() => info!("worker: SIGTERM received, draining"),
-        _ = interrupt.recv() => info!("worker: SIGINT received, draining"),
-        _ = supervisor_stop(stop_requested) => info!("worker: the supervisor asked to stop, draining"),
-    }
-    let _ = stop_accepting.send(true);
-    for accept_loop in accept_loops {
-        let _ = accept_loop.await;
-    }
-    let Ok(graceful) = Arc::try_unwrap(graceful) else {
-        error!("worker: accept loops still hold the shutdown handle");
-        return 1;
-    };
-    let in_flight = graceful.count();
-    tokio::select! {
-        _ = graceful.shutdown() => {
-            info!("worker: drained {in_flight} connection(s); exiting");
-        }
-        _ = tokio::time::sleep(config.shutdown_grace) => {
-            warn!("worker: connections still open after the grace period; exiting anyway");
+        let in_flight = graceful.count();
+        tokio::select! {
+            _ = graceful.shutdown() => {
+                if in_flight > 0 {
+                    info!("worker: drained {in_flight} connection(s)");
+                }
+            }
+            _ = tokio::time::sleep(self.shutdown_grace) => {
+                warn!("worker: connections still open after the grace period; exiting anyway");
+            }
         }
     }
-    0
 }
 
 async fn accept_tcp(

@@ -8,6 +8,7 @@ use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use hyper::{Response, StatusCode};
 use std::time::Duration;
 
+#[derive(Clone)]
 pub struct UpstreamClient {
     client: reqwest::Client,
     auth: UpstreamAuth,
