@@ -1,7 +1,17 @@
 //! Logging: journald (structured fields, queryable with `journalctl FIELD=value`) when the
 //! service runs under systemd, else stderr. Third-party crates are capped at `info` so that no
 //! level of verbosity can make them print request or header internals.
+//!
+//! On stderr, a worker shard's lines are batched: each thread that asks for it collects its
+//! lines and writes them in one go when its runtime runs out of work (or 16 KiB gather), so a
+//! busy shard pays one write for many requests and an idle one shows its lines at once.
+//! Such a thread can also [`defer`] work that only logs (the request line), so that it runs
+//! after the response has gone out rather than between its last bytes and the socket.
+//! Lines on stderr are `TIME LEVEL message key=value…` (strings quoted), written by
+//! [`PlainLine`] without going through the general-purpose formatter.
 
+use std::cell::RefCell;
+use std::io::Write;
 use std::str::FromStr;
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
@@ -28,11 +38,313 @@ pub fn init(level: &str) -> Result<(), String> {
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
-                .with_writer(std::io::stderr)
-                .with_target(false)
-                .with_ansi(false),
+                .with_writer(|| BatchingStderr)
+                .event_format(PlainLine),
         )
         .with(filter)
         .init();
     Ok(())
+}
+
+/// Lines gathered past this size are written even while the thread is busy.
+const BATCH_LIMIT: usize = 16 * 1024;
+
+/// Deferred log work past this many items runs even while the thread is busy.
+const DEFERRED_LIMIT: usize = 64;
+
+type Deferred = Box<dyn FnOnce()>;
+
+thread_local! {
+    /// `Some` on threads that batch their lines (worker shards).
+    static BATCH: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+    /// Log work waiting for the thread to run out of other work.
+    static DEFERRED: RefCell<Vec<Deferred>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `log` when this thread next flushes its lines, or now on a thread that does not batch.
+pub fn defer(log: impl FnOnce() + 'static) {
+    let batching = BATCH.with(|batch| batch.borrow().is_some());
+    if !batching {
+        return log();
+    }
+    let full = DEFERRED.with(|deferred| {
+        let mut deferred = deferred.borrow_mut();
+        deferred.push(Box::new(log));
+        deferred.len() >= DEFERRED_LIMIT
+    });
+    if full {
+        run_deferred();
+    }
+}
+
+fn run_deferred() {
+    let work = DEFERRED.with(|deferred| std::mem::take(&mut *deferred.borrow_mut()));
+    for log in work {
+        log();
+    }
+}
+
+/// From now on this thread's stderr lines wait for [`flush_this_thread`] (or the size limit).
+pub fn batch_this_thread() {
+    BATCH.with(|batch| *batch.borrow_mut() = Some(Vec::with_capacity(BATCH_LIMIT)));
+}
+
+/// Runs the deferred log work and writes the lines this thread has gathered.
+pub fn flush_this_thread() {
+    run_deferred();
+    BATCH.with(|batch| {
+        if let Some(lines) = batch.borrow_mut().as_mut() {
+            if !lines.is_empty() {
+                write_out(lines);
+                lines.clear();
+            }
+        }
+    });
+}
+
+fn write_out(lines: &[u8]) {
+    #[cfg(test)]
+    if tests::SINK
+        .with(|sink| {
+            sink.borrow_mut()
+                .as_mut()
+                .map(|s| s.extend_from_slice(lines))
+        })
+        .is_some()
+    {
+        return;
+    }
+    let _ = std::io::stderr().write_all(lines);
+}
+
+/// Stderr, through this thread's batch when it has one. The formatter hands over one whole
+/// line per write.
+struct BatchingStderr;
+
+impl Write for BatchingStderr {
+    fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
+        let batched = BATCH.with(|batch| match batch.borrow_mut().as_mut() {
+            Some(lines) => {
+                lines.extend_from_slice(line);
+                if lines.len() >= BATCH_LIMIT {
+                    write_out(lines);
+                    lines.clear();
+                }
+                true
+            }
+            None => false,
+        });
+        if !batched {
+            std::io::stderr().write_all(line)?;
+        }
+        Ok(line.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    thread_local! {
+        /// When set, batched writes land here instead of on stderr.
+        pub(super) static SINK: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+    }
+
+    #[test]
+    fn batched_lines_wait_for_the_flush_and_unbatched_threads_write_through() {
+        std::thread::spawn(|| {
+            SINK.with(|sink| *sink.borrow_mut() = Some(Vec::new()));
+            batch_this_thread();
+            BatchingStderr.write_all(b"line\n").unwrap();
+            BATCH.with(|b| assert_eq!(b.borrow().as_deref(), Some(&b"line\n"[..])));
+            flush_this_thread();
+            BATCH.with(|b| assert_eq!(b.borrow().as_deref(), Some(&b""[..])));
+            let big = vec![b'x'; BATCH_LIMIT];
+            BatchingStderr.write_all(&big).unwrap();
+            BATCH.with(|b| assert!(b.borrow().as_ref().unwrap().is_empty()));
+            let written = SINK.with(|sink| sink.borrow().as_ref().unwrap().len());
+            assert_eq!(
+                written,
+                5 + BATCH_LIMIT,
+                "the flush and the size limit both wrote"
+            );
+        })
+        .join()
+        .unwrap();
+        std::thread::spawn(|| {
+            let ran = std::rc::Rc::new(std::cell::Cell::new(0));
+            let counter = ran.clone();
+            defer(move || counter.set(counter.get() + 1));
+            assert_eq!(
+                ran.get(),
+                1,
+                "a thread that does not batch runs deferred work at once"
+            );
+            batch_this_thread();
+            let counter = ran.clone();
+            defer(move || counter.set(counter.get() + 1));
+            assert_eq!(ran.get(), 1);
+            flush_this_thread();
+            assert_eq!(ran.get(), 2);
+            for _ in 0..DEFERRED_LIMIT {
+                let counter = ran.clone();
+                defer(move || counter.set(counter.get() + 1));
+            }
+            assert_eq!(
+                ran.get(),
+                2 + DEFERRED_LIMIT as u32,
+                "the limit runs the queue"
+            );
+        })
+        .join()
+        .unwrap();
+        std::thread::spawn(|| {
+            BatchingStderr.write_all(b"").unwrap();
+            BATCH.with(|b| assert!(b.borrow().is_none()));
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+/// The stderr line format: `2026-11-21T19:50:01.123456Z INFO message key=value …`, UTC.
+struct PlainLine;
+
+impl<S, N> tracing_subscriber::fmt::FormatEvent<S, N> for PlainLine
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        _context: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        write_timestamp(&mut writer, std::time::SystemTime::now())?;
+        write!(writer, " {:>5} ", event.metadata().level().as_str())?;
+        let mut fields = FieldWriter {
+            writer: &mut writer,
+            result: Ok(()),
+        };
+        event.record(&mut fields);
+        fields.result?;
+        writer.write_char('\n')
+    }
+}
+
+/// Writes `message` first as it is, then ` key=value` for every other field.
+struct FieldWriter<'w, 'a> {
+    writer: &'w mut tracing_subscriber::fmt::format::Writer<'a>,
+    result: std::fmt::Result,
+}
+
+impl tracing::field::Visit for FieldWriter<'_, '_> {
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        if self.result.is_ok() {
+            self.result = write!(self.writer, " {}={value:?}", field.name());
+        }
+    }
+
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        if self.result.is_ok() {
+            self.result = write!(self.writer, " {}={value}", field.name());
+        }
+    }
+
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        if self.result.is_ok() {
+            self.result = write!(self.writer, " {}={value}", field.name());
+        }
+    }
+
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        if self.result.is_ok() {
+            self.result = write!(self.writer, " {}={value}", field.name());
+        }
+    }
+
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        if self.result.is_ok() {
+            self.result = if field.name() == "message" {
+                write!(self.writer, "{value:?}")
+            } else {
+                write!(self.writer, " {}={value:?}", field.name())
+            };
+        }
+    }
+}
+
+/// RFC 3339 UTC with microseconds; the calendar part is worked out once per second.
+fn write_timestamp(
+    writer: &mut impl std::fmt::Write,
+    now: std::time::SystemTime,
+) -> std::fmt::Result {
+    thread_local! {
+        static SECOND: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let since_epoch = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since_epoch.as_secs();
+    SECOND.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        if cached.0 != secs {
+            let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+            let in_day = secs % 86_400;
+            cached.1 = format!(
+                "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
+                in_day / 3600,
+                in_day / 60 % 60,
+                in_day % 60
+            );
+            cached.0 = secs;
+        }
+        write!(writer, "{}.{:06}Z", cached.1, since_epoch.subsec_micros())
+    })
+}
+
+/// Year, month, day of a count of days since 1970-01-01 (proleptic Gregorian calendar).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let day_of_era = z.rem_euclid(146_097);
+    let year_of_era =
+        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_index = (5 * day_of_year + 2) / 153;
+    let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
+    let month = if month_index < 10 {
+        month_index + 3
+    } else {
+        month_index - 9
+    } as u32;
+    let year = year_of_era + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+    use std::time::{Duration, UNIX_EPOCH};
+
+    fn stamp(secs: u64, micros: u32) -> String {
+        let mut out = String::new();
+        write_timestamp(&mut out, UNIX_EPOCH + Duration::new(secs, micros * 1000)).unwrap();
+        out
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc_with_microseconds() {
+        assert_eq!(stamp(0, 0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(stamp(951_782_400, 5), "2000-02-29T00:00:00.000005Z");
+        assert_eq!(stamp(1_795_290_601, 123_456), "2026-11-21T19:50:01.123456Z");
+        assert_eq!(stamp(4_107_542_399, 999_999), "2100-02-28T23:59:59.999999Z");
+        // The cached second is replaced when the second changes, also backwards.
+        assert_eq!(stamp(86_399, 0), "1970-01-01T23:59:59.000000Z");
+    }
 }

@@ -3,6 +3,7 @@
 //! and the one log line per request (written when the response body is finished or dropped).
 
 use crate::api_error::error_body;
+use crate::usage::TokenUsage;
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
@@ -53,12 +54,25 @@ pub fn error_response(
 /// Most bytes merged into one frame; past this, a frame is sent even if more is ready.
 const COALESCE_LIMIT: usize = 64 * 1024;
 
+/// hyper queues the frames of a body that is always ready (up to 16 of them) before it writes
+/// anything, which holds back the first bytes of a fast stream. A body calls this at the top of
+/// `poll_frame`: right after it handed over a frame it answers `Pending` once (and asks to be
+/// polled again at once), so hyper writes what it has before the body gathers more.
+pub fn let_hyper_write<T>(just_yielded: &mut bool, cx: &mut Context<'_>) -> Option<Poll<T>> {
+    if !std::mem::take(just_yielded) {
+        return None;
+    }
+    cx.waker().wake_by_ref();
+    Some(Poll::Pending)
+}
+
 /// A body over a stream of chunks that hands hyper everything already received as one frame,
 /// so that a burst of small SSE events becomes one write instead of one segment each.
 pub struct CoalescingBody<S> {
     stream: S,
     pending_error: Option<BoxError>,
     ended: bool,
+    just_yielded: bool,
 }
 
 impl<S> CoalescingBody<S> {
@@ -67,6 +81,7 @@ impl<S> CoalescingBody<S> {
             stream,
             pending_error: None,
             ended: false,
+            just_yielded: false,
         }
     }
 }
@@ -89,6 +104,9 @@ where
         }
         if this.ended {
             return Poll::Ready(None);
+        }
+        if let Some(pending) = let_hyper_write(&mut this.just_yielded, cx) {
+            return pending;
         }
         let first = match Pin::new(&mut this.stream).poll_next(cx) {
             Poll::Pending => return Poll::Pending,
@@ -117,6 +135,7 @@ where
             }
         }
         let data = merged.map_or(first, BytesMut::freeze);
+        this.just_yielded = !this.ended;
         Poll::Ready(Some(Ok(Frame::data(data))))
     }
 
@@ -261,7 +280,6 @@ impl Drop for LoggedBody {
                 usage.as_ref(),
             );
         }
-        let tokens = usage.as_ref();
         let outcome = if r.failed {
             "upstream_error"
         } else if self.finished || self.inner.is_end_stream() {
@@ -269,27 +287,41 @@ impl Drop for LoggedBody {
         } else {
             "client_gone"
         };
-        tracing::info!(
-            method = %r.method,
-            path = %r.path,
-            status = r.status,
-            upstream_status = r.upstream_status.unwrap_or(0),
-            duration_ms = r.started.elapsed().as_millis() as u64,
-            bytes = r.bytes,
-            outcome,
-            client_uid = r.identity.uid,
-            client_user = %r.identity.display_name(),
-            model = tokens.and_then(|u| u.model.as_deref()).unwrap_or(""),
-            input_tokens = tokens.map_or(0, |u| u.input_tokens),
-            output_tokens = tokens.map_or(0, |u| u.output_tokens),
-            cached_tokens = tokens.map_or(0, |u| u.cached_tokens),
-            reasoning_tokens = tokens.map_or(0, |u| u.reasoning_tokens),
-            "{} {} {}",
-            r.method,
-            r.path,
-            r.status
-        );
+        let duration_ms = r.started.elapsed().as_millis() as u64;
+        let r = &mut self.record;
+        let record = RequestRecord {
+            identity: r.identity.clone(),
+            method: std::mem::take(&mut r.method),
+            path: std::mem::take(&mut r.path),
+            ..*r
+        };
+        // Formatting the line waits until the response's last bytes are out.
+        crate::logging::defer(move || log_request(&record, usage.as_ref(), outcome, duration_ms));
     }
+}
+
+/// The one log line of a finished request.
+fn log_request(r: &RequestRecord, tokens: Option<&TokenUsage>, outcome: &str, duration_ms: u64) {
+    tracing::info!(
+        method = %r.method,
+        path = %r.path,
+        status = r.status,
+        upstream_status = r.upstream_status.unwrap_or(0),
+        duration_ms,
+        bytes = r.bytes,
+        outcome,
+        client_uid = r.identity.uid,
+        client_user = %r.identity.display_name(),
+        model = tokens.and_then(|u| u.model.as_deref()).unwrap_or(""),
+        input_tokens = tokens.map_or(0, |u| u.input_tokens),
+        output_tokens = tokens.map_or(0, |u| u.output_tokens),
+        cached_tokens = tokens.map_or(0, |u| u.cached_tokens),
+        reasoning_tokens = tokens.map_or(0, |u| u.reasoning_tokens),
+        "{} {} {}",
+        r.method,
+        r.path,
+        r.status
+    );
 }
 
 /// Reads a whole request body of at most `limit` bytes; a larger one is a 413 (refused from

@@ -219,8 +219,10 @@ async fn serve(
         let spawned = std::thread::Builder::new()
             .name(format!("worker-{index}"))
             .spawn(move || {
+                crate::logging::batch_this_thread();
                 let runtime = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
+                    .on_thread_park(crate::logging::flush_this_thread)
                     .build()
                 {
                     Ok(runtime) => runtime,
@@ -230,6 +232,7 @@ async fn serve(
                     }
                 };
                 runtime.block_on(shard.serve(ready));
+                crate::logging::flush_this_thread();
                 let _ = done.send(());
                 all_drained.wait();
             });
