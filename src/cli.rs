@@ -95,7 +95,8 @@ pub struct Cli {
     )]
     pub shutdown_grace: u64,
 
-    /// Threads serving requests (default: one per CPU, at most 8).
+    /// Threads serving requests, each with its own event loop and upstream connections;
+    /// connections are dealt to them in turn (default: one per CPU, at most 8).
     #[arg(long, env = "CODEX_PROXY_WORKER_THREADS", value_name = "N")]
     pub worker_threads: Option<usize>,
 

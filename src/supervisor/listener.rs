@@ -14,22 +14,6 @@ pub enum Listener {
     Unix { socket: UnixListener, name: String },
 }
 
-impl Listener {
-    /// A second descriptor for the same socket (each worker shard accepts on its own).
-    pub fn try_clone(&self) -> std::io::Result<Listener> {
-        Ok(match self {
-            Listener::Tcp { socket, name } => Listener::Tcp {
-                socket: socket.try_clone()?,
-                name: name.clone(),
-            },
-            Listener::Unix { socket, name } => Listener::Unix {
-                socket: socket.try_clone()?,
-                name: name.clone(),
-            },
-        })
-    }
-}
-
 impl fmt::Debug for Listener {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

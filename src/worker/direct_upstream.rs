@@ -6,7 +6,7 @@
 //! separately-spawned connection task produces. HTTPS upstreams and refreshable credentials go
 //! through the general client (`upstream.rs`).
 
-use super::http::{let_hyper_write, Body, BoxError, UpstreamStatus};
+use super::http::{let_hyper_write, Body, BoxError, FirstFrame, UpstreamStatus};
 use super::upstream::UpstreamError;
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
@@ -211,7 +211,7 @@ impl DirectUpstream {
             idle_timeout: self.idle_timeout,
             pending_error: None,
             ended: false,
-            just_yielded: false,
+            first_frame: FirstFrame::NotYet,
         };
         let mut response = Response::new(body.boxed_unsync());
         *response.status_mut() = status;
@@ -255,8 +255,8 @@ struct DrivenBody {
     idle_timeout: Duration,
     pending_error: Option<BoxError>,
     ended: bool,
-    /// A frame was just handed over: the next poll lets hyper write it first.
-    just_yielded: bool,
+    /// Whether hyper has been let write the first frame.
+    first_frame: FirstFrame,
 }
 
 impl HttpBody for DrivenBody {
@@ -274,7 +274,7 @@ impl HttpBody for DrivenBody {
         if this.ended {
             return Poll::Ready(None);
         }
-        if let Some(pending) = let_hyper_write(&mut this.just_yielded, cx) {
+        if let Some(pending) = let_hyper_write(&mut this.first_frame, cx) {
             return pending;
         }
         let mut merged = BytesMut::new();
@@ -320,7 +320,7 @@ impl HttpBody for DrivenBody {
         if !merged.is_empty() {
             let deadline = tokio::time::Instant::now() + this.idle_timeout;
             this.idle_timer.as_mut().reset(deadline);
-            this.just_yielded = !this.ended;
+            this.first_frame = FirstFrame::after_yield(this.first_frame, this.ended);
             return Poll::Ready(Some(Ok(Frame::data(merged.freeze()))));
         }
         if let Some(error) = this.pending_error.take() {

@@ -55,13 +55,35 @@ pub fn error_response(
 const COALESCE_LIMIT: usize = 64 * 1024;
 
 /// hyper queues the frames of a body that is always ready (up to 16 of them) before it writes
-/// anything, which holds back the first bytes of a fast stream. A body calls this at the top of
-/// `poll_frame`: right after it handed over a frame it answers `Pending` once (and asks to be
-/// polled again at once), so hyper writes what it has before the body gathers more.
-pub fn let_hyper_write<T>(just_yielded: &mut bool, cx: &mut Context<'_>) -> Option<Poll<T>> {
-    if !std::mem::take(just_yielded) {
+/// anything, which would hold back the response head and first event of a fast stream. So
+/// right after handing over its first frame a body answers `Pending` once (asking to be polled
+/// again at once) and hyper writes what it has; later frames may be gathered as hyper likes,
+/// which keeps a burst to few writes (a body that waits for its upstream is written at once
+/// anyway).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum FirstFrame {
+    NotYet,
+    AwaitingWrite,
+    Written,
+}
+
+impl FirstFrame {
+    /// The state after a data frame was handed over (`ended`: it was the last).
+    pub fn after_yield(self, ended: bool) -> FirstFrame {
+        match self {
+            FirstFrame::NotYet if !ended => FirstFrame::AwaitingWrite,
+            FirstFrame::NotYet => FirstFrame::Written,
+            other => other,
+        }
+    }
+}
+
+/// Called at the top of `poll_frame`: `Pending` once, right after the first frame.
+pub fn let_hyper_write<T>(first_frame: &mut FirstFrame, cx: &mut Context<'_>) -> Option<Poll<T>> {
+    if *first_frame != FirstFrame::AwaitingWrite {
         return None;
     }
+    *first_frame = FirstFrame::Written;
     cx.waker().wake_by_ref();
     Some(Poll::Pending)
 }
@@ -72,7 +94,7 @@ pub struct CoalescingBody<S> {
     stream: S,
     pending_error: Option<BoxError>,
     ended: bool,
-    just_yielded: bool,
+    first_frame: FirstFrame,
 }
 
 impl<S> CoalescingBody<S> {
@@ -81,7 +103,7 @@ impl<S> CoalescingBody<S> {
             stream,
             pending_error: None,
             ended: false,
-            just_yielded: false,
+            first_frame: FirstFrame::NotYet,
         }
     }
 }
@@ -105,7 +127,7 @@ where
         if this.ended {
             return Poll::Ready(None);
         }
-        if let Some(pending) = let_hyper_write(&mut this.just_yielded, cx) {
+        if let Some(pending) = let_hyper_write(&mut this.first_frame, cx) {
             return pending;
         }
         let first = match Pin::new(&mut this.stream).poll_next(cx) {
@@ -135,7 +157,7 @@ where
             }
         }
         let data = merged.map_or(first, BytesMut::freeze);
-        this.just_yielded = !this.ended;
+        this.first_frame = FirstFrame::after_yield(this.first_frame, this.ended);
         Poll::Ready(Some(Ok(Frame::data(data))))
     }
 

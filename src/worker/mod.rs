@@ -125,9 +125,10 @@ pub struct State {
 /// Serves until SIGTERM/SIGINT, then drains; returns the process exit code.
 ///
 /// The work is split into shards, one thread each (one per core by default, like nginx's
-/// worker processes): every shard runs its own single-threaded runtime, accepts on its own
-/// copy of the listeners and keeps its own upstream connections, so a request never crosses
-/// threads. The main thread only watches signals and the supervisor.
+/// worker processes): every shard runs its own single-threaded runtime and keeps its own
+/// upstream connections, so a request never crosses threads. The main thread accepts, works
+/// out who is calling, deals each connection to the next shard in turn, and watches signals
+/// and the supervisor.
 pub fn run(
     config: WorkerConfig,
     listeners: Vec<Listener>,
@@ -187,51 +188,50 @@ async fn serve(
             return 1;
         }
     };
-    let (stop_accepting, stop_signal) = watch::channel(false);
     // Every shard keeps its runtime until all have drained: a pooled reqwest connection made
     // on one shard may be serving another's request.
     let all_drained = Arc::new(std::sync::Barrier::new(shards));
-    let mut started = Vec::new();
+    let mut handoffs = Vec::new();
     let mut finished = Vec::new();
     for index in 0..shards {
-        let mut sockets = Vec::new();
-        for listener in &listeners {
-            match listener.try_clone() {
-                Ok(copy) => sockets.push(copy),
-                Err(e) => {
-                    error!("worker: cannot share listener {listener:?}: {e}");
-                    return 1;
-                }
-            }
-        }
         let mut shard_state = (*state).clone();
         shard_state.direct = direct_upstream_for(&config);
+        // Connection pools are per shard: a pooled connection is driven by the runtime that
+        // opened it, and sharing one would hand every chunk across threads.
+        match (
+            upstream::build_http_client(config.connect_timeout, config.idle_timeout),
+            plain_http_client(&config),
+        ) {
+            (Ok(http), Ok(plain)) => {
+                shard_state.upstream = state.upstream.as_ref().map(|u| u.with_client(http));
+                shard_state.plain_client = plain;
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                error!("worker: {e}");
+                return 1;
+            }
+        }
+        let (handoff, accepted) = tokio::sync::mpsc::unbounded_channel();
         let shard = Shard {
             state: Arc::new(shard_state),
-            listeners: sockets,
-            stop: stop_signal.clone(),
+            accepted,
             header_timeout: config.header_read_timeout,
             shutdown_grace: config.shutdown_grace,
         };
-        let (ready, ready_signal) = tokio::sync::oneshot::channel();
         let (done, done_signal) = tokio::sync::oneshot::channel();
         let all_drained = all_drained.clone();
         let spawned = std::thread::Builder::new()
             .name(format!("worker-{index}"))
             .spawn(move || {
                 crate::logging::batch_this_thread();
-                let runtime = match tokio::runtime::Builder::new_current_thread()
+                match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
                     .on_thread_park(crate::logging::flush_this_thread)
                     .build()
                 {
-                    Ok(runtime) => runtime,
-                    Err(e) => {
-                        let _ = ready.send(Err(format!("cannot start a runtime: {e}")));
-                        return;
-                    }
-                };
-                runtime.block_on(shard.serve(ready));
+                    Ok(runtime) => runtime.block_on(shard.serve()),
+                    Err(e) => error!("worker: shard {index} cannot start a runtime: {e}"),
+                }
                 crate::logging::flush_this_thread();
                 let _ = done.send(());
                 all_drained.wait();
@@ -240,30 +240,54 @@ async fn serve(
             error!("worker: cannot start shard {index}: {e}");
             return 1;
         }
-        started.push(ready_signal);
+        handoffs.push(handoff);
         finished.push(done_signal);
     }
-    drop(listeners);
-    for ready in started {
-        match ready.await {
-            Ok(Ok(())) => {}
-            Ok(Err(why)) => {
-                error!("worker: {why}");
-                return 1;
-            }
-            Err(_) => {
-                error!("worker: a shard ended while starting");
-                return 1;
-            }
-        }
+    let dispatch = Arc::new(Dispatch {
+        shards: handoffs,
+        next: AtomicU64::new(0),
+    });
+    let (stop_accepting, stop_signal) = watch::channel(false);
+    let mut accept_loops = Vec::new();
+    for listener in listeners {
+        let dispatch = dispatch.clone();
+        let stop = stop_signal.clone();
+        let accept_loop = match listener {
+            Listener::Tcp { socket, name } => match socket
+                .set_nonblocking(true)
+                .and_then(|_| tokio::net::TcpListener::from_std(socket))
+            {
+                Ok(socket) => tokio::spawn(accept_tcp(socket, dispatch, stop)),
+                Err(e) => {
+                    error!("worker: cannot use listener {name}: {e}");
+                    return 1;
+                }
+            },
+            Listener::Unix { socket, name } => match socket
+                .set_nonblocking(true)
+                .and_then(|_| tokio::net::UnixListener::from_std(socket))
+            {
+                Ok(socket) => tokio::spawn(accept_unix(socket, dispatch, stop)),
+                Err(e) => {
+                    error!("worker: cannot use listener {name}: {e}");
+                    return 1;
+                }
+            },
+        };
+        accept_loops.push(accept_loop);
     }
+    drop(dispatch);
     tell_supervisor(&state.supervisor_pipe, MSG_SERVING);
     tokio::select! {
         _ = terminate.recv() => info!("worker: SIGTERM received, draining"),
         _ = interrupt.recv() => info!("worker: SIGINT received, draining"),
         _ = supervisor_stop(stop_requested) => info!("worker: the supervisor asked to stop, draining"),
     }
+    // The accept loops end and drop the last hand-off senders: each shard then drains.
     let _ = stop_accepting.send(true);
+    for accept_loop in accept_loops {
+        let _ = accept_loop.await;
+    }
     let drained = async {
         for done in finished {
             let _ = done.await;
@@ -290,6 +314,16 @@ fn direct_upstream_for(config: &WorkerConfig) -> Option<Arc<direct_upstream::Dir
         ),
         _ => None,
     }
+}
+
+/// A client with no credentials, for pass-through to servers that need none (Ollama).
+fn plain_http_client(config: &WorkerConfig) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .connect_timeout(config.connect_timeout)
+        .read_timeout(config.idle_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
 
 /// What every shard shares: clients, credentials, settings, usage records. `None` after
@@ -326,15 +360,10 @@ fn shared_state(config: &mut WorkerConfig, supervisor_pipe: OwnedFd) -> Option<A
             }
         }
     };
-    let plain_client = match reqwest::Client::builder()
-        .connect_timeout(config.connect_timeout)
-        .read_timeout(config.idle_timeout)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-    {
+    let plain_client = match plain_http_client(config) {
         Ok(client) => client,
         Err(e) => {
-            error!("worker: cannot build the HTTP client: {e}");
+            error!("worker: {e}");
             return None;
         }
     };
@@ -361,63 +390,55 @@ fn shared_state(config: &mut WorkerConfig, supervisor_pipe: OwnedFd) -> Option<A
     }))
 }
 
-/// One thread's share of the service: its listeners, its state, its connections.
+/// A connection accepted on the main thread, with who is calling, for a shard to serve.
+enum Accepted {
+    Tcp(std::net::TcpStream, PeerIdentity),
+    Unix(std::os::unix::net::UnixStream, PeerIdentity),
+}
+
+/// Deals accepted connections to the shards in turn, so that even a handful of long-lived
+/// connections spreads over every core.
+struct Dispatch {
+    shards: Vec<tokio::sync::mpsc::UnboundedSender<Accepted>>,
+    next: AtomicU64,
+}
+
+impl Dispatch {
+    fn hand_off(&self, accepted: Accepted) {
+        let turn = self.next.fetch_add(1, Ordering::Relaxed) as usize % self.shards.len();
+        if self.shards[turn].send(accepted).is_err() {
+            warn!("worker: shard {turn} is gone; connection dropped");
+        }
+    }
+}
+
+/// One thread's share of the service: its state and upstream connections, and the client
+/// connections dealt to it.
 struct Shard {
     state: Arc<State>,
-    listeners: Vec<Listener>,
-    stop: watch::Receiver<bool>,
+    accepted: tokio::sync::mpsc::UnboundedReceiver<Accepted>,
     header_timeout: Duration,
     shutdown_grace: Duration,
 }
 
 impl Shard {
-    /// Accepts until told to stop, then drains its connections for at most the grace period.
-    async fn serve(self, ready: tokio::sync::oneshot::Sender<Result<(), String>>) {
-        let graceful = Arc::new(GracefulShutdown::new());
-        let mut accept_loops = Vec::new();
-        for listener in self.listeners {
+    /// Serves the connections it is dealt until the dealer stops, then drains them for at
+    /// most the grace period.
+    async fn serve(mut self) {
+        let graceful = GracefulShutdown::new();
+        while let Some(accepted) = self.accepted.recv().await {
             let state = self.state.clone();
-            let watcher = graceful.clone();
-            let stop = self.stop.clone();
-            let header_timeout = self.header_timeout;
-            let accept_loop = match listener {
-                Listener::Tcp { socket, name } => {
-                    match socket
-                        .set_nonblocking(true)
-                        .and_then(|_| tokio::net::TcpListener::from_std(socket))
-                    {
-                        Ok(s) => tokio::spawn(accept_tcp(s, state, watcher, stop, header_timeout)),
-                        Err(e) => {
-                            let _ = ready.send(Err(format!("cannot use listener {name}: {e}")));
-                            return;
-                        }
-                    }
-                }
-                Listener::Unix { socket, name } => {
-                    match socket
-                        .set_nonblocking(true)
-                        .and_then(|_| tokio::net::UnixListener::from_std(socket))
-                    {
-                        Ok(s) => tokio::spawn(accept_unix(s, state, watcher, stop, header_timeout)),
-                        Err(e) => {
-                            let _ = ready.send(Err(format!("cannot use listener {name}: {e}")));
-                            return;
-                        }
-                    }
-                }
+            let timeout = self.header_timeout;
+            let registered = match accepted {
+                Accepted::Tcp(stream, identity) => tokio::net::TcpStream::from_std(stream)
+                    .map(|stream| spawn_connection(stream, state, &graceful, timeout, identity)),
+                Accepted::Unix(stream, identity) => tokio::net::UnixStream::from_std(stream)
+                    .map(|stream| spawn_connection(stream, state, &graceful, timeout, identity)),
             };
-            accept_loops.push(accept_loop);
+            if let Err(e) = registered {
+                warn!("worker: cannot serve an accepted connection: {e}");
+            }
         }
-        let _ = ready.send(Ok(()));
-        let mut stop = self.stop;
-        let _ = stop.wait_for(|stopping| *stopping).await;
-        for accept_loop in accept_loops {
-            let _ = accept_loop.await;
-        }
-        let Ok(graceful) = Arc::try_unwrap(graceful) else {
-            error!("worker: accept loops still hold the shutdown handle");
-            return;
-        };
         let in_flight = graceful.count();
         tokio::select! {
             _ = graceful.shutdown() => {
@@ -434,10 +455,8 @@ impl Shard {
 
 async fn accept_tcp(
     listener: tokio::net::TcpListener,
-    state: Arc<State>,
-    watcher: Arc<GracefulShutdown>,
+    dispatch: Arc<Dispatch>,
     mut stop: watch::Receiver<bool>,
-    header_timeout: Duration,
 ) {
     loop {
         tokio::select! {
@@ -449,7 +468,10 @@ async fn accept_tcp(
                         Ok(local) => peer_identity::identify_tcp(local, peer),
                         Err(_) => PeerIdentity::unknown(),
                     };
-                    spawn_connection(stream, state.clone(), &watcher, header_timeout, identity);
+                    match stream.into_std() {
+                        Ok(stream) => dispatch.hand_off(Accepted::Tcp(stream, identity)),
+                        Err(e) => warn!("worker: cannot hand off a connection: {e}"),
+                    }
                 }
                 Err(e) => accept_failed(e).await,
             }
@@ -459,10 +481,8 @@ async fn accept_tcp(
 
 async fn accept_unix(
     listener: tokio::net::UnixListener,
-    state: Arc<State>,
-    watcher: Arc<GracefulShutdown>,
+    dispatch: Arc<Dispatch>,
     mut stop: watch::Receiver<bool>,
-    header_timeout: Duration,
 ) {
     loop {
         tokio::select! {
@@ -470,7 +490,10 @@ async fn accept_unix(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
                     let identity = peer_identity::identify_unix(&stream);
-                    spawn_connection(stream, state.clone(), &watcher, header_timeout, identity);
+                    match stream.into_std() {
+                        Ok(stream) => dispatch.hand_off(Accepted::Unix(stream, identity)),
+                        Err(e) => warn!("worker: cannot hand off a connection: {e}"),
+                    }
                 }
                 Err(e) => accept_failed(e).await,
             }
@@ -590,4 +613,36 @@ fn spawn_connection<S>(
             debug!("connection ended with an error: {e}");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_dealt_to_the_shards_in_turn() {
+        let (first, mut first_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (second, mut second_rx) = tokio::sync::mpsc::unbounded_channel();
+        let dispatch = Dispatch {
+            shards: vec![first, second],
+            next: AtomicU64::new(0),
+        };
+        let mut keep = Vec::new();
+        for _ in 0..5 {
+            let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+            keep.push(theirs);
+            dispatch.hand_off(Accepted::Unix(ours, PeerIdentity::unknown()));
+        }
+        let count = |rx: &mut tokio::sync::mpsc::UnboundedReceiver<Accepted>| {
+            std::iter::from_fn(|| rx.try_recv().ok()).count()
+        };
+        assert_eq!((count(&mut first_rx), count(&mut second_rx)), (3, 2));
+        // A shard that is gone loses only its own turn.
+        drop(second_rx);
+        let (ours, _theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        dispatch.hand_off(Accepted::Unix(ours, PeerIdentity::unknown()));
+        let (ours, _theirs2) = std::os::unix::net::UnixStream::pair().unwrap();
+        dispatch.hand_off(Accepted::Unix(ours, PeerIdentity::unknown()));
+        assert_eq!(count(&mut first_rx), 1);
+    }
 }

@@ -123,6 +123,15 @@ impl UpstreamClient {
         UpstreamClient { client, auth }
     }
 
+    /// The same credentials over another connection pool (each worker shard has its own, so
+    /// that a connection is driven by the thread that uses it).
+    pub fn with_client(&self, client: reqwest::Client) -> Self {
+        UpstreamClient {
+            client,
+            auth: self.auth.clone(),
+        }
+    }
+
     async fn send(
         &self,
         url: &reqwest::Url,
