@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# A quick side-by-side of nginx and one or more configurations of our strict proxy, for trying a
+# change without the whole suite: the mock upstream, nginx (bench/nginx.conf.template) and each
+# configuration run at once; every round runs wrk c64 then c1 against each, rotating the order.
+# Usage: bash bench/ab.sh ROUNDS NAME:ARGS [NAME:ARGS ...]
+#   e.g. bash bench/ab.sh 3 "ours:" "one-thread:--worker-threads 1"
+# Needs a release build (cargo build --release --examples --bins), wrk and nginx-light (as
+# bench/run.sh installs them). BENCH_SECONDS per wrk run (default 3); ports 19000-19020.
+set -u
+cd "$(dirname "$0")/.."
+rounds=${1:?usage: bash bench/ab.sh ROUNDS NAME:ARGS ...}
+shift
+KEY=sk-bench-key-0123456789
+EX=${CARGO_TARGET_DIR:-target}/release/examples
+BIN=${CARGO_TARGET_DIR:-target}/release/codex-responses-api-proxy
+SECS=${BENCH_SECONDS:-3}
+WORK=$(mktemp -d)
+PIDS=()
+trap 'kill "${PIDS[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
+"$EX/bench_mock_upstream" 19000 "$KEY" 9 >/dev/null 2>&1 &
+PIDS+=($!)
+sed -e "s|@DIR@|$WORK|g" -e "s|@PORT@|19001|g" -e "s|@UPSTREAM_PORT@|19000|g" -e "s|@KEY@|$KEY|g" \
+	bench/nginx.conf.template >"$WORK/nginx.conf"
+nginx -c "$WORK/nginx.conf" -p "$WORK" 2>/dev/null &
+PIDS+=($!)
+declare -A PORT=([nginx]=19001)
+NAMES=(nginx)
+port=19010
+for spec in "$@"; do
+	name=${spec%%:*}
+	# shellcheck disable=SC2086 # the arguments are meant to split
+	printf '%s\n' "$KEY" | "$BIN" --port $port --upstream-url http://127.0.0.1:19000/v1/responses \
+		${spec#*:} 2>"$WORK/$name.log" &
+	PIDS+=($!)
+	PORT[$name]=$port
+	NAMES+=("$name")
+	port=$((port + 1))
+done
+sleep 1
+BODY='{"model":"gpt-bench","input":"hello","stream":true}'
+summary() { sed -n 's/^WRKJSON //p' | python3 -c 'import json,sys; d=json.load(sys.stdin); print("%6.0f req/s p50 %.3f ms p99 %.2f ms non2xx %d" % (d["rps"], d["p50_us"]/1e3, d["p99_us"]/1e3, d["non2xx"]))'; }
+for name in "${NAMES[@]}"; do
+	BENCH_BODY=$BODY wrk -t2 -c64 -d1s -s bench/wrk.lua "http://127.0.0.1:${PORT[$name]}/v1/responses" >/dev/null
+done
+for round in $(seq 1 "$rounds"); do
+	for name in "${NAMES[@]}"; do
+		url="http://127.0.0.1:${PORT[$name]}/v1/responses"
+		c64=$(BENCH_BODY=$BODY wrk -t2 -c64 -d"${SECS}s" -s bench/wrk.lua "$url" | summary)
+		c1=$(BENCH_BODY=$BODY wrk -t1 -c1 -d"${SECS}s" -s bench/wrk.lua "$url" | summary)
+		printf 'round %s %-12s c64 %s | c1 %s\n' "$round" "$name" "$c64" "$c1"
+	done
+	NAMES=("${NAMES[@]:1}" "${NAMES[0]}")
+done
