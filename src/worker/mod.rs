@@ -188,8 +188,8 @@ async fn serve(
             return 1;
         }
     };
-    // Every shard keeps its runtime until all have drained: a pooled reqwest connection made
-    // on one shard may be serving another's request.
+    // Every shard keeps its runtime until all have drained: the client that refreshes
+    // ChatGPT tokens is shared, and its pooled connection lives on the shard that opened it.
     let all_drained = Arc::new(std::sync::Barrier::new(shards));
     let mut handoffs = Vec::new();
     let mut finished = Vec::new();
