@@ -6,7 +6,7 @@
 //! separately-spawned connection task produces. HTTPS upstreams and refreshable credentials go
 //! through the general client (`upstream.rs`).
 
-use super::http::{let_hyper_write, Body, BoxError, FirstFrame, UpstreamStatus};
+use super::http::{Body, BoxError, FrameGate, UpstreamStatus};
 use super::upstream::UpstreamError;
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
@@ -209,9 +209,7 @@ impl DirectUpstream {
             pool: self.clone(),
             idle_timer: Box::pin(tokio::time::sleep(self.idle_timeout)),
             idle_timeout: self.idle_timeout,
-            pending_error: None,
-            ended: false,
-            first_frame: FirstFrame::NotYet,
+            gate: FrameGate::default(),
         };
         let mut response = Response::new(body.boxed_unsync());
         *response.status_mut() = status;
@@ -253,10 +251,7 @@ struct DrivenBody {
     pool: Arc<DirectUpstream>,
     idle_timer: Pin<Box<Sleep>>,
     idle_timeout: Duration,
-    pending_error: Option<BoxError>,
-    ended: bool,
-    /// Whether hyper has been let write the first frame.
-    first_frame: FirstFrame,
+    gate: FrameGate,
 }
 
 impl HttpBody for DrivenBody {
@@ -268,14 +263,8 @@ impl HttpBody for DrivenBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if let Some(error) = this.pending_error.take() {
-            return Poll::Ready(Some(Err(error)));
-        }
-        if this.ended {
-            return Poll::Ready(None);
-        }
-        if let Some(pending) = let_hyper_write(&mut this.first_frame, cx) {
-            return pending;
+        if let Some(early) = this.gate.before_poll(cx) {
+            return early;
         }
         let mut merged = BytesMut::new();
         let mut conn_polled_since_data = false;
@@ -293,11 +282,11 @@ impl HttpBody for DrivenBody {
                 }
                 Poll::Ready(Some(Err(error))) => {
                     this.conn = None;
-                    this.pending_error = Some(error.into());
+                    this.gate.pending_error = Some(error.into());
                     break;
                 }
                 Poll::Ready(None) => {
-                    this.ended = true;
+                    this.gate.ended = true;
                     if let Some(pooled) = this.conn.take() {
                         this.pool.checkin(pooled);
                     }
@@ -320,18 +309,17 @@ impl HttpBody for DrivenBody {
         if !merged.is_empty() {
             let deadline = tokio::time::Instant::now() + this.idle_timeout;
             this.idle_timer.as_mut().reset(deadline);
-            this.first_frame = FirstFrame::after_yield(this.first_frame, this.ended);
-            return Poll::Ready(Some(Ok(Frame::data(merged.freeze()))));
+            return this.gate.frame(merged.freeze());
         }
-        if let Some(error) = this.pending_error.take() {
+        if let Some(error) = this.gate.pending_error.take() {
             return Poll::Ready(Some(Err(error)));
         }
-        if this.ended {
+        if this.gate.ended {
             return Poll::Ready(None);
         }
         if this.idle_timer.as_mut().poll(cx).is_ready() {
             this.conn = None;
-            this.ended = true;
+            this.gate.ended = true;
             return Poll::Ready(Some(Err(format!(
                 "the upstream stream stalled for {:?}",
                 this.idle_timeout
@@ -342,6 +330,6 @@ impl HttpBody for DrivenBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended && self.pending_error.is_none()
+        self.gate.is_end_stream()
     }
 }

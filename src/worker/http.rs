@@ -54,56 +54,80 @@ pub fn error_response(
 /// Most bytes merged into one frame; past this, a frame is sent even if more is ready.
 const COALESCE_LIMIT: usize = 64 * 1024;
 
+/// How a gathering body ends, and whether hyper has written its first frame: the state both
+/// bodies that merge chunks into frames ([`CoalescingBody`], the direct upstream's body) keep.
+///
 /// hyper queues the frames of a body that is always ready (up to 16 of them) before it writes
 /// anything, which would hold back the response head and first event of a fast stream. So
 /// right after handing over its first frame a body answers `Pending` once (asking to be polled
 /// again at once) and hyper writes what it has; later frames may be gathered as hyper likes,
 /// which keeps a burst to few writes (a body that waits for its upstream is written at once
 /// anyway).
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum FirstFrame {
+#[derive(Default)]
+pub struct FrameGate {
+    /// An error met after data was gathered, reported on the next poll.
+    pub pending_error: Option<BoxError>,
+    pub ended: bool,
+    first_frame: FirstFrame,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Default)]
+enum FirstFrame {
+    #[default]
     NotYet,
     AwaitingWrite,
     Written,
 }
 
-impl FirstFrame {
-    /// The state after a data frame was handed over (`ended`: it was the last).
-    pub fn after_yield(self, ended: bool) -> FirstFrame {
-        match self {
-            FirstFrame::NotYet if !ended => FirstFrame::AwaitingWrite,
-            FirstFrame::NotYet => FirstFrame::Written,
-            other => other,
-        }
-    }
-}
+type FrameResult = Poll<Option<Result<Frame<Bytes>, BoxError>>>;
 
-/// Called at the top of `poll_frame`: `Pending` once, right after the first frame.
-pub fn let_hyper_write<T>(first_frame: &mut FirstFrame, cx: &mut Context<'_>) -> Option<Poll<T>> {
-    if *first_frame != FirstFrame::AwaitingWrite {
-        return None;
+impl FrameGate {
+    /// Called at the top of `poll_frame`: the stored error, the end, or `Pending` once right
+    /// after the first frame; `None` when the body should gather more.
+    pub fn before_poll(&mut self, cx: &mut Context<'_>) -> Option<FrameResult> {
+        if let Some(error) = self.pending_error.take() {
+            return Some(Poll::Ready(Some(Err(error))));
+        }
+        if self.ended {
+            return Some(Poll::Ready(None));
+        }
+        if self.first_frame == FirstFrame::AwaitingWrite {
+            self.first_frame = FirstFrame::Written;
+            cx.waker().wake_by_ref();
+            return Some(Poll::Pending);
+        }
+        None
     }
-    *first_frame = FirstFrame::Written;
-    cx.waker().wake_by_ref();
-    Some(Poll::Pending)
+
+    /// Hands `data` over as the next frame.
+    pub fn frame(&mut self, data: Bytes) -> FrameResult {
+        if self.first_frame == FirstFrame::NotYet {
+            self.first_frame = if self.ended {
+                FirstFrame::Written
+            } else {
+                FirstFrame::AwaitingWrite
+            };
+        }
+        Poll::Ready(Some(Ok(Frame::data(data))))
+    }
+
+    pub fn is_end_stream(&self) -> bool {
+        self.ended && self.pending_error.is_none()
+    }
 }
 
 /// A body over a stream of chunks that hands hyper everything already received as one frame,
 /// so that a burst of small SSE events becomes one write instead of one segment each.
 pub struct CoalescingBody<S> {
     stream: S,
-    pending_error: Option<BoxError>,
-    ended: bool,
-    first_frame: FirstFrame,
+    gate: FrameGate,
 }
 
 impl<S> CoalescingBody<S> {
     pub fn new(stream: S) -> Self {
         CoalescingBody {
             stream,
-            pending_error: None,
-            ended: false,
-            first_frame: FirstFrame::NotYet,
+            gate: FrameGate::default(),
         }
     }
 }
@@ -121,19 +145,13 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if let Some(error) = this.pending_error.take() {
-            return Poll::Ready(Some(Err(error)));
-        }
-        if this.ended {
-            return Poll::Ready(None);
-        }
-        if let Some(pending) = let_hyper_write(&mut this.first_frame, cx) {
-            return pending;
+        if let Some(early) = this.gate.before_poll(cx) {
+            return early;
         }
         let first = match Pin::new(&mut this.stream).poll_next(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(None) => {
-                this.ended = true;
+                this.gate.ended = true;
                 return Poll::Ready(None);
             }
             Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
@@ -146,23 +164,21 @@ where
                     .get_or_insert_with(|| BytesMut::from(&first[..]))
                     .extend_from_slice(&more),
                 Poll::Ready(Some(Err(e))) => {
-                    this.pending_error = Some(e.into());
+                    this.gate.pending_error = Some(e.into());
                     break;
                 }
                 Poll::Ready(None) => {
-                    this.ended = true;
+                    this.gate.ended = true;
                     break;
                 }
                 Poll::Pending => break,
             }
         }
-        let data = merged.map_or(first, BytesMut::freeze);
-        this.first_frame = FirstFrame::after_yield(this.first_frame, this.ended);
-        Poll::Ready(Some(Ok(Frame::data(data))))
+        this.gate.frame(merged.map_or(first, BytesMut::freeze))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended && self.pending_error.is_none()
+        self.gate.is_end_stream()
     }
 }
 
@@ -393,5 +409,45 @@ pub async fn read_request_body(
             "invalid_request_error",
             Some("bad_request_body"),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn poll_once(gate: &mut FrameGate) -> Option<FrameResult> {
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        gate.before_poll(&mut cx)
+    }
+
+    #[test]
+    fn the_gate_lets_hyper_write_once_after_the_first_frame_only() {
+        let mut gate = FrameGate::default();
+        assert!(poll_once(&mut gate).is_none());
+        assert!(gate.frame(Bytes::from_static(b"a")).is_ready());
+        assert!(matches!(poll_once(&mut gate), Some(Poll::Pending)));
+        assert!(poll_once(&mut gate).is_none());
+        assert!(gate.frame(Bytes::from_static(b"b")).is_ready());
+        assert!(poll_once(&mut gate).is_none(), "only the first frame waits");
+        gate.ended = true;
+        assert!(matches!(poll_once(&mut gate), Some(Poll::Ready(None))));
+    }
+
+    #[test]
+    fn a_whole_body_in_one_frame_ends_without_waiting_and_errors_come_first() {
+        let mut gate = FrameGate {
+            ended: true,
+            ..FrameGate::default()
+        };
+        assert!(gate.frame(Bytes::from_static(b"all")).is_ready());
+        assert!(gate.is_end_stream());
+        assert!(matches!(poll_once(&mut gate), Some(Poll::Ready(None))));
+        gate.pending_error = Some("cut".into());
+        assert!(!gate.is_end_stream());
+        assert!(matches!(
+            poll_once(&mut gate),
+            Some(Poll::Ready(Some(Err(_))))
+        ));
     }
 }
