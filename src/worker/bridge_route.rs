@@ -2,7 +2,7 @@
 //! request and stream conversions are the pure functions in `crate::bridge`; this module only
 //! moves bytes between them and the network.
 
-use super::http::{error_response, json_response, read_request_body, Body, UpstreamStatus};
+use super::http::{error_response, json_response, Body, UpstreamStatus};
 use super::translate::{self, Flow, StreamConverter};
 use super::upstream::{mirror_error, UpstreamClient};
 use super::{headers, State};
@@ -37,14 +37,7 @@ pub async fn serve(
     request: Request<Incoming>,
 ) -> Response<Body> {
     let (parts, body) = request.into_parts();
-    let body = match read_request_body(
-        body,
-        &parts.headers,
-        state.max_request_body,
-        state.idle_timeout,
-    )
-    .await
-    {
+    let body = match state.read_body(body, &parts.headers).await {
         Ok(body) => body,
         Err(response) => return response,
     };

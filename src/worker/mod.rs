@@ -122,6 +122,18 @@ pub struct State {
     pub accounting: Arc<Accounting>,
 }
 
+impl State {
+    /// The whole request body within this proxy's size limit and idle timeout, or the 413/408
+    /// response to send instead.
+    pub async fn read_body(
+        &self,
+        body: hyper::body::Incoming,
+        headers: &hyper::HeaderMap,
+    ) -> Result<bytes::Bytes, hyper::Response<http::Body>> {
+        http::read_request_body(body, headers, self.max_request_body, self.idle_timeout).await
+    }
+}
+
 /// Serves until SIGTERM/SIGINT, then drains; returns the process exit code.
 ///
 /// The work is split into shards, one thread each (one per core by default, like nginx's

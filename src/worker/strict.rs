@@ -2,7 +2,7 @@
 //! the key, the response streamed back as it arrives.
 
 use super::headers;
-use super::http::{read_request_body, Body, CoalescingBody, UpstreamStatus};
+use super::http::{Body, CoalescingBody, UpstreamStatus};
 use super::upstream::UpstreamClient;
 use super::State;
 use http_body_util::BodyExt;
@@ -15,14 +15,7 @@ pub async fn forward(
     request: Request<Incoming>,
 ) -> Response<Body> {
     let (parts, body) = request.into_parts();
-    let body = match read_request_body(
-        body,
-        &parts.headers,
-        state.max_request_body,
-        state.idle_timeout,
-    )
-    .await
-    {
+    let body = match state.read_body(body, &parts.headers).await {
         Ok(body) => body,
         Err(response) => return response,
     };

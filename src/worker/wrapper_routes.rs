@@ -4,7 +4,7 @@
 //! does routing, the client access key, CORS and the upstream calls.
 
 use super::client_headers::ClientHeaderForwarding;
-use super::http::{error_response, json_response, read_request_body, Body, UpstreamStatus};
+use super::http::{error_response, json_response, Body, UpstreamStatus};
 use super::translate::{self, Flow, StreamConverter};
 use super::upstream::{mirror_error, UpstreamClient};
 use super::{bridge_route, strict, State};
@@ -184,13 +184,7 @@ async fn json_body(
     request: Request<Incoming>,
 ) -> Result<(HeaderMap, serde_json::Value), Response<Body>> {
     let (parts, body) = request.into_parts();
-    let bytes = read_request_body(
-        body,
-        &parts.headers,
-        state.max_request_body,
-        state.idle_timeout,
-    )
-    .await?;
+    let bytes = state.read_body(body, &parts.headers).await?;
     match serde_json::from_slice(&bytes) {
         Ok(json) => Ok((parts.headers, json)),
         Err(e) => Err(error_response(
@@ -509,14 +503,7 @@ async fn ollama(
             None,
         );
     };
-    let body = match read_request_body(
-        body,
-        &parts.headers,
-        state.max_request_body,
-        state.idle_timeout,
-    )
-    .await
-    {
+    let body = match state.read_body(body, &parts.headers).await {
         Ok(body) => body,
         Err(response) => return response,
     };
