@@ -639,15 +639,6 @@ pub fn check_wrapper_request(data: &[u8]) {
 
 // ------------------------------------------------------------------ wrapper: stream side
 
-const MODES: [ReasoningOutputMode; 6] = [
-    ReasoningOutputMode::OpenAi,
-    ReasoningOutputMode::R1,
-    ReasoningOutputMode::O3,
-    ReasoningOutputMode::Tagged,
-    ReasoningOutputMode::Hidden,
-    ReasoningOutputMode::All,
-];
-
 /// Input: byte 0 = flags (bits 0-2: reasoning output mode, index into openai, r1, o3, tagged,
 /// hidden, all; bit 3: `include_usage`; bit 4: legacy Completions instead of Chat); then the
 /// upstream Responses events' `data` texts separated by NUL bytes. Each is pushed until one
@@ -659,7 +650,8 @@ pub fn check_wrapper_stream(data: &[u8]) {
     let Some((&flags, rest)) = data.split_first() else {
         return;
     };
-    let mode = MODES[usize::from(flags & 7) % MODES.len()];
+    let modes = ReasoningOutputMode::every();
+    let mode = modes[usize::from(flags & 7) % modes.len()];
     let meta = ClientMeta {
         stream: true,
         include_usage: flags & 8 != 0,

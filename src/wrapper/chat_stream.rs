@@ -1069,15 +1069,6 @@ mod tests {
     use crate::sse::SseReader;
     use serde_json::json;
 
-    const MODES: [ReasoningOutputMode; 6] = [
-        ReasoningOutputMode::OpenAi,
-        ReasoningOutputMode::R1,
-        ReasoningOutputMode::O3,
-        ReasoningOutputMode::Tagged,
-        ReasoningOutputMode::Hidden,
-        ReasoningOutputMode::All,
-    ];
-
     fn meta(include_usage: bool) -> ClientMeta {
         ClientMeta {
             stream: true,
@@ -1139,7 +1130,7 @@ mod tests {
     #[test]
     fn every_fixture_every_mode_every_split_conforms() {
         for (name, fixture) in ALL {
-            for mode in MODES {
+            for mode in ReasoningOutputMode::every() {
                 for include_usage in [false, true] {
                     let (stream, whole) = translate(fixture, mode, include_usage, usize::MAX);
                     for piece in [1, 3, 17, 256] {

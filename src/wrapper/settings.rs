@@ -143,6 +143,11 @@ impl ReasoningOutputMode {
         ("all", Self::All),
     ];
 
+    /// Every mode, in the order of the setting's choices.
+    pub fn every() -> [Self; 6] {
+        Self::CHOICES.map(|(_, mode)| mode)
+    }
+
     /// The route prefix (`/openai/v1`, …) that selects this mode when the setting is `All`.
     pub fn route_prefix(self) -> Option<&'static str> {
         match self {
