@@ -4,6 +4,7 @@
 pub mod access_control;
 pub mod bridge_route;
 pub mod client_headers;
+pub mod connection_timer;
 pub mod direct_upstream;
 pub mod framing_guard;
 pub mod headers;
@@ -25,7 +26,7 @@ use crate::usage::{Accounting, Limits, RetryAfter};
 use access_control::{AllowList, Denial};
 use framing_guard::{FramingVerdicts, FramingWatch};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use peer_identity::PeerIdentity;
 use std::os::fd::OwnedFd;
@@ -616,7 +617,7 @@ fn spawn_connection<S>(
         }
     });
     let connection = hyper::server::conn::http1::Builder::new()
-        .timer(TokioTimer::new())
+        .timer(connection_timer::ConnectionTimer::default())
         .header_read_timeout(header_timeout)
         .serve_connection(io, service);
     let connection = graceful.watch(connection);
