@@ -25,11 +25,16 @@ use tokio::time::Sleep;
 
 type Conn = Pin<Box<Connection<TokioIo<TcpStream>, Full<Bytes>>>>;
 
-/// One upstream connection: the request side and the connection future that drives it.
+/// One upstream connection: the request side, the connection future that drives it, and its
+/// timer. The timer stays with the connection from request to request: moving a registered
+/// tokio timer later is an atomic store, while a new one costs a trip to the timer wheel (and
+/// often a wake-up of the runtime) on every request.
 struct Pooled {
     sender: SendRequest<Full<Bytes>>,
     conn: Conn,
     idle_since: Instant,
+    /// `None` while the response body holds it.
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 /// Most idle connections kept, and how long one may stay idle.
@@ -167,6 +172,7 @@ impl DirectUpstream {
             sender,
             conn: Box::pin(conn),
             idle_since: Instant::now(),
+            timer: None,
         })
     }
 
@@ -177,28 +183,43 @@ impl DirectUpstream {
         request: Request<Full<Bytes>>,
     ) -> Result<Response<Body>, Exchange> {
         let mut sending = Box::pin(pooled.sender.try_send_request(request));
+        let mut timer = pooled
+            .timer
+            .take()
+            .unwrap_or_else(|| Box::pin(tokio::time::sleep(self.idle_timeout)));
+        timer
+            .as_mut()
+            .reset(tokio::time::Instant::now() + self.idle_timeout);
         let mut conn_done = false;
-        let waiting = poll_fn(|cx| {
+        // The request is queued first so that the same poll of the connection writes it.
+        let head = poll_fn(|cx| {
+            if let Poll::Ready(head) = sending.as_mut().poll(cx) {
+                return Poll::Ready(Some(head));
+            }
             if !conn_done && pooled.conn.as_mut().poll(cx).is_ready() {
                 conn_done = true;
             }
-            sending.as_mut().poll(cx)
-        });
-        let head = match tokio::time::timeout(self.idle_timeout, waiting).await {
-            Err(_) => {
+            if let Poll::Ready(head) = sending.as_mut().poll(cx) {
+                return Poll::Ready(Some(head));
+            }
+            timer.as_mut().poll(cx).map(|()| None)
+        })
+        .await;
+        let head = match head {
+            None => {
                 return Err(Exchange::Failed(UpstreamError::Timeout(format!(
                     "no response within {:?}",
                     self.idle_timeout
                 ))))
             }
-            Ok(Err(mut error)) => {
+            Some(Err(mut error)) => {
                 return Err(if error.take_message().is_some() {
                     Exchange::NotSent
                 } else {
                     Exchange::Failed(UpstreamError::Unreachable(innermost(error.error())))
                 })
             }
-            Ok(Ok(head)) => head,
+            Some(Ok(head)) => head,
         };
         drop(sending);
         let (parts, incoming) = head.into_parts();
@@ -207,7 +228,7 @@ impl DirectUpstream {
             incoming,
             conn: (!conn_done).then_some(pooled),
             pool: self.clone(),
-            idle_timer: Box::pin(tokio::time::sleep(self.idle_timeout)),
+            idle_timer: Some(timer),
             idle_timeout: self.idle_timeout,
             gate: FrameGate::default(),
         };
@@ -249,7 +270,9 @@ struct DrivenBody {
     /// The connection, while this body owns it (`None` once it has closed).
     conn: Option<Pooled>,
     pool: Arc<DirectUpstream>,
-    idle_timer: Pin<Box<Sleep>>,
+    /// Fails the body when the upstream sends nothing for `idle_timeout`; goes back to the
+    /// pool with the connection.
+    idle_timer: Option<Pin<Box<Sleep>>>,
     idle_timeout: Duration,
     gate: FrameGate,
 }
@@ -287,7 +310,8 @@ impl HttpBody for DrivenBody {
                 }
                 Poll::Ready(None) => {
                     this.gate.ended = true;
-                    if let Some(pooled) = this.conn.take() {
+                    if let Some(mut pooled) = this.conn.take() {
+                        pooled.timer = this.idle_timer.take();
                         this.pool.checkin(pooled);
                     }
                     break;
@@ -307,8 +331,12 @@ impl HttpBody for DrivenBody {
             }
         }
         if !merged.is_empty() {
-            let deadline = tokio::time::Instant::now() + this.idle_timeout;
-            this.idle_timer.as_mut().reset(deadline);
+            if let Some(timer) = this.idle_timer.as_mut() {
+                // Later than before: tokio only records the new time.
+                timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + this.idle_timeout);
+            }
             return this.gate.frame(merged.freeze());
         }
         if let Some(error) = this.gate.pending_error.take() {
@@ -317,7 +345,11 @@ impl HttpBody for DrivenBody {
         if this.gate.ended {
             return Poll::Ready(None);
         }
-        if this.idle_timer.as_mut().poll(cx).is_ready() {
+        let stalled = this
+            .idle_timer
+            .as_mut()
+            .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
+        if stalled {
             this.conn = None;
             this.gate.ended = true;
             return Poll::Ready(Some(Err(format!(
