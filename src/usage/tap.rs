@@ -14,8 +14,10 @@
 //! - JSON bodies (a Response object or a `chat.completion`): a copy is kept up to
 //!   [`MAX_JSON_BODY`] bytes and parsed once at the end; a larger body gives no usage.
 //!
-//! Only events whose data contains `"usage"` are parsed as JSON (found with memmem), and then
-//! only the fields needed here are kept, so the cost on a long stream is one memchr pass.
+//! An event stream is only split at its blank lines ([`UsageEvents`]); just the events that
+//! mention `"usage"` with a value other than `null` are parsed (as SSE, then as JSON keeping
+//! only the fields needed here), so the cost on a long stream is a scan for line ends and one
+//! for the word.
 
 use crate::sse::{SseReader, DEFAULT_MAX_EVENT_BYTES};
 use serde::{Deserialize, Serialize};
@@ -105,7 +107,7 @@ const TERMINAL_EVENTS: [&str; 3] = [
 enum Mode {
     /// Nothing but blanks seen yet.
     Undecided,
-    Sse(Box<SseReader>),
+    Sse(Box<UsageEvents>),
     Json(Vec<u8>),
     /// Unreadable or too large: no usage from this body.
     Off,
@@ -149,7 +151,7 @@ impl UsageTap {
             self.mode = if *first == b'{' {
                 Mode::Json(Vec::new())
             } else {
-                Mode::Sse(Box::new(SseReader::new(DEFAULT_MAX_EVENT_BYTES)))
+                Mode::Sse(Box::default())
             };
         }
         match &mut self.mode {
@@ -161,17 +163,9 @@ impl UsageTap {
                     copy.extend_from_slice(chunk);
                 }
             }
-            Mode::Sse(reader) => {
-                reader.push(chunk);
-                loop {
-                    match reader.next_event() {
-                        Ok(Some(event)) => take_event(&mut self.found, event.event, event.data),
-                        Ok(None) => break,
-                        Err(_) => {
-                            self.mode = Mode::Off;
-                            break;
-                        }
-                    }
+            Mode::Sse(events) => {
+                if events.feed(chunk, &mut self.found).is_err() {
+                    self.mode = Mode::Off;
                 }
             }
         }
@@ -185,11 +179,7 @@ impl UsageTap {
     /// The usage the body reported, if any.
     pub fn finish(mut self) -> Option<TokenUsage> {
         match std::mem::replace(&mut self.mode, Mode::Off) {
-            Mode::Sse(mut reader) => {
-                if let Ok(Some(event)) = reader.finish() {
-                    take_event(&mut self.found, event.event, event.data);
-                }
-            }
+            Mode::Sse(mut events) => events.finish(&mut self.found),
             Mode::Json(copy) => {
                 if let Ok(probe) = serde_json::from_slice::<Probe>(&copy) {
                     if let Some(usage) = probe.usage {
@@ -206,6 +196,107 @@ impl UsageTap {
     pub fn peek(&self) -> Option<&TokenUsage> {
         self.found.as_ref()
     }
+}
+
+/// An event stream split at its blank lines without being parsed: the events that may carry
+/// usage are handed whole to [`SseReader`] and [`take_event`], the rest only scanned.
+#[derive(Default)]
+struct UsageEvents {
+    /// The event in progress: its bytes that arrived in earlier chunks.
+    partial: Vec<u8>,
+    /// The current line has bytes (the event has not ended if it ends now).
+    line_has_bytes: bool,
+    /// The last line ended with `\r`: a `\n` right after it belongs to that line end.
+    after_cr: bool,
+}
+
+/// An event too large to be a usage event we would keep: the stream is given up.
+struct EventTooLarge;
+
+impl UsageEvents {
+    fn feed(&mut self, chunk: &[u8], found: &mut Option<TokenUsage>) -> Result<(), EventTooLarge> {
+        let mut event_start = 0;
+        let mut line_start = 0;
+        while let Some(at) = memchr::memchr2(b'\n', b'\r', &chunk[line_start..]) {
+            let end = line_start + at;
+            let has_bytes = self.line_has_bytes || end > line_start;
+            if chunk[end] == b'\n' && self.after_cr && !has_bytes {
+                // The `\n` of a `\r\n`.
+                self.after_cr = false;
+                if event_start == end {
+                    event_start = end + 1;
+                }
+                line_start = end + 1;
+                continue;
+            }
+            self.after_cr = chunk[end] == b'\r';
+            self.line_has_bytes = false;
+            line_start = end + 1;
+            if !has_bytes {
+                // A blank line: the event ends here.
+                self.event_ended(&chunk[event_start..end], found);
+                event_start = line_start;
+            }
+        }
+        if line_start < chunk.len() {
+            self.line_has_bytes = true;
+            self.after_cr = false;
+        }
+        let rest = &chunk[event_start..];
+        if self.partial.len() + rest.len() > DEFAULT_MAX_EVENT_BYTES {
+            return Err(EventTooLarge);
+        }
+        self.partial.extend_from_slice(rest);
+        Ok(())
+    }
+
+    /// The end of the body: a last event without its blank line still counts.
+    fn finish(&mut self, found: &mut Option<TokenUsage>) {
+        let last = std::mem::take(&mut self.partial);
+        self.event_ended(&last, found);
+    }
+
+    /// `tail` is the event's part in the current chunk; earlier parts are in `partial`.
+    fn event_ended(&mut self, tail: &[u8], found: &mut Option<TokenUsage>) {
+        if self.partial.is_empty() {
+            take_raw_event(tail, found);
+        } else {
+            self.partial.extend_from_slice(tail);
+            take_raw_event(&self.partial, found);
+            self.partial.clear();
+        }
+    }
+}
+
+static USAGE_KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
+
+/// One whole event as it arrived (its lines, without the blank line that ended it).
+fn take_raw_event(raw: &[u8], found: &mut Option<TokenUsage>) {
+    if !may_carry_usage(raw) {
+        return;
+    }
+    let mut reader = SseReader::new(DEFAULT_MAX_EVENT_BYTES);
+    reader.push(raw);
+    // The event has no blank line inside, so its fields are dispatched by `finish`.
+    while let Ok(Some(event)) = reader.next_event() {
+        take_event(found, event.event, event.data);
+    }
+    if let Ok(Some(event)) = reader.finish() {
+        take_event(found, event.event, event.data);
+    }
+}
+
+/// Whether `"usage"` occurs in `raw` other than as `"usage": null`.
+fn may_carry_usage(raw: &[u8]) -> bool {
+    USAGE_KEY.find_iter(raw).any(|at| {
+        let after = &raw[at + b"\"usage\"".len()..];
+        let after = after.trim_ascii_start();
+        let Some(value) = after.strip_prefix(b":") else {
+            return true;
+        };
+        !value.trim_ascii_start().starts_with(b"null")
+    })
 }
 
 fn take_event(found: &mut Option<TokenUsage>, event: &str, data: &str) {
@@ -402,6 +493,112 @@ mod tests {
         tap.observe_event("", "{\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}");
         assert_eq!(tap.peek().unwrap().output_tokens, 2);
         assert_eq!(tap.finish().unwrap().input_tokens, 1);
+    }
+
+    /// The tap as it was before [`UsageEvents`]: every event parsed by [`SseReader`].
+    fn parsing_every_event(body: &[u8]) -> Option<TokenUsage> {
+        let mut reader = SseReader::new(DEFAULT_MAX_EVENT_BYTES);
+        let mut found = None;
+        reader.push(body);
+        while let Ok(Some(event)) = reader.next_event() {
+            take_event(&mut found, event.event, event.data);
+        }
+        if let Ok(Some(event)) = reader.finish() {
+            take_event(&mut found, event.event, event.data);
+        }
+        found
+    }
+
+    /// A small deterministic generator (xorshift), so that failures can be replayed.
+    struct Dice(u64);
+
+    impl Dice {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 % n as u64) as usize
+        }
+    }
+
+    /// An event stream of the shapes upstreams send, with every line ending, comments,
+    /// multi-line data, null usage, usage in text, and events with usage that must count.
+    fn random_stream(dice: &mut Dice) -> Vec<u8> {
+        const LINES: [&str; 12] = [
+            "event: response.output_text.delta",
+            "event: response.completed",
+            "event: response.in_progress",
+            "data: {\"type\":\"response.output_text.delta\",\"delta\":\"the \\\"usage\\\" word\"}",
+            "data: {\"type\":\"response.completed\",\"response\":{\"model\":\"m\",\"usage\":{\"input_tokens\":3,\"output_tokens\":4}}}",
+            "data: {\"type\":\"response.in_progress\",\"response\":{\"usage\":{\"input_tokens\":99}}}",
+            "data: {\"model\":\"c\",\"choices\":[],\"usage\": null}",
+            "data: {\"model\":\"c\",\"choices\":[],\"usage\" : {\"prompt_tokens\":5,\"completion_tokens\":6}}",
+            "data: {\"model\":\"c\",\"usage\":{\"prompt_tokens\":7,",
+            "data: \"completion_tokens\":8}}",
+            ": a comment with \"usage\"",
+            "data: [DONE]",
+        ];
+        const ENDS: [&str; 3] = ["\n", "\r\n", "\r"];
+        let mut body = Vec::new();
+        for _ in 0..dice.below(12) {
+            for _ in 0..1 + dice.below(3) {
+                body.extend_from_slice(LINES[dice.below(LINES.len())].as_bytes());
+                body.extend_from_slice(ENDS[dice.below(3)].as_bytes());
+            }
+            if dice.below(8) > 0 {
+                body.extend_from_slice(ENDS[dice.below(3)].as_bytes());
+            }
+        }
+        body
+    }
+
+    #[test]
+    fn splitting_at_blank_lines_finds_what_parsing_every_event_finds() {
+        let mut dice = Dice(0x9e37_79b9_7f4a_7c15);
+        let mut with_usage = 0;
+        for case in 0..3000 {
+            let body = random_stream(&mut dice);
+            let want = parsing_every_event(&body);
+            with_usage += usize::from(want.is_some());
+            let piece = 1 + dice.below(body.len().max(1));
+            assert_eq!(
+                run(&body, piece),
+                want,
+                "case {case}, pieces of {piece}: {:?}",
+                String::from_utf8_lossy(&body)
+            );
+            assert_eq!(run(&body, 1), want, "case {case}, byte by byte");
+        }
+        assert!(
+            with_usage > 500,
+            "the generator makes usage events: {with_usage}"
+        );
+    }
+
+    #[test]
+    fn null_usage_is_not_parsed_and_other_mentions_are() {
+        assert!(!may_carry_usage(b"data: {\"usage\":null}"));
+        assert!(!may_carry_usage(
+            b"data: {\"usage\" :  null, \"x\":{\"usage\":null}}"
+        ));
+        assert!(may_carry_usage(
+            b"data: {\"usage\":null,\"response\":{\"usage\":{}}}"
+        ));
+        assert!(may_carry_usage(b"data: {\"type\":\"usage\"}"));
+        assert!(may_carry_usage(b"data: {\"usage\""));
+        assert!(!may_carry_usage(b"data: {\"delta\":\"\\\"usage\\\"\"}"));
+    }
+
+    #[test]
+    fn an_event_larger_than_the_limit_gives_up_the_stream() {
+        let mut tap = UsageTap::new();
+        tap.observe(b"data: ");
+        let filler = vec![b'a'; 1024 * 1024];
+        for _ in 0..=DEFAULT_MAX_EVENT_BYTES / filler.len() {
+            tap.observe(&filler);
+        }
+        tap.observe(b"\n\ndata: {\"usage\":{\"prompt_tokens\":1}}\n\n");
+        assert_eq!(tap.finish(), None);
     }
 
     #[test]
