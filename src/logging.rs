@@ -226,7 +226,10 @@ where
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
         write_timestamp(&mut writer, std::time::SystemTime::now())?;
-        write!(writer, " {:>5} ", event.metadata().level().as_str())?;
+        let level = event.metadata().level().as_str();
+        writer.write_str(&"      "[..6 - level.len().min(5)])?;
+        writer.write_str(level)?;
+        writer.write_char(' ')?;
         let mut fields = FieldWriter {
             writer: &mut writer,
             result: Ok(()),
@@ -243,17 +246,61 @@ struct FieldWriter<'w, 'a> {
     result: std::fmt::Result,
 }
 
+impl FieldWriter<'_, '_> {
+    /// ` name=value`, `value` written as it is.
+    fn put(&mut self, name: &str, value: &str) {
+        if self.result.is_ok() {
+            self.result = (|| {
+                self.writer.write_char(' ')?;
+                self.writer.write_str(name)?;
+                self.writer.write_char('=')?;
+                self.writer.write_str(value)
+            })();
+        }
+    }
+}
+
+/// `value` in decimal, in `buffer`.
+fn decimal(mut value: u64, buffer: &mut [u8; 20]) -> &str {
+    let mut start = buffer.len();
+    loop {
+        start -= 1;
+        buffer[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buffer[start..]).unwrap_or("?")
+}
+
+/// Whether `{value:?}` would be `value` in plain quotes.
+fn quotes_plainly(value: &str) -> bool {
+    value
+        .bytes()
+        .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+}
+
+// Numbers and plain strings (the request line's fields) are written directly rather than
+// through `write!`: the request line is written for every request.
 impl tracing::field::Visit for FieldWriter<'_, '_> {
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
         if self.result.is_ok() {
-            self.result = write!(self.writer, " {}={value:?}", field.name());
+            self.result = if quotes_plainly(value) {
+                (|| {
+                    write!(self.writer, " {}=\"", field.name())?;
+                    self.writer.write_str(value)?;
+                    self.writer.write_char('"')
+                })()
+            } else {
+                write!(self.writer, " {}={value:?}", field.name())
+            };
         }
     }
 
     fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
-        if self.result.is_ok() {
-            self.result = write!(self.writer, " {}={value}", field.name());
-        }
+        let mut buffer = [0; 20];
+        self.put(field.name(), decimal(value, &mut buffer));
     }
 
     fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
@@ -263,9 +310,7 @@ impl tracing::field::Visit for FieldWriter<'_, '_> {
     }
 
     fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
-        if self.result.is_ok() {
-            self.result = write!(self.writer, " {}={value}", field.name());
-        }
+        self.put(field.name(), if value { "true" } else { "false" });
     }
 
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
@@ -304,7 +349,14 @@ fn write_timestamp(
             );
             cached.0 = secs;
         }
-        write!(writer, "{}.{:06}Z", cached.1, since_epoch.subsec_micros())
+        let mut fraction = *b".000000Z";
+        let mut micros = since_epoch.subsec_micros();
+        for digit in fraction[1..7].iter_mut().rev() {
+            *digit = b'0' + (micros % 10) as u8;
+            micros /= 10;
+        }
+        writer.write_str(&cached.1)?;
+        writer.write_str(std::str::from_utf8(&fraction).unwrap_or(".?Z"))
     })
 }
 
@@ -336,6 +388,61 @@ mod format_tests {
         let mut out = String::new();
         write_timestamp(&mut out, UNIX_EPOCH + Duration::new(secs, micros * 1000)).unwrap();
         out
+    }
+
+    #[test]
+    fn a_line_has_the_level_the_message_and_every_field_in_order() {
+        #[derive(Clone, Default)]
+        struct Lines(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl Write for Lines {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(move || writer.clone())
+                .event_format(PlainLine),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            let path = "/v1/responses";
+            tracing::info!(
+                method = %"POST",
+                status = 200u64,
+                zero = 0u64,
+                big = u64::MAX,
+                negative = -3i64,
+                done = true,
+                plain = "alice",
+                quoted = "say \"hi\"\n",
+                "POST {path} {}",
+                200
+            );
+            tracing::warn!("short");
+        });
+        let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+        let mut lines = text.lines();
+        let first = lines.next().unwrap();
+        assert_eq!(
+            first.len() - first.trim_start_matches(|c: char| c != ' ').len(),
+            27,
+            "{first}"
+        );
+        assert_eq!(
+            &first[27..],
+            concat!(
+                "  INFO POST /v1/responses 200 method=POST status=200 zero=0 ",
+                "big=18446744073709551615 negative=-3 done=true plain=\"alice\" ",
+                "quoted=\"say \\\"hi\\\"\\n\""
+            )
+        );
+        assert_eq!(&lines.next().unwrap()[27..], "  WARN short");
     }
 
     #[test]
