@@ -3,8 +3,9 @@
 //! level of verbosity can make them print request or header internals.
 //!
 //! On stderr, a worker shard's lines are batched: each thread that asks for it collects its
-//! lines and writes them in one go when its runtime runs out of work (or 16 KiB gather), so a
-//! busy shard pays one write for many requests and an idle one shows its lines at once.
+//! lines and writes them in one go [`WRITE_DELAY`] after the first of them (or when 16 KiB
+//! gather), so a shard pays one write for many requests, busy or not, and a line reaches
+//! stderr at most that late (its timestamp is when it was formatted).
 //! Such a thread can also [`defer`] work that only logs (the request line), so that it runs
 //! after the response has gone out rather than between its last bytes and the socket.
 //! Lines on stderr are `TIME LEVEL message key=value…` (strings quoted), written by
@@ -49,6 +50,9 @@ pub fn init(level: &str) -> Result<(), String> {
 /// Lines gathered past this size are written even while the thread is busy.
 const BATCH_LIMIT: usize = 16 * 1024;
 
+/// How long a batched line may wait for others before the batch is written.
+pub const WRITE_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Deferred log work past this many items runs even while the thread is busy.
 const DEFERRED_LIMIT: usize = 64;
 
@@ -59,6 +63,8 @@ thread_local! {
     static BATCH: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
     /// Log work waiting for the thread to run out of other work.
     static DEFERRED: RefCell<Vec<Deferred>> = const { RefCell::new(Vec::new()) };
+    /// The task of [`write_batches`], waiting for a first line.
+    static WRITER: RefCell<Option<std::task::Waker>> = const { RefCell::new(None) };
 }
 
 /// Runs `log` when this thread next flushes its lines, or now on a thread that does not batch.
@@ -89,9 +95,37 @@ pub fn batch_this_thread() {
     BATCH.with(|batch| *batch.borrow_mut() = Some(Vec::with_capacity(BATCH_LIMIT)));
 }
 
+/// Runs the deferred log work (formatting its lines) now; for a runtime about to go idle.
+pub fn run_deferred_logs() {
+    run_deferred();
+}
+
+/// On a batching thread's runtime, for as long as it runs: writes the gathered lines
+/// [`WRITE_DELAY`] after the first of them.
+pub async fn write_batches() {
+    loop {
+        std::future::poll_fn(|cx| {
+            let waiting =
+                BATCH.with(|batch| batch.borrow().as_ref().is_some_and(|l| !l.is_empty()));
+            if waiting {
+                return std::task::Poll::Ready(());
+            }
+            WRITER.with(|writer| *writer.borrow_mut() = Some(cx.waker().clone()));
+            std::task::Poll::Pending
+        })
+        .await;
+        tokio::time::sleep(WRITE_DELAY).await;
+        write_batch();
+    }
+}
+
 /// Runs the deferred log work and writes the lines this thread has gathered.
 pub fn flush_this_thread() {
     run_deferred();
+    write_batch();
+}
+
+fn write_batch() {
     BATCH.with(|batch| {
         if let Some(lines) = batch.borrow_mut().as_mut() {
             if !lines.is_empty() {
@@ -125,6 +159,11 @@ impl Write for BatchingStderr {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
         let batched = BATCH.with(|batch| match batch.borrow_mut().as_mut() {
             Some(lines) => {
+                if lines.is_empty() {
+                    if let Some(writer) = WRITER.with(|writer| writer.borrow_mut().take()) {
+                        writer.wake();
+                    }
+                }
                 lines.extend_from_slice(line);
                 if lines.len() >= BATCH_LIMIT {
                     write_out(lines);
@@ -152,6 +191,34 @@ mod tests {
     thread_local! {
         /// When set, batched writes land here instead of on stderr.
         pub(super) static SINK: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
+    }
+
+    #[test]
+    fn a_batch_is_written_a_short_delay_after_its_first_line() {
+        std::thread::spawn(|| {
+            SINK.with(|sink| *sink.borrow_mut() = Some(Vec::new()));
+            batch_this_thread();
+            let written = || SINK.with(|sink| sink.borrow().as_ref().unwrap().len());
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                tokio::spawn(write_batches());
+                tokio::task::yield_now().await;
+                BatchingStderr.write_all(b"one\n").unwrap();
+                BatchingStderr.write_all(b"two\n").unwrap();
+                tokio::task::yield_now().await;
+                assert_eq!(written(), 0, "not at once");
+                tokio::time::sleep(WRITE_DELAY * 4).await;
+                assert_eq!(written(), 8, "both lines, in one write");
+                BatchingStderr.write_all(b"three\n").unwrap();
+                tokio::time::sleep(WRITE_DELAY * 4).await;
+                assert_eq!(written(), 14, "and again for the next line");
+            });
+        })
+        .join()
+        .unwrap();
     }
 
     #[test]

@@ -248,7 +248,9 @@ async fn codex_text_turn_through_the_proxy() {
     assert_eq!(seen.len(), 1, "one turn, one request, no retries");
     assert_forwarded_from_codex(&seen[0]);
     assert_eq!(last_user_text(&seen[0].json()), "Say hello, please.");
-    assert!(!proxy.stderr().contains(TEST_KEY));
+    assert!(!proxy
+        .stderr_once_it_has("POST /v1/responses", std::time::Duration::from_secs(5))
+        .contains(TEST_KEY));
     eprintln!("codex exec (text turn) took {:?}", run.elapsed);
 }
 

@@ -331,7 +331,9 @@ async fn codex_text_turn_through_the_bridge() {
             "invalid chat function name {name:?}"
         );
     }
-    assert!(!proxy.stderr().contains(TEST_KEY));
+    assert!(!proxy
+        .stderr_once_it_has("POST /v1/responses", std::time::Duration::from_secs(5))
+        .contains(TEST_KEY));
     eprintln!("codex exec (bridge text turn) took {:?}", run.elapsed);
 }
 

@@ -88,7 +88,7 @@ async fn content_length_with_transfer_encoding_is_refused_and_never_forwarded() 
         mock.seen().is_empty(),
         "an ambiguous request reached the upstream"
     );
-    let log = proxy.stderr();
+    let log = proxy.stderr_once_it_has("ambiguous framing", Duration::from_secs(5));
     assert!(log.contains("ambiguous framing"), "{log}");
 }
 

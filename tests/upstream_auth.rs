@@ -120,7 +120,8 @@ async fn chatgpt_tokens_are_refreshed_after_a_401_retried_once_and_saved_0600() 
     }
     let saved: Value = serde_json::from_str(&std::fs::read_to_string(&saved).unwrap()).unwrap();
     assert_eq!(saved["tokens"]["refresh_token"], "refresh-NEW");
-    let log = proxy.stderr();
+    let log = proxy.stderr_once_it_has("POST /v1/responses", std::time::Duration::from_secs(5));
+    assert!(log.contains("POST /v1/responses"), "{log}");
     for secret in ["access-OLD", "access-NEW", "refresh-OLD", "refresh-NEW"] {
         assert!(!log.contains(secret), "{secret} in the log");
     }

@@ -239,10 +239,13 @@ async fn serve(
                 crate::logging::batch_this_thread();
                 match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
-                    .on_thread_park(crate::logging::flush_this_thread)
+                    .on_thread_park(crate::logging::run_deferred_logs)
                     .build()
                 {
-                    Ok(runtime) => runtime.block_on(shard.serve()),
+                    Ok(runtime) => runtime.block_on(async {
+                        tokio::spawn(crate::logging::write_batches());
+                        shard.serve().await
+                    }),
                     Err(e) => error!("worker: shard {index} cannot start a runtime: {e}"),
                 }
                 crate::logging::flush_this_thread();

@@ -299,6 +299,19 @@ impl Proxy {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }
 
+    /// The log once it contains `needle` (lines reach stderr in batches, a moment late), or
+    /// as it is after `limit`.
+    pub fn stderr_once_it_has(&self, needle: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let log = self.stderr();
+            if log.contains(needle) || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The worker's pid (the supervisor's only child).
     pub fn worker_pid(&self) -> u32 {
         worker_pid_of(self.pid)
