@@ -137,11 +137,13 @@ P_HOLD=$((BASE + 18))
 P_COLD=$((BASE + 19))
 URL() { echo "http://127.0.0.1:$1/v1/${2:-responses}"; }
 
+declare -A MOCKPID
 start_mock() { # PORT EVENTS ARGS...
 	local port=$1 events=$2
 	shift 2
 	"$EX/bench_mock_upstream" "$port" "$KEY" "$events" "$@" >"$WORK/mock-$port.out" 2>"$WORK/mock-$port.err" &
 	PIDS+=($!)
+	MOCKPID[$port]=$!
 	wait_port "$port" "mock upstream"
 }
 
@@ -207,19 +209,41 @@ port_of() {
 	esac
 }
 
-# One wrk run, checked against the mock's counters; appends a JSON line to results.jsonl.
+# CPU time (user + system, in clock ticks) used so far by the processes PIDS, all threads.
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ticks() {
+	local total=0 pid stat
+	for pid in "$@"; do
+		stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
+		stat=${stat##*) }
+		# shellcheck disable=SC2086 # split the fields
+		set -- $stat
+		total=$((total + ${12} + ${13}))
+	done
+	echo $total
+}
+
+# One wrk run, checked against the mock's counters (and timed in CPU for the target's
+# processes); appends a JSON line to results.jsonl.
 run_wrk() { # KIND TARGET CONNECTIONS ROUND MOCK_PORT PATH BODY [KEY]
 	local kind=$1 target=$2 conns=$3 round=$4 mock=$5 path=$6 body=$7 key=${8:-}
 	local port threads before after out line
 	port=$(port_of "$target")
 	threads=$((conns < 2 ? 1 : 2))
+	local pids cpu_before cpu_after
+	pids=$(family "${ROOTPID[$target]:-${MOCKPID[$port]:-}}")
 	before=$(curl -sf "http://127.0.0.1:$mock/stats") || die "mock $mock /stats"
+	pids=${pids//,/ }
+	# shellcheck disable=SC2086 # one argument per pid
+	cpu_before=$(cpu_ticks $pids)
 	out=$(BENCH_BODY=$body BENCH_KEY=$key wrk -t$threads -c"$conns" -d"${SECONDS_PER_RUN}s" \
 		--timeout 10s -s bench/wrk.lua "http://127.0.0.1:$port$path") || die "wrk against $target"
+	# shellcheck disable=SC2086 # one argument per pid
+	cpu_after=$(cpu_ticks $pids)
 	after=$(curl -sf "http://127.0.0.1:$mock/stats") || die "mock $mock /stats"
 	line=$(echo "$out" | sed -n 's/^WRKJSON //p')
 	[ -n "$line" ] || die "no summary from wrk: $out"
-	echo "{\"kind\":\"$kind\",\"target\":\"$target\",\"conns\":$conns,\"round\":$round,\"wrk\":$line,\"mock_before\":$before,\"mock_after\":$after}" >>"$WORK/results.jsonl"
+	echo "{\"kind\":\"$kind\",\"target\":\"$target\",\"conns\":$conns,\"round\":$round,\"wrk\":$line,\"mock_before\":$before,\"mock_after\":$after,\"cpu_ticks\":$((cpu_after - cpu_before)),\"clk_tck\":$CLK_TCK}" >>"$WORK/results.jsonl"
 	log "$(printf '%-8s %-10s c%-3s round %s: %s' "$kind" "$target" "$conns" "$round" \
 		"$(echo "$line" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("%.0f req/s p50 %.2f ms p99 %.2f ms non2xx %d" % (d["rps"], d["p50_us"]/1e3, d["p99_us"]/1e3, d["non2xx"]))')")"
 }
