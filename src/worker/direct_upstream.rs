@@ -289,13 +289,13 @@ impl HttpBody for DrivenBody {
         if let Some(early) = this.gate.before_poll(cx) {
             return early;
         }
-        let mut merged = BytesMut::new();
+        let mut merged = Gathered::default();
         let mut conn_polled_since_data = false;
         loop {
             match Pin::new(&mut this.incoming).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     if let Ok(data) = frame.into_data() {
-                        merged.extend_from_slice(&data);
+                        merged.push(data);
                         conn_polled_since_data = false;
                         if merged.len() >= FRAME_LIMIT {
                             break;
@@ -337,7 +337,7 @@ impl HttpBody for DrivenBody {
                     .as_mut()
                     .reset(tokio::time::Instant::now() + this.idle_timeout);
             }
-            return this.gate.frame(merged.freeze());
+            return this.gate.frame(merged.into_bytes());
         }
         if let Some(error) = this.gate.pending_error.take() {
             return Poll::Ready(Some(Err(error)));
@@ -363,5 +363,75 @@ impl HttpBody for DrivenBody {
 
     fn is_end_stream(&self) -> bool {
         self.gate.is_end_stream()
+    }
+}
+
+/// The chunks one poll decoded: a single chunk is handed on as it is; several are copied once
+/// into a buffer sized for a few more.
+#[derive(Default)]
+enum Gathered {
+    #[default]
+    Nothing,
+    One(Bytes),
+    Merged(BytesMut),
+}
+
+impl Gathered {
+    fn push(&mut self, chunk: Bytes) {
+        *self = match std::mem::take(self) {
+            Gathered::Nothing => Gathered::One(chunk),
+            Gathered::One(first) => {
+                let mut merged = BytesMut::with_capacity(4 * (first.len() + chunk.len()));
+                merged.extend_from_slice(&first);
+                merged.extend_from_slice(&chunk);
+                Gathered::Merged(merged)
+            }
+            Gathered::Merged(mut merged) => {
+                merged.extend_from_slice(&chunk);
+                Gathered::Merged(merged)
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Gathered::Nothing => 0,
+            Gathered::One(bytes) => bytes.len(),
+            Gathered::Merged(merged) => merged.len(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self {
+            Gathered::Nothing => Bytes::new(),
+            Gathered::One(bytes) => bytes,
+            Gathered::Merged(merged) => merged.freeze(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_chunk_passes_as_it_is_and_several_are_joined_in_order() {
+        let mut gathered = Gathered::default();
+        assert!(gathered.is_empty());
+        let first = Bytes::from_static(b"event: a\n\n");
+        gathered.push(first.clone());
+        assert_eq!(gathered.len(), first.len());
+        let single = std::mem::take(&mut gathered).into_bytes();
+        assert_eq!(single.as_ptr(), first.as_ptr(), "not copied");
+
+        for part in ["a", "", "bc", "def"] {
+            gathered.push(Bytes::from(part));
+        }
+        assert_eq!(gathered.len(), 6);
+        assert_eq!(&gathered.into_bytes()[..], b"abcdef");
     }
 }
