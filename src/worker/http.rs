@@ -208,14 +208,14 @@ impl RequestRecord {
                 .iter()
                 .any(|end| uri.path().ends_with(end));
         // Paths come from clients: keep the line short and printable.
-        let mut path: String = uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("")
-            .chars()
-            .take(200)
-            .collect();
-        path.retain(|c| !c.is_control());
+        let raw = uri.path_and_query().map_or("", |p| p.as_str());
+        let path = if raw.len() <= 200 && raw.bytes().all(|b| b.is_ascii_graphic()) {
+            raw.to_owned()
+        } else {
+            let mut path: String = raw.chars().take(200).collect();
+            path.retain(|c| !c.is_control());
+            path
+        };
         RequestRecord {
             identity,
             is_model_route,
@@ -419,6 +419,19 @@ mod tests {
     fn poll_once(gate: &mut FrameGate) -> Option<FrameResult> {
         let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
         gate.before_poll(&mut cx)
+    }
+
+    #[test]
+    fn the_logged_path_is_short_and_printable() {
+        let record = |target: &str| {
+            let uri: hyper::Uri = target.parse().unwrap();
+            let identity = Arc::new(PeerIdentity::unknown());
+            RequestRecord::new(&hyper::Method::GET, &uri, Instant::now(), identity).path
+        };
+        assert_eq!(record("/v1/responses?a=b"), "/v1/responses?a=b");
+        let long = format!("/{}", "x".repeat(300));
+        assert_eq!(record(&long).len(), 200);
+        assert_eq!(record("/a%20b"), "/a%20b");
     }
 
     #[test]
