@@ -123,6 +123,13 @@ for sizes in (b"", b"\x00", b"\x02\x07", b"\x00\x01\x02\x03\x04"):
     for data in requests + [pipelined]:
         write("framing_scanner", bytes([len(sizes)]) + sizes + data)
 
+# usage_tap: raw response bodies, the recorded streams as they are and with other line ends.
+for path in fixture_files("responses-streams") + fixture_files("chat-streams"):
+    body = open(path, "rb").read()
+    write("usage_tap", body)
+    write("usage_tap", body.replace(b"\n", b"\r\n"))
+    write("usage_tap", body.replace(b"\n", b"\r"))
+
 for t in sorted(os.listdir(os.path.join(fuzz, "corpus"))):
     print(f"seeded {t}: {len(os.listdir(os.path.join(fuzz, 'corpus', t)))} inputs")
 PY

@@ -188,3 +188,31 @@ fn framing_scanner_seeds() {
     }
     replay("framing_scanner", &inputs);
 }
+
+#[test]
+fn usage_tap_seeds() {
+    let mut inputs = Vec::new();
+    for path in files_in("responses-streams")
+        .into_iter()
+        .chain(files_in("chat-streams"))
+    {
+        let body = std::fs::read(&path).unwrap();
+        inputs.push(with_line_ends(&body, b"\r\n"));
+        inputs.push(with_line_ends(&body, b"\r"));
+        inputs.push(body);
+    }
+    replay("usage_tap", &inputs);
+}
+
+/// `body` with every `\n` replaced by `end`.
+fn with_line_ends(body: &[u8], end: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(body.len() * 2);
+    for &b in body {
+        if b == b'\n' {
+            out.extend_from_slice(end);
+        } else {
+            out.push(b);
+        }
+    }
+    out
+}

@@ -19,6 +19,7 @@ use codex_responses_api_proxy::conformance::responses::{
 };
 use codex_responses_api_proxy::sse::{SseError, SseReader, DEFAULT_MAX_EVENT_BYTES};
 use codex_responses_api_proxy::supervisor::key::{self, KeyError, KeySource, MAX_KEY_LEN};
+use codex_responses_api_proxy::usage::tap::UsageTap;
 use codex_responses_api_proxy::worker::framing_guard::FramingScanner;
 use codex_responses_api_proxy::wrapper::chat_request::chat_to_responses;
 use codex_responses_api_proxy::wrapper::chat_stream::{ChatStream, StreamOutcome};
@@ -56,13 +57,15 @@ fn untolerated(problems: &str, separator: &str) -> Vec<String> {
 }
 
 /// The fuzz targets, by name (also the prefix of a regression file's name).
-pub const TARGETS: [&str; 6] = [
+pub const TARGETS: [&str; 8] = [
     "key_intake",
     "sse_reader",
     "bridge_request",
     "bridge_stream",
     "wrapper_request",
     "wrapper_stream",
+    "framing_scanner",
+    "usage_tap",
 ];
 
 /// Runs the check of the target `name` on `data`. Panics on an unknown name.
@@ -75,6 +78,7 @@ pub fn check(name: &str, data: &[u8]) {
         "wrapper_request" => check_wrapper_request(data),
         "wrapper_stream" => check_wrapper_stream(data),
         "framing_scanner" => check_framing_scanner(data),
+        "usage_tap" => check_usage_tap(data),
         other => panic!("unknown fuzz target {other}"),
     }
 }
@@ -746,4 +750,42 @@ pub fn check_framing_scanner(data: &[u8]) {
         pieces.refused(),
         "the verdict depends on how the bytes were split"
     );
+}
+
+/// `usage_tap`: raw response-body bytes. The tap, which only splits an event stream at its
+/// blank lines and parses the events that mention usage, finds the same usage as parsing every
+/// event with [`SseReader`] (where that reader accepts the whole stream), whether the body is
+/// fed whole, in thirds or in 7-byte pieces; JSON bodies (first non-blank byte `{`) are another
+/// mode and only have to give the same answer in any pieces.
+pub fn check_usage_tap(data: &[u8]) {
+    let run = |piece: usize| {
+        let mut tap = UsageTap::new();
+        for chunk in data.chunks(piece.max(1)) {
+            tap.observe(chunk);
+        }
+        tap.finish()
+    };
+    let whole = run(data.len());
+    for piece in [1 + data.len() / 3, 7] {
+        assert_eq!(run(piece), whole, "fed in pieces of {piece}");
+    }
+    if data.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
+        return;
+    }
+    let mut reader = SseReader::new(DEFAULT_MAX_EVENT_BYTES);
+    let mut every_event = UsageTap::new();
+    reader.push(data);
+    loop {
+        match reader.next_event() {
+            Ok(Some(event)) => every_event.observe_event(event.event, event.data),
+            Ok(None) => break,
+            Err(_) => return,
+        }
+    }
+    match reader.finish() {
+        Ok(Some(event)) => every_event.observe_event(event.event, event.data),
+        Ok(None) => {}
+        Err(_) => return,
+    }
+    assert_eq!(whole, every_event.finish(), "against parsing every event");
 }

@@ -221,11 +221,9 @@ impl UsageEvents {
             let end = line_start + at;
             let has_bytes = self.line_has_bytes || end > line_start;
             if chunk[end] == b'\n' && self.after_cr && !has_bytes {
-                // The `\n` of a `\r\n`.
+                // The `\n` of a `\r\n` (it stays in the event's bytes, where the reader that
+                // parses the event skips it the same way).
                 self.after_cr = false;
-                if event_start == end {
-                    event_start = end + 1;
-                }
                 line_start = end + 1;
                 continue;
             }
@@ -278,9 +276,14 @@ fn take_raw_event(raw: &[u8], found: &mut Option<TokenUsage>) {
     }
     let mut reader = SseReader::new(DEFAULT_MAX_EVENT_BYTES);
     reader.push(raw);
-    // The event has no blank line inside, so its fields are dispatched by `finish`.
-    while let Ok(Some(event)) = reader.next_event() {
-        take_event(found, event.event, event.data);
+    // The event has no blank line inside, so its fields are dispatched by `finish`; an event
+    // the reader refuses (a line that is not UTF-8) gives nothing.
+    loop {
+        match reader.next_event() {
+            Ok(Some(event)) => take_event(found, event.event, event.data),
+            Ok(None) => break,
+            Err(_) => return,
+        }
     }
     if let Ok(Some(event)) = reader.finish() {
         take_event(found, event.event, event.data);
