@@ -67,7 +67,8 @@ thread_local! {
     static WRITER: RefCell<Option<std::task::Waker>> = const { RefCell::new(None) };
 }
 
-/// Runs `log` when this thread next flushes its lines, or now on a thread that does not batch.
+/// Runs `log` when this thread's runtime next runs out of work ([`run_deferred_logs`]) or it
+/// flushes, or now on a thread that does not batch.
 pub fn defer(log: impl FnOnce() + 'static) {
     let batching = BATCH.with(|batch| batch.borrow().is_some());
     if !batching {
@@ -90,7 +91,8 @@ fn run_deferred() {
     }
 }
 
-/// From now on this thread's stderr lines wait for [`flush_this_thread`] (or the size limit).
+/// From now on this thread's stderr lines wait for [`write_batches`], [`flush_this_thread`] or
+/// the size limit.
 pub fn batch_this_thread() {
     BATCH.with(|batch| *batch.borrow_mut() = Some(Vec::with_capacity(BATCH_LIMIT)));
 }
