@@ -14,7 +14,7 @@
 //! - JSON bodies (a Response object or a `chat.completion`): a copy is kept up to
 //!   [`MAX_JSON_BODY`] bytes and parsed once at the end; a larger body gives no usage.
 //!
-//! An event stream is only split at its blank lines ([`UsageEvents`]); just the events that
+//! An event stream is only split at its blank lines (`UsageEvents`); just the events that
 //! mention `"usage"` with a value other than `null` are parsed (as SSE, then as JSON keeping
 //! only the fields needed here), so the cost on a long stream is a scan for line ends and one
 //! for the word.
