@@ -329,20 +329,6 @@ impl FieldWriter<'_, '_> {
     }
 }
 
-/// `value` in decimal, in `buffer`.
-fn decimal(mut value: u64, buffer: &mut [u8; 20]) -> &str {
-    let mut start = buffer.len();
-    loop {
-        start -= 1;
-        buffer[start] = b'0' + (value % 10) as u8;
-        value /= 10;
-        if value == 0 {
-            break;
-        }
-    }
-    std::str::from_utf8(&buffer[start..]).unwrap_or("?")
-}
-
 /// Whether `{value:?}` would be `value` in plain quotes.
 fn quotes_plainly(value: &str) -> bool {
     value
@@ -369,7 +355,7 @@ impl tracing::field::Visit for FieldWriter<'_, '_> {
 
     fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
         let mut buffer = [0; 20];
-        self.put(field.name(), decimal(value, &mut buffer));
+        self.put(field.name(), crate::decimal::decimal(value, &mut buffer));
     }
 
     fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {

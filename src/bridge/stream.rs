@@ -312,18 +312,9 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
     let _ = serde_json::to_writer(&mut *out, s);
 }
 
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[start..]);
+fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    let mut buffer = [0; 20];
+    out.extend_from_slice(crate::decimal::decimal(n, &mut buffer).as_bytes());
 }
 
 /// One event: `type` and `sequence_number` followed by the event's own fields.
