@@ -6,9 +6,9 @@
 //! separately-spawned connection task produces. HTTPS upstreams and refreshable credentials go
 //! through the general client (`upstream.rs`).
 
-use super::http::{Body, BoxError, FrameGate, UpstreamStatus};
+use super::http::{Body, BoxError, FrameGate, Gathered, UpstreamStatus, FRAME_LIMIT};
 use super::upstream::UpstreamError;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Body as HttpBody, Frame, Incoming};
 use hyper::client::conn::http1::{self, Connection, SendRequest};
@@ -40,8 +40,6 @@ struct Pooled {
 /// Most idle connections kept, and how long one may stay idle.
 const POOL_SIZE: usize = 128;
 const POOL_IDLE: Duration = Duration::from_secs(60);
-/// Past this many bytes a frame is sent even if more is ready.
-const FRAME_LIMIT: usize = 64 * 1024;
 
 pub struct DirectUpstream {
     host: String,
@@ -363,75 +361,5 @@ impl HttpBody for DrivenBody {
 
     fn is_end_stream(&self) -> bool {
         self.gate.is_end_stream()
-    }
-}
-
-/// The chunks one poll decoded: a single chunk is handed on as it is; several are copied once
-/// into a buffer sized for a few more.
-#[derive(Default)]
-enum Gathered {
-    #[default]
-    Nothing,
-    One(Bytes),
-    Merged(BytesMut),
-}
-
-impl Gathered {
-    fn push(&mut self, chunk: Bytes) {
-        *self = match std::mem::take(self) {
-            Gathered::Nothing => Gathered::One(chunk),
-            Gathered::One(first) => {
-                let mut merged = BytesMut::with_capacity(4 * (first.len() + chunk.len()));
-                merged.extend_from_slice(&first);
-                merged.extend_from_slice(&chunk);
-                Gathered::Merged(merged)
-            }
-            Gathered::Merged(mut merged) => {
-                merged.extend_from_slice(&chunk);
-                Gathered::Merged(merged)
-            }
-        }
-    }
-
-    fn len(&self) -> usize {
-        match self {
-            Gathered::Nothing => 0,
-            Gathered::One(bytes) => bytes.len(),
-            Gathered::Merged(merged) => merged.len(),
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn into_bytes(self) -> Bytes {
-        match self {
-            Gathered::Nothing => Bytes::new(),
-            Gathered::One(bytes) => bytes,
-            Gathered::Merged(merged) => merged.freeze(),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn one_chunk_passes_as_it_is_and_several_are_joined_in_order() {
-        let mut gathered = Gathered::default();
-        assert!(gathered.is_empty());
-        let first = Bytes::from_static(b"event: a\n\n");
-        gathered.push(first.clone());
-        assert_eq!(gathered.len(), first.len());
-        let single = std::mem::take(&mut gathered).into_bytes();
-        assert_eq!(single.as_ptr(), first.as_ptr(), "not copied");
-
-        for part in ["a", "", "bc", "def"] {
-            gathered.push(Bytes::from(part));
-        }
-        assert_eq!(gathered.len(), 6);
-        assert_eq!(&gathered.into_bytes()[..], b"abcdef");
     }
 }

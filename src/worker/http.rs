@@ -52,7 +52,55 @@ pub fn error_response(
 }
 
 /// Most bytes merged into one frame; past this, a frame is sent even if more is ready.
-const COALESCE_LIMIT: usize = 64 * 1024;
+pub const FRAME_LIMIT: usize = 64 * 1024;
+
+/// The chunks one poll of a gathering body received: a single chunk is handed on as it is;
+/// several are copied once into a buffer sized for a few more.
+#[derive(Default)]
+pub enum Gathered {
+    #[default]
+    Nothing,
+    One(Bytes),
+    Merged(BytesMut),
+}
+
+impl Gathered {
+    pub fn push(&mut self, chunk: Bytes) {
+        *self = match std::mem::take(self) {
+            Gathered::Nothing => Gathered::One(chunk),
+            Gathered::One(first) => {
+                let mut merged = BytesMut::with_capacity(4 * (first.len() + chunk.len()));
+                merged.extend_from_slice(&first);
+                merged.extend_from_slice(&chunk);
+                Gathered::Merged(merged)
+            }
+            Gathered::Merged(mut merged) => {
+                merged.extend_from_slice(&chunk);
+                Gathered::Merged(merged)
+            }
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            Gathered::Nothing => 0,
+            Gathered::One(bytes) => bytes.len(),
+            Gathered::Merged(merged) => merged.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn into_bytes(self) -> Bytes {
+        match self {
+            Gathered::Nothing => Bytes::new(),
+            Gathered::One(bytes) => bytes,
+            Gathered::Merged(merged) => merged.freeze(),
+        }
+    }
+}
 
 /// How a gathering body ends, and whether hyper has written its first frame: the state both
 /// bodies that merge chunks into frames ([`CoalescingBody`], the direct upstream's body) keep.
@@ -157,12 +205,11 @@ where
             Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e.into()))),
             Poll::Ready(Some(Ok(chunk))) => chunk,
         };
-        let mut merged: Option<BytesMut> = None;
-        while merged.as_ref().map_or(first.len(), |m| m.len()) < COALESCE_LIMIT {
+        let mut gathered = Gathered::default();
+        gathered.push(first);
+        while gathered.len() < FRAME_LIMIT {
             match Pin::new(&mut this.stream).poll_next(cx) {
-                Poll::Ready(Some(Ok(more))) => merged
-                    .get_or_insert_with(|| BytesMut::from(&first[..]))
-                    .extend_from_slice(&more),
+                Poll::Ready(Some(Ok(more))) => gathered.push(more),
                 Poll::Ready(Some(Err(e))) => {
                     this.gate.pending_error = Some(e.into());
                     break;
@@ -174,7 +221,7 @@ where
                 Poll::Pending => break,
             }
         }
-        this.gate.frame(merged.map_or(first, BytesMut::freeze))
+        this.gate.frame(gathered.into_bytes())
     }
 
     fn is_end_stream(&self) -> bool {
@@ -419,6 +466,23 @@ mod tests {
     fn poll_once(gate: &mut FrameGate) -> Option<FrameResult> {
         let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
         gate.before_poll(&mut cx)
+    }
+
+    #[test]
+    fn one_chunk_passes_as_it_is_and_several_are_joined_in_order() {
+        let mut gathered = Gathered::default();
+        assert!(gathered.is_empty());
+        let first = Bytes::from_static(b"event: a\n\n");
+        gathered.push(first.clone());
+        assert_eq!(gathered.len(), first.len());
+        let single = std::mem::take(&mut gathered).into_bytes();
+        assert_eq!(single.as_ptr(), first.as_ptr(), "not copied");
+
+        for part in ["a", "", "bc", "def"] {
+            gathered.push(Bytes::from(part));
+        }
+        assert_eq!(gathered.len(), 6);
+        assert_eq!(&gathered.into_bytes()[..], b"abcdef");
     }
 
     #[test]
