@@ -80,11 +80,12 @@ pub fn defer(log: impl FnOnce() + 'static) {
         deferred.len() >= DEFERRED_LIMIT
     });
     if full {
-        run_deferred();
+        run_deferred_logs();
     }
 }
 
-fn run_deferred() {
+/// Runs the deferred log work (formatting its lines) now; for a runtime about to go idle.
+pub fn run_deferred_logs() {
     let work = DEFERRED.with(|deferred| std::mem::take(&mut *deferred.borrow_mut()));
     for log in work {
         log();
@@ -95,11 +96,6 @@ fn run_deferred() {
 /// the size limit.
 pub fn batch_this_thread() {
     BATCH.with(|batch| *batch.borrow_mut() = Some(Vec::with_capacity(BATCH_LIMIT)));
-}
-
-/// Runs the deferred log work (formatting its lines) now; for a runtime about to go idle.
-pub fn run_deferred_logs() {
-    run_deferred();
 }
 
 /// On a batching thread's runtime, for as long as it runs: writes the gathered lines
@@ -123,7 +119,7 @@ pub async fn write_batches() {
 
 /// Runs the deferred log work and writes the lines this thread has gathered.
 pub fn flush_this_thread() {
-    run_deferred();
+    run_deferred_logs();
     write_batch();
 }
 

@@ -409,6 +409,15 @@ fn log_request(r: &RequestRecord, tokens: Option<&TokenUsage>, outcome: &str, du
     );
 }
 
+/// Asks hyper to close the connection once `response` is written.
+pub fn close_after(mut response: Response<Body>) -> Response<Body> {
+    response.headers_mut().insert(
+        header::CONNECTION,
+        header::HeaderValue::from_static("close"),
+    );
+    response
+}
+
 /// Reads a whole request body of at most `limit` bytes; a larger one is a 413 (refused from
 /// `Content-Length` before reading when the client declares it), and a client that stops
 /// sending it for the whole `timeout` gets a 408.
@@ -435,17 +444,12 @@ pub async fn read_request_body(
     }
     let reading = http_body_util::Limited::new(body, limit).collect();
     let Ok(read) = tokio::time::timeout(timeout, reading).await else {
-        let mut response = error_response(
+        return Err(close_after(error_response(
             StatusCode::REQUEST_TIMEOUT,
             "The request body did not arrive in time.",
             "invalid_request_error",
             Some("request_timeout"),
-        );
-        response.headers_mut().insert(
-            header::CONNECTION,
-            header::HeaderValue::from_static("close"),
-        );
-        return Err(response);
+        )));
     };
     match read {
         Ok(collected) => Ok(collected.to_bytes()),

@@ -210,18 +210,21 @@ async fn serve(
         let mut shard_state = (*state).clone();
         shard_state.direct = direct_upstream_for(&config);
         // Connection pools are per shard: a pooled connection is driven by the runtime that
-        // opened it, and sharing one would hand every chunk across threads.
-        match (
-            upstream::build_http_client(config.connect_timeout, config.idle_timeout),
-            plain_http_client(&config),
-        ) {
-            (Ok(http), Ok(plain)) => {
-                shard_state.upstream = state.upstream.as_ref().map(|u| u.with_client(http));
-                shard_state.plain_client = plain;
-            }
-            (Err(e), _) | (_, Err(e)) => {
-                error!("worker: {e}");
-                return 1;
+        // opened it, and sharing one would hand every chunk across threads. The first shard
+        // keeps the clients built with the shared state; every other one builds its own.
+        if index > 0 {
+            match (
+                upstream::build_http_client(config.connect_timeout, config.idle_timeout),
+                plain_http_client(&config),
+            ) {
+                (Ok(http), Ok(plain)) => {
+                    shard_state.upstream = state.upstream.as_ref().map(|u| u.with_client(http));
+                    shard_state.plain_client = plain;
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    error!("worker: {e}");
+                    return 1;
+                }
             }
         }
         let (handoff, accepted) = tokio::sync::mpsc::unbounded_channel();
@@ -555,15 +558,6 @@ fn admission(
     None
 }
 
-/// Asks hyper to close the connection once `response` is written.
-fn close_after(mut response: hyper::Response<http::Body>) -> hyper::Response<http::Body> {
-    response.headers_mut().insert(
-        hyper::header::CONNECTION,
-        hyper::header::HeaderValue::from_static("close"),
-    );
-    response
-}
-
 /// Accept errors (e.g. out of file descriptors) must not spin the loop.
 async fn accept_failed(error: std::io::Error) {
     warn!("accept failed: {error}");
@@ -585,7 +579,7 @@ fn spawn_connection<S>(
         state.idle_timeout,
     );
     let identity = Arc::new(identity);
-    let requests_seen = Arc::new(AtomicU64::new(0));
+    let requests_seen = AtomicU64::new(0);
     let service = service_fn(move |request| {
         let state = state.clone();
         let identity = identity.clone();
@@ -606,7 +600,11 @@ fn spawn_connection<S>(
                     "invalid_request_error",
                     Some("ambiguous_framing"),
                 );
-                return Ok(http::LoggedBody::wrap(close_after(response), record, None));
+                return Ok(http::LoggedBody::wrap(
+                    http::close_after(response),
+                    record,
+                    None,
+                ));
             }
             // Refused requests are logged but not recorded as usage.
             let (response, accounted) = match admission(&state, &identity, record.is_model_route) {
