@@ -303,7 +303,7 @@ fn may_carry_usage(raw: &[u8]) -> bool {
 }
 
 fn take_event(found: &mut Option<TokenUsage>, event: &str, data: &str) {
-    if memchr::memmem::find(data.as_bytes(), b"\"usage\"").is_none() {
+    if USAGE_KEY.find(data.as_bytes()).is_none() {
         return;
     }
     // Named Responses events other than the terminal ones never carry final usage.
