@@ -1,45 +1,48 @@
 //! The strict route's fast path to a plain-HTTP upstream with a static key: our own pool of
-//! HTTP/1.1 connections (hyper's client connection API), each driven from inside the response
-//! body's `poll_frame`. Driving the connection in the same task as the body lets one poll
-//! decode every chunk that has already arrived and hand the client all of it as one frame —
-//! one write for a burst of SSE events instead of one write per event, which is what reqwest's
-//! separately-spawned connection task produces. HTTPS upstreams and refreshable credentials go
-//! through the general client (`upstream.rs`).
+//! HTTP/1.1 connections, each driven from inside the response body's `poll_frame`. The request
+//! head and body leave in one vectored write; the response is read into one buffer per
+//! connection and decoded there (`upstream_wire.rs`), and everything that has already arrived
+//! is handed to the client as one frame: one write for a burst of SSE events, where reqwest's
+//! separately spawned connection task gives one write per event. HTTPS upstreams and
+//! refreshable credentials go through the general client (`upstream.rs`).
 
 use super::http::{Body, BoxError, FrameGate, Gathered, UpstreamStatus, FRAME_LIMIT};
 use super::upstream::UpstreamError;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::body::{Body as HttpBody, Frame, Incoming};
-use hyper::client::conn::http1::{self, Connection, SendRequest};
-use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION, HOST};
-use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use super::upstream_wire::{
+    encode_request_head, parse_response_head, BodyDecoder, Decoded, HeadParse, ResponseHead,
+};
+use bytes::{Buf, Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::{Body as HttpBody, Frame};
+use hyper::header::{HeaderMap, HeaderValue};
+use hyper::Response;
 use std::future::{poll_fn, Future};
-use std::pin::Pin;
+use std::io::{self, IoSlice};
+use std::pin::{pin, Pin};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-type Conn = Pin<Box<Connection<TokioIo<TcpStream>, Full<Bytes>>>>;
-
-/// One upstream connection: the request side, the connection future that drives it, and its
-/// timer. The timer stays with the connection from request to request: moving a registered
-/// tokio timer later is an atomic store, while a new one costs a trip to the timer wheel (and
-/// often a wake-up of the runtime) on every request.
+/// One upstream connection with its read buffer and its timer. The timer stays with the
+/// connection from request to request: moving a registered tokio timer later is an atomic
+/// store, while a new one costs a trip to the timer wheel (and often a wake-up of the runtime)
+/// on every request.
 struct Pooled {
-    sender: SendRequest<Full<Bytes>>,
-    conn: Conn,
+    stream: TcpStream,
+    /// Bytes read and not yet consumed; empty whenever the connection is idle.
+    read_buf: BytesMut,
+    timer: Pin<Box<Sleep>>,
     idle_since: Instant,
-    /// `None` while the response body holds it.
-    timer: Option<Pin<Box<Sleep>>>,
 }
 
 /// Most idle connections kept, and how long one may stay idle.
 const POOL_SIZE: usize = 128;
 const POOL_IDLE: Duration = Duration::from_secs(60);
+/// The read buffer grows by this much whenever less than a quarter of it is free.
+const READ_CHUNK: usize = 16 * 1024;
 
 pub struct DirectUpstream {
     host: String,
@@ -89,63 +92,52 @@ impl DirectUpstream {
     /// the pool when it ends cleanly.
     pub async fn post(
         self: &Arc<Self>,
-        mut headers: HeaderMap,
+        headers: HeaderMap,
         body: Bytes,
     ) -> Result<Response<Body>, UpstreamError> {
-        headers.insert(HOST, self.authority.clone());
-        headers.insert(AUTHORIZATION, self.authorization.clone());
-        let request = || {
-            let mut request = Request::new(Full::new(body.clone()));
-            *request.method_mut() = hyper::Method::POST;
-            *request.uri_mut() = self
-                .path_and_query
-                .parse()
-                .expect("a URL path is a valid request target");
-            *request.headers_mut() = headers.clone();
-            request
-        };
-        // A pooled connection the upstream closed meanwhile fails before the request is
-        // sent; then (only then) the request goes again on a new connection.
-        if let Some(pooled) = self.checkout().await {
-            match self.exchange(pooled, request()).await {
-                Err(Exchange::NotSent) => {}
+        let mut head = Vec::with_capacity(256 + 64 * headers.len());
+        encode_request_head(
+            &mut head,
+            &self.path_and_query,
+            &self.authority,
+            &self.authorization,
+            &headers,
+            body.len(),
+        );
+        // A pooled connection the upstream closed meanwhile fails while the request is being
+        // written; then (only then) the request goes again on a new connection.
+        if let Some(pooled) = self.checkout() {
+            match self.exchange(pooled, &head, &body).await {
+                Err(Exchange::NotSent(_)) => {}
                 Err(Exchange::Failed(error)) => return Err(error),
                 Ok(response) => return Ok(response),
             }
         }
         let fresh = self.connect().await?;
-        match self.exchange(fresh, request()).await {
+        match self.exchange(fresh, &head, &body).await {
             Ok(response) => Ok(response),
-            Err(Exchange::NotSent) => Err(UpstreamError::Unreachable(
-                "the upstream closed the connection".into(),
-            )),
+            Err(Exchange::NotSent(detail)) => Err(UpstreamError::Unreachable(detail)),
             Err(Exchange::Failed(error)) => Err(error),
         }
     }
 
-    /// An idle connection that is still usable, if any.
-    async fn checkout(&self) -> Option<Pooled> {
+    /// An idle connection that is still open and silent, if any.
+    fn checkout(&self) -> Option<Pooled> {
         loop {
-            let mut pooled = {
+            let pooled = {
                 let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
                 idle.pop()?
             };
             if pooled.idle_since.elapsed() > POOL_IDLE {
                 continue;
             }
-            let usable = poll_fn(|cx| {
-                if pooled.conn.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(false);
-                }
-                match pooled.sender.poll_ready(cx) {
-                    Poll::Ready(result) => Poll::Ready(result.is_ok()),
-                    // Busy or closing: not for us.
-                    Poll::Pending => Poll::Ready(false),
-                }
-            })
-            .await;
-            if usable {
-                return Some(pooled);
+            // Without a request outstanding, anything readable (an end, a reset, stray
+            // bytes) means the connection cannot carry the next one. tokio answers
+            // `WouldBlock` without a system call while the socket is known not readable.
+            let mut probe = [0u8; 1];
+            match pooled.stream.try_read(&mut probe) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(pooled),
+                _ => continue,
             }
         }
     }
@@ -163,76 +155,68 @@ impl DirectUpstream {
             }
         };
         let _ = stream.set_nodelay(true);
-        let (sender, conn) = http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| UpstreamError::Unreachable(innermost(&e)))?;
         Ok(Pooled {
-            sender,
-            conn: Box::pin(conn),
+            stream,
+            read_buf: BytesMut::new(),
+            timer: Box::pin(tokio::time::sleep(self.idle_timeout)),
             idle_since: Instant::now(),
-            timer: None,
         })
     }
 
-    /// Sends `request` on `pooled`, driving the connection until the response head arrives.
+    /// Writes the request on `pooled` and reads the response head, all within the idle
+    /// timeout; the body stays with the connection.
     async fn exchange(
         self: &Arc<Self>,
         mut pooled: Pooled,
-        request: Request<Full<Bytes>>,
+        head: &[u8],
+        body: &[u8],
     ) -> Result<Response<Body>, Exchange> {
-        let mut sending = Box::pin(pooled.sender.try_send_request(request));
-        let mut timer = pooled
+        pooled
             .timer
-            .take()
-            .unwrap_or_else(|| Box::pin(tokio::time::sleep(self.idle_timeout)));
-        timer
             .as_mut()
             .reset(tokio::time::Instant::now() + self.idle_timeout);
-        let mut conn_done = false;
-        // The request is queued first so that the same poll of the connection writes it.
-        let head = poll_fn(|cx| {
-            if let Poll::Ready(head) = sending.as_mut().poll(cx) {
-                return Poll::Ready(Some(head));
-            }
-            if !conn_done && pooled.conn.as_mut().poll(cx).is_ready() {
-                conn_done = true;
-            }
-            if let Poll::Ready(head) = sending.as_mut().poll(cx) {
-                return Poll::Ready(Some(head));
-            }
-            timer.as_mut().poll(cx).map(|()| None)
-        })
-        .await;
-        let head = match head {
+        let outcome = {
+            let Pooled {
+                stream,
+                read_buf,
+                timer,
+                ..
+            } = &mut pooled;
+            let mut work = pin!(async {
+                write_request(stream, head, body)
+                    .await
+                    .map_err(|e| Exchange::NotSent(e.to_string()))?;
+                read_head(stream, read_buf).await.map_err(Exchange::Failed)
+            });
+            poll_fn(|cx| {
+                if let Poll::Ready(outcome) = work.as_mut().poll(cx) {
+                    return Poll::Ready(Some(outcome));
+                }
+                timer.as_mut().poll(cx).map(|()| None)
+            })
+            .await
+        };
+        let head = match outcome {
             None => {
                 return Err(Exchange::Failed(UpstreamError::Timeout(format!(
                     "no response within {:?}",
                     self.idle_timeout
                 ))))
             }
-            Some(Err(mut error)) => {
-                return Err(if error.take_message().is_some() {
-                    Exchange::NotSent
-                } else {
-                    Exchange::Failed(UpstreamError::Unreachable(innermost(error.error())))
-                })
-            }
-            Some(Ok(head)) => head,
+            Some(outcome) => outcome?,
         };
-        drop(sending);
-        let (parts, incoming) = head.into_parts();
-        let status = parts.status;
+        let status = head.status;
         let body = DrivenBody {
-            incoming,
-            conn: (!conn_done).then_some(pooled),
+            decoder: BodyDecoder::new(head.framing),
+            reusable: head.reusable,
+            conn: Some(pooled),
             pool: self.clone(),
-            idle_timer: Some(timer),
             idle_timeout: self.idle_timeout,
             gate: FrameGate::default(),
         };
         let mut response = Response::new(body.boxed_unsync());
         *response.status_mut() = status;
-        *response.headers_mut() = super::headers::for_client(&parts.headers);
+        *response.headers_mut() = super::headers::for_client(&head.headers);
         response
             .extensions_mut()
             .insert(UpstreamStatus(status.as_u16()));
@@ -249,28 +233,79 @@ impl DirectUpstream {
 }
 
 enum Exchange {
-    /// The connection was dead before the request left: safe to send again.
-    NotSent,
+    /// Writing the request failed, so the upstream cannot have acted on it: safe to send
+    /// again on a new connection.
+    NotSent(String),
     Failed(UpstreamError),
 }
 
-fn innermost(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = error;
-    while let Some(next) = cause.source() {
-        cause = next;
+/// Writes the request head and body, in as few system calls as the socket allows.
+async fn write_request(stream: &TcpStream, mut head: &[u8], mut body: &[u8]) -> io::Result<()> {
+    while !head.is_empty() || !body.is_empty() {
+        match stream.try_write_vectored(&[IoSlice::new(head), IoSlice::new(body)]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(written) => {
+                let from_head = written.min(head.len());
+                head = &head[from_head..];
+                body = &body[written - from_head..];
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
+            Err(e) => return Err(e),
+        }
     }
-    cause.to_string()
+    Ok(())
 }
 
-/// The upstream response body, polled together with its connection.
+/// Reads until the final response head is complete, skipping interim (1xx) responses; the
+/// bytes after it stay in `read_buf`.
+async fn read_head(
+    stream: &mut TcpStream,
+    read_buf: &mut BytesMut,
+) -> Result<ResponseHead, UpstreamError> {
+    loop {
+        match parse_response_head(read_buf) {
+            Err(error) => return Err(UpstreamError::Unreachable(error.to_string())),
+            Ok(HeadParse::Interim(len)) => read_buf.advance(len),
+            Ok(HeadParse::Complete(head, len)) => {
+                read_buf.advance(len);
+                return Ok(head);
+            }
+            Ok(HeadParse::Partial) => match poll_fn(|cx| poll_fill(stream, read_buf, cx)).await {
+                Ok(0) => {
+                    return Err(UpstreamError::Unreachable(
+                        "the upstream closed the connection before answering".into(),
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => return Err(UpstreamError::Unreachable(e.to_string())),
+            },
+        }
+    }
+}
+
+/// Reads what the socket has into the free end of `buf`; `Ok(0)` is the end of the stream.
+/// tokio's `AsyncRead` (unlike its `try_read`) marks the socket not readable after a short
+/// read, which spares the `EAGAIN` read that would otherwise follow every response.
+fn poll_fill(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+        buf.reserve(READ_CHUNK);
+    }
+    pin!(stream.read_buf(buf)).poll(cx)
+}
+
+/// The upstream response body, read from its connection as the client's side polls it.
 struct DrivenBody {
-    incoming: Incoming,
-    /// The connection, while this body owns it (`None` once it has closed).
+    decoder: BodyDecoder,
+    /// Whether the connection may go back to the pool once the body is complete.
+    reusable: bool,
+    /// The connection, until the body ends or fails.
     conn: Option<Pooled>,
     pool: Arc<DirectUpstream>,
-    /// Fails the body when the upstream sends nothing for `idle_timeout`; goes back to the
-    /// pool with the connection.
-    idle_timer: Option<Pin<Box<Sleep>>>,
+    /// The body fails when the upstream sends nothing for this long.
     idle_timeout: Duration,
     gate: FrameGate,
 }
@@ -287,66 +322,71 @@ impl HttpBody for DrivenBody {
         if let Some(early) = this.gate.before_poll(cx) {
             return early;
         }
+        let Some(conn) = this.conn.as_mut() else {
+            // Only reached after an end or error the gate has already reported.
+            return Poll::Ready(None);
+        };
         let mut merged = Gathered::default();
-        let mut conn_polled_since_data = false;
-        loop {
-            match Pin::new(&mut this.incoming).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        merged.push(data);
-                        conn_polled_since_data = false;
-                        if merged.len() >= FRAME_LIMIT {
-                            break;
-                        }
+        // `Some` once the body has ended (Ok) or failed (Err).
+        let finished: Option<Result<(), BoxError>> = loop {
+            match this.decoder.decode(&mut conn.read_buf) {
+                Ok(Decoded::Data(data)) => {
+                    merged.push(data);
+                    if merged.len() >= FRAME_LIMIT {
+                        break None;
                     }
-                    continue;
                 }
-                Poll::Ready(Some(Err(error))) => {
-                    this.conn = None;
-                    this.gate.pending_error = Some(error.into());
-                    break;
+                Ok(Decoded::End) => break Some(Ok(())),
+                Err(error) => break Some(Err(error.into())),
+                Ok(Decoded::NeedMore) => {
+                    match poll_fill(&mut conn.stream, &mut conn.read_buf, cx) {
+                        Poll::Ready(Ok(0)) => {
+                            this.reusable = false;
+                            break Some(this.decoder.at_eof().map_err(Into::into));
+                        }
+                        Poll::Ready(Ok(_)) => {}
+                        Poll::Ready(Err(error)) => break Some(Err(error.into())),
+                        Poll::Pending => break None,
+                    }
                 }
-                Poll::Ready(None) => {
-                    this.gate.ended = true;
-                    if let Some(mut pooled) = this.conn.take() {
-                        pooled.timer = this.idle_timer.take();
+            }
+        };
+        match finished {
+            None => {}
+            Some(Ok(())) => {
+                this.gate.ended = true;
+                if let Some(pooled) = this.conn.take() {
+                    // Bytes past the end of the body would be read as the next response.
+                    if this.reusable && pooled.read_buf.is_empty() {
                         this.pool.checkin(pooled);
                     }
-                    break;
                 }
-                Poll::Pending => {}
             }
-            if conn_polled_since_data {
-                break;
-            }
-            conn_polled_since_data = true;
-            if let Some(pooled) = this.conn.as_mut() {
-                if pooled.conn.as_mut().poll(cx).is_ready() {
-                    // Closed: the body now ends or fails on its next poll.
-                    this.conn = None;
-                    conn_polled_since_data = false;
+            Some(Err(error)) => {
+                this.conn = None;
+                if merged.is_empty() {
+                    this.gate.ended = true;
+                    return Poll::Ready(Some(Err(error)));
                 }
+                this.gate.pending_error = Some(error);
             }
         }
         if !merged.is_empty() {
-            if let Some(timer) = this.idle_timer.as_mut() {
+            if let Some(conn) = this.conn.as_mut() {
                 // Later than before: tokio only records the new time.
-                timer
+                conn.timer
                     .as_mut()
                     .reset(tokio::time::Instant::now() + this.idle_timeout);
             }
             return this.gate.frame(merged.into_bytes());
         }
-        if let Some(error) = this.gate.pending_error.take() {
-            return Poll::Ready(Some(Err(error)));
-        }
         if this.gate.ended {
             return Poll::Ready(None);
         }
         let stalled = this
-            .idle_timer
+            .conn
             .as_mut()
-            .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
+            .is_some_and(|conn| conn.timer.as_mut().poll(cx).is_ready());
         if stalled {
             this.conn = None;
             this.gate.ended = true;

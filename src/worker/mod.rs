@@ -16,6 +16,7 @@ pub mod strict;
 pub mod translate;
 pub mod upstream;
 pub mod upstream_auth;
+pub mod upstream_wire;
 pub mod wrapper_routes;
 
 use crate::cli::Cli;
