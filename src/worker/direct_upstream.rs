@@ -12,7 +12,7 @@ use super::upstream_wire::{
     encode_request_head, parse_response_head, BodyDecoder, Decoded, HeadParse, ResponseHead,
 };
 use bytes::{Buf, Bytes, BytesMut};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Empty};
 use hyper::body::{Body as HttpBody, Frame};
 use hyper::header::{HeaderMap, HeaderValue};
 use hyper::Response;
@@ -206,15 +206,26 @@ impl DirectUpstream {
             Some(outcome) => outcome?,
         };
         let status = head.status;
-        let body = DrivenBody {
-            decoder: BodyDecoder::new(head.framing),
-            reusable: head.reusable,
-            conn: Some(pooled),
-            pool: self.clone(),
-            idle_timeout: self.idle_timeout,
-            gate: FrameGate::default(),
+        let decoder = BodyDecoder::new(head.framing);
+        let body = if decoder.is_done() {
+            // No body (204, 304, a zero length): the connection is free now. hyper would
+            // never poll a 204's body, so the body must not be what returns it.
+            if head.reusable && pooled.read_buf.is_empty() {
+                self.checkin(pooled);
+            }
+            Empty::new().map_err(|never| match never {}).boxed_unsync()
+        } else {
+            DrivenBody {
+                decoder,
+                reusable: head.reusable,
+                conn: Some(pooled),
+                pool: self.clone(),
+                idle_timeout: self.idle_timeout,
+                gate: FrameGate::default(),
+            }
+            .boxed_unsync()
         };
-        let mut response = Response::new(body.boxed_unsync());
+        let mut response = Response::new(body);
         *response.status_mut() = status;
         *response.headers_mut() = super::headers::for_client(&head.headers);
         response
