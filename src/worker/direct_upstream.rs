@@ -88,20 +88,20 @@ impl DirectUpstream {
         }))
     }
 
-    /// Sends the request; the response body keeps driving the connection and returns it to
+    /// Sends the request with the client's end-to-end headers; the response body keeps driving the connection and returns it to
     /// the pool when it ends cleanly.
     pub async fn post(
         self: &Arc<Self>,
-        headers: HeaderMap,
+        client_headers: &HeaderMap,
         body: Bytes,
     ) -> Result<Response<Body>, UpstreamError> {
-        let mut head = Vec::with_capacity(256 + 64 * headers.len());
+        let mut head = Vec::with_capacity(256 + 64 * client_headers.len());
         encode_request_head(
             &mut head,
             &self.path_and_query,
             &self.authority,
             &self.authorization,
-            &headers,
+            super::headers::upstream_fields(client_headers),
             body.len(),
         );
         // A pooled connection the upstream closed meanwhile fails while the request is being
@@ -227,7 +227,7 @@ impl DirectUpstream {
         };
         let mut response = Response::new(body);
         *response.status_mut() = status;
-        *response.headers_mut() = super::headers::for_client(&head.headers);
+        *response.headers_mut() = head.headers;
         response
             .extensions_mut()
             .insert(UpstreamStatus(status.as_u16()));

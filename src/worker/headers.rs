@@ -1,7 +1,7 @@
 //! Which headers cross the proxy: hop-by-hop headers (and those named by `Connection`) never do;
 //! the client's `Authorization` and `Host` are replaced; everything else is end-to-end and passes.
 
-use hyper::header::{self, HeaderMap, HeaderName};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1, plus the
 /// legacy proxy ones).
@@ -17,7 +17,8 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
 ];
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
+/// Whether `name` describes the connection rather than the message.
+pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(&name.as_str())
 }
 
@@ -33,39 +34,56 @@ fn connection_listed(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
-fn end_to_end(headers: &HeaderMap, also_drop: &[HeaderName]) -> HeaderMap {
+/// The end-to-end fields of `headers` in order, leaving out those named in `also_drop`.
+fn end_to_end<'a>(
+    headers: &'a HeaderMap,
+    also_drop: &'a [HeaderName],
+) -> impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> + 'a {
     let listed = connection_listed(headers);
-    let mut out = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        if is_hop_by_hop(name)
+    headers.iter().filter(move |(name, _)| {
+        !(is_hop_by_hop(name)
             || also_drop.contains(name)
-            || listed.iter().any(|l| l == name.as_str())
-        {
-            continue;
-        }
-        out.append(name.clone(), value.clone());
-    }
-    out
+            || listed.iter().any(|l| l == name.as_str()))
+    })
+}
+
+/// Set by the upstream client from the URL, the key and the body.
+const SET_FOR_UPSTREAM: [HeaderName; 3] =
+    [header::AUTHORIZATION, header::HOST, header::CONTENT_LENGTH];
+
+/// The client's fields as they go upstream, before the key is added: what the direct
+/// upstream client writes as they are, and [`for_upstream`] collects.
+pub fn upstream_fields(
+    client_headers: &HeaderMap,
+) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+    end_to_end(client_headers, &SET_FOR_UPSTREAM)
 }
 
 /// The client's headers as they go upstream, before the key is added. `Host` and
 /// `Content-Length` are set by the upstream client from the URL and the body.
 pub fn for_upstream(client_headers: &HeaderMap) -> HeaderMap {
-    end_to_end(
-        client_headers,
-        &[header::AUTHORIZATION, header::HOST, header::CONTENT_LENGTH],
-    )
+    collect(upstream_fields(client_headers), client_headers.len())
 }
 
 /// The upstream's response headers as they go back to the client.
 pub fn for_client(upstream_headers: &HeaderMap) -> HeaderMap {
-    end_to_end(upstream_headers, &[])
+    collect(end_to_end(upstream_headers, &[]), upstream_headers.len())
+}
+
+fn collect<'a>(
+    fields: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+    capacity: usize,
+) -> HeaderMap {
+    let mut out = HeaderMap::with_capacity(capacity);
+    for (name, value) in fields {
+        out.append(name.clone(), value.clone());
+    }
+    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::header::HeaderValue;
 
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut m = HeaderMap::new();

@@ -19,9 +19,8 @@ pub async fn forward(
         Ok(body) => body,
         Err(response) => return response,
     };
-    let upstream_headers = headers::for_upstream(&parts.headers);
     if let Some(direct) = &state.direct {
-        return match direct.post(upstream_headers, body).await {
+        return match direct.post(&parts.headers, body).await {
             Ok(response) => response,
             Err(error) => {
                 tracing::warn!("{error}");
@@ -29,6 +28,7 @@ pub async fn forward(
             }
         };
     }
+    let upstream_headers = headers::for_upstream(&parts.headers);
     let upstream = match upstream
         .post_or_answer(&state.upstream_url, upstream_headers, body)
         .await

@@ -7,7 +7,8 @@
 //! (conflicting lengths, malformed chunk lines) and bounded everywhere (head, chunk line and
 //! trailer sizes), so a hostile or broken upstream gets a clear error, never a hang or a panic.
 
-use bytes::{Bytes, BytesMut};
+use super::headers::is_hop_by_hop;
+use bytes::{Buf, Bytes, BytesMut};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH};
 use hyper::StatusCode;
 use std::fmt;
@@ -21,7 +22,7 @@ const CHUNK_LINE_LIMIT: usize = 4 * 1024;
 const TRAILER_LIMIT: usize = 16 * 1024;
 
 /// Why a response could not be read. The text goes into the client's 502 and the log line.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WireError(&'static str);
 
 impl fmt::Display for WireError {
@@ -32,16 +33,16 @@ impl fmt::Display for WireError {
 
 impl std::error::Error for WireError {}
 
-/// Appends `POST <target> HTTP/1.1`, `Host`, `Authorization`, `headers` and `Content-Length`
-/// to `out`. `headers` must already be end-to-end only, without `Host`, `Authorization` or
-/// `Content-Length` (`headers::for_upstream`); header values never hold CR or LF, so nothing a
-/// client sends can add a line.
-pub fn encode_request_head(
+/// Appends `POST <target> HTTP/1.1`, `Host`, `Authorization`, `fields` and `Content-Length`
+/// to `out`. `fields` must be end-to-end only, without `Host`, `Authorization` or
+/// `Content-Length` (`headers::upstream_fields`); header values never hold CR or LF, so
+/// nothing a client sends can add a line.
+pub fn encode_request_head<'a>(
     out: &mut Vec<u8>,
     target: &str,
     host: &HeaderValue,
     authorization: &HeaderValue,
-    headers: &HeaderMap,
+    fields: impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)>,
     body_len: usize,
 ) {
     out.extend_from_slice(b"POST ");
@@ -51,7 +52,7 @@ pub fn encode_request_head(
     out.extend_from_slice(b"\r\nauthorization: ");
     out.extend_from_slice(authorization.as_bytes());
     out.extend_from_slice(b"\r\n");
-    for (name, value) in headers {
+    for (name, value) in fields {
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
@@ -67,6 +68,8 @@ pub fn encode_request_head(
 #[derive(Debug)]
 pub struct ResponseHead {
     pub status: StatusCode,
+    /// The end-to-end headers, as the client gets them: no hop-by-hop ones, none that
+    /// `Connection` names, and `Content-Length` only where it frames the body.
     pub headers: HeaderMap,
     pub framing: Framing,
     /// Whether the connection may carry another request once this body has been read.
@@ -126,6 +129,7 @@ pub fn parse_response_head(buf: &[u8]) -> Result<HeadParse, WireError> {
     let mut chunked = false;
     let mut transfer_encoded = false;
     let mut close = !http11;
+    let mut connection_listed = Vec::new();
     for header in parsed.headers.iter() {
         let name = HeaderName::from_bytes(header.name.as_bytes())
             .map_err(|_| WireError("the upstream's response has an invalid header name"))?;
@@ -151,12 +155,19 @@ pub fn parse_response_head(buf: &[u8]) -> Result<HeadParse, WireError> {
                 .find(|coding| !coding.is_empty())
                 .is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked"));
         } else if name == CONNECTION {
-            close |= value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .any(|token| trim(token).eq_ignore_ascii_case(b"close"));
+            for token in value.as_bytes().split(|&b| b == b',').map(trim) {
+                close |= token.eq_ignore_ascii_case(b"close");
+                if let Ok(listed) = HeaderName::from_bytes(token) {
+                    connection_listed.push(listed);
+                }
+            }
         }
-        headers.append(name, value);
+        if !is_hop_by_hop(&name) && name != CONTENT_LENGTH {
+            headers.append(name, value);
+        }
+    }
+    for listed in connection_listed {
+        headers.remove(listed);
     }
     let framing = if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         Framing::Empty
@@ -177,7 +188,6 @@ pub fn parse_response_head(buf: &[u8]) -> Result<HeadParse, WireError> {
         }
     };
     // The client sees one length, and only one that frames the body it gets.
-    headers.remove(CONTENT_LENGTH);
     if let (Some(n), Framing::Length(_) | Framing::Empty) = (length, framing) {
         if !transfer_encoded
             && status != StatusCode::NO_CONTENT
@@ -218,7 +228,7 @@ fn parse_length(digits: &[u8]) -> Result<u64, WireError> {
         if b.is_ascii_digit() {
             Ok(n * 10 + u64::from(b - b'0'))
         } else {
-            Err(invalid.clone())
+            Err(invalid)
         }
     })
 }
@@ -226,7 +236,7 @@ fn parse_length(digits: &[u8]) -> Result<u64, WireError> {
 /// One step of body decoding.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decoded {
-    /// Body bytes, split off the front of the buffer without copying.
+    /// Body bytes (never empty), split off the front of the buffer.
     Data(Bytes),
     /// The buffer holds no more of the body; read more.
     NeedMore,
@@ -272,6 +282,8 @@ enum State {
         line_empty: bool,
     },
     Done,
+    /// An error found after data that was handed out first.
+    Failed(WireError),
 }
 
 impl BodyDecoder {
@@ -293,53 +305,72 @@ impl BodyDecoder {
         self.state == State::Done
     }
 
-    /// The next piece of the body from `buf`.
+    /// All of the body that `buf` holds, as one piece: for a chunked body the chunk data is
+    /// moved to the front of the buffer over the framing between chunks, and split off once.
+    /// An error met after some data comes on the next call, after that data.
     pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Decoded, WireError> {
-        loop {
+        if let State::Failed(error) = self.state {
+            return Err(error);
+        }
+        // Body bytes are gathered at buf[..write]; buf[..read] has been consumed.
+        let (mut read, mut write) = (0usize, 0usize);
+        let mut failure = None;
+        while read < buf.len() {
             match self.state {
-                State::Done => return Ok(Decoded::End),
-                State::Length(remaining) => {
-                    if buf.is_empty() {
-                        return Ok(Decoded::NeedMore);
+                State::Done | State::Failed(_) => break,
+                State::Length(remaining) | State::ChunkData(remaining) => {
+                    let available = buf.len() - read;
+                    let take = usize::try_from(remaining).map_or(available, |r| r.min(available));
+                    if read != write {
+                        buf.copy_within(read..read + take, write);
                     }
-                    let take = usize::try_from(remaining).map_or(buf.len(), |r| r.min(buf.len()));
+                    read += take;
+                    write += take;
                     let left = remaining - take as u64;
-                    self.state = if left == 0 {
-                        State::Done
-                    } else {
-                        State::Length(left)
+                    self.state = match (self.state, left) {
+                        (State::Length(_), 0) => State::Done,
+                        (State::Length(_), _) => State::Length(left),
+                        (_, 0) => State::ChunkDataCr,
+                        _ => State::ChunkData(left),
                     };
-                    return Ok(Decoded::Data(buf.split_to(take).freeze()));
                 }
                 State::UntilClose => {
-                    if buf.is_empty() {
-                        return Ok(Decoded::NeedMore);
+                    let available = buf.len() - read;
+                    if read != write {
+                        buf.copy_within(read.., write);
                     }
-                    return Ok(Decoded::Data(buf.split().freeze()));
+                    read += available;
+                    write += available;
                 }
-                State::ChunkData(remaining) => {
-                    if buf.is_empty() {
-                        return Ok(Decoded::NeedMore);
+                _ => match self.control_byte(buf[read]) {
+                    Ok(next) => {
+                        self.state = next;
+                        read += 1;
                     }
-                    let take = usize::try_from(remaining).map_or(buf.len(), |r| r.min(buf.len()));
-                    let left = remaining - take as u64;
-                    self.state = if left == 0 {
-                        State::ChunkDataCr
-                    } else {
-                        State::ChunkData(left)
-                    };
-                    return Ok(Decoded::Data(buf.split_to(take).freeze()));
-                }
-                _ => {
-                    // Control bytes: step through them one by one.
-                    let Some(&byte) = buf.first() else {
-                        return Ok(Decoded::NeedMore);
-                    };
-                    self.state = self.control_byte(byte)?;
-                    let _ = buf.split_to(1);
-                }
+                    Err(error) => {
+                        failure = Some(error);
+                        break;
+                    }
+                },
             }
         }
+        if let Some(error) = failure {
+            self.state = State::Failed(error);
+            if write == 0 {
+                return Err(error);
+            }
+        }
+        if write == 0 {
+            buf.advance(read);
+            return Ok(if self.state == State::Done {
+                Decoded::End
+            } else {
+                Decoded::NeedMore
+            });
+        }
+        let data = buf.split_to(write).freeze();
+        buf.advance(read - write);
+        Ok(Decoded::Data(data))
     }
 
     /// The state after one byte of chunk framing.
@@ -431,7 +462,11 @@ impl BodyDecoder {
                 },
                 _ => return Err(BAD_END),
             },
-            State::Length(_) | State::UntilClose | State::ChunkData(_) | State::Done => {
+            State::Length(_)
+            | State::UntilClose
+            | State::ChunkData(_)
+            | State::Done
+            | State::Failed(_) => {
                 unreachable!("not a control state")
             }
         })
@@ -513,7 +548,7 @@ mod tests {
             "/v1/responses?api-version=1",
             &HeaderValue::from_static("127.0.0.1:8080"),
             &HeaderValue::from_static("Bearer k"),
-            &headers,
+            headers.iter(),
             42,
         );
         assert_eq!(
@@ -624,6 +659,14 @@ mod tests {
         let head = complete("HTTP/1.1 200 OK\r\nx-request-id: r1\r\nx-dup: a\r\nx-dup: b\r\n\r\n");
         assert_eq!(head.headers["x-request-id"], "r1");
         assert_eq!(head.headers.get_all("x-dup").iter().count(), 2);
+        // Hop-by-hop headers, and those Connection names, stay on this side.
+        let head = complete(
+            "HTTP/1.1 200 OK\r\nx-hop: 1\r\ntransfer-encoding: chunked\r\nkeep-alive: 5\r\n\
+             connection: keep-alive, X-Hop\r\nupgrade: h2c\r\nx-kept: 2\r\n\r\n",
+        );
+        let names: Vec<&str> = head.headers.keys().map(|n| n.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
+        assert!(head.reusable && head.framing == Framing::Chunked);
     }
 
     #[test]
@@ -732,6 +775,15 @@ mod tests {
                 String::from_utf8_lossy(wire)
             );
         }
+        // Data before the error is handed out first; the error stays.
+        let mut decoder = BodyDecoder::new(Framing::Chunked);
+        let mut buf = BytesMut::from(&b"5\r\nhello\r\nzz\r\n"[..]);
+        assert_eq!(
+            decoder.decode(&mut buf).unwrap(),
+            Decoded::Data(Bytes::from_static(b"hello"))
+        );
+        assert!(decoder.decode(&mut buf).is_err());
+        assert!(decoder.decode(&mut buf).is_err() && decoder.at_eof().is_err());
         // The largest size that fits is read, not wrapped.
         let mut decoder = BodyDecoder::new(Framing::Chunked);
         let mut buf = BytesMut::from(&b"ffffffffffffffff\r\nab"[..]);
