@@ -316,12 +316,17 @@ impl FieldWriter<'_, '_> {
     fn put(&mut self, name: &str, value: &str) {
         if self.result.is_ok() {
             self.result = (|| {
-                self.writer.write_char(' ')?;
-                self.writer.write_str(name)?;
-                self.writer.write_char('=')?;
+                self.put_name(name)?;
                 self.writer.write_str(value)
             })();
         }
+    }
+
+    /// ` name=`.
+    fn put_name(&mut self, name: &str) -> std::fmt::Result {
+        self.writer.write_char(' ')?;
+        self.writer.write_str(name)?;
+        self.writer.write_char('=')
     }
 }
 
@@ -337,15 +342,16 @@ fn quotes_plainly(value: &str) -> bool {
 impl tracing::field::Visit for FieldWriter<'_, '_> {
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
         if self.result.is_ok() {
-            self.result = if quotes_plainly(value) {
-                (|| {
-                    write!(self.writer, " {}=\"", field.name())?;
+            self.result = (|| {
+                self.put_name(field.name())?;
+                if quotes_plainly(value) {
+                    self.writer.write_char('"')?;
                     self.writer.write_str(value)?;
                     self.writer.write_char('"')
-                })()
-            } else {
-                write!(self.writer, " {}={value:?}", field.name())
-            };
+                } else {
+                    write!(self.writer, "{value:?}")
+                }
+            })();
         }
     }
 
@@ -366,11 +372,12 @@ impl tracing::field::Visit for FieldWriter<'_, '_> {
 
     fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
         if self.result.is_ok() {
-            self.result = if field.name() == "message" {
+            self.result = (|| {
+                if field.name() != "message" {
+                    self.put_name(field.name())?;
+                }
                 write!(self.writer, "{value:?}")
-            } else {
-                write!(self.writer, " {}={value:?}", field.name())
-            };
+            })();
         }
     }
 }
