@@ -130,6 +130,23 @@ for path in fixture_files("responses-streams") + fixture_files("chat-streams"):
     write("usage_tap", body.replace(b"\n", b"\r\n"))
     write("usage_tap", body.replace(b"\n", b"\r"))
 
+# upstream_response: what an upstream sends on a connection, in every framing.
+responses = [
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+    b"f\r\ndata: {\"a\":1}\n\n\r\n5;e=\"x\"\r\nhello\r\n0\r\nx-t: 1\r\n\r\nHTTP/1.1",
+    b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 401 Unauthorized\r\ncontent-length: 2, 2\r\n\r\n{}NEXT",
+    b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\n\r\nuntil the end",
+    b"HTTP/1.1 204 No Content\r\ncontent-length: 4\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\ncontent-length: 9\r\n\r\n0\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\nraw",
+]
+for path in fixture_files("responses-streams"):
+    body = open(path, "rb").read()
+    chunks = b"".join(b"%x\r\n%s\r\n" % (len(line), line) for line in body.splitlines(True))
+    responses.append(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n")
+for response in responses:
+    write("upstream_response", response)
+
 for t in sorted(os.listdir(os.path.join(fuzz, "corpus"))):
     print(f"seeded {t}: {len(os.listdir(os.path.join(fuzz, 'corpus', t)))} inputs")
 PY

@@ -204,6 +204,37 @@ fn usage_tap_seeds() {
     replay("usage_tap", &inputs);
 }
 
+#[test]
+fn upstream_response_seeds() {
+    let mut inputs: Vec<Vec<u8>> = [
+        &b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}NEXT"[..],
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;e=1\r\nhello\r\n0\r\nT: 1\r\n\r\nX",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort",
+        b"HTTP/1.0 200 OK\r\n\r\nuntil the end",
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+        b"SSH-2.0-OpenSSH_9.2\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab",
+    ]
+    .iter()
+    .map(|wire| wire.to_vec())
+    .collect();
+    for path in files_in("responses-streams") {
+        let mut wire = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        for line in std::fs::read(&path)
+            .unwrap()
+            .split_inclusive(|&b| b == b'\n')
+        {
+            wire.extend_from_slice(format!("{:x}\r\n", line.len()).as_bytes());
+            wire.extend_from_slice(line);
+            wire.extend_from_slice(b"\r\n");
+        }
+        wire.extend_from_slice(b"0\r\n\r\n");
+        inputs.push(wire);
+    }
+    replay("upstream_response", &inputs);
+}
+
 /// `body` with every `\n` replaced by `end`.
 fn with_line_ends(body: &[u8], end: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() * 2);

@@ -21,6 +21,9 @@ use codex_responses_api_proxy::sse::{SseError, SseReader, DEFAULT_MAX_EVENT_BYTE
 use codex_responses_api_proxy::supervisor::key::{self, KeyError, KeySource, MAX_KEY_LEN};
 use codex_responses_api_proxy::usage::tap::UsageTap;
 use codex_responses_api_proxy::worker::framing_guard::FramingScanner;
+use codex_responses_api_proxy::worker::upstream_wire::{
+    parse_response_head, BodyDecoder, Decoded, Framing, HeadParse,
+};
 use codex_responses_api_proxy::wrapper::chat_request::chat_to_responses;
 use codex_responses_api_proxy::wrapper::chat_stream::{ChatStream, StreamOutcome};
 use codex_responses_api_proxy::wrapper::completions::{completion_to_responses, CompletionStream};
@@ -57,7 +60,7 @@ fn untolerated(problems: &str, separator: &str) -> Vec<String> {
 }
 
 /// The fuzz targets, by name (also the prefix of a regression file's name).
-pub const TARGETS: [&str; 8] = [
+pub const TARGETS: [&str; 9] = [
     "key_intake",
     "sse_reader",
     "bridge_request",
@@ -66,6 +69,7 @@ pub const TARGETS: [&str; 8] = [
     "wrapper_stream",
     "framing_scanner",
     "usage_tap",
+    "upstream_response",
 ];
 
 /// Runs the check of the target `name` on `data`. Panics on an unknown name.
@@ -79,6 +83,7 @@ pub fn check(name: &str, data: &[u8]) {
         "wrapper_stream" => check_wrapper_stream(data),
         "framing_scanner" => check_framing_scanner(data),
         "usage_tap" => check_usage_tap(data),
+        "upstream_response" => check_upstream_response(data),
         other => panic!("unknown fuzz target {other}"),
     }
 }
@@ -788,4 +793,106 @@ pub fn check_usage_tap(data: &[u8]) {
         Err(_) => return,
     }
     assert_eq!(whole, every_event.finish(), "against parsing every event");
+}
+
+// ------------------------------------------------------------------------ upstream response
+
+/// What reading one response from `data` gave: the final head's status and framing (or the
+/// head error), the body, how the body ended, and the bytes left after it.
+#[derive(Debug, PartialEq, Eq)]
+struct ResponseRead {
+    head: Result<(u16, Framing, bool), String>,
+    body: Vec<u8>,
+    ending: Result<&'static str, String>,
+    rest: Vec<u8>,
+}
+
+/// Reads one response the way the direct upstream client does, with the bytes arriving in
+/// pieces of `piece`: the head is parsed from everything read so far (interim heads skipped),
+/// the body decoded from what follows, the end of `data` being the end of the connection.
+fn read_response(data: &[u8], piece: usize) -> ResponseRead {
+    let mut pieces = data.chunks(piece.max(1));
+    let mut buf = bytes::BytesMut::new();
+    let head = loop {
+        match parse_response_head(&buf) {
+            Ok(HeadParse::Interim(len)) => {
+                let _ = buf.split_to(len);
+            }
+            Ok(HeadParse::Complete(head, len)) => {
+                let _ = buf.split_to(len);
+                break Ok(head);
+            }
+            Ok(HeadParse::Partial) => match pieces.next() {
+                Some(more) => buf.extend_from_slice(more),
+                None => break Err("ended before the head".to_string()),
+            },
+            Err(error) => break Err(error.to_string()),
+        }
+    };
+    let head = match head {
+        Ok(head) => head,
+        Err(error) => {
+            return ResponseRead {
+                head: Err(error),
+                body: Vec::new(),
+                ending: Ok("no body"),
+                rest: Vec::new(),
+            }
+        }
+    };
+    let mut decoder = BodyDecoder::new(head.framing);
+    let mut body = Vec::new();
+    let ending = loop {
+        match decoder.decode(&mut buf) {
+            Ok(Decoded::Data(data)) => {
+                assert!(!data.is_empty(), "an empty data piece");
+                body.extend_from_slice(&data);
+            }
+            Ok(Decoded::End) => break Ok("end"),
+            Ok(Decoded::NeedMore) => match pieces.next() {
+                Some(more) => buf.extend_from_slice(more),
+                None => break decoder.at_eof().map(|()| "eof").map_err(|e| e.to_string()),
+            },
+            Err(error) => break Err(error.to_string()),
+        }
+    };
+    let mut rest = buf.to_vec();
+    if ending == Ok("end") {
+        for more in pieces {
+            rest.extend_from_slice(more);
+        }
+    } else {
+        rest.clear();
+    }
+    if let (Framing::Length(n), Ok(_)) = (head.framing, &ending) {
+        assert_eq!(
+            body.len() as u64,
+            n,
+            "a length-framed body of another length"
+        );
+    }
+    if head.framing == Framing::UntilClose && ending.is_ok() {
+        assert!(!head.reusable, "a close-delimited response marked reusable");
+    }
+    ResponseRead {
+        head: Ok((head.status.as_u16(), head.framing, head.reusable)),
+        body,
+        ending,
+        rest,
+    }
+}
+
+/// `upstream_response`: the raw bytes an upstream sends on a connection. Reading the response
+/// never panics or loops, and gives the same head, body, ending and left-over bytes whether
+/// the bytes arrive all at once, in thirds, in 7-byte pieces or one at a time; a body framed by
+/// a length has that length, and a body ended by the close is never marked reusable.
+pub fn check_upstream_response(data: &[u8]) {
+    let whole = read_response(data, data.len());
+    for piece in [1 + data.len() / 3, 7, 1] {
+        assert_eq!(
+            read_response(data, piece),
+            whole,
+            "fed in pieces of {piece}"
+        );
+    }
 }
