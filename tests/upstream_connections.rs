@@ -205,8 +205,9 @@ async fn every_framing_reaches_the_client_and_connections_are_reused_only_when_s
             Then::KeepOpen,
         ),
     });
-    let proxy = Proxy::start(&upstream.url(), &[]);
-    // One client connection, so that every request reaches the same shard and its pool.
+    // One worker thread, so that every request uses the same pool of upstream connections
+    // (the client may open a new connection, which would go to another thread).
+    let proxy = Proxy::start(&upstream.url(), &["--worker-threads", "1"]);
     let client = http_client();
     let expected: [(u16, Option<&str>, &str, usize); 9] = [
         (200, Some("5"), "hello", 1),
@@ -244,8 +245,9 @@ async fn a_pooled_connection_the_upstream_closed_is_replaced_without_an_error() 
             Then::CloseAfter(Duration::from_millis(20)),
         )
     });
-    let proxy = Proxy::start(&upstream.url(), &[]);
-    // One client connection, so that every request reaches the same shard and its pool.
+    // One worker thread, so that every request uses the same pool of upstream connections
+    // (the client may open a new connection, which would go to another thread).
+    let proxy = Proxy::start(&upstream.url(), &["--worker-threads", "1"]);
     let client = http_client();
     for n in 0..4 {
         let (status, _, body) = post(&client, &proxy, "{}").await;
@@ -285,8 +287,9 @@ async fn malformed_upstream_framing_is_a_502_before_the_head_and_a_cut_stream_af
             Then::KeepOpen,
         ),
     });
-    let proxy = Proxy::start(&upstream.url(), &[]);
-    // One client connection, so that every request reaches the same shard and its pool.
+    // One worker thread, so that every request uses the same pool of upstream connections
+    // (the client may open a new connection, which would go to another thread).
+    let proxy = Proxy::start(&upstream.url(), &["--worker-threads", "1"]);
     let client = http_client();
     // Before the head: a 502 with an OpenAI error. After it: the client's response fails
     // (hyper may not have written the head yet when the error comes), never a clean end.
@@ -317,8 +320,9 @@ async fn a_request_body_larger_than_the_socket_buffers_arrives_whole() {
             Then::KeepOpen,
         )
     });
-    let proxy = Proxy::start(&upstream.url(), &[]);
-    // One client connection, so that every request reaches the same shard and its pool.
+    // One worker thread, so that every request uses the same pool of upstream connections
+    // (the client may open a new connection, which would go to another thread).
+    let proxy = Proxy::start(&upstream.url(), &["--worker-threads", "1"]);
     let client = http_client();
     let body: String = (0..8 * 1024 * 1024 / 16)
         .map(|i| format!("{i:015}\n"))
