@@ -342,16 +342,23 @@ impl BodyDecoder {
                     read += available;
                     write += available;
                 }
-                _ => match self.control_byte(buf[read]) {
-                    Ok(next) => {
+                _ => {
+                    if let Some((next, used)) = self.whole_framing(&buf[read..]) {
                         self.state = next;
-                        read += 1;
+                        read += used;
+                        continue;
                     }
-                    Err(error) => {
-                        failure = Some(error);
-                        break;
+                    match self.control_byte(buf[read]) {
+                        Ok(next) => {
+                            self.state = next;
+                            read += 1;
+                        }
+                        Err(error) => {
+                            failure = Some(error);
+                            break;
+                        }
                     }
-                },
+                }
             }
         }
         if let Some(error) = failure {
@@ -371,6 +378,55 @@ impl BodyDecoder {
         let data = buf.split_to(write).freeze();
         buf.advance(read - write);
         Ok(Decoded::Data(data))
+    }
+
+    /// The usual framing between chunks (`\r\n`, a bare hex size, `\r\n`) or at the end
+    /// (`\r\n` after the last chunk), taken whole when it has arrived whole: the state after
+    /// it and its length. `None` leaves everything else (extensions, trailers, a line split
+    /// between reads, errors) to [`Self::control_byte`], which accepts the same bytes.
+    fn whole_framing(&self, bytes: &[u8]) -> Option<(State, usize)> {
+        let size_line = |bytes: &[u8]| {
+            let digits = bytes
+                .iter()
+                .take(17)
+                .take_while(|b| b.is_ascii_hexdigit())
+                .count();
+            if digits == 0 || digits > 16 || bytes.get(digits..digits + 2) != Some(b"\r\n") {
+                return None;
+            }
+            let size = bytes[..digits]
+                .iter()
+                .fold(0u64, |n, &b| n << 4 | u64::from(hex_value(b).unwrap_or(0)));
+            let next = if size == 0 {
+                State::Trailer {
+                    total: 0,
+                    line_empty: true,
+                }
+            } else {
+                State::ChunkData(size)
+            };
+            Some((next, digits + 2))
+        };
+        match self.state {
+            State::ChunkDataCr if bytes.starts_with(b"\r\n") => Some(
+                size_line(&bytes[2..])
+                    .map(|(next, used)| (next, used + 2))
+                    .unwrap_or((
+                        State::ChunkSize {
+                            size: 0,
+                            digits: 0,
+                            line: 0,
+                        },
+                        2,
+                    )),
+            ),
+            State::ChunkSize { digits: 0, .. } => size_line(bytes),
+            State::Trailer {
+                total: 0,
+                line_empty: true,
+            } if bytes.starts_with(b"\r\n") => Some((State::Done, 2)),
+            _ => None,
+        }
     }
 
     /// The state after one byte of chunk framing.
