@@ -283,16 +283,23 @@ impl UsageEvents {
                 .unwrap_or(rest.len() - from)
         };
         let mut event_start = past_blank_lines(0);
-        while let Some(at) = USAGE_KEY.find(&rest[event_start..]) {
-            let hit = event_start + at;
+        let mut search_from = event_start;
+        while let Some(at) = USAGE_KEY.find(&rest[search_from..]) {
+            let hit = search_from + at;
+            search_from = hit + USAGE_KEY.needle().len();
+            if null_follows_on_its_line(&rest[search_from..]) {
+                // `"usage":null` (every event but the last in a Responses stream).
+                continue;
+            }
             let start = last_blank_line(&rest[event_start..hit])
                 .map_or(event_start, |at| event_start + at + 2);
             let Some(end) = BLANK_LINE.find(&rest[hit..]).map(|at| hit + at + 1) else {
                 // Mentioned in the unfinished last event: looked at when it ends.
                 break;
             };
-            take_raw_event(&rest[start..end], found);
+            parse_raw_event(&rest[start..end], found);
             event_start = past_blank_lines(end + 1);
+            search_from = event_start;
         }
         let tail_start =
             last_blank_line(&rest[event_start..]).map_or(event_start, |at| event_start + at + 2);
@@ -374,9 +381,24 @@ static USAGE_KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
 
 /// One whole event as it arrived (its lines, without the blank line that ended it).
 fn take_raw_event(raw: &[u8], found: &mut Option<TokenUsage>) {
-    if !may_carry_usage(raw) {
-        return;
+    if may_carry_usage(raw) {
+        parse_raw_event(raw, found);
     }
+}
+
+/// Whether `after`, what follows a `"usage"`, is `: null` on the same line: a mention
+/// [`may_carry_usage`] passes over too (it also looks past line ends).
+fn null_follows_on_its_line(after: &[u8]) -> bool {
+    let blank = |b: &u8| *b == b' ' || *b == b'\t';
+    let after = &after[after.iter().take_while(|b| blank(b)).count()..];
+    let Some(value) = after.strip_prefix(b":") else {
+        return false;
+    };
+    value[value.iter().take_while(|b| blank(b)).count()..].starts_with(b"null")
+}
+
+/// An event known to mention usage: parsed as SSE, then each of its events as JSON.
+fn parse_raw_event(raw: &[u8], found: &mut Option<TokenUsage>) {
     let mut reader = SseReader::new(DEFAULT_MAX_EVENT_BYTES);
     reader.push(raw);
     // The event has no blank line inside, so its fields are dispatched by `finish`; an event
@@ -695,6 +717,15 @@ mod tests {
         assert!(may_carry_usage(b"data: {\"type\":\"usage\"}"));
         assert!(may_carry_usage(b"data: {\"usage\""));
         assert!(!may_carry_usage(b"data: {\"delta\":\"\\\"usage\\\"\"}"));
+        // The quick check on one line never calls null what may_carry_usage would count.
+        for after in [&b":null}"[..], b" :\t null", b": nullx"] {
+            assert!(null_follows_on_its_line(after));
+            let event = [&b"data: {\"usage\""[..], after].concat();
+            assert!(!may_carry_usage(&event));
+        }
+        for after in [&b":{\"input_tokens\":1}"[..], b"\n:null", b"", b":", b"nul"] {
+            assert!(!null_follows_on_its_line(after), "{after:?}");
+        }
     }
 
     #[test]
