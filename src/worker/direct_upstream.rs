@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
+use zeroize::Zeroizing;
 
 /// One upstream connection with its read buffer and its timer. The timer stays with the
 /// connection from request to request: moving a registered tokio timer later is an atomic
@@ -95,7 +96,17 @@ impl DirectUpstream {
         client_headers: &HeaderMap,
         body: Bytes,
     ) -> Result<Response<Body>, UpstreamError> {
-        let mut head = Vec::with_capacity(256 + 64 * client_headers.len());
+        // It holds the key: sized so that it never moves (which would leave a copy behind)
+        // and wiped when dropped, however the request ends.
+        let fields: usize = super::headers::upstream_fields(client_headers)
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum();
+        let capacity = 128
+            + self.path_and_query.len()
+            + self.authority.len()
+            + self.authorization.len()
+            + fields;
+        let mut head = Zeroizing::new(Vec::with_capacity(capacity));
         encode_request_head(
             &mut head,
             &self.path_and_query,
@@ -104,6 +115,7 @@ impl DirectUpstream {
             super::headers::upstream_fields(client_headers),
             body.len(),
         );
+        debug_assert!(head.len() <= capacity, "the request head outgrew its buffer");
         // A pooled connection the upstream closed meanwhile fails while the request is being
         // written; then (only then) the request goes again on a new connection.
         if let Some(pooled) = self.checkout() {
