@@ -336,3 +336,34 @@ async fn a_request_body_larger_than_the_socket_buffers_arrives_whole() {
     assert!(bodies.iter().all(|b| b == body.as_bytes()));
     assert_eq!(upstream.connections(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_answer_before_the_whole_request_is_relayed_at_once() {
+    // The upstream reads the head and a little of the body, answers 413 and stops reading,
+    // holding the connection open: the proxy must not wait to finish writing first.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                let _ = stream.read(&mut buf);
+                let _ = stream
+                    .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 3\r\n\r\nbig");
+                std::thread::sleep(Duration::from_secs(20));
+            });
+        }
+    });
+    let proxy = Proxy::start(
+        &format!("http://127.0.0.1:{port}/v1/responses"),
+        &["--idle-timeout", "10"],
+    );
+    let started = std::time::Instant::now();
+    let (status, _, body) = post(&http_client(), &proxy, &"x".repeat(20 * 1024 * 1024)).await;
+    assert_eq!((status, body.as_str()), (413, "big"));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "answered after {:?}",
+        started.elapsed()
+    );
+}

@@ -22,7 +22,7 @@ use std::pin::{pin, Pin};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 use zeroize::Zeroizing;
@@ -115,9 +115,14 @@ impl DirectUpstream {
             super::headers::upstream_fields(client_headers),
             body.len(),
         );
-        debug_assert!(head.len() <= capacity, "the request head outgrew its buffer");
-        // A pooled connection the upstream closed meanwhile fails while the request is being
-        // written; then (only then) the request goes again on a new connection.
+        debug_assert!(
+            head.len() <= capacity,
+            "the request head outgrew its buffer"
+        );
+        // A pooled connection the upstream closed (and `checkout` did not notice yet) fails
+        // the write only if it has already been reset; then, and only then, the request goes
+        // again on a new connection. One whose end arrives after the write fails the request
+        // with a 502: a POST is never sent twice.
         if let Some(pooled) = self.checkout() {
             match self.exchange(pooled, &head, &body).await {
                 Err(Exchange::NotSent(_)) => {}
@@ -175,8 +180,10 @@ impl DirectUpstream {
         })
     }
 
-    /// Writes the request on `pooled` and reads the response head, all within the idle
-    /// timeout; the body stays with the connection.
+    /// Writes the request on `pooled` while reading the response head, all within the idle
+    /// timeout; the body stays with the connection. An upstream may answer before it has
+    /// read the whole request (a 413, say) and stop reading: its answer is taken as it is,
+    /// the rest of the request is not sent, and the connection is not used again.
     async fn exchange(
         self: &Arc<Self>,
         mut pooled: Pooled,
@@ -194,21 +201,36 @@ impl DirectUpstream {
                 timer,
                 ..
             } = &mut pooled;
-            let mut work = pin!(async {
-                write_request(stream, head, body)
-                    .await
-                    .map_err(|e| Exchange::NotSent(e.to_string()))?;
-                read_head(stream, read_buf).await.map_err(Exchange::Failed)
-            });
+            let (mut reader, writer) = stream.split();
+            let mut writing = pin!(write_request(writer.as_ref(), head, body));
+            let mut reading = pin!(read_head(&mut reader, read_buf));
+            // `None` while writing; then whether the whole request left.
+            let mut sent: Option<Result<(), io::Error>> = None;
             poll_fn(|cx| {
-                if let Poll::Ready(outcome) = work.as_mut().poll(cx) {
-                    return Poll::Ready(Some(outcome));
+                if sent.is_none() {
+                    if let Poll::Ready(result) = writing.as_mut().poll(cx) {
+                        sent = Some(result);
+                    }
+                }
+                match reading.as_mut().poll(cx) {
+                    Poll::Ready(Ok(head)) => {
+                        let whole = matches!(sent, Some(Ok(())));
+                        return Poll::Ready(Some(Ok((head, whole))));
+                    }
+                    Poll::Ready(Err(error)) => {
+                        // With the request cut short, the upstream cannot have acted on it.
+                        return Poll::Ready(Some(Err(match sent.take() {
+                            Some(Err(write_error)) => Exchange::NotSent(write_error.to_string()),
+                            _ => Exchange::Failed(error),
+                        })));
+                    }
+                    Poll::Pending => {}
                 }
                 timer.as_mut().poll(cx).map(|()| None)
             })
             .await
         };
-        let head = match outcome {
+        let (mut head, whole_request_sent) = match outcome {
             None => {
                 return Err(Exchange::Failed(UpstreamError::Timeout(format!(
                     "no response within {:?}",
@@ -217,6 +239,12 @@ impl DirectUpstream {
             }
             Some(outcome) => outcome?,
         };
+        head.reusable &= whole_request_sent;
+        // The body's idle limit counts from the head.
+        pooled
+            .timer
+            .as_mut()
+            .reset(tokio::time::Instant::now() + self.idle_timeout);
         let status = head.status;
         let decoder = BodyDecoder::new(head.framing);
         let body = if decoder.is_done() {
@@ -282,7 +310,7 @@ async fn write_request(stream: &TcpStream, mut head: &[u8], mut body: &[u8]) -> 
 /// Reads until the final response head is complete, skipping interim (1xx) responses; the
 /// bytes after it stay in `read_buf`.
 async fn read_head(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncRead + Unpin),
     read_buf: &mut BytesMut,
 ) -> Result<ResponseHead, UpstreamError> {
     loop {
@@ -310,7 +338,7 @@ async fn read_head(
 /// tokio's `AsyncRead` (unlike its `try_read`) marks the socket not readable after a short
 /// read, which spares the `EAGAIN` read that would otherwise follow every response.
 fn poll_fill(
-    stream: &mut TcpStream,
+    stream: &mut (impl AsyncRead + Unpin),
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
