@@ -100,9 +100,12 @@ pub enum HeadParse {
 pub fn parse_response_head(buf: &[u8]) -> Result<HeadParse, WireError> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Response::new(&mut slots);
-    let consumed = match parsed.parse(buf) {
+    // Only the first HEAD_LIMIT bytes are looked at, so the verdict on a long head is the same
+    // however much of it has arrived.
+    let window = &buf[..buf.len().min(HEAD_LIMIT)];
+    let consumed = match parsed.parse(window) {
         Ok(httparse::Status::Complete(consumed)) => consumed,
-        Ok(httparse::Status::Partial) if buf.len() >= HEAD_LIMIT => {
+        Ok(httparse::Status::Partial) if window.len() == HEAD_LIMIT => {
             return Err(WireError("the upstream's response head is too large"))
         }
         Ok(httparse::Status::Partial) => return Ok(HeadParse::Partial),
@@ -111,9 +114,6 @@ pub fn parse_response_head(buf: &[u8]) -> Result<HeadParse, WireError> {
         }
         Err(_) => return Err(WireError("the upstream's response is not valid HTTP/1.1")),
     };
-    if consumed > HEAD_LIMIT {
-        return Err(WireError("the upstream's response head is too large"));
-    }
     let code = parsed.code.unwrap_or(0);
     let status = StatusCode::from_u16(code)
         .map_err(|_| WireError("the upstream's response has an invalid status code"))?;
@@ -734,6 +734,18 @@ mod tests {
 
     #[test]
     fn bad_heads_are_errors_not_panics() {
+        // However it arrives, a head that does not end within the limit is too large, even
+        // when a bad byte follows the limit.
+        let past_limit = format!(
+            "HTTP/1.1 200 OK\r\nx: {}\x01\r\n\r\n",
+            "a".repeat(HEAD_LIMIT)
+        );
+        let whole = head(&past_limit).unwrap_err();
+        assert_eq!(head(&past_limit[..HEAD_LIMIT]).unwrap_err(), whole);
+        assert_eq!(
+            whole.to_string(),
+            "the upstream's response head is too large"
+        );
         let many: String = (0..200).map(|i| format!("x-{i}: v\r\n")).collect();
         let huge = format!("HTTP/1.1 200 OK\r\nx: {}", "a".repeat(HEAD_LIMIT));
         for text in [
