@@ -386,8 +386,8 @@ fn take_raw_event(raw: &[u8], found: &mut Option<TokenUsage>) {
     }
 }
 
-/// Whether `after`, what follows a `"usage"`, is `: null` on the same line: a mention
-/// [`may_carry_usage`] passes over too (it also looks past line ends).
+/// Whether `after`, what follows a `"usage"`, is `: null` on the same line: the one kind of
+/// mention that is never parsed, whichever way the stream is split.
 fn null_follows_on_its_line(after: &[u8]) -> bool {
     let blank = |b: &u8| *b == b' ' || *b == b'\t';
     let after = &after[after.iter().take_while(|b| blank(b)).count()..];
@@ -415,16 +415,13 @@ fn parse_raw_event(raw: &[u8], found: &mut Option<TokenUsage>) {
     }
 }
 
-/// Whether `"usage"` occurs in `raw` other than as `"usage": null`.
+/// Whether `"usage"` occurs in `raw` other than as `"usage": null` on one line. (A line
+/// end between them is passed, not skipped: the next line could be an SSE comment, so only
+/// parsing can tell.)
 fn may_carry_usage(raw: &[u8]) -> bool {
-    USAGE_KEY.find_iter(raw).any(|at| {
-        let after = &raw[at + b"\"usage\"".len()..];
-        let after = after.trim_ascii_start();
-        let Some(value) = after.strip_prefix(b":") else {
-            return true;
-        };
-        !value.trim_ascii_start().starts_with(b"null")
-    })
+    USAGE_KEY
+        .find_iter(raw)
+        .any(|at| !null_follows_on_its_line(&raw[at + USAGE_KEY.needle().len()..]))
 }
 
 fn take_event(found: &mut Option<TokenUsage>, event: &str, data: &str) {
@@ -652,7 +649,7 @@ mod tests {
     /// An event stream of the shapes upstreams send, with every line ending, comments,
     /// multi-line data, null usage, usage in text, and events with usage that must count.
     fn random_stream(dice: &mut Dice) -> Vec<u8> {
-        const LINES: [&str; 12] = [
+        const LINES: [&str; 15] = [
             "event: response.output_text.delta",
             "event: response.completed",
             "event: response.in_progress",
@@ -665,6 +662,10 @@ mod tests {
             "data: \"completion_tokens\":8}}",
             ": a comment with \"usage\"",
             "data: [DONE]",
+            // A mention whose `:null` (or value) is on a later line, behind a comment.
+            "data: {\"model\":\"n\",\"usage\"",
+            ": null",
+            "data: :{\"prompt_tokens\":2,\"completion_tokens\":3}}",
         ];
         const ENDS: [&str; 3] = ["\n", "\r\n", "\r"];
         // One stream in three ends every line with `\n` alone, as providers do.
@@ -717,14 +718,16 @@ mod tests {
         assert!(may_carry_usage(b"data: {\"type\":\"usage\"}"));
         assert!(may_carry_usage(b"data: {\"usage\""));
         assert!(!may_carry_usage(b"data: {\"delta\":\"\\\"usage\\\"\"}"));
-        // The quick check on one line never calls null what may_carry_usage would count.
         for after in [&b":null}"[..], b" :\t null", b": nullx"] {
             assert!(null_follows_on_its_line(after));
             let event = [&b"data: {\"usage\""[..], after].concat();
             assert!(!may_carry_usage(&event));
         }
+        // A line end before the null: the next line may be a comment, so it is parsed.
         for after in [&b":{\"input_tokens\":1}"[..], b"\n:null", b"", b":", b"nul"] {
             assert!(!null_follows_on_its_line(after), "{after:?}");
+            let event = [&b"data: {\"usage\""[..], after].concat();
+            assert!(may_carry_usage(&event));
         }
     }
 
