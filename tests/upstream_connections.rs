@@ -20,15 +20,17 @@ enum Then {
     CloseAfter(Duration),
 }
 
-/// One answer: the pieces written (with a pause between them) and what happens next.
+/// One answer: the pieces written (with `pause` between them) and what happens next.
 struct Answer {
     pieces: Vec<Vec<u8>>,
+    pause: Duration,
     then: Then,
 }
 
 fn answer(wire: &str, then: Then) -> Answer {
     Answer {
         pieces: vec![wire.as_bytes().to_vec()],
+        pause: Duration::ZERO,
         then,
     }
 }
@@ -82,10 +84,14 @@ fn serve(mut stream: TcpStream, script: &Script, seen: &Mutex<Vec<Vec<u8>>>) {
             seen.push(body);
             seen.len() - 1
         };
-        let Answer { pieces, then } = script(n);
+        let Answer {
+            pieces,
+            pause,
+            then,
+        } = script(n);
         for (i, piece) in pieces.iter().enumerate() {
             if i > 0 {
-                std::thread::sleep(Duration::from_millis(30));
+                std::thread::sleep(pause);
             }
             if stream.write_all(piece).is_err() {
                 return;
@@ -186,6 +192,7 @@ async fn every_framing_reaches_the_client_and_connections_are_reused_only_when_s
                 b"\r\n0\r\n".to_vec(),
                 b"\r\n".to_vec(),
             ],
+            pause: Duration::from_millis(30),
             then: Then::KeepOpen,
         },
         // The upstream asks for the connection to be closed, though it keeps it open.
@@ -365,5 +372,51 @@ async fn an_answer_before_the_whole_request_is_relayed_at_once() {
         started.elapsed() < Duration::from_secs(5),
         "answered after {:?}",
         started.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_body_idle_limit_counts_from_the_last_bytes_and_ends_a_stalled_stream() {
+    const HEAD: &[u8] = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n";
+    let upstream = ScriptedUpstream::start(|n| match n {
+        // Four events 700 ms apart: 2.1 s in all, never 1 s without bytes.
+        0 => Answer {
+            pieces: [
+                &HEAD[..],
+                b"3\r\none\r\n",
+                b"3\r\ntwo\r\n",
+                b"5\r\nthree\r\n",
+            ]
+            .iter()
+            .map(|p| p.to_vec())
+            .chain([b"4\r\nfour\r\n0\r\n\r\n".to_vec()])
+            .collect(),
+            pause: Duration::from_millis(700),
+            then: Then::KeepOpen,
+        },
+        // One event, then silence on an open connection.
+        _ => Answer {
+            pieces: vec![[HEAD, b"5\r\nhello\r\n"].concat()],
+            pause: Duration::ZERO,
+            then: Then::CloseAfter(Duration::from_secs(10)),
+        },
+    });
+    let proxy = Proxy::start(
+        &upstream.url(),
+        &["--worker-threads", "1", "--idle-timeout", "1"],
+    );
+    let client = http_client();
+    let (status, _, body) = post(&client, &proxy, "{}").await;
+    assert_eq!((status, body.as_str()), (200, "onetwothreefour"));
+    let started = std::time::Instant::now();
+    let outcome = try_post(&client, &proxy, "{}").await;
+    assert!(
+        outcome.is_err(),
+        "a stalled stream looked whole: {outcome:?}"
+    );
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
+        "cut after {waited:?}"
     );
 }
