@@ -381,16 +381,11 @@ async fn the_body_idle_limit_counts_from_the_last_bytes_and_ends_a_stalled_strea
     let upstream = ScriptedUpstream::start(|n| match n {
         // Four events 700 ms apart: 2.1 s in all, never 1 s without bytes.
         0 => Answer {
-            pieces: [
-                &HEAD[..],
-                b"3\r\none\r\n",
-                b"3\r\ntwo\r\n",
-                b"5\r\nthree\r\n",
-            ]
-            .iter()
-            .map(|p| p.to_vec())
-            .chain([b"4\r\nfour\r\n0\r\n\r\n".to_vec()])
-            .collect(),
+            pieces: [HEAD, b"3\r\none\r\n", b"3\r\ntwo\r\n", b"5\r\nthree\r\n"]
+                .iter()
+                .map(|p| p.to_vec())
+                .chain([b"4\r\nfour\r\n0\r\n\r\n".to_vec()])
+                .collect(),
             pause: Duration::from_millis(700),
             then: Then::KeepOpen,
         },
