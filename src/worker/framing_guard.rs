@@ -12,6 +12,7 @@
 //! scanner meets something it cannot follow (an upgrade, a framing hyper will refuse anyway) it
 //! stops judging rather than guess.
 
+use super::http1_syntax::{chunk_size, trim_ows};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -225,7 +226,8 @@ impl FramingScanner {
                 let size = line
                     .content()
                     .filter(|_| line.ended_with_cr())
-                    .and_then(chunk_size);
+                    .and_then(chunk_size)
+                    .map(|(size, _)| size);
                 self.phase = match size {
                     Some(0) => Phase::Trailer,
                     Some(size) => Phase::ChunkData(size),
@@ -284,7 +286,7 @@ fn note_header(facts: &mut HeadFacts, line: &Line) {
         return;
     };
     let name = &prefix[..colon];
-    let value = line.content().map(|c| trim(&c[colon + 1..]));
+    let value = line.content().map(|c| trim_ows(&c[colon + 1..]));
     if name.eq_ignore_ascii_case(b"content-length") {
         facts.content_length_lines += 1;
         facts.content_length = value
@@ -294,35 +296,11 @@ fn note_header(facts: &mut HeadFacts, line: &Line) {
         facts.transfer_encoding_lines += 1;
         facts.chunked = value.map(|v| {
             let last = v.rsplit(|b| *b == b',').next().unwrap_or_default();
-            trim(last).eq_ignore_ascii_case(b"chunked")
+            trim_ows(last).eq_ignore_ascii_case(b"chunked")
         });
     } else if name.eq_ignore_ascii_case(b"upgrade") {
         facts.opaque_after_head = true;
     }
-}
-
-fn trim(bytes: &[u8]) -> &[u8] {
-    let start = bytes
-        .iter()
-        .position(|b| !matches!(b, b' ' | b'\t'))
-        .unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|b| !matches!(b, b' ' | b'\t'))
-        .map_or(start, |p| p + 1);
-    &bytes[start..end.max(start)]
-}
-
-/// The size of a chunk-size line (hex digits, then optional extensions).
-fn chunk_size(line: &[u8]) -> Option<u64> {
-    let digits = line
-        .iter()
-        .position(|b| !b.is_ascii_hexdigit())
-        .unwrap_or(line.len());
-    if digits == 0 || digits > 16 {
-        return None;
-    }
-    u64::from_str_radix(std::str::from_utf8(&line[..digits]).ok()?, 16).ok()
 }
 
 /// The refused request of one connection, shared between the connection and its service.

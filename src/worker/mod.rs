@@ -9,6 +9,7 @@ pub mod direct_upstream;
 pub mod framing_guard;
 pub mod headers;
 pub mod http;
+pub mod http1_syntax;
 pub mod peer_identity;
 pub mod routes;
 pub mod stall_guard;

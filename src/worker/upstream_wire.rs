@@ -8,6 +8,7 @@
 //! trailer sizes), so a hostile or broken upstream gets a clear error, never a hang or a panic.
 
 use super::headers::is_hop_by_hop;
+use super::http1_syntax::{chunk_size, hex_value, trim_ows, MAX_CHUNK_SIZE_DIGITS};
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH};
 use hyper::StatusCode;
@@ -137,7 +138,7 @@ pub fn parse_response_head(buf: &[u8]) -> Result<HeadParse, WireError> {
             .map_err(|_| WireError("the upstream's response has an invalid header value"))?;
         if name == CONTENT_LENGTH {
             for part in value.as_bytes().split(|&b| b == b',') {
-                let n = parse_length(trim(part))?;
+                let n = parse_length(trim_ows(part))?;
                 if length.is_some_and(|seen| seen != n) {
                     return Err(WireError(
                         "the upstream's response has conflicting content lengths",
@@ -151,11 +152,11 @@ pub fn parse_response_head(buf: &[u8]) -> Result<HeadParse, WireError> {
             chunked = value
                 .as_bytes()
                 .rsplit(|&b| b == b',')
-                .map(trim)
+                .map(trim_ows)
                 .find(|coding| !coding.is_empty())
                 .is_some_and(|coding| coding.eq_ignore_ascii_case(b"chunked"));
         } else if name == CONNECTION {
-            for token in value.as_bytes().split(|&b| b == b',').map(trim) {
+            for token in value.as_bytes().split(|&b| b == b',').map(trim_ows) {
                 close |= token.eq_ignore_ascii_case(b"close");
                 if let Ok(listed) = HeaderName::from_bytes(token) {
                     connection_listed.push(listed);
@@ -205,18 +206,6 @@ pub fn parse_response_head(buf: &[u8]) -> Result<HeadParse, WireError> {
         },
         consumed,
     ))
-}
-
-fn trim(bytes: &[u8]) -> &[u8] {
-    let start = bytes
-        .iter()
-        .position(|b| !matches!(b, b' ' | b'\t'))
-        .unwrap_or(bytes.len());
-    let end = bytes
-        .iter()
-        .rposition(|b| !matches!(b, b' ' | b'\t'))
-        .map_or(start, |i| i + 1);
-    &bytes[start..end]
 }
 
 fn parse_length(digits: &[u8]) -> Result<u64, WireError> {
@@ -386,17 +375,10 @@ impl BodyDecoder {
     /// between reads, errors) to [`Self::control_byte`], which accepts the same bytes.
     fn whole_framing(&self, bytes: &[u8]) -> Option<(State, usize)> {
         let size_line = |bytes: &[u8]| {
-            let digits = bytes
-                .iter()
-                .take(17)
-                .take_while(|b| b.is_ascii_hexdigit())
-                .count();
-            if digits == 0 || digits > 16 || bytes.get(digits..digits + 2) != Some(b"\r\n") {
+            let (size, digits) = chunk_size(bytes)?;
+            if bytes.get(digits..digits + 2) != Some(b"\r\n") {
                 return None;
             }
-            let size = bytes[..digits]
-                .iter()
-                .fold(0u64, |n, &b| n << 4 | u64::from(hex_value(b).unwrap_or(0)));
             let next = if size == 0 {
                 State::Trailer {
                     total: 0,
@@ -441,7 +423,7 @@ impl BodyDecoder {
                 }
                 match hex_value(byte) {
                     Some(v) => {
-                        if digits >= 16 {
+                        if usize::from(digits) >= MAX_CHUNK_SIZE_DIGITS {
                             return Err(BAD_SIZE);
                         }
                         State::ChunkSize {
@@ -539,15 +521,6 @@ impl BodyDecoder {
             }
             _ => Err(WireError("the upstream closed the connection mid-body")),
         }
-    }
-}
-
-fn hex_value(byte: u8) -> Option<u8> {
-    match byte {
-        b'0'..=b'9' => Some(byte - b'0'),
-        b'a'..=b'f' => Some(byte - b'a' + 10),
-        b'A'..=b'F' => Some(byte - b'A' + 10),
-        _ => None,
     }
 }
 
