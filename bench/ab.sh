@@ -10,33 +10,10 @@ set -u
 cd "$(dirname "$0")/.."
 rounds=${1:?usage: bash bench/ab.sh ROUNDS NAME:ARGS ...}
 shift
-KEY=sk-bench-key-0123456789
-EX=${CARGO_TARGET_DIR:-target}/release/examples
-BIN=${CARGO_TARGET_DIR:-target}/release/codex-responses-api-proxy
 SECS=${BENCH_SECONDS:-3}
-WORK=$(mktemp -d)
-PIDS=()
-trap 'kill "${PIDS[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
-"$EX/bench_mock_upstream" 19000 "$KEY" 9 >/dev/null 2>&1 &
-PIDS+=($!)
-sed -e "s|@DIR@|$WORK|g" -e "s|@PORT@|19001|g" -e "s|@UPSTREAM_PORT@|19000|g" -e "s|@KEY@|$KEY|g" \
-	bench/nginx.conf.template >"$WORK/nginx.conf"
-nginx -c "$WORK/nginx.conf" -p "$WORK" 2>/dev/null &
-PIDS+=($!)
-declare -A PORT=([nginx]=19001)
-NAMES=(nginx)
-port=19010
-for spec in "$@"; do
-	name=${spec%%:*}
-	# shellcheck disable=SC2086 # the arguments are meant to split
-	printf '%s\n' "$KEY" | "$BIN" --port $port --upstream-url http://127.0.0.1:19000/v1/responses \
-		${spec#*:} 2>"$WORK/$name.log" &
-	PIDS+=($!)
-	PORT[$name]=$port
-	NAMES+=("$name")
-	port=$((port + 1))
-done
-sleep 1
+BASE=19000
+# shellcheck source=bench/side-by-side.sh
+source bench/side-by-side.sh
 BODY='{"model":"gpt-bench","input":"hello","stream":true}'
 summary() { sed -n 's/^WRKJSON //p' | python3 -c 'import json,sys; d=json.load(sys.stdin); print("%6.0f req/s p50 %.3f ms p99 %.2f ms non2xx %d" % (d["rps"], d["p50_us"]/1e3, d["p99_us"]/1e3, d["non2xx"]))'; }
 for name in "${NAMES[@]}"; do
