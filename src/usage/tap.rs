@@ -15,8 +15,9 @@
 //!   [`MAX_JSON_BODY`] bytes and parsed once at the end; a larger body gives no usage.
 //!
 //! An event stream is only split at its blank lines (`UsageEvents`); just the events that
-//! mention `"usage"` with a value other than `null` are parsed (as SSE, then as JSON keeping
-//! only the fields needed here). When a chunk's lines all end with `\n`, only the events
+//! mention `"usage"` with a value other than `null` are kept, and parsed (as SSE, then as JSON
+//! keeping only the fields needed here) by [`UsageTap::finish`], which the proxy calls after
+//! the response's last bytes are out. When a chunk's lines all end with `\n`, only the events
 //! around a mention of the word are delimited at all, so the cost on a long stream is a search
 //! for the word and one for the last blank line of each chunk.
 
@@ -118,7 +119,7 @@ enum Mode {
 /// [`UsageTap::finish`].
 pub struct UsageTap {
     mode: Mode,
-    found: Option<TokenUsage>,
+    findings: Findings,
 }
 
 impl Default for UsageTap {
@@ -131,7 +132,7 @@ impl UsageTap {
     pub fn new() -> Self {
         UsageTap {
             mode: Mode::Undecided,
-            found: None,
+            findings: Findings::default(),
         }
     }
 
@@ -139,7 +140,7 @@ impl UsageTap {
     pub fn disabled() -> Self {
         UsageTap {
             mode: Mode::Off,
-            found: None,
+            findings: Findings::default(),
         }
     }
 
@@ -165,7 +166,7 @@ impl UsageTap {
                 }
             }
             Mode::Sse(events) => {
-                if events.feed(chunk, &mut self.found).is_err() {
+                if events.feed(chunk, &mut self.findings).is_err() {
                     self.mode = Mode::Off;
                 }
             }
@@ -174,28 +175,76 @@ impl UsageTap {
 
     /// For drivers that already parse the event stream: one event's name and data.
     pub fn observe_event(&mut self, event: &str, data: &str) {
-        take_event(&mut self.found, event, data);
+        self.findings.settle();
+        take_event(&mut self.findings.found, event, data);
     }
 
-    /// The usage the body reported, if any.
+    /// The usage the body reported, if any. The events that may carry it are parsed here,
+    /// not as they pass: a caller that finishes the tap after the response's last bytes are
+    /// out keeps the parsing off the response's way.
     pub fn finish(mut self) -> Option<TokenUsage> {
+        self.parse_all();
+        self.findings.found
+    }
+
+    /// Bytes the tap holds for parsing: the unfinished last event, the events kept for
+    /// [`UsageTap::finish`], or a JSON body's copy.
+    pub fn held_bytes(&self) -> usize {
+        let mode = match &self.mode {
+            Mode::Sse(events) => events.partial.len(),
+            Mode::Json(copy) => copy.len(),
+            Mode::Undecided | Mode::Off => 0,
+        };
+        mode + self.findings.pending_bytes
+    }
+
+    /// Parses what the tap holds now, so that it holds nothing; [`UsageTap::finish`] then
+    /// only hands over the result. (For a caller that would rather not keep a large body.)
+    pub fn parse_all(&mut self) {
         match std::mem::replace(&mut self.mode, Mode::Off) {
-            Mode::Sse(mut events) => events.finish(&mut self.found),
+            Mode::Sse(mut events) => events.finish(&mut self.findings),
             Mode::Json(copy) => {
                 if let Ok(probe) = serde_json::from_slice::<Probe>(&copy) {
                     if let Some(usage) = probe.usage {
-                        self.found = Some(usage.into_usage(probe.model));
+                        self.findings.found = Some(usage.into_usage(probe.model));
                     }
                 }
             }
             Mode::Undecided | Mode::Off => {}
         }
-        self.found
+        self.findings.settle();
+    }
+}
+
+/// The usage found so far, and the events that may carry more, kept whole in the order they
+/// passed until [`Findings::settle`] parses them (the last usage found wins either way).
+#[derive(Default)]
+struct Findings {
+    found: Option<TokenUsage>,
+    pending: Vec<Box<[u8]>>,
+    pending_bytes: usize,
+}
+
+/// Pending events beyond this many bytes are parsed at once (a stream that reports usage in
+/// every chunk would otherwise keep them all).
+const MAX_PENDING_BYTES: usize = 64 * 1024;
+
+impl Findings {
+    /// One whole event (its lines as they arrived) that may carry usage.
+    fn keep(&mut self, raw: &[u8]) {
+        self.pending.push(raw.into());
+        self.pending_bytes += raw.len();
+        if self.pending_bytes > MAX_PENDING_BYTES {
+            self.settle();
+        }
     }
 
-    /// The usage seen so far (streams only; JSON bodies are parsed by [`UsageTap::finish`]).
-    pub fn peek(&self) -> Option<&TokenUsage> {
-        self.found.as_ref()
+    /// Parses the pending events, in order.
+    fn settle(&mut self) {
+        for raw in self.pending.drain(..) {
+            parse_raw_event(&raw, &mut self.found);
+        }
+        self.pending_bytes = 0;
     }
 }
 
@@ -231,11 +280,11 @@ fn last_blank_line(bytes: &[u8]) -> Option<usize> {
 }
 
 impl UsageEvents {
-    fn feed(&mut self, chunk: &[u8], found: &mut Option<TokenUsage>) -> Result<(), EventTooLarge> {
+    fn feed(&mut self, chunk: &[u8], findings: &mut Findings) -> Result<(), EventTooLarge> {
         if self.after_cr || memchr::memchr(b'\r', chunk).is_some() {
-            self.feed_lines(chunk, found)
+            self.feed_lines(chunk, findings)
         } else {
-            self.feed_lf_only(chunk, found)
+            self.feed_lf_only(chunk, findings)
         }
     }
 
@@ -243,11 +292,7 @@ impl UsageEvents {
     /// `\n\n`, and only the events around a mention of `"usage"`, the event that continues
     /// from earlier chunks, and the unfinished last one are looked at, each found with a
     /// handful of searches instead of one per line.
-    fn feed_lf_only(
-        &mut self,
-        chunk: &[u8],
-        found: &mut Option<TokenUsage>,
-    ) -> Result<(), EventTooLarge> {
+    fn feed_lf_only(&mut self, chunk: &[u8], findings: &mut Findings) -> Result<(), EventTooLarge> {
         if chunk.is_empty() {
             return Ok(());
         }
@@ -265,14 +310,14 @@ impl UsageEvents {
             // The event in progress ends at the first blank line of this chunk, if any.
             match first_blank(!self.line_has_bytes, rest) {
                 Some(end) => {
-                    self.event_ended(&rest[..end], found);
+                    self.event_ended(&rest[..end], findings);
                     rest = &rest[end + 1..];
                 }
                 None => return self.keep_unfinished(chunk, chunk),
             }
         } else if self.line_has_bytes {
             // Not reached (a line with bytes is kept in `partial`); the general way is exact.
-            return self.feed_lines(chunk, found);
+            return self.feed_lines(chunk, findings);
         }
         // `rest` starts where an event may start: each `\n` there is a blank line that ends
         // an empty event.
@@ -297,7 +342,7 @@ impl UsageEvents {
                 // Mentioned in the unfinished last event: looked at when it ends.
                 break;
             };
-            parse_raw_event(&rest[start..end], found);
+            findings.keep(&rest[start..end]);
             event_start = past_blank_lines(end + 1);
             search_from = event_start;
         }
@@ -320,11 +365,7 @@ impl UsageEvents {
 
     /// The general case: lines may end with `\r\n`, `\n` or `\r`, and a `\r\n` may be split
     /// between chunks.
-    fn feed_lines(
-        &mut self,
-        chunk: &[u8],
-        found: &mut Option<TokenUsage>,
-    ) -> Result<(), EventTooLarge> {
+    fn feed_lines(&mut self, chunk: &[u8], findings: &mut Findings) -> Result<(), EventTooLarge> {
         let mut event_start = 0;
         let mut line_start = 0;
         while let Some(at) = memchr::memchr2(b'\n', b'\r', &chunk[line_start..]) {
@@ -342,7 +383,7 @@ impl UsageEvents {
             line_start = end + 1;
             if !has_bytes {
                 // A blank line: the event ends here.
-                self.event_ended(&chunk[event_start..end], found);
+                self.event_ended(&chunk[event_start..end], findings);
                 event_start = line_start;
             }
         }
@@ -359,18 +400,18 @@ impl UsageEvents {
     }
 
     /// The end of the body: a last event without its blank line still counts.
-    fn finish(&mut self, found: &mut Option<TokenUsage>) {
+    fn finish(&mut self, findings: &mut Findings) {
         let last = std::mem::take(&mut self.partial);
-        self.event_ended(&last, found);
+        self.event_ended(&last, findings);
     }
 
     /// `tail` is the event's part in the current chunk; earlier parts are in `partial`.
-    fn event_ended(&mut self, tail: &[u8], found: &mut Option<TokenUsage>) {
+    fn event_ended(&mut self, tail: &[u8], findings: &mut Findings) {
         if self.partial.is_empty() {
-            take_raw_event(tail, found);
+            take_raw_event(tail, findings);
         } else {
             self.partial.extend_from_slice(tail);
-            take_raw_event(&self.partial, found);
+            take_raw_event(&self.partial, findings);
             self.partial.clear();
         }
     }
@@ -380,9 +421,9 @@ static USAGE_KEY: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
     std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"\"usage\""));
 
 /// One whole event as it arrived (its lines, without the blank line that ended it).
-fn take_raw_event(raw: &[u8], found: &mut Option<TokenUsage>) {
+fn take_raw_event(raw: &[u8], findings: &mut Findings) {
     if may_carry_usage(raw) {
-        parse_raw_event(raw, found);
+        findings.keep(raw);
     }
 }
 
@@ -613,11 +654,39 @@ mod tests {
     }
 
     #[test]
+    fn kept_events_are_parsed_once_they_pile_up_and_the_last_usage_wins() {
+        let mut tap = UsageTap::new();
+        for i in 0..2000 {
+            let event = format!(
+                "data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":{i},\"completion_tokens\":1}}}}\n\n"
+            );
+            tap.observe(event.as_bytes());
+            assert!(tap.held_bytes() <= 65 * 1024, "{}", tap.held_bytes());
+        }
+        assert_eq!(tap.finish().unwrap().input_tokens, 1999);
+    }
+
+    #[test]
+    fn parse_all_leaves_nothing_held_and_the_same_usage() {
+        let body = b"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"model\":\"m\",\"usage\":{\"input_tokens\":3,\"output_tokens\":4}}}\n\n";
+        let mut early = UsageTap::new();
+        early.observe(body);
+        assert!(early.held_bytes() > 0);
+        early.parse_all();
+        assert_eq!(early.held_bytes(), 0);
+        let mut late = UsageTap::new();
+        late.observe(body);
+        let usage = late.finish();
+        assert_eq!(early.finish(), usage);
+        assert_eq!(usage.unwrap().output_tokens, 4);
+    }
+
+    #[test]
     fn pre_parsed_events_can_be_fed_directly() {
         let mut tap = UsageTap::new();
         tap.observe_event("", "{\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":1,\"completion_tokens\":2}}");
-        assert_eq!(tap.peek().unwrap().output_tokens, 2);
-        assert_eq!(tap.finish().unwrap().input_tokens, 1);
+        let usage = tap.finish().unwrap();
+        assert_eq!((usage.input_tokens, usage.output_tokens), (1, 2));
     }
 
     /// The tap as it was before [`UsageEvents`]: every event parsed by [`SseReader`].

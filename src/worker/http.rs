@@ -352,19 +352,13 @@ impl HttpBody for LoggedBody {
     }
 }
 
+/// A finished response's usage tap holding more than this is parsed at once rather than kept
+/// until the thread's deferred work runs (which may be dozens of requests later).
+const MAX_DEFERRED_TAP_BYTES: usize = 64 * 1024;
+
 impl Drop for LoggedBody {
     fn drop(&mut self) {
-        let usage = std::mem::take(&mut self.tap).finish();
         let r = &self.record;
-        if let Some(accounting) = &self.accounting {
-            accounting.finish(
-                r.identity.uid,
-                r.identity.user.as_deref(),
-                &r.path,
-                r.status,
-                usage.as_ref(),
-            );
-        }
         let outcome = if r.failed {
             "upstream_error"
         } else if self.finished || self.inner.is_end_stream() {
@@ -380,8 +374,27 @@ impl Drop for LoggedBody {
             path: std::mem::take(&mut r.path),
             ..*r
         };
-        // Formatting the line waits until the response's last bytes are out.
-        crate::logging::defer(move || log_request(&record, usage.as_ref(), outcome, duration_ms));
+        let mut tap = std::mem::take(&mut self.tap);
+        if tap.held_bytes() > MAX_DEFERRED_TAP_BYTES {
+            tap.parse_all();
+        }
+        let accounting = self.accounting.take();
+        // The body is dropped before its last bytes are written out: reading the usage,
+        // accounting for it and formatting the line wait until this thread's event loop is
+        // done with the response (on a busy thread, at most a few dozen requests later).
+        crate::logging::defer(move || {
+            let usage = tap.finish();
+            if let Some(accounting) = &accounting {
+                accounting.finish(
+                    record.identity.uid,
+                    record.identity.user.as_deref(),
+                    &record.path,
+                    record.status,
+                    usage.as_ref(),
+                );
+            }
+            log_request(&record, usage.as_ref(), outcome, duration_ms)
+        });
     }
 }
 
