@@ -13,6 +13,7 @@
 #   BENCH_SECONDS=3       seconds per wrk run
 #   BENCH_ROUNDS=5        rounds of the strict-proxy comparison (order rotated every round)
 #   BENCH_E2E_ROUNDS=3    rounds of the end-to-end translation comparison
+#   BENCH_ALT_SECONDS=4   seconds per round of the alternating c1 latency comparison
 #   BENCH_STREAM_ROUNDS=30  requests per target in the streaming test
 #   BENCH_STREAMS=1000    open streams in the memory test
 #   BENCH_COLD_RUNS=10    cold starts
@@ -29,6 +30,7 @@ ROOT=$PWD
 SECONDS_PER_RUN=${BENCH_SECONDS:-3}
 ROUNDS=${BENCH_ROUNDS:-5}
 E2E_ROUNDS=${BENCH_E2E_ROUNDS:-3}
+ALT_SECONDS=${BENCH_ALT_SECONDS:-4}
 STREAM_ROUNDS=${BENCH_STREAM_ROUNDS:-30}
 STREAMS=${BENCH_STREAMS:-1000}
 COLD_RUNS=${BENCH_COLD_RUNS:-10}
@@ -73,7 +75,8 @@ if [ -z "${BENCH_NO_BUILD:-}" ]; then
 fi
 BIN=$TARGET_DIR/release/codex-responses-api-proxy
 EX=$TARGET_DIR/release/examples
-for f in "$BIN" "$EX/bench_mock_upstream" "$EX/bench_bare_forwarder" "$EX/bench_bridge" "$EX/bench_wrapper"; do
+for f in "$BIN" "$EX/bench_mock_upstream" "$EX/bench_bare_forwarder" "$EX/bench_bridge" "$EX/bench_wrapper" \
+	"$EX/bench_alternating_client"; do
 	[ -x "$f" ] || die "$f not built"
 done
 
@@ -273,6 +276,21 @@ for t in ours nginx bare reference; do
 	[ -n "${ROOTPID[$t]:-}" ] || continue
 	pids=$(family "${ROOTPID[$t]}")
 	echo "{\"kind\":\"peak\",\"target\":\"$t\",\"memory\":$(python3 bench/clients.py mem --pids "$pids")}" >>"$WORK/results.jsonl"
+done
+
+# ---- 1b. latency at c1 with the targets' requests interleaved ---------------------------------
+# wrk measures one target after another, so a moment when the whole machine stalls lands on
+# one target only; here one client alternates between them request by request (the order
+# rotating every cycle), so such moments fall on all of them alike.
+ALT=("direct=$P_MOCK:$KEY" "ours=$P_OURS" "nginx=$P_NGINX" "bare=$P_BARE")
+log "c1 latency, one client alternating request by request between ${#ALT[@]} targets: $ROUNDS rounds x ${ALT_SECONDS}s"
+for round in $(seq 1 "$ROUNDS"); do
+	before=$(curl -sf "http://127.0.0.1:$P_MOCK/stats") || die "mock $P_MOCK /stats"
+	out=$("$EX/bench_alternating_client" "$ALT_SECONDS" "$RESPONSES_BODY" "${ALT[@]}") ||
+		die "bench_alternating_client"
+	after=$(curl -sf "http://127.0.0.1:$P_MOCK/stats") || die "mock $P_MOCK /stats"
+	echo "{\"kind\":\"alternating\",\"round\":$round,\"result\":$out,\"mock_before\":$before,\"mock_after\":$after}" >>"$WORK/results.jsonl"
+	log "alternating round $round: $(echo "$out" | python3 -c 'import json,sys; print("; ".join("%s p50 %.0f p99 %.0f us" % (t["name"], t["p50_us"], t["p99_us"]) for t in json.load(sys.stdin)["targets"]))')"
 done
 
 # ---- 2. streaming: first and last byte of a 1,000-event stream --------------------------------
