@@ -9,11 +9,14 @@
 //! Such a thread can also [`defer`] work that only logs (the request line), so that it runs
 //! after the response has gone out rather than between its last bytes and the socket.
 //! Lines on stderr are `TIME LEVEL message key=value…` (strings quoted), written by
-//! [`PlainLine`] without going through the general-purpose formatter.
+//! [`PlainLine`] without going through the general-purpose formatter. The request line, written
+//! for every request, can skip tracing's per-field dispatch altogether: [`write_plain_line`]
+//! puts the same text straight into the thread's batch.
 
 use std::cell::RefCell;
 use std::io::Write;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -44,7 +47,169 @@ pub fn init(level: &str) -> Result<(), String> {
         )
         .with(filter)
         .init();
+    PLAIN_STDERR.store(true, Ordering::Relaxed);
     Ok(())
+}
+
+/// Set by [`init`] once lines go to stderr in [`PlainLine`]'s format.
+static PLAIN_STDERR: AtomicBool = AtomicBool::new(false);
+
+/// Writes one line in the stderr format straight into this thread's batch, without tracing's
+/// per-field dispatch (for the request line). Returns `false`, having written nothing, where
+/// lines do not go to a batched stderr (journald, a thread that does not batch): the caller
+/// then logs through tracing. The caller checks that the level is enabled.
+pub fn write_plain_line(level: tracing::Level, fill: impl FnOnce(&mut PlainFields<'_>)) -> bool {
+    if !PLAIN_STDERR.load(Ordering::Relaxed) {
+        return false;
+    }
+    BATCH.with(|batch| {
+        let mut batch = batch.borrow_mut();
+        let Some(lines) = batch.as_mut() else {
+            return false;
+        };
+        if lines.is_empty() {
+            if let Some(writer) = WRITER.with(|writer| writer.borrow_mut().take()) {
+                writer.wake();
+            }
+        }
+        plain_line_into(lines, std::time::SystemTime::now(), level, fill);
+        if lines.len() >= BATCH_LIMIT {
+            write_out(lines);
+            lines.clear();
+        }
+        true
+    })
+}
+
+/// Appends one whole line (timestamp, level, what `fill` writes, line end) to `buf`.
+fn plain_line_into(
+    buf: &mut Vec<u8>,
+    now: std::time::SystemTime,
+    level: tracing::Level,
+    fill: impl FnOnce(&mut PlainFields<'_>),
+) {
+    let mut out = ByteWriter(buf);
+    let _ = write_timestamp(&mut out, now);
+    let _ = write_level(&mut out, level);
+    let mut fields = PlainFields { out };
+    fill(&mut fields);
+    fields.out.0.push(b'\n');
+}
+
+/// The message and fields of a line written by [`write_plain_line`], as [`PlainLine`] writes
+/// the same values recorded through tracing.
+pub struct PlainFields<'a> {
+    out: ByteWriter<'a>,
+}
+
+impl PlainFields<'_> {
+    /// Message text, as it is (first, before any field).
+    pub fn text(&mut self, text: &str) {
+        self.out.0.extend_from_slice(text.as_bytes());
+    }
+
+    /// ` name=value`, the value as it is (tracing's `%` fields).
+    pub fn display(&mut self, name: &str, value: &str) {
+        let _ = write_name(&mut self.out, name);
+        self.text(value);
+    }
+
+    /// ` name="value"` (a `&str` field).
+    pub fn string(&mut self, name: &str, value: &str) {
+        let _ = write_name(&mut self.out, name);
+        let _ = write_str_value(&mut self.out, value);
+    }
+
+    /// ` name=value` for a number.
+    pub fn number(&mut self, name: &str, value: u64) {
+        let mut buffer = [0; 20];
+        self.display(name, crate::decimal::decimal(value, &mut buffer));
+    }
+}
+
+/// Test support: the line [`write_plain_line`] would write, and what tracing writes in the
+/// stderr format while `log` runs; both without their timestamps.
+#[cfg(test)]
+pub(crate) mod capture {
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    pub fn plain_line(
+        level: tracing::Level,
+        fill: impl FnOnce(&mut super::PlainFields<'_>),
+    ) -> String {
+        let mut buf = Vec::new();
+        super::plain_line_into(&mut buf, std::time::SystemTime::now(), level, fill);
+        without_timestamp(&buf)
+    }
+
+    pub fn traced(log: impl FnOnce()) -> String {
+        let sink = Arc::new(Mutex::new(Vec::new()));
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(move || SinkWriter(writer.clone()))
+                .event_format(super::PlainLine),
+        );
+        tracing::subscriber::with_default(subscriber, log);
+        let bytes = sink.lock().unwrap().clone();
+        without_timestamp(&bytes)
+    }
+
+    fn without_timestamp(line: &[u8]) -> String {
+        let line = String::from_utf8(line.to_vec()).unwrap();
+        let (timestamp, rest) = line.split_once(' ').unwrap();
+        assert!(timestamp.ends_with('Z'), "{line}");
+        rest.to_string()
+    }
+
+    struct SinkWriter(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for SinkWriter {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+}
+
+/// `fmt::Write` into bytes.
+struct ByteWriter<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for ByteWriter<'_> {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// ` LEVEL ` padded to the width of the longest level name.
+fn write_level(writer: &mut impl std::fmt::Write, level: tracing::Level) -> std::fmt::Result {
+    let level = level.as_str();
+    writer.write_str(&"      "[..6 - level.len().min(5)])?;
+    writer.write_str(level)?;
+    writer.write_char(' ')
+}
+
+/// ` name=`.
+fn write_name(writer: &mut impl std::fmt::Write, name: &str) -> std::fmt::Result {
+    writer.write_char(' ')?;
+    writer.write_str(name)?;
+    writer.write_char('=')
+}
+
+/// A string field's value: in plain quotes when that is unambiguous, else escaped as `{:?}`.
+fn write_str_value(writer: &mut impl std::fmt::Write, value: &str) -> std::fmt::Result {
+    if quotes_plainly(value) {
+        writer.write_char('"')?;
+        writer.write_str(value)?;
+        writer.write_char('"')
+    } else {
+        write!(writer, "{value:?}")
+    }
 }
 
 /// Lines gathered past this size are written even while the thread is busy.
@@ -291,10 +456,7 @@ where
         event: &tracing::Event<'_>,
     ) -> std::fmt::Result {
         write_timestamp(&mut writer, std::time::SystemTime::now())?;
-        let level = event.metadata().level().as_str();
-        writer.write_str(&"      "[..6 - level.len().min(5)])?;
-        writer.write_str(level)?;
-        writer.write_char(' ')?;
+        write_level(&mut writer, *event.metadata().level())?;
         let mut fields = FieldWriter {
             writer: &mut writer,
             result: Ok(()),
@@ -316,17 +478,10 @@ impl FieldWriter<'_, '_> {
     fn put(&mut self, name: &str, value: &str) {
         if self.result.is_ok() {
             self.result = (|| {
-                self.put_name(name)?;
+                write_name(self.writer, name)?;
                 self.writer.write_str(value)
             })();
         }
-    }
-
-    /// ` name=`.
-    fn put_name(&mut self, name: &str) -> std::fmt::Result {
-        self.writer.write_char(' ')?;
-        self.writer.write_str(name)?;
-        self.writer.write_char('=')
     }
 }
 
@@ -343,14 +498,8 @@ impl tracing::field::Visit for FieldWriter<'_, '_> {
     fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
         if self.result.is_ok() {
             self.result = (|| {
-                self.put_name(field.name())?;
-                if quotes_plainly(value) {
-                    self.writer.write_char('"')?;
-                    self.writer.write_str(value)?;
-                    self.writer.write_char('"')
-                } else {
-                    write!(self.writer, "{value:?}")
-                }
+                write_name(self.writer, field.name())?;
+                write_str_value(self.writer, value)
             })();
         }
     }
@@ -374,7 +523,7 @@ impl tracing::field::Visit for FieldWriter<'_, '_> {
         if self.result.is_ok() {
             self.result = (|| {
                 if field.name() != "message" {
-                    self.put_name(field.name())?;
+                    write_name(self.writer, field.name())?;
                 }
                 write!(self.writer, "{value:?}")
             })();

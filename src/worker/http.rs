@@ -398,8 +398,67 @@ impl Drop for LoggedBody {
     }
 }
 
-/// The one log line of a finished request.
+/// The one log line of a finished request: on stderr written straight into the batch, else
+/// (journald) through tracing with the same fields.
 fn log_request(r: &RequestRecord, tokens: Option<&TokenUsage>, outcome: &str, duration_ms: u64) {
+    if !tracing::enabled!(tracing::Level::INFO) {
+        return;
+    }
+    let written = crate::logging::write_plain_line(tracing::Level::INFO, |line| {
+        request_line(line, r, tokens, outcome, duration_ms)
+    });
+    if !written {
+        log_request_traced(r, tokens, outcome, duration_ms);
+    }
+}
+
+/// The request line's message and fields, in the order tracing records them in
+/// [`log_request_traced`] (a test holds the two to the same text).
+fn request_line(
+    line: &mut crate::logging::PlainFields<'_>,
+    r: &RequestRecord,
+    tokens: Option<&TokenUsage>,
+    outcome: &str,
+    duration_ms: u64,
+) {
+    let mut status = [0; 20];
+    let status = crate::decimal::decimal(u64::from(r.status), &mut status);
+    line.text(&r.method);
+    line.text(" ");
+    line.text(&r.path);
+    line.text(" ");
+    line.text(status);
+    line.display("method", &r.method);
+    line.display("path", &r.path);
+    line.display("status", status);
+    line.number("upstream_status", u64::from(r.upstream_status.unwrap_or(0)));
+    line.number("duration_ms", duration_ms);
+    line.number("bytes", r.bytes);
+    line.string("outcome", outcome);
+    if let Some(uid) = r.identity.uid {
+        line.number("client_uid", u64::from(uid));
+    }
+    match (&r.identity.user, r.identity.uid) {
+        (Some(name), _) => line.display("client_user", name),
+        (None, Some(uid)) => line.number("client_user", u64::from(uid)),
+        (None, None) => line.display("client_user", "unknown"),
+    }
+    line.string(
+        "model",
+        tokens.and_then(|u| u.model.as_deref()).unwrap_or(""),
+    );
+    line.number("input_tokens", tokens.map_or(0, |u| u.input_tokens));
+    line.number("output_tokens", tokens.map_or(0, |u| u.output_tokens));
+    line.number("cached_tokens", tokens.map_or(0, |u| u.cached_tokens));
+    line.number("reasoning_tokens", tokens.map_or(0, |u| u.reasoning_tokens));
+}
+
+fn log_request_traced(
+    r: &RequestRecord,
+    tokens: Option<&TokenUsage>,
+    outcome: &str,
+    duration_ms: u64,
+) {
     tracing::info!(
         method = %r.method,
         path = %r.path,
@@ -479,6 +538,55 @@ pub async fn read_request_body(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_direct_request_line_is_the_line_tracing_writes() {
+        let identities = [
+            PeerIdentity {
+                uid: Some(1000),
+                user: Some("alice".into()),
+            },
+            PeerIdentity {
+                uid: Some(1001),
+                user: None,
+            },
+            PeerIdentity::default(),
+        ];
+        let usage = TokenUsage {
+            model: Some("gpt \"odd\"\n".into()),
+            input_tokens: 12,
+            output_tokens: 34,
+            cached_tokens: 5,
+            reasoning_tokens: 6,
+        };
+        for (identity, tokens) in identities
+            .into_iter()
+            .zip([Some(&usage), None, Some(&usage)])
+        {
+            let record = RequestRecord {
+                identity: Arc::new(identity),
+                is_model_route: true,
+                method: "POST".into(),
+                path: "/v1/responses?x=1".into(),
+                status: 200,
+                upstream_status: Some(429),
+                started: Instant::now(),
+                bytes: 2345,
+                failed: false,
+            };
+            let traced = crate::logging::capture::traced(|| {
+                log_request_traced(&record, tokens, "complete", 17)
+            });
+            let direct = crate::logging::capture::plain_line(tracing::Level::INFO, |line| {
+                request_line(line, &record, tokens, "complete", 17)
+            });
+            assert_eq!(direct, traced);
+            assert!(
+                direct.starts_with(" INFO POST /v1/responses?x=1 200 method=POST"),
+                "{direct}"
+            );
+        }
+    }
 
     fn poll_once(gate: &mut FrameGate) -> Option<FrameResult> {
         let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
