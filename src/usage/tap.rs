@@ -440,6 +440,9 @@ fn null_follows_on_its_line(after: &[u8]) -> bool {
 
 /// An event known to mention usage: parsed as SSE, then each of its events as JSON.
 fn parse_raw_event(raw: &[u8], found: &mut Option<TokenUsage>) {
+    if let Some((event, data)) = name_and_one_data_line(raw) {
+        return take_event(found, event, data);
+    }
     let mut reader = SseReader::new(DEFAULT_MAX_EVENT_BYTES);
     reader.push(raw);
     // The event has no blank line inside, so its fields are dispatched by `finish`; an event
@@ -454,6 +457,32 @@ fn parse_raw_event(raw: &[u8], found: &mut Option<TokenUsage>) {
     if let Ok(Some(event)) = reader.finish() {
         take_event(found, event.event, event.data);
     }
+}
+
+/// The shape providers send, `event: NAME` (optional) then one `data: DATA` line, `\n` line
+/// ends, read in place; what [`SseReader`] makes of the same bytes. Anything else (`\r`,
+/// comments, other fields, several data lines, no space after a colon, text that is not
+/// UTF-8) is `None`, left to the reader.
+fn name_and_one_data_line(raw: &[u8]) -> Option<(&str, &str)> {
+    if raw.len() > DEFAULT_MAX_EVENT_BYTES || memchr::memchr(b'\r', raw).is_some() {
+        return None;
+    }
+    let raw = raw.strip_suffix(b"\n").unwrap_or(raw);
+    let (event, data_line) = match raw.strip_prefix(b"event: ") {
+        Some(rest) => {
+            let end = memchr::memchr(b'\n', rest)?;
+            (&rest[..end], &rest[end + 1..])
+        }
+        None => (&b""[..], raw),
+    };
+    let data = data_line.strip_prefix(b"data: ")?;
+    if memchr::memchr(b'\n', data).is_some() {
+        return None;
+    }
+    Some((
+        std::str::from_utf8(event).ok()?,
+        std::str::from_utf8(data).ok()?,
+    ))
 }
 
 /// Whether `"usage"` occurs in `raw` other than as `"usage": null` on one line. (A line
@@ -651,6 +680,46 @@ mod tests {
         }
         tap.observe(b"\",\"usage\":{\"input_tokens\":1}}");
         assert_eq!(tap.finish(), None);
+    }
+
+    #[test]
+    fn the_in_place_reading_agrees_with_the_reader_where_it_answers() {
+        let shapes: [&[u8]; 14] = [
+            b"event: response.completed\ndata: {\"a\":1}\n",
+            b"event: response.completed\ndata: {\"a\":1}",
+            b"data: {\"a\":1}\n",
+            b"data:  {\"a\":1}\n",
+            b"event: a:b\ndata: x\n",
+            b"event: \ndata: \n",
+            b"event:x\ndata: y\n",
+            b"data:y\n",
+            b"event: x\r\ndata: y\r\n",
+            b": comment\ndata: y\n",
+            b"event: x\ndata: y\ndata: z\n",
+            b"event: x\nevent: y\ndata: z\n",
+            b"event: x\n",
+            b"data: \xff\n",
+        ];
+        let mut answered = 0;
+        for raw in shapes {
+            let mut reader = SseReader::new(DEFAULT_MAX_EVENT_BYTES);
+            reader.push(raw);
+            let by_reader = match reader.next_event() {
+                Ok(Some(e)) => Some((e.event.to_string(), e.data.to_string())),
+                Ok(None) => reader
+                    .finish()
+                    .ok()
+                    .flatten()
+                    .map(|e| (e.event.to_string(), e.data.to_string())),
+                Err(_) => None,
+            };
+            if let Some((event, data)) = name_and_one_data_line(raw) {
+                answered += 1;
+                let raw = String::from_utf8_lossy(raw);
+                assert_eq!(by_reader, Some((event.into(), data.into())), "{raw:?}");
+            }
+        }
+        assert_eq!(answered, 6, "the usual shapes are read in place");
     }
 
     #[test]
