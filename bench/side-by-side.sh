@@ -1,7 +1,8 @@
-# Sourced by bench/ab.sh and bench/tail.sh: starts the bench mock upstream on port $BASE, nginx
-# as the strict proxy on $BASE+1 and one instance of ours per NAME:ARGS argument from $BASE+10,
-# fills PORT[name] and NAMES (nginx first), and stops them all on exit. Needs a release build
-# (cargo build --release --examples --bins), wrk and nginx-light (as bench/run.sh installs them).
+# Sourced by bench/ab.sh, bench/tail.sh and bench/interleaved.sh: starts the bench mock
+# upstream on port $BASE, nginx as the strict proxy on $BASE+1 and one instance of ours per
+# NAME:ARGS argument from $BASE+10, fills PORT[name] and NAMES (nginx first), and stops them
+# all on exit. Needs a release build (cargo build --release --examples --bins), wrk and
+# nginx-light (as bench/run.sh installs them).
 KEY=sk-bench-key-0123456789
 EX=${CARGO_TARGET_DIR:-target}/release/examples
 BIN=${CARGO_TARGET_DIR:-target}/release/codex-responses-api-proxy
