@@ -271,7 +271,9 @@ def main():
             f"of {secs:g} s, medians over the rounds. wrk's c1 runs above measure one target "
             f"after another, so a stall of the whole machine lands on whichever target runs at "
             f"that moment; here such moments fall on all targets alike. Each target waits while "
-            f"the others are served, so every request finds it idle (caches cooler than under wrk).\n"
+            f"the others are served, so every request finds it idle (caches cooler than under wrk); "
+            f"work a target does after its response (ours: the usage parse and the log line) "
+            f"overlaps the next target's request.\n"
         )
         w("| target | requests per round | p50 µs | p90 µs | p99 µs | p99.9 µs | p50 added over direct | p99 × nginx |")
         w("|---|---:|---:|---:|---:|---:|---:|---:|")
