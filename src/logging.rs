@@ -6,8 +6,9 @@
 //! lines and writes them in one go [`WRITE_DELAY`] after the first of them (or when 16 KiB
 //! gather), so a shard pays one write for many requests, busy or not, and a line reaches
 //! stderr at most that late (its timestamp is when it was formatted).
-//! Such a thread can also [`defer`] work that only logs (the request line), so that it runs
-//! after the response has gone out rather than between its last bytes and the socket.
+//! Such a thread can also [`defer`] a finished request's work (its usage accounting and log
+//! line), so that it runs after the response has gone out rather than between its last bytes
+//! and the socket.
 //! Lines on stderr are `TIME LEVEL message key=value…` (strings quoted), written by
 //! [`PlainLine`] without going through the general-purpose formatter. The request line, written
 //! for every request, can skip tracing's per-field dispatch altogether: [`write_plain_line`]
@@ -68,9 +69,7 @@ pub fn write_plain_line(level: tracing::Level, fill: impl FnOnce(&mut PlainField
             return false;
         };
         if lines.is_empty() {
-            if let Some(writer) = WRITER.with(|writer| writer.borrow_mut().take()) {
-                writer.wake();
-            }
+            wake_writer();
         }
         plain_line_into(lines, std::time::SystemTime::now(), level, fill);
         if lines.len() >= BATCH_LIMIT {
@@ -218,7 +217,7 @@ const BATCH_LIMIT: usize = 16 * 1024;
 /// How long a batched line may wait for others before the batch is written.
 pub const WRITE_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Deferred log work past this many items runs even while the thread is busy.
+/// Past this many deferred items waiting, the oldest runs at once, one for each new item.
 const DEFERRED_LIMIT: usize = 64;
 
 type Deferred = Box<dyn FnOnce()>;
@@ -226,34 +225,59 @@ type Deferred = Box<dyn FnOnce()>;
 thread_local! {
     /// `Some` on threads that batch their lines (worker shards).
     static BATCH: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
-    /// Log work waiting for the thread to run out of other work.
-    static DEFERRED: RefCell<Vec<Deferred>> = const { RefCell::new(Vec::new()) };
-    /// The task of [`write_batches`], waiting for a first line.
+    /// Work waiting for the thread to run out of other work, oldest first.
+    static DEFERRED: RefCell<std::collections::VecDeque<Deferred>> =
+        const { RefCell::new(std::collections::VecDeque::new()) };
+    /// The task of [`write_batches`], waiting for a first line or deferred item.
     static WRITER: RefCell<Option<std::task::Waker>> = const { RefCell::new(None) };
 }
 
-/// Runs `log` when this thread's runtime next runs out of work ([`run_deferred_logs`]) or it
-/// flushes, or now on a thread that does not batch.
-pub fn defer(log: impl FnOnce() + 'static) {
+/// Runs `work` (a finished request's usage accounting and log line) once the response has gone
+/// out: when this thread's runtime next runs out of work ([`run_deferred`]), at the latest
+/// [`WRITE_DELAY`] later on a thread that stays busy ([`write_batches`]), or at its flush. On a
+/// thread that does not batch it runs now. Past [`DEFERRED_LIMIT`] waiting items the oldest
+/// runs at once, so that no single caller pays for the whole queue.
+pub fn defer(work: impl FnOnce() + 'static) {
     let batching = BATCH.with(|batch| batch.borrow().is_some());
     if !batching {
-        return log();
+        return work();
     }
-    let full = DEFERRED.with(|deferred| {
+    let oldest = DEFERRED.with(|deferred| {
         let mut deferred = deferred.borrow_mut();
-        deferred.push(Box::new(log));
-        deferred.len() >= DEFERRED_LIMIT
+        if deferred.is_empty() {
+            wake_writer();
+        }
+        deferred.push_back(Box::new(work));
+        if deferred.len() > DEFERRED_LIMIT {
+            deferred.pop_front()
+        } else {
+            None
+        }
     });
-    if full {
-        run_deferred_logs();
+    if let Some(oldest) = oldest {
+        run_one(oldest);
     }
 }
 
-/// Runs the deferred log work (formatting its lines) now; for a runtime about to go idle.
-pub fn run_deferred_logs() {
+/// Runs the deferred work now; for a runtime about to go idle.
+pub fn run_deferred() {
     let work = DEFERRED.with(|deferred| std::mem::take(&mut *deferred.borrow_mut()));
-    for log in work {
-        log();
+    for item in work {
+        run_one(item);
+    }
+}
+
+/// A panic in one item (a bug) takes neither the others nor the thread with it.
+fn run_one(work: Deferred) {
+    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(work)).is_err() {
+        tracing::error!("deferred request accounting or logging failed (panicked)");
+    }
+}
+
+/// Wakes [`write_batches`] if it waits for something to do.
+fn wake_writer() {
+    if let Some(writer) = WRITER.with(|writer| writer.borrow_mut().take()) {
+        writer.wake();
     }
 }
 
@@ -263,14 +287,14 @@ pub fn batch_this_thread() {
     BATCH.with(|batch| *batch.borrow_mut() = Some(Vec::with_capacity(BATCH_LIMIT)));
 }
 
-/// On a batching thread's runtime, for as long as it runs: writes the gathered lines
-/// [`WRITE_DELAY`] after the first of them.
+/// On a batching thread's runtime, for as long as it runs: [`WRITE_DELAY`] after the first
+/// gathered line or deferred item, runs the deferred work and writes the gathered lines (a
+/// runtime that stays busy never parks, so this bounds how long either waits).
 pub async fn write_batches() {
     loop {
         std::future::poll_fn(|cx| {
-            let waiting =
-                BATCH.with(|batch| batch.borrow().as_ref().is_some_and(|l| !l.is_empty()));
-            if waiting {
+            let lines = BATCH.with(|batch| batch.borrow().as_ref().is_some_and(|l| !l.is_empty()));
+            if lines || DEFERRED.with(|deferred| !deferred.borrow().is_empty()) {
                 return std::task::Poll::Ready(());
             }
             WRITER.with(|writer| *writer.borrow_mut() = Some(cx.waker().clone()));
@@ -278,13 +302,14 @@ pub async fn write_batches() {
         })
         .await;
         tokio::time::sleep(WRITE_DELAY).await;
+        run_deferred();
         write_batch();
     }
 }
 
-/// Runs the deferred log work and writes the lines this thread has gathered.
+/// Runs the deferred work and writes the lines this thread has gathered.
 pub fn flush_this_thread() {
-    run_deferred_logs();
+    run_deferred();
     write_batch();
 }
 
@@ -323,9 +348,7 @@ impl Write for BatchingStderr {
         let batched = BATCH.with(|batch| match batch.borrow_mut().as_mut() {
             Some(lines) => {
                 if lines.is_empty() {
-                    if let Some(writer) = WRITER.with(|writer| writer.borrow_mut().take()) {
-                        writer.wake();
-                    }
+                    wake_writer();
                 }
                 lines.extend_from_slice(line);
                 if lines.len() >= BATCH_LIMIT {
@@ -378,6 +401,10 @@ mod tests {
                 BatchingStderr.write_all(b"three\n").unwrap();
                 tokio::time::sleep(WRITE_DELAY * 4).await;
                 assert_eq!(written(), 14, "and again for the next line");
+                // This runtime never runs the deferred work when it parks: the writer does.
+                defer(|| BatchingStderr.write_all(b"deferred\n").unwrap());
+                tokio::time::sleep(WRITE_DELAY * 4).await;
+                assert_eq!(written(), 23, "deferred work runs within the write delay");
             });
         })
         .join()
@@ -420,14 +447,23 @@ mod tests {
             assert_eq!(ran.get(), 1);
             flush_this_thread();
             assert_eq!(ran.get(), 2);
-            for _ in 0..DEFERRED_LIMIT {
-                let counter = ran.clone();
-                defer(move || counter.set(counter.get() + 1));
+            // Items record their number; past the limit the oldest runs, one per new item.
+            let order = std::rc::Rc::new(RefCell::new(Vec::new()));
+            for i in 0..DEFERRED_LIMIT + 3 {
+                let order = order.clone();
+                defer(move || order.borrow_mut().push(i));
             }
+            assert_eq!(*order.borrow(), [0, 1, 2], "the three oldest ran");
+            flush_this_thread();
+            assert_eq!(order.borrow().len(), DEFERRED_LIMIT + 3, "the rest ran");
+            let after = order.clone();
+            defer(|| panic!("a deferred item that panics"));
+            defer(move || after.borrow_mut().push(999));
+            flush_this_thread();
             assert_eq!(
-                ran.get(),
-                2 + DEFERRED_LIMIT as u32,
-                "the limit runs the queue"
+                order.borrow().last(),
+                Some(&999),
+                "the item after a panic ran"
             );
         })
         .join()

@@ -244,7 +244,7 @@ async fn serve(
                 crate::logging::batch_this_thread();
                 match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
-                    .on_thread_park(crate::logging::run_deferred_logs)
+                    .on_thread_park(crate::logging::run_deferred)
                     .build()
                 {
                     Ok(runtime) => runtime.block_on(async {
