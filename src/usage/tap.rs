@@ -17,7 +17,8 @@
 //! An event stream is only split at its blank lines (`UsageEvents`); just the events that
 //! mention `"usage"` with a value other than `null` are kept, and parsed (as SSE, then as JSON
 //! keeping only the fields needed here) by [`UsageTap::finish`], which the proxy calls after
-//! the response's last bytes are out. When a chunk's lines all end with `\n`, only the events
+//! the response's last bytes are out (earlier only when more than 64 KiB of them pile up, or
+//! when the proxy would rather not keep what the tap holds). When a chunk's lines all end with `\n`, only the events
 //! around a mention of the word are delimited at all, so the cost on a long stream is a search
 //! for the word and one for the last blank line of each chunk.
 
@@ -187,12 +188,13 @@ impl UsageTap {
         self.findings.found
     }
 
-    /// Bytes the tap holds for parsing: the unfinished last event, the events kept for
-    /// [`UsageTap::finish`], or a JSON body's copy.
+    /// Bytes the tap holds: its buffer for an event that spans chunks (as large as the
+    /// largest such event so far), the events kept for [`UsageTap::finish`], or a JSON body's
+    /// copy.
     pub fn held_bytes(&self) -> usize {
         let mode = match &self.mode {
-            Mode::Sse(events) => events.partial.len(),
-            Mode::Json(copy) => copy.len(),
+            Mode::Sse(events) => events.partial.capacity(),
+            Mode::Json(copy) => copy.capacity(),
             Mode::Undecided | Mode::Off => 0,
         };
         mode + self.findings.pending_bytes
@@ -249,7 +251,8 @@ impl Findings {
 }
 
 /// An event stream split at its blank lines without being parsed: the events that may carry
-/// usage are handed whole to [`SseReader`] and [`take_event`], the rest only scanned.
+/// usage are kept whole in [`Findings`] (parsed later by [`parse_raw_event`]), the rest only
+/// scanned.
 #[derive(Default)]
 struct UsageEvents {
     /// The event in progress: its bytes that arrived in earlier chunks.
@@ -733,6 +736,15 @@ mod tests {
             assert!(tap.held_bytes() <= 65 * 1024, "{}", tap.held_bytes());
         }
         assert_eq!(tap.finish().unwrap().input_tokens, 1999);
+    }
+
+    #[test]
+    fn held_bytes_counts_the_buffer_a_large_event_left() {
+        let mut tap = UsageTap::new();
+        tap.observe(b"data: {\"pad\":\"");
+        tap.observe(&vec![b'a'; 1 << 20]);
+        tap.observe(b"\"}\n\n");
+        assert!(tap.held_bytes() >= 1 << 20, "{}", tap.held_bytes());
     }
 
     #[test]

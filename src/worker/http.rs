@@ -353,7 +353,7 @@ impl HttpBody for LoggedBody {
 }
 
 /// A finished response's usage tap holding more than this is parsed at once rather than kept
-/// until the thread's deferred work runs (which may be dozens of requests later).
+/// until the thread's deferred work runs (up to 64 requests or 50 ms later).
 const MAX_DEFERRED_TAP_BYTES: usize = 64 * 1024;
 
 impl Drop for LoggedBody {
@@ -381,7 +381,8 @@ impl Drop for LoggedBody {
         let accounting = self.accounting.take();
         // The body is dropped before its last bytes are written out: reading the usage,
         // accounting for it and formatting the line wait until this thread's event loop is
-        // done with the response (on a busy thread, at most a few dozen requests later).
+        // done with the response (on a thread that stays busy, at most 50 ms or 64 requests
+        // later; see `logging::defer`).
         crate::logging::defer(move || {
             let usage = tap.finish();
             if let Some(accounting) = &accounting {
