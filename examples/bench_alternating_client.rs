@@ -7,17 +7,20 @@
 //!
 //! Why: on a shared, noisy machine a stall of the whole machine lands on whichever target is
 //! being measured at that moment. `wrk` measures targets one after another, so two targets'
-//! p99 at c1 differ by the machine's moments as much as by the targets. Here each target gets
-//! every n-th request of one sequence (the order within a cycle rotates every cycle), so the
-//! same moments fall on all of them alike, and a difference in their tails is theirs.
+//! p99 at c1 differ by the machine's moments as much as by the targets. Here every cycle sends
+//! one request to each target, in a new random order each cycle, so the same moments fall on
+//! all of them alike, and each target follows every other one equally often (work a target
+//! does after its response lands on the others evenly).
 //!
 //! Each target has one keep-alive connection (reopened, untimed, if the target closes it).
 //! Every request is `POST /v1/responses` with BODY and, where given, `Authorization: Bearer
 //! KEY`; its latency runs from the first byte written to the last byte of the response read
-//! (its chunked or length-delimited body complete). A response other than 200 or a broken
-//! connection counts as an error. At the end one JSON line is printed:
-//! `{"seconds":S,"cycles":C,"targets":[{"name":…,"requests":…,"errors":…,"p50_us":…,
-//! "p90_us":…,"p99_us":…,"p999_us":…,"max_us":…,"mean_us":…},…]}`.
+//! (its chunked or length-delimited body complete). A response other than 200, malformed
+//! framing or a broken connection counts as an error. At the end one JSON line is printed:
+//! `{"seconds":S,"cycles":C,"targets":[{"name":…,"requests":…,"errors":…,"body_min":…,
+//! "body_max":…,"p50_us":…,"p90_us":…,"p99_us":…,"p999_us":…,"max_us":…,"mean_us":…},…]}`
+//! (`body_min`/`body_max`: the smallest and largest decoded body, for checking that every
+//! target relayed the same response).
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -31,6 +34,8 @@ struct Target {
     buffer: Vec<u8>,
     latencies_ns: Vec<u64>,
     errors: u64,
+    body_min: usize,
+    body_max: usize,
 }
 
 /// How a response ended: whether the connection may carry the next request.
@@ -54,11 +59,18 @@ fn main() {
 
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let mut cycles = 0usize;
+    let mut order: Vec<usize> = (0..targets.len()).collect();
+    let mut random = Instant::now().elapsed().as_nanos() as u64 | 1;
     while Instant::now() < deadline {
-        let n = targets.len();
-        for i in 0..n {
-            let target = &mut targets[(i + cycles) % n];
-            one_request(target);
+        // Fisher-Yates with xorshift64: a new order every cycle.
+        for i in (1..order.len()).rev() {
+            random ^= random << 13;
+            random ^= random >> 7;
+            random ^= random << 17;
+            order.swap(i, (random % (i as u64 + 1)) as usize);
+        }
+        for &i in &order {
+            one_request(&mut targets[i]);
         }
         cycles += 1;
     }
@@ -94,6 +106,8 @@ fn parse_target(spec: &str, body: &str) -> Target {
         buffer: Vec::with_capacity(64 * 1024),
         latencies_ns: Vec::with_capacity(1 << 20),
         errors: 0,
+        body_min: usize::MAX,
+        body_max: 0,
     }
 }
 
@@ -121,10 +135,13 @@ fn one_request(target: &mut Target) {
         .and_then(|()| read_response(stream, &mut target.buffer));
     let elapsed = start.elapsed();
     match result {
-        Ok(Ending::KeepAlive) => target.latencies_ns.push(elapsed.as_nanos() as u64),
-        Ok(Ending::Close) => {
+        Ok((ending, body_len)) => {
             target.latencies_ns.push(elapsed.as_nanos() as u64);
-            target.connection = None;
+            target.body_min = target.body_min.min(body_len);
+            target.body_max = target.body_max.max(body_len);
+            if let Ending::Close = ending {
+                target.connection = None;
+            }
         }
         Err(_) => {
             target.errors += 1;
@@ -133,8 +150,11 @@ fn one_request(target: &mut Target) {
     }
 }
 
-/// Reads one whole 200 response from `stream`.
-fn read_response(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<Ending, &'static str> {
+/// Reads one whole 200 response from `stream`: how it ended and its decoded body's length.
+fn read_response(
+    stream: &mut TcpStream,
+    buffer: &mut Vec<u8>,
+) -> Result<(Ending, usize), &'static str> {
     let (head_len, chunked, length, close) = loop {
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut response = httparse::Response::new(&mut headers);
@@ -145,15 +165,24 @@ fn read_response(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<Ending,
                 }
                 let mut chunked = false;
                 let mut length = None;
-                let mut close = false;
+                let mut close = response.version == Some(0);
                 for header in response.headers.iter() {
-                    let value = std::str::from_utf8(header.value).unwrap_or("");
+                    let value = std::str::from_utf8(header.value).map_err(|_| "bad header")?;
+                    let has = |token: &str| {
+                        value
+                            .split(',')
+                            .any(|t| t.trim().eq_ignore_ascii_case(token))
+                    };
                     if header.name.eq_ignore_ascii_case("transfer-encoding") {
-                        chunked = value.to_ascii_lowercase().contains("chunked");
+                        chunked = has("chunked");
                     } else if header.name.eq_ignore_ascii_case("content-length") {
-                        length = value.trim().parse::<usize>().ok();
+                        length = Some(value.trim().parse::<usize>().map_err(|_| "bad length")?);
                     } else if header.name.eq_ignore_ascii_case("connection") {
-                        close = value.eq_ignore_ascii_case("close");
+                        if has("close") {
+                            close = true;
+                        } else if has("keep-alive") {
+                            close = false;
+                        }
                     }
                 }
                 break (head_len, chunked, length, close);
@@ -161,28 +190,28 @@ fn read_response(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<Ending,
             httparse::Status::Partial => fill(stream, buffer)?,
         }
     };
+    let ending = if close {
+        Ending::Close
+    } else {
+        Ending::KeepAlive
+    };
     if chunked {
         let mut at = head_len;
+        let mut body_len = 0usize;
         loop {
-            let line_end = loop {
-                if let Some(offset) = find_crlf(&buffer[at..]) {
-                    break at + offset;
-                }
-                fill(stream, buffer)?;
-            };
-            let line = std::str::from_utf8(&buffer[at..line_end]).map_err(|_| "bad chunk line")?;
-            let digits = line.split(';').next().unwrap_or("").trim();
+            let line_end = find_line_end(stream, buffer, at)?;
+            let line = &buffer[at..line_end];
+            let digits = line.split(|&b| b == b';').next().unwrap_or(b"");
+            if digits.is_empty() || digits.len() > 15 || !digits.iter().all(u8::is_ascii_hexdigit) {
+                return Err("bad chunk size");
+            }
+            let digits = std::str::from_utf8(digits).map_err(|_| "bad chunk size")?;
             let size = usize::from_str_radix(digits, 16).map_err(|_| "bad chunk size")?;
             at = line_end + 2;
             if size == 0 {
                 // Trailer fields (none expected) up to the empty line.
                 loop {
-                    let end = loop {
-                        if let Some(offset) = find_crlf(&buffer[at..]) {
-                            break at + offset;
-                        }
-                        fill(stream, buffer)?;
-                    };
+                    let end = find_line_end(stream, buffer, at)?;
                     let empty = end == at;
                     at = end + 2;
                     if empty {
@@ -194,23 +223,44 @@ fn read_response(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<Ending,
             while buffer.len() < at + size + 2 {
                 fill(stream, buffer)?;
             }
+            if &buffer[at + size..at + size + 2] != b"\r\n" {
+                return Err("chunk data not followed by CRLF");
+            }
+            body_len += size;
             at += size + 2;
         }
         if buffer.len() != at {
             return Err("bytes after the response");
         }
+        Ok((ending, body_len))
     } else if let Some(length) = length {
         while buffer.len() < head_len + length {
             fill(stream, buffer)?;
         }
+        if buffer.len() != head_len + length {
+            return Err("bytes after the response");
+        }
+        Ok((ending, length))
     } else {
-        return Err("response without a length or chunked body");
+        Err("response without a length or chunked body")
     }
-    Ok(if close {
-        Ending::Close
-    } else {
-        Ending::KeepAlive
-    })
+}
+
+/// Where the line that starts at `at` ends (its CRLF), reading more as needed.
+fn find_line_end(
+    stream: &mut TcpStream,
+    buffer: &mut Vec<u8>,
+    at: usize,
+) -> Result<usize, &'static str> {
+    loop {
+        if let Some(offset) = find_crlf(&buffer[at..]) {
+            return Ok(at + offset);
+        }
+        if buffer.len() - at > 4096 {
+            return Err("line too long");
+        }
+        fill(stream, buffer)?;
+    }
 }
 
 fn fill(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> Result<(), &'static str> {
@@ -245,10 +295,12 @@ fn summary(target: &mut Target) -> String {
         latencies.iter().sum::<u64>() as f64 / latencies.len() as f64 / 1e3
     };
     format!(
-        "{{\"name\":\"{}\",\"requests\":{},\"errors\":{},\"p50_us\":{:.1},\"p90_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"max_us\":{:.1},\"mean_us\":{:.1}}}",
+        "{{\"name\":\"{}\",\"requests\":{},\"errors\":{},\"body_min\":{},\"body_max\":{},\"p50_us\":{:.1},\"p90_us\":{:.1},\"p99_us\":{:.1},\"p999_us\":{:.1},\"max_us\":{:.1},\"mean_us\":{:.1}}}",
         target.name,
         latencies.len(),
         target.errors,
+        if target.body_min == usize::MAX { 0 } else { target.body_min },
+        target.body_max,
         percentile(50.0),
         percentile(90.0),
         percentile(99.0),
