@@ -63,6 +63,13 @@ pub fn write_plain_line(level: tracing::Level, fill: impl FnOnce(&mut PlainField
     if !PLAIN_STDERR.load(Ordering::Relaxed) {
         return false;
     }
+    append_to_batch(|lines| plain_line_into(lines, std::time::SystemTime::now(), level, fill))
+}
+
+/// Lets `append` add whole lines to this thread's batch (waking [`write_batches`] for a first
+/// line, writing the batch out past [`BATCH_LIMIT`]); `false`, without calling it, on a thread
+/// that does not batch.
+fn append_to_batch(append: impl FnOnce(&mut Vec<u8>)) -> bool {
     BATCH.with(|batch| {
         let mut batch = batch.borrow_mut();
         let Some(lines) = batch.as_mut() else {
@@ -71,7 +78,7 @@ pub fn write_plain_line(level: tracing::Level, fill: impl FnOnce(&mut PlainField
         if lines.is_empty() {
             wake_writer();
         }
-        plain_line_into(lines, std::time::SystemTime::now(), level, fill);
+        append(lines);
         if lines.len() >= BATCH_LIMIT {
             write_out(lines);
             lines.clear();
@@ -345,21 +352,7 @@ struct BatchingStderr;
 
 impl Write for BatchingStderr {
     fn write(&mut self, line: &[u8]) -> std::io::Result<usize> {
-        let batched = BATCH.with(|batch| match batch.borrow_mut().as_mut() {
-            Some(lines) => {
-                if lines.is_empty() {
-                    wake_writer();
-                }
-                lines.extend_from_slice(line);
-                if lines.len() >= BATCH_LIMIT {
-                    write_out(lines);
-                    lines.clear();
-                }
-                true
-            }
-            None => false,
-        });
-        if !batched {
+        if !append_to_batch(|lines| lines.extend_from_slice(line)) {
             std::io::stderr().write_all(line)?;
         }
         Ok(line.len())
