@@ -18,9 +18,9 @@
 //! mention `"usage"` with a value other than `null` are kept, and parsed (as SSE, then as JSON
 //! keeping only the fields needed here) by [`UsageTap::finish`], which the proxy calls after
 //! the response's last bytes are out (earlier only when more than 64 KiB of them pile up, or
-//! when the proxy would rather not keep what the tap holds). When a chunk's lines all end with `\n`, only the events
-//! around a mention of the word are delimited at all, so the cost on a long stream is a search
-//! for the word and one for the last blank line of each chunk.
+//! when the proxy would rather not keep what the tap holds). When a chunk's lines all end
+//! with `\n`, only the events around a mention of the word are delimited at all, so the cost
+//! on a long stream is a search for the word and one for the last blank line of each chunk.
 
 use crate::sse::{SseReader, DEFAULT_MAX_EVENT_BYTES};
 use serde::{Deserialize, Serialize};
@@ -441,7 +441,8 @@ fn null_follows_on_its_line(after: &[u8]) -> bool {
     value[value.iter().take_while(|b| blank(b)).count()..].starts_with(b"null")
 }
 
-/// An event known to mention usage: parsed as SSE, then each of its events as JSON.
+/// An event known to mention usage: its name and data read in place when it has the usual
+/// shape, else parsed by [`SseReader`]; then each event's data as JSON.
 fn parse_raw_event(raw: &[u8], found: &mut Option<TokenUsage>) {
     if let Some((event, data)) = name_and_one_data_line(raw) {
         return take_event(found, event, data);
