@@ -89,8 +89,8 @@ impl DirectUpstream {
         }))
     }
 
-    /// Sends the request with the client's end-to-end headers; the response body keeps driving the connection and returns it to
-    /// the pool when it ends cleanly.
+    /// Sends the request with the client's end-to-end headers; the response body keeps
+    /// driving the connection and returns it to the pool when it ends cleanly.
     pub async fn post(
         self: &Arc<Self>,
         client_headers: &HeaderMap,
@@ -314,22 +314,29 @@ async fn read_head(
     read_buf: &mut BytesMut,
 ) -> Result<ResponseHead, UpstreamError> {
     loop {
-        match parse_response_head(read_buf) {
-            Err(error) => return Err(UpstreamError::Unreachable(error.to_string())),
-            Ok(HeadParse::Interim(len)) => read_buf.advance(len),
-            Ok(HeadParse::Complete(head, len)) => {
-                read_buf.advance(len);
-                return Ok(head);
-            }
-            Ok(HeadParse::Partial) => match poll_fn(|cx| poll_fill(stream, read_buf, cx)).await {
-                Ok(0) => {
-                    return Err(UpstreamError::Unreachable(
-                        "the upstream closed the connection before answering".into(),
-                    ))
+        // A pooled connection's buffer is empty when the request goes out: read first.
+        if !read_buf.is_empty() {
+            match parse_response_head(read_buf) {
+                Err(error) => return Err(UpstreamError::Unreachable(error.to_string())),
+                Ok(HeadParse::Interim(len)) => {
+                    read_buf.advance(len);
+                    continue;
                 }
-                Ok(_) => {}
-                Err(e) => return Err(UpstreamError::Unreachable(e.to_string())),
-            },
+                Ok(HeadParse::Complete(head, len)) => {
+                    read_buf.advance(len);
+                    return Ok(head);
+                }
+                Ok(HeadParse::Partial) => {}
+            }
+        }
+        match poll_fn(|cx| poll_fill(stream, read_buf, cx)).await {
+            Ok(0) => {
+                return Err(UpstreamError::Unreachable(
+                    "the upstream closed the connection before answering".into(),
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => return Err(UpstreamError::Unreachable(e.to_string())),
         }
     }
 }
