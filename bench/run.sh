@@ -280,8 +280,8 @@ done
 
 # ---- 1b. latency at c1 with the targets' requests interleaved ---------------------------------
 # wrk measures one target after another, so a moment when the whole machine stalls lands on
-# one target only; here one client alternates between them request by request (the order
-# rotating every cycle), so such moments fall on all of them alike.
+# one target only; here one client alternates between them request by request (a new random
+# order every cycle), so such moments fall on all of them alike.
 ALT=("direct=$P_MOCK:$KEY" "ours=$P_OURS" "nginx=$P_NGINX" "bare=$P_BARE")
 log "c1 latency, one client alternating request by request between ${#ALT[@]} targets: $ROUNDS rounds x ${ALT_SECONDS}s"
 for round in $(seq 1 "$ROUNDS"); do

@@ -60,7 +60,11 @@ fn main() {
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let mut cycles = 0usize;
     let mut order: Vec<usize> = (0..targets.len()).collect();
-    let mut random = Instant::now().elapsed().as_nanos() as u64 | 1;
+    // Seeded from the clock (an odd number: xorshift must not start at zero).
+    let mut random = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        | 1;
     while Instant::now() < deadline {
         // Fisher-Yates with xorshift64: a new order every cycle.
         for i in (1..order.len()).rev() {
