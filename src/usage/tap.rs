@@ -21,6 +21,8 @@
 //! when the proxy would rather not keep what the tap holds). When a chunk's lines all end
 //! with `\n`, only the events around a mention of the word are delimited at all, so the cost
 //! on a long stream is a search for the word and one for the last blank line of each chunk.
+//! The first 8 KiB of a stream are only copied as they pass and scanned when it ends, so a
+//! short response is not searched before its last bytes are out.
 
 use crate::sse::{SseReader, DEFAULT_MAX_EVENT_BYTES};
 use serde::{Deserialize, Serialize};
@@ -167,7 +169,7 @@ impl UsageTap {
                 }
             }
             Mode::Sse(events) => {
-                if events.feed(chunk, &mut self.findings).is_err() {
+                if events.take(chunk, &mut self.findings).is_err() {
                     self.mode = Mode::Off;
                 }
             }
@@ -188,12 +190,12 @@ impl UsageTap {
         self.findings.found
     }
 
-    /// Bytes the tap holds: its buffer for an event that spans chunks (as large as the
-    /// largest such event so far), the events kept for [`UsageTap::finish`], or a JSON body's
-    /// copy.
+    /// Bytes the tap holds: the start of a stream not scanned yet, its buffer for an event
+    /// that spans chunks (as large as the largest such event so far), the events kept for
+    /// [`UsageTap::finish`], or a JSON body's copy.
     pub fn held_bytes(&self) -> usize {
         let mode = match &self.mode {
-            Mode::Sse(events) => events.partial.capacity(),
+            Mode::Sse(events) => events.partial.capacity() + events.unscanned.capacity(),
             Mode::Json(copy) => copy.capacity(),
             Mode::Undecided | Mode::Off => 0,
         };
@@ -250,11 +252,20 @@ impl Findings {
     }
 }
 
+/// Bytes of an event stream that are only copied as they pass, and scanned once the body
+/// ends: a short response (most of them) is then not searched at all before its last bytes
+/// are out. Past this many, the stream is scanned as it passes.
+const UNSCANNED_LIMIT: usize = 8 * 1024;
+
 /// An event stream split at its blank lines without being parsed: the events that may carry
 /// usage are kept whole in [`Findings`] (parsed later by [`parse_raw_event`]), the rest only
 /// scanned.
 #[derive(Default)]
 struct UsageEvents {
+    /// The stream so far while it is shorter than [`UNSCANNED_LIMIT`], not yet scanned.
+    unscanned: Vec<u8>,
+    /// The stream outgrew [`UNSCANNED_LIMIT`]: chunks are scanned as they pass.
+    scanning: bool,
     /// The event in progress: its bytes that arrived in earlier chunks.
     partial: Vec<u8>,
     /// The current line has bytes (the event has not ended if it ends now).
@@ -283,6 +294,25 @@ fn last_blank_line(bytes: &[u8]) -> Option<usize> {
 }
 
 impl UsageEvents {
+    /// The next chunk: copied while the stream is short, else scanned (after what was copied).
+    fn take(&mut self, chunk: &[u8], findings: &mut Findings) -> Result<(), EventTooLarge> {
+        if !self.scanning {
+            if self.unscanned.len() + chunk.len() <= UNSCANNED_LIMIT {
+                self.unscanned.extend_from_slice(chunk);
+                return Ok(());
+            }
+            self.scan_unscanned(findings)?;
+        }
+        self.feed(chunk, findings)
+    }
+
+    /// Scans what was only copied so far; chunks are scanned as they pass from now on.
+    fn scan_unscanned(&mut self, findings: &mut Findings) -> Result<(), EventTooLarge> {
+        self.scanning = true;
+        let unscanned = std::mem::take(&mut self.unscanned);
+        self.feed(&unscanned, findings)
+    }
+
     fn feed(&mut self, chunk: &[u8], findings: &mut Findings) -> Result<(), EventTooLarge> {
         if self.after_cr || memchr::memchr(b'\r', chunk).is_some() {
             self.feed_lines(chunk, findings)
@@ -404,6 +434,9 @@ impl UsageEvents {
 
     /// The end of the body: a last event without its blank line still counts.
     fn finish(&mut self, findings: &mut Findings) {
+        if self.scan_unscanned(findings).is_err() {
+            return;
+        }
         let last = std::mem::take(&mut self.partial);
         self.event_ended(&last, findings);
     }
@@ -855,6 +888,71 @@ mod tests {
             with_usage > 1000,
             "the generator makes usage events: {with_usage}"
         );
+    }
+
+    #[test]
+    fn a_short_stream_is_copied_as_it_passes_and_scanned_at_the_end() {
+        let mut tap = UsageTap::new();
+        for piece in RESPONSES_STREAM.as_bytes().chunks(100) {
+            tap.observe(piece);
+        }
+        let Mode::Sse(events) = &tap.mode else {
+            panic!("an event stream")
+        };
+        assert!(!events.scanning);
+        assert_eq!(events.unscanned, RESPONSES_STREAM.as_bytes());
+        assert!(tap.findings.pending.is_empty(), "nothing scanned yet");
+        assert!(tap.held_bytes() >= RESPONSES_STREAM.len());
+        let usage = tap.finish().unwrap();
+        assert_eq!(usage.model.as_deref(), Some("gpt-5-2025"));
+    }
+
+    #[test]
+    fn a_stream_past_the_copy_limit_is_scanned_as_it_passes() {
+        let filler = "data: {\"type\":\"response.output_text.delta\",\"delta\":\"x\"}\n\n";
+        let mut tap = UsageTap::new();
+        let mut fed = 0;
+        while fed <= UNSCANNED_LIMIT {
+            tap.observe(filler.as_bytes());
+            fed += filler.len();
+        }
+        tap.observe(RESPONSES_STREAM.as_bytes());
+        let Mode::Sse(events) = &tap.mode else {
+            panic!("an event stream")
+        };
+        assert!(events.scanning);
+        assert_eq!(events.unscanned.capacity(), 0, "the copy is let go");
+        // The completed event, and the delta whose text says "usage".
+        assert_eq!(
+            tap.findings.pending.len(),
+            2,
+            "the events that mention usage are kept"
+        );
+        assert!(tap.held_bytes() < 4096, "{}", tap.held_bytes());
+        let usage = tap.finish();
+        assert_eq!(usage, every_split(RESPONSES_STREAM.as_bytes()));
+        assert!(usage.is_some());
+    }
+
+    #[test]
+    fn long_streams_find_what_parsing_every_event_finds_wherever_the_copy_ends() {
+        let mut dice = Dice(0x2545_f491_4f6c_dd1d);
+        for case in 0..300 {
+            let mut body = Vec::new();
+            let length = UNSCANNED_LIMIT / 2 + dice.below(2 * UNSCANNED_LIMIT);
+            while body.len() < length {
+                body.extend(random_stream(&mut dice));
+            }
+            let want = parsing_every_event(&body);
+            for piece in [1 + dice.below(64), 1 + dice.below(4096), body.len()] {
+                assert_eq!(
+                    run(&body, piece),
+                    want,
+                    "case {case}, pieces of {piece}: {:?}",
+                    String::from_utf8_lossy(&body)
+                );
+            }
+        }
     }
 
     #[test]
