@@ -514,3 +514,38 @@ async fn a_killed_worker_makes_the_supervisor_exit_nonzero() {
         proxy.stderr()
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_body_that_arrives_in_pieces_is_forwarded_whole() {
+    let mock = MockUpstream::start(|_| Reply::json(200, "{}")).await;
+    let proxy = Proxy::start(&mock.url("/v1/responses"), &[]);
+    let port = proxy.port;
+    let answer = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let pieces: [&[u8]; 4] = [
+            b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n7\r\n{\"model\r\n",
+            b"6\r\n\":\"m\",\r\n",
+            b"a\r\n\"input\":\"\"\r\n",
+            b"1\r\n}\r\n0\r\nx-trailer: t\r\n\r\n",
+        ];
+        for piece in pieces {
+            stream.write_all(piece).unwrap();
+            // Each piece reaches the worker as its own read.
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        String::from_utf8_lossy(&answer).into_owned()
+    })
+    .await
+    .unwrap();
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    let seen = mock.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(&seen[0].body[..], br#"{"model":"m","input":""}"#);
+    assert_eq!(seen[0].header("content-length").as_deref(), Some("24"));
+}

@@ -9,6 +9,7 @@ use futures_util::Stream;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use hyper::{header, Response, StatusCode};
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -266,7 +267,10 @@ impl RequestRecord {
         RequestRecord {
             identity,
             is_model_route,
-            method: method.as_str().chars().take(16).collect(),
+            method: match method.as_str() {
+                short if short.len() <= 16 => short.to_owned(),
+                long => long.chars().take(16).collect(),
+            },
             path,
             status: 0,
             upstream_status: None,
@@ -515,25 +519,82 @@ pub async fn read_request_body(
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(too_large());
     }
-    let reading = http_body_util::Limited::new(body, limit).collect();
-    let Ok(read) = tokio::time::timeout(timeout, reading).await else {
-        return Err(close_after(error_response(
+    match collect_body(body, limit, timeout).await {
+        Ok(bytes) => Ok(bytes),
+        Err(BodyFault::TooLarge) => Err(too_large()),
+        Err(BodyFault::TimedOut) => Err(close_after(error_response(
             StatusCode::REQUEST_TIMEOUT,
             "The request body did not arrive in time.",
             "invalid_request_error",
             Some("request_timeout"),
-        )));
-    };
-    match read {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(error_response(
+        ))),
+        Err(BodyFault::Failed(e)) => Err(error_response(
             StatusCode::BAD_REQUEST,
             &format!("Could not read the request body: {e}"),
             "invalid_request_error",
             Some("bad_request_body"),
         )),
     }
+}
+
+enum BodyFault {
+    TooLarge,
+    TimedOut,
+    Failed(hyper::Error),
+}
+
+/// The whole request body, at most `limit` bytes, failing if it is not all there `timeout`
+/// after it was first waited for. A body that arrived in one piece (the usual case: it came
+/// with the head) is handed on as it is, and the timer only exists once there is a wait.
+async fn collect_body(
+    mut body: hyper::body::Incoming,
+    limit: usize,
+    timeout: std::time::Duration,
+) -> Result<Bytes, BodyFault> {
+    let mut first: Option<Bytes> = None;
+    let mut gathered: Option<BytesMut> = None;
+    let mut total = 0usize;
+    let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| loop {
+        match Pin::new(&mut body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                // Trailers carry nothing the upstream is sent.
+                let Ok(data) = frame.into_data() else {
+                    continue;
+                };
+                total = total.saturating_add(data.len());
+                if total > limit {
+                    return Poll::Ready(Err(BodyFault::TooLarge));
+                }
+                match (&mut first, &mut gathered) {
+                    (None, None) => first = Some(data),
+                    (Some(_), None) => {
+                        let mut all = BytesMut::with_capacity(total);
+                        all.extend_from_slice(&first.take().unwrap_or_default());
+                        all.extend_from_slice(&data);
+                        gathered = Some(all);
+                    }
+                    (_, Some(all)) => all.extend_from_slice(&data),
+                }
+            }
+            Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(BodyFault::Failed(e))),
+            Poll::Ready(None) => {
+                return Poll::Ready(Ok(match gathered.take() {
+                    Some(all) => all.freeze(),
+                    None => first.take().unwrap_or_default(),
+                }))
+            }
+            Poll::Pending => {
+                let deadline =
+                    deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                return match deadline.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(BodyFault::TimedOut)),
+                    Poll::Pending => Poll::Pending,
+                };
+            }
+        }
+    })
+    .await
 }
 
 #[cfg(test)]
