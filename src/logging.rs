@@ -8,7 +8,8 @@
 //! stderr at most that late (its timestamp is when it was formatted).
 //! Such a thread can also [`defer`] a finished request's work (its usage accounting and log
 //! line), so that it runs after the response has gone out rather than between its last bytes
-//! and the socket.
+//! and the socket; the worker hands that work on to a thread of its own
+//! ([`start_after_response_thread`]), so that a shard is free for the next request at once.
 //! Lines on stderr are `TIME LEVEL message key=value…` (strings quoted), written by
 //! [`PlainLine`] without going through the general-purpose formatter. The request line, written
 //! for every request, can skip tracing's per-field dispatch altogether: [`write_plain_line`]
@@ -224,10 +225,11 @@ const BATCH_LIMIT: usize = 16 * 1024;
 /// How long a batched line may wait for others before the batch is written.
 pub const WRITE_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
 
-/// Past this many deferred items waiting, the oldest runs at once, one for each new item.
+/// Past this many deferred items waiting on a shard, they are handed on to the after-response
+/// thread at once (without one, the oldest runs at once, one for each new item).
 const DEFERRED_LIMIT: usize = 64;
 
-type Deferred = Box<dyn FnOnce()>;
+type Deferred = Box<dyn FnOnce() + Send>;
 
 thread_local! {
     /// `Some` on threads that batch their lines (worker shards).
@@ -240,25 +242,33 @@ thread_local! {
 }
 
 /// Runs `work` (a finished request's usage accounting and log line) once the response has gone
-/// out: when this thread's runtime next runs out of work ([`run_deferred`]), at the latest
-/// [`WRITE_DELAY`] later on a thread that stays busy ([`write_batches`]), or at its flush. On a
-/// thread that does not batch it runs now. Past [`DEFERRED_LIMIT`] waiting items the oldest
-/// runs at once, so that no single caller pays for the whole queue.
-pub fn defer(work: impl FnOnce() + 'static) {
+/// out. On a thread that batches, it waits until this thread's runtime next runs out of work
+/// ([`run_deferred`]), at the latest [`WRITE_DELAY`] on a thread that stays busy
+/// ([`write_batches`]), or for the thread's flush; then it is handed on to the after-response
+/// thread, or runs here where there is none. Past [`DEFERRED_LIMIT`] waiting items they are
+/// handed on at once (without the thread, the oldest runs, so that no single caller pays for
+/// the whole queue). On a thread that does not batch it runs now.
+pub fn defer(work: impl FnOnce() + Send + 'static) {
     let batching = BATCH.with(|batch| batch.borrow().is_some());
     if !batching {
         return work();
     }
+    let after_response = AFTER_RESPONSE.get();
     let oldest = DEFERRED.with(|deferred| {
         let mut deferred = deferred.borrow_mut();
         if deferred.is_empty() {
             wake_writer();
         }
         deferred.push_back(Box::new(work));
-        if deferred.len() > DEFERRED_LIMIT {
-            deferred.pop_front()
-        } else {
-            None
+        if deferred.len() <= DEFERRED_LIMIT {
+            return None;
+        }
+        match after_response {
+            Some(thread) => {
+                thread.hand_over(&mut deferred);
+                deferred.pop_front()
+            }
+            None => deferred.pop_front(),
         }
     });
     if let Some(oldest) = oldest {
@@ -266,11 +276,162 @@ pub fn defer(work: impl FnOnce() + 'static) {
     }
 }
 
-/// Runs the deferred work now; for a runtime about to go idle.
+/// Hands the deferred work on to the after-response thread, or runs it now where there is
+/// none; for a runtime about to go idle.
 pub fn run_deferred() {
-    let work = DEFERRED.with(|deferred| std::mem::take(&mut *deferred.borrow_mut()));
-    for item in work {
+    let mut work = DEFERRED.with(|deferred| {
+        let mut deferred = deferred.borrow_mut();
+        if let Some(thread) = AFTER_RESPONSE.get() {
+            thread.hand_over(&mut deferred);
+        }
+        if deferred.is_empty() {
+            // Keeps the queue's allocation for the next items.
+            std::collections::VecDeque::new()
+        } else {
+            std::mem::take(&mut *deferred)
+        }
+    });
+    for item in work.drain(..) {
         run_one(item);
+    }
+}
+
+/// How long the after-response thread lets work gather between two rounds while requests keep
+/// finishing: under load it wakes this often, not once per request, and the shards never have
+/// to wake it.
+const GATHER_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Finished requests' deferred work, handed on by the shards and run on a thread of its own;
+/// the lines it logs are written once per round.
+struct AfterResponse {
+    handed: std::sync::Mutex<Handed>,
+    ready: std::sync::Condvar,
+    gather_delay: std::time::Duration,
+}
+
+#[derive(Default)]
+struct Handed {
+    items: Vec<Deferred>,
+    /// The thread waits for work: the next hand-over wakes it.
+    waiting: bool,
+    /// No more hand-overs: the thread runs what it has and ends.
+    stopping: bool,
+    /// Times a hand-over woke the thread.
+    wakes: u64,
+}
+
+static AFTER_RESPONSE: std::sync::OnceLock<std::sync::Arc<AfterResponse>> =
+    std::sync::OnceLock::new();
+static AFTER_RESPONSE_THREAD: std::sync::Mutex<Option<std::thread::JoinHandle<()>>> =
+    std::sync::Mutex::new(None);
+
+impl AfterResponse {
+    fn new(gather_delay: std::time::Duration) -> Self {
+        AfterResponse {
+            handed: std::sync::Mutex::default(),
+            ready: std::sync::Condvar::new(),
+            gather_delay,
+        }
+    }
+
+    fn handed(&self) -> std::sync::MutexGuard<'_, Handed> {
+        self.handed
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes all of `items` unless the thread is stopping (then they stay with the caller).
+    fn hand_over(&self, items: &mut std::collections::VecDeque<Deferred>) {
+        let mut handed = self.handed();
+        if handed.stopping {
+            return;
+        }
+        handed.items.extend(items.drain(..));
+        if handed.waiting {
+            handed.waiting = false;
+            handed.wakes += 1;
+            drop(handed);
+            self.ready.notify_one();
+        }
+    }
+
+    /// The thread's loop: each round runs what was handed over, then `end_of_round`; it
+    /// returns once stopped with nothing left.
+    fn serve(&self, end_of_round: impl Fn()) {
+        loop {
+            let (items, stopping) = {
+                let mut handed = self.handed();
+                while handed.items.is_empty() && !handed.stopping {
+                    handed.waiting = true;
+                    handed = self
+                        .ready
+                        .wait(handed)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                }
+                handed.waiting = false;
+                (std::mem::take(&mut handed.items), handed.stopping)
+            };
+            let ran = items.len();
+            for item in items {
+                run_one(item);
+            }
+            end_of_round();
+            if stopping {
+                if ran == 0 {
+                    return;
+                }
+                continue;
+            }
+            let handed = self.handed();
+            let _ = self
+                .ready
+                .wait_timeout_while(handed, self.gather_delay, |handed| !handed.stopping);
+        }
+    }
+
+    fn stop(&self) {
+        self.handed().stopping = true;
+        self.ready.notify_one();
+    }
+}
+
+/// Starts the thread that runs the work shards [`defer`] (after fork and privilege drop: it
+/// is an ordinary thread of the worker). Without it, that work runs on the shards.
+pub fn start_after_response_thread() -> std::io::Result<()> {
+    if AFTER_RESPONSE.get().is_some() {
+        return Ok(());
+    }
+    let shared = std::sync::Arc::new(AfterResponse::new(GATHER_DELAY));
+    let serving = shared.clone();
+    let thread = std::thread::Builder::new()
+        .name("after-response".into())
+        .spawn(move || {
+            batch_this_thread();
+            serving.serve(write_batch);
+        })?;
+    if let Err(unused) = AFTER_RESPONSE.set(shared) {
+        // Started twice at once: the first one stays.
+        unused.stop();
+        return Ok(());
+    }
+    *AFTER_RESPONSE_THREAD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(thread);
+    Ok(())
+}
+
+/// Runs everything handed over so far, writes its lines and ends the after-response thread;
+/// work deferred after this runs where it was deferred.
+pub fn stop_after_response_thread() {
+    if let Some(shared) = AFTER_RESPONSE.get() {
+        shared.stop();
+    }
+    let thread = AFTER_RESPONSE_THREAD
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take();
+    if let Some(thread) = thread {
+        let _ = thread.join();
     }
 }
 
@@ -372,6 +533,75 @@ mod tests {
         pub(super) static SINK: RefCell<Option<Vec<u8>>> = const { RefCell::new(None) };
     }
 
+    fn wait_until(what: &str, done: impl Fn() -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !done() {
+            assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn handed_over_work_runs_on_the_after_response_thread_in_rounds() {
+        use std::collections::VecDeque;
+        use std::sync::atomic::AtomicUsize;
+        use std::sync::{Arc, Mutex};
+        // A long gather delay, so that the test can hand work over while the thread gathers.
+        let shared = Arc::new(AfterResponse::new(std::time::Duration::from_secs(1)));
+        let rounds = Arc::new(AtomicUsize::new(0));
+        let (serving, counted) = (shared.clone(), rounds.clone());
+        let thread = std::thread::spawn(move || {
+            serving.serve(|| {
+                counted.fetch_add(1, Ordering::SeqCst);
+            })
+        });
+        wait_until("the thread waits", || shared.handed().waiting);
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let here = std::thread::current().id();
+        let items = |numbers: std::ops::Range<usize>| -> VecDeque<Deferred> {
+            numbers
+                .map(|i| {
+                    let order = order.clone();
+                    Box::new(move || {
+                        assert_ne!(std::thread::current().id(), here);
+                        order.lock().unwrap().push(i);
+                    }) as Deferred
+                })
+                .collect()
+        };
+        let ran = || order.lock().unwrap().clone();
+        let mut queue = items(0..3);
+        shared.hand_over(&mut queue);
+        assert!(queue.is_empty(), "all were taken");
+        wait_until("the first round", || ran().len() == 3);
+        assert_eq!(ran(), [0, 1, 2]);
+        assert_eq!(shared.handed().wakes, 1);
+        // While the thread gathers, hand-overs neither wake it nor run at once.
+        for i in 3..6 {
+            shared.hand_over(&mut items(i..i + 1));
+        }
+        assert_eq!(shared.handed().wakes, 1, "no wake while it gathers");
+        assert_eq!(ran().len(), 3, "they wait for the next round");
+        wait_until("the next round", || ran().len() == 6);
+        assert_eq!(ran(), [0, 1, 2, 3, 4, 5]);
+        assert!(rounds.load(Ordering::SeqCst) >= 2);
+        // A panicking item takes neither the round nor the thread with it.
+        let mut queue: VecDeque<Deferred> = VecDeque::new();
+        queue.push_back(Box::new(|| panic!("a deferred item that panics")));
+        queue.extend(items(6..7));
+        shared.hand_over(&mut queue);
+        wait_until("the round with a panic", || ran().len() == 7);
+        // Stopping runs what was handed over before it, then ends the thread.
+        shared.hand_over(&mut items(7..9));
+        shared.stop();
+        thread.join().unwrap();
+        assert_eq!(ran(), (0..9).collect::<Vec<_>>());
+        // After that, work stays with whoever deferred it.
+        let mut late = items(9..10);
+        shared.hand_over(&mut late);
+        assert_eq!(late.len(), 1);
+    }
+
     #[test]
     fn a_batch_is_written_a_short_delay_after_its_first_line() {
         std::thread::spawn(|| {
@@ -426,35 +656,46 @@ mod tests {
         .join()
         .unwrap();
         std::thread::spawn(|| {
-            let ran = std::rc::Rc::new(std::cell::Cell::new(0));
+            use std::sync::atomic::AtomicUsize;
+            use std::sync::{Arc, Mutex};
+            let ran = Arc::new(AtomicUsize::new(0));
             let counter = ran.clone();
-            defer(move || counter.set(counter.get() + 1));
+            defer(move || {
+                counter.fetch_add(1, Ordering::Relaxed);
+            });
             assert_eq!(
-                ran.get(),
+                ran.load(Ordering::Relaxed),
                 1,
                 "a thread that does not batch runs deferred work at once"
             );
             batch_this_thread();
             let counter = ran.clone();
-            defer(move || counter.set(counter.get() + 1));
-            assert_eq!(ran.get(), 1);
+            defer(move || {
+                counter.fetch_add(1, Ordering::Relaxed);
+            });
+            assert_eq!(ran.load(Ordering::Relaxed), 1);
             flush_this_thread();
-            assert_eq!(ran.get(), 2);
-            // Items record their number; past the limit the oldest runs, one per new item.
-            let order = std::rc::Rc::new(RefCell::new(Vec::new()));
+            assert_eq!(ran.load(Ordering::Relaxed), 2);
+            // Without an after-response thread (this test starts none), items record their
+            // number; past the limit the oldest runs, one per new item.
+            let order = Arc::new(Mutex::new(Vec::new()));
             for i in 0..DEFERRED_LIMIT + 3 {
                 let order = order.clone();
-                defer(move || order.borrow_mut().push(i));
+                defer(move || order.lock().unwrap().push(i));
             }
-            assert_eq!(*order.borrow(), [0, 1, 2], "the three oldest ran");
-            flush_this_thread();
-            assert_eq!(order.borrow().len(), DEFERRED_LIMIT + 3, "the rest ran");
-            let after = order.clone();
-            defer(|| panic!("a deferred item that panics"));
-            defer(move || after.borrow_mut().push(999));
+            assert_eq!(*order.lock().unwrap(), [0, 1, 2], "the three oldest ran");
             flush_this_thread();
             assert_eq!(
-                order.borrow().last(),
+                order.lock().unwrap().len(),
+                DEFERRED_LIMIT + 3,
+                "the rest ran"
+            );
+            let after = order.clone();
+            defer(|| panic!("a deferred item that panics"));
+            defer(move || after.lock().unwrap().push(999));
+            flush_this_thread();
+            assert_eq!(
+                order.lock().unwrap().last(),
                 Some(&999),
                 "the item after a panic ran"
             );

@@ -265,6 +265,17 @@ async fn limits_survive_a_worker_restart() {
         assert_eq!(r.status(), 200);
         r.text().await.unwrap();
     }
+    // A request's usage is recorded shortly after its response (by the worker's
+    // after-response thread); `first` is killed, not stopped, so wait for both records.
+    let usage_file = state.join("usage.jsonl");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_to_string(&usage_file).map_or(0, |t| t.lines().count()) < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "usage was not recorded"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     drop(first);
     // 240 tokens used today: a new service refuses the next request.
     let second = Proxy::start_with(ProxyOptions {

@@ -163,13 +163,19 @@ pub fn run(
             return 1;
         }
     };
-    control.block_on(serve(
+    // Usage accounting and request lines run there, off the shards.
+    if let Err(e) = crate::logging::start_after_response_thread() {
+        warn!("worker: no after-response thread ({e}); the shards do that work themselves");
+    }
+    let code = control.block_on(serve(
         config,
         shards,
         listeners,
         supervisor_pipe,
         stop_requested,
-    ))
+    ));
+    crate::logging::stop_after_response_thread();
+    code
 }
 
 /// Resolves when the supervisor closes its end of the stop pipe (or writes to it).
