@@ -239,6 +239,8 @@ thread_local! {
         const { RefCell::new(std::collections::VecDeque::new()) };
     /// The task of [`write_batches`], waiting for a first line or deferred item.
     static WRITER: RefCell<Option<std::task::Waker>> = const { RefCell::new(None) };
+    /// Set on the after-response thread: work deferred there runs at once.
+    static RUNS_DEFERRED_WORK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 /// Runs `work` (a finished request's usage accounting and log line) once the response has gone
@@ -250,7 +252,7 @@ thread_local! {
 /// the whole queue). On a thread that does not batch it runs now.
 pub fn defer(work: impl FnOnce() + Send + 'static) {
     let batching = BATCH.with(|batch| batch.borrow().is_some());
-    if !batching {
+    if !batching || RUNS_DEFERRED_WORK.with(std::cell::Cell::get) {
         return work();
     }
     let after_response = AFTER_RESPONSE.get();
@@ -281,6 +283,9 @@ pub fn defer(work: impl FnOnce() + Send + 'static) {
 pub fn run_deferred() {
     let mut work = DEFERRED.with(|deferred| {
         let mut deferred = deferred.borrow_mut();
+        if deferred.is_empty() {
+            return std::collections::VecDeque::new();
+        }
         if let Some(thread) = AFTER_RESPONSE.get() {
             thread.hand_over(&mut deferred);
         }
@@ -308,6 +313,9 @@ struct AfterResponse {
     ready: std::sync::Condvar,
     gather_delay: std::time::Duration,
 }
+
+/// Most items waiting for the after-response thread.
+const HANDED_LIMIT: usize = 4096;
 
 #[derive(Default)]
 struct Handed {
@@ -340,10 +348,15 @@ impl AfterResponse {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Takes all of `items` unless the thread is stopping (then they stay with the caller).
+    /// Takes all of `items`, unless the thread is stopping or already has
+    /// [`HANDED_LIMIT`] waiting: then they stay with the caller, which runs them itself (a
+    /// thread that falls behind slows the shards down instead of piling work up).
     fn hand_over(&self, items: &mut std::collections::VecDeque<Deferred>) {
+        if items.is_empty() {
+            return;
+        }
         let mut handed = self.handed();
-        if handed.stopping {
+        if handed.stopping || handed.items.len() >= HANDED_LIMIT {
             return;
         }
         handed.items.extend(items.drain(..));
@@ -406,8 +419,18 @@ pub fn start_after_response_thread() -> std::io::Result<()> {
     let thread = std::thread::Builder::new()
         .name("after-response".into())
         .spawn(move || {
+            // Should the thread end some other way than being stopped, the shards go back to
+            // running their own work rather than handing it to nobody.
+            struct StopOnExit(std::sync::Arc<AfterResponse>);
+            impl Drop for StopOnExit {
+                fn drop(&mut self) {
+                    self.0.stop();
+                }
+            }
+            let serving = StopOnExit(serving);
+            RUNS_DEFERRED_WORK.with(|runs| runs.set(true));
             batch_this_thread();
-            serving.serve(write_batch);
+            serving.0.serve(write_batch);
         })?;
     if let Err(unused) = AFTER_RESPONSE.set(shared) {
         // Started twice at once: the first one stays.
@@ -546,8 +569,8 @@ mod tests {
         use std::collections::VecDeque;
         use std::sync::atomic::AtomicUsize;
         use std::sync::{Arc, Mutex};
-        // A long gather delay, so that the test can hand work over while the thread gathers.
-        let shared = Arc::new(AfterResponse::new(std::time::Duration::from_secs(1)));
+        // A gather delay far longer than the test: the second round only comes with the stop.
+        let shared = Arc::new(AfterResponse::new(std::time::Duration::from_secs(600)));
         let rounds = Arc::new(AtomicUsize::new(0));
         let (serving, counted) = (shared.clone(), rounds.clone());
         let thread = std::thread::spawn(move || {
@@ -570,10 +593,16 @@ mod tests {
                 .collect()
         };
         let ran = || order.lock().unwrap().clone();
-        let mut queue = items(0..3);
+        // Nothing to hand over wakes nobody.
+        shared.hand_over(&mut VecDeque::new());
+        assert_eq!(shared.handed().wakes, 0);
+        // A panicking item takes neither its round nor the thread with it.
+        let mut queue = items(0..2);
+        queue.push_back(Box::new(|| panic!("a deferred item that panics")));
+        queue.extend(items(2..3));
         shared.hand_over(&mut queue);
         assert!(queue.is_empty(), "all were taken");
-        wait_until("the first round", || ran().len() == 3);
+        wait_until("the first round", || rounds.load(Ordering::SeqCst) == 1);
         assert_eq!(ran(), [0, 1, 2]);
         assert_eq!(shared.handed().wakes, 1);
         // While the thread gathers, hand-overs neither wake it nor run at once.
@@ -582,20 +611,20 @@ mod tests {
         }
         assert_eq!(shared.handed().wakes, 1, "no wake while it gathers");
         assert_eq!(ran().len(), 3, "they wait for the next round");
-        wait_until("the next round", || ran().len() == 6);
-        assert_eq!(ran(), [0, 1, 2, 3, 4, 5]);
-        assert!(rounds.load(Ordering::SeqCst) >= 2);
-        // A panicking item takes neither the round nor the thread with it.
-        let mut queue: VecDeque<Deferred> = VecDeque::new();
-        queue.push_back(Box::new(|| panic!("a deferred item that panics")));
-        queue.extend(items(6..7));
-        shared.hand_over(&mut queue);
-        wait_until("the round with a panic", || ran().len() == 7);
+        // Past the limit, work stays with whoever deferred it.
+        let waiting = shared.handed().items.len();
+        let mut filler: VecDeque<Deferred> = (waiting..HANDED_LIMIT)
+            .map(|_| Box::new(|| {}) as Deferred)
+            .collect();
+        shared.hand_over(&mut filler);
+        let mut over = items(6..7);
+        shared.hand_over(&mut over);
+        assert_eq!(over.len(), 1, "the thread has enough waiting");
         // Stopping runs what was handed over before it, then ends the thread.
-        shared.hand_over(&mut items(7..9));
         shared.stop();
         thread.join().unwrap();
-        assert_eq!(ran(), (0..9).collect::<Vec<_>>());
+        assert_eq!(ran(), [0, 1, 2, 3, 4, 5]);
+        assert!(rounds.load(Ordering::SeqCst) >= 2);
         // After that, work stays with whoever deferred it.
         let mut late = items(9..10);
         shared.hand_over(&mut late);

@@ -386,7 +386,7 @@ impl Drop for LoggedBody {
         // The body is dropped before its last bytes are written out: reading the usage,
         // accounting for it and formatting the line wait until this thread's event loop is
         // done with the response (on a thread that stays busy, at most 50 ms or 64 requests
-        // later; see `logging::defer`).
+        // later), and then run on the worker's after-response thread (see `logging::defer`).
         crate::logging::defer(move || {
             let usage = tap.finish();
             if let Some(accounting) = &accounting {
