@@ -123,6 +123,9 @@ enum Mode {
 pub struct UsageTap {
     mode: Mode,
     findings: Findings,
+    /// How much of an event stream is only copied before it is scanned as it passes
+    /// ([`UNSCANNED_LIMIT`]; the tests also run every stream with 0).
+    copy_limit: usize,
 }
 
 impl Default for UsageTap {
@@ -136,6 +139,7 @@ impl UsageTap {
         UsageTap {
             mode: Mode::Undecided,
             findings: Findings::default(),
+            copy_limit: UNSCANNED_LIMIT,
         }
     }
 
@@ -144,6 +148,7 @@ impl UsageTap {
         UsageTap {
             mode: Mode::Off,
             findings: Findings::default(),
+            copy_limit: UNSCANNED_LIMIT,
         }
     }
 
@@ -169,7 +174,10 @@ impl UsageTap {
                 }
             }
             Mode::Sse(events) => {
-                if events.take(chunk, &mut self.findings).is_err() {
+                if events
+                    .take(chunk, self.copy_limit, &mut self.findings)
+                    .is_err()
+                {
                     self.mode = Mode::Off;
                 }
             }
@@ -294,10 +302,16 @@ fn last_blank_line(bytes: &[u8]) -> Option<usize> {
 }
 
 impl UsageEvents {
-    /// The next chunk: copied while the stream is short, else scanned (after what was copied).
-    fn take(&mut self, chunk: &[u8], findings: &mut Findings) -> Result<(), EventTooLarge> {
+    /// The next chunk: copied while the stream is within `copy_limit`, else scanned (after
+    /// what was copied).
+    fn take(
+        &mut self,
+        chunk: &[u8],
+        copy_limit: usize,
+        findings: &mut Findings,
+    ) -> Result<(), EventTooLarge> {
         if !self.scanning {
-            if self.unscanned.len() + chunk.len() <= UNSCANNED_LIMIT {
+            if self.unscanned.len() + chunk.len() <= copy_limit {
                 self.unscanned.extend_from_slice(chunk);
                 return Ok(());
             }
@@ -566,12 +580,24 @@ fn take_event(found: &mut Option<TokenUsage>, event: &str, data: &str) {
 mod tests {
     use super::*;
 
+    /// The usage found in `body` fed in pieces, with the start of the stream copied first
+    /// (as the proxy runs it) and with every piece scanned as it passes (which the copy hides
+    /// for short streams): both must agree.
     fn run(body: &[u8], piece: usize) -> Option<TokenUsage> {
-        let mut tap = UsageTap::new();
-        for chunk in body.chunks(piece.max(1)) {
-            tap.observe(chunk);
-        }
-        tap.finish()
+        let found = [UNSCANNED_LIMIT, 0].map(|copy_limit| {
+            let mut tap = UsageTap::new();
+            tap.copy_limit = copy_limit;
+            for chunk in body.chunks(piece.max(1)) {
+                tap.observe(chunk);
+            }
+            tap.finish()
+        });
+        let [copied, scanned] = found;
+        assert_eq!(
+            copied, scanned,
+            "copied first or scanned at once, pieces of {piece}"
+        );
+        copied
     }
 
     fn every_split(body: &[u8]) -> Option<TokenUsage> {
