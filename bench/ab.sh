@@ -3,7 +3,7 @@
 # change without the whole suite: the mock upstream, nginx (bench/nginx.conf.template) and each
 # configuration run at once; every round runs wrk c64 then c1 against each, rotating the order.
 # Usage: bash bench/ab.sh ROUNDS NAME:ARGS [NAME:ARGS ...]
-#   e.g. bash bench/ab.sh 3 "ours:" "one-thread:--worker-threads 1"
+#   e.g. bash bench/ab.sh 3 "ours:" "one-thread:--worker-threads 1" "before@/tmp/old-build:"
 # Needs a release build (cargo build --release --examples --bins), wrk and nginx-light (as
 # bench/run.sh installs them). BENCH_SECONDS per wrk run (default 3); ports 19000-19020.
 set -u
