@@ -314,8 +314,10 @@ struct AfterResponse {
     gather_delay: std::time::Duration,
 }
 
-/// Most items waiting for the after-response thread.
-const HANDED_LIMIT: usize = 4096;
+/// Most items waiting for the after-response thread: about three rounds' worth at the
+/// highest request rates measured here (each item keeps its response's usage events, at most
+/// some 80 KiB and usually 2–3 KiB).
+const HANDED_LIMIT: usize = 1024;
 
 #[derive(Default)]
 struct Handed {
