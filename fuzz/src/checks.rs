@@ -763,16 +763,23 @@ pub fn check_framing_scanner(data: &[u8]) {
 /// fed whole, in thirds or in 7-byte pieces; JSON bodies (first non-blank byte `{`) are another
 /// mode and only have to give the same answer in any pieces.
 pub fn check_usage_tap(data: &[u8]) {
-    let run = |piece: usize| {
-        let mut tap = UsageTap::new();
+    // As the proxy runs it (a short stream copied, then scanned whole at the end), and
+    // scanned piece by piece as it passes, which is what longer streams get.
+    let run = |new_tap: fn() -> UsageTap, piece: usize| {
+        let mut tap = new_tap();
         for chunk in data.chunks(piece.max(1)) {
             tap.observe(chunk);
         }
         tap.finish()
     };
-    let whole = run(data.len());
-    for piece in [1 + data.len() / 3, 7] {
-        assert_eq!(run(piece), whole, "fed in pieces of {piece}");
+    let whole = run(UsageTap::new, data.len());
+    for piece in [data.len(), 1 + data.len() / 3, 7] {
+        assert_eq!(run(UsageTap::new, piece), whole, "fed in pieces of {piece}");
+        assert_eq!(
+            run(UsageTap::scanning_as_it_passes, piece),
+            whole,
+            "scanned as it passes, in pieces of {piece}"
+        );
     }
     if data.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
         return;

@@ -124,7 +124,7 @@ pub struct UsageTap {
     mode: Mode,
     findings: Findings,
     /// How much of an event stream is only copied before it is scanned as it passes
-    /// ([`UNSCANNED_LIMIT`]; the tests also run every stream with 0).
+    /// ([`UNSCANNED_LIMIT`], or 0 for [`UsageTap::scanning_as_it_passes`]).
     copy_limit: usize,
 }
 
@@ -140,6 +140,16 @@ impl UsageTap {
             mode: Mode::Undecided,
             findings: Findings::default(),
             copy_limit: UNSCANNED_LIMIT,
+        }
+    }
+
+    /// A tap that scans every chunk of an event stream as it passes instead of copying the
+    /// start first: the same usage for every body however it is split, for checks of the
+    /// scan's handling of chunk boundaries (which the copy hides in short streams).
+    pub fn scanning_as_it_passes() -> Self {
+        UsageTap {
+            copy_limit: 0,
+            ..Self::new()
         }
     }
 
@@ -584,9 +594,8 @@ mod tests {
     /// (as the proxy runs it) and with every piece scanned as it passes (which the copy hides
     /// for short streams): both must agree.
     fn run(body: &[u8], piece: usize) -> Option<TokenUsage> {
-        let found = [UNSCANNED_LIMIT, 0].map(|copy_limit| {
-            let mut tap = UsageTap::new();
-            tap.copy_limit = copy_limit;
+        let found = [UsageTap::new, UsageTap::scanning_as_it_passes].map(|new_tap| {
+            let mut tap = new_tap();
             for chunk in body.chunks(piece.max(1)) {
                 tap.observe(chunk);
             }
