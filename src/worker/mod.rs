@@ -143,7 +143,9 @@ impl State {
 /// worker processes): every shard runs its own single-threaded runtime and keeps its own
 /// upstream connections, so a request never crosses threads. The main thread accepts, works
 /// out who is calling, deals each connection to the next shard in turn, and watches signals
-/// and the supervisor.
+/// and the supervisor. A finished request's usage accounting and log line go to one more
+/// thread, the after-response thread (`logging::start_after_response_thread`), so that a
+/// shard is free for its next request as soon as a response is out.
 pub fn run(
     config: WorkerConfig,
     listeners: Vec<Listener>,
