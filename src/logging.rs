@@ -265,13 +265,11 @@ pub fn defer(work: impl FnOnce() + Send + 'static) {
         if deferred.len() <= DEFERRED_LIMIT {
             return None;
         }
-        match after_response {
-            Some(thread) => {
-                thread.hand_over(&mut deferred);
-                deferred.pop_front()
-            }
-            None => deferred.pop_front(),
+        if let Some(thread) = after_response {
+            thread.hand_over(&mut deferred);
         }
+        // Whatever the thread did not take: the oldest runs here.
+        deferred.pop_front()
     });
     if let Some(oldest) = oldest {
         run_one(oldest);
@@ -283,18 +281,14 @@ pub fn defer(work: impl FnOnce() + Send + 'static) {
 pub fn run_deferred() {
     let mut work = DEFERRED.with(|deferred| {
         let mut deferred = deferred.borrow_mut();
-        if deferred.is_empty() {
-            return std::collections::VecDeque::new();
-        }
         if let Some(thread) = AFTER_RESPONSE.get() {
             thread.hand_over(&mut deferred);
         }
         if deferred.is_empty() {
             // Keeps the queue's allocation for the next items.
-            std::collections::VecDeque::new()
-        } else {
-            std::mem::take(&mut *deferred)
+            return std::collections::VecDeque::new();
         }
+        std::mem::take(&mut *deferred)
     });
     for item in work.drain(..) {
         run_one(item);

@@ -157,8 +157,7 @@ impl UsageTap {
     pub fn disabled() -> Self {
         UsageTap {
             mode: Mode::Off,
-            findings: Findings::default(),
-            copy_limit: UNSCANNED_LIMIT,
+            ..Self::new()
         }
     }
 
@@ -280,9 +279,9 @@ const UNSCANNED_LIMIT: usize = 8 * 1024;
 /// scanned.
 #[derive(Default)]
 struct UsageEvents {
-    /// The stream so far while it is shorter than [`UNSCANNED_LIMIT`], not yet scanned.
+    /// The stream so far while it is within the tap's copy limit, not yet scanned.
     unscanned: Vec<u8>,
-    /// The stream outgrew [`UNSCANNED_LIMIT`]: chunks are scanned as they pass.
+    /// The stream outgrew the copy limit: chunks are scanned as they pass.
     scanning: bool,
     /// The event in progress: its bytes that arrived in earlier chunks.
     partial: Vec<u8>,

@@ -357,7 +357,8 @@ impl HttpBody for LoggedBody {
 }
 
 /// A finished response's usage tap holding more than this is parsed at once rather than kept
-/// until the thread's deferred work runs (up to 64 requests or 50 ms later).
+/// until its deferred work runs (handed on up to 64 requests or 50 ms later, then run on the
+/// after-response thread's next round).
 const MAX_DEFERRED_TAP_BYTES: usize = 64 * 1024;
 
 impl Drop for LoggedBody {
