@@ -93,10 +93,7 @@ async fn supervisor_and_worker_are_hardened() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unprivileged_user_cannot_read_environ_or_ptrace_either_process() {
-    if !is_root() {
-        eprintln!("skipped: needs root to act as another user");
-        return;
-    }
+    require_root("needs root to act as another user");
     let mock = MockUpstream::start(|_| Reply::json(200, "{}")).await;
     let proxy = Proxy::start(&mock.url("/v1/responses"), &[]);
     let worker = proxy.worker_pid();
@@ -136,10 +133,7 @@ async fn an_unprivileged_user_cannot_read_environ_or_ptrace_either_process() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unknown_worker_user_is_a_clear_startup_error() {
-    if !is_root() {
-        eprintln!("skipped: --user only applies when started as root");
-        return;
-    }
+    require_root("--user only applies when started as root");
     let output = std::process::Command::new(binary())
         .args(["--user", "no-such-user-for-test"])
         .stdin(std::process::Stdio::piped())
@@ -207,10 +201,7 @@ async fn the_worker_runs_under_its_seccomp_filter_and_still_resolves_names() {
 async fn shutdown_works_when_the_supervisor_may_not_signal_the_worker() {
     // Under the packaged unit the supervisor has no CAP_KILL, so it cannot signal the worker
     // (another uid); the stop must travel over the pipe instead.
-    if !is_root() {
-        eprintln!("skipped: needs root to drop CAP_KILL and change user");
-        return;
-    }
+    require_root("needs root to drop CAP_KILL and change user");
     let mock = MockUpstream::start(|_| Reply::json(200, "{}")).await;
     let mut proxy = Proxy::start_with(ProxyOptions {
         args: vec![
@@ -253,4 +244,85 @@ async fn worker_threads_sets_the_number_of_serving_threads() {
     };
     let (one, four) = (threads("1"), threads("4"));
     assert_eq!(four, one + 3, "1 → {one} threads, 4 → {four} threads");
+}
+
+/// The `--server-info` attack of a local user: in a world-writable sticky directory, links
+/// planted at the temporary names the supervisor might use (the old `.NAME.PID.tmp`, for the
+/// next few thousand PIDs) and at the final name, pointing at a root-only file. Root must
+/// write through none of them, and the info file must end up root's own regular file.
+#[test]
+fn server_info_in_a_shared_directory_never_writes_through_planted_links() {
+    require_root("the supervisor must run as root for the attack to matter");
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        shared.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    )
+    .unwrap();
+    let secret = tempfile::tempdir().unwrap();
+    let victim = secret.path().join("shadow");
+    std::fs::write(&victim, "root only\n").unwrap();
+    let info = shared.path().join("server-info.json");
+    let last_pid: u32 = std::fs::read_to_string("/proc/sys/kernel/ns_last_pid")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    for pid in last_pid + 1..last_pid + 4000 {
+        let planted = shared.path().join(format!(".server-info.json.{pid}.tmp"));
+        std::os::unix::fs::symlink(&victim, planted).unwrap();
+    }
+    let victim_link = shared.path().join("server-info.json.link");
+    std::os::unix::fs::symlink(&victim, &victim_link).unwrap();
+    std::fs::rename(&victim_link, &info).unwrap();
+
+    let log = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(binary())
+        .args(["--upstream-url", "http://127.0.0.1:9/v1/responses"])
+        .arg("--server-info")
+        .arg(&info)
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(log.path().join("stderr.log")).unwrap())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(format!("{TEST_KEY}\n").as_bytes()).unwrap();
+    }
+    // Until the supervisor writes it, the final name is the planted link.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::fs::symlink_metadata(&info)
+        .unwrap()
+        .file_type()
+        .is_symlink()
+    {
+        assert_eq!(
+            std::fs::read_to_string(&victim).unwrap(),
+            "root only\n",
+            "root wrote through a planted link"
+        );
+        assert!(
+            std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none(),
+            "the proxy did not replace the planted link; stderr:\n{}",
+            std::fs::read_to_string(log.path().join("stderr.log")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (_, pid) = wait_for_server_info(&info, &mut child, log.path());
+    assert_eq!(pid, child.id());
+    let _ = child.kill();
+    let _ = child.wait();
+
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "root only\n");
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(&info).unwrap();
+    assert!(
+        meta.file_type().is_file(),
+        "the info file is a regular file"
+    );
+    assert_eq!(meta.uid(), 0);
+    assert_eq!(meta.mode() & 0o777, 0o644);
 }

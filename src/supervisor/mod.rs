@@ -7,6 +7,7 @@ pub mod key;
 pub mod listener;
 pub mod notify;
 pub mod privilege_drop;
+mod server_info;
 pub mod syscall_filter;
 
 use crate::cli::Cli;
@@ -21,7 +22,6 @@ use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, pipe2, ForkResult, Pid};
-use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::process::ExitCode;
@@ -441,7 +441,7 @@ fn reap(worker: Pid, stopping: bool) -> Option<ExitCode> {
 
 fn announce_serving(worker: Pid, port: Option<u16>, server_info: Option<&Path>) {
     if let (Some(path), Some(port)) = (server_info, port) {
-        if let Err(e) = write_server_info(path, port, std::process::id()) {
+        if let Err(e) = server_info::write_server_info(path, port, std::process::id()) {
             error!("cannot write --server-info {}: {e}", path.display());
         }
     }
@@ -453,21 +453,6 @@ fn announce_serving(worker: Pid, port: Option<u16>, server_info: Option<&Path>) 
         worker_pid = worker.as_raw(),
         "serving"
     );
-}
-
-/// Writes `{"port":…,"pid":…}` atomically (temporary file, then rename).
-pub fn write_server_info(path: &Path, port: u16, pid: u32) -> std::io::Result<()> {
-    let line = format!("{{\"port\":{port},\"pid\":{pid}}}\n");
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "server-info".into());
-    let temporary = path.with_file_name(format!(".{file_name}.{pid}.tmp"));
-    let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(line.as_bytes())?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&temporary, path)
 }
 
 /// For the worker: tells the supervisor something over the inherited pipe.

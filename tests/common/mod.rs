@@ -441,3 +441,8 @@ pub fn is_root() -> bool {
 pub fn temp_path(dir: &tempfile::TempDir, name: &str) -> PathBuf {
     dir.path().join(name)
 }
+
+/// For tests that need root: they fail (never skip) without it, since CI runs as root.
+pub fn require_root(what: &str) {
+    assert!(is_root(), "this test needs root ({what}); run it as root");
+}
