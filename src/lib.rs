@@ -9,7 +9,6 @@
 pub mod api_error;
 pub mod bridge;
 pub mod cli;
-pub mod conformance;
 pub mod decimal;
 pub mod logging;
 pub mod sse;

@@ -40,10 +40,10 @@ export OPENAI_SDK_PYTHON="$venv/bin/python"
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
-cargo clippy --all-targets --quiet -- -D warnings
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 echo "== cargo test"
-cargo test --all-targets
+cargo test --workspace --all-targets
 
 if [ -x tests/system/run.sh ] && [ "${SKIP_SYSTEM_TEST:-0}" != 1 ]; then
   echo "== system test (Debian package in a booted systemd)"

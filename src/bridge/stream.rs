@@ -1444,8 +1444,8 @@ pub fn failure_code(code: &str, kind: &str, message: &str) -> &'static str {
 mod tests {
     use super::*;
     use crate::bridge::request::responses_to_chat;
-    use crate::conformance::responses::{check_response_object, check_responses_stream};
     use crate::sse::SseReader;
+    use openai_conformance::responses::{check_response_object, check_responses_stream};
     use serde_json::json;
 
     /// (file name, contents, assume_think_open, expected terminal event)

@@ -1065,8 +1065,8 @@ pub(crate) mod test_support {
 mod tests {
     use super::test_support::*;
     use super::*;
-    use crate::conformance::chat::{check_chat_completion, check_chat_stream};
     use crate::sse::SseReader;
+    use openai_conformance::chat::{check_chat_completion, check_chat_stream};
     use serde_json::json;
 
     fn meta(include_usage: bool) -> ClientMeta {

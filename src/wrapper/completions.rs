@@ -221,7 +221,7 @@ mod tests {
     use super::super::chat_stream::test_support::*;
     use super::super::settings::WrapperSettings;
     use super::*;
-    use crate::conformance::chat::{check_completion, check_completions_stream};
+    use openai_conformance::chat::{check_completion, check_completions_stream};
 
     fn convert(body: Value) -> Result<ResponsesPlan, WrapperError> {
         let settings = WrapperSettings::default();

@@ -660,36 +660,15 @@ fn item_matches_stream(item: &Value, track: &ItemTrack, at: &str, problems: &mut
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bridge::request::responses_to_chat;
-    use crate::bridge::stream::ChatStreamConverter;
-    use crate::sse::SseReader;
     use serde_json::json;
 
-    /// A valid stream with reasoning, text and a tool call, made by the bridge converter.
+    /// A valid stream with reasoning, text and a tool call, as the proxy's bridge made it
+    /// (recorded once; the proxy's own tests check its live output against this checker).
     fn valid_stream() -> Vec<Value> {
-        let request = json!({"model": "m", "input": "hi",
-            "tools": [{"type": "function", "name": "f", "parameters": {"type": "object"}}]});
-        let meta = responses_to_chat(&request).expect("valid request").meta;
-        let mut converter = ChatStreamConverter::new(meta, "resp_check", 1);
-        let mut out = Vec::new();
-        converter.start(&mut out);
-        for chunk in [
-            r#"{"choices":[{"index":0,"delta":{"reasoning_content":"think"}}]}"#,
-            r#"{"choices":[{"index":0,"delta":{"content":"Hi "}}]}"#,
-            r#"{"choices":[{"index":0,"delta":{"content":"there"}}]}"#,
-            r#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c","function":{"name":"f","arguments":"{}"}}]}}]}"#,
-            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7}}"#,
-        ] {
-            converter.push_chunk(chunk, &mut out).expect("valid chunk");
-        }
-        converter.finish(&mut out);
-        let mut reader = SseReader::default();
-        reader.push(&out);
-        let mut events = Vec::new();
-        while let Ok(Some(event)) = reader.next_event() {
-            events.push(serde_json::from_str(event.data).expect("JSON"));
-        }
-        events
+        include_str!("../tests/fixtures/valid-responses-stream.jsonl")
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("JSON"))
+            .collect()
     }
 
     fn index_of(events: &[Value], kind: &str) -> usize {
