@@ -9,6 +9,7 @@
 pub mod api_error;
 pub mod bridge;
 pub mod cli;
+mod clock;
 pub mod decimal;
 pub mod logging;
 pub mod sse;

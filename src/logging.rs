@@ -841,14 +841,7 @@ fn write_timestamp(
     SECOND.with(|cached| {
         let mut cached = cached.borrow_mut();
         if cached.0 != secs {
-            let (year, month, day) = civil_from_days((secs / 86_400) as i64);
-            let in_day = secs % 86_400;
-            cached.1 = format!(
-                "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}",
-                in_day / 3600,
-                in_day / 60 % 60,
-                in_day % 60
-            );
+            cached.1 = crate::clock::format_utc_second(secs);
             cached.0 = secs;
         }
         let mut fraction = *b".000000Z";
@@ -860,25 +853,6 @@ fn write_timestamp(
         writer.write_str(&cached.1)?;
         writer.write_str(std::str::from_utf8(&fraction).unwrap_or(".?Z"))
     })
-}
-
-/// Year, month, day of a count of days since 1970-01-01 (proleptic Gregorian calendar).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let day_of_era = z.rem_euclid(146_097);
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let month_index = (5 * day_of_year + 2) / 153;
-    let day = (day_of_year - (153 * month_index + 2) / 5 + 1) as u32;
-    let month = if month_index < 10 {
-        month_index + 3
-    } else {
-        month_index - 9
-    } as u32;
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]

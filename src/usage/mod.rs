@@ -18,9 +18,7 @@ pub use tap::{TokenUsage, UsageTap};
 
 /// Seconds since the Unix epoch, now.
 pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    crate::clock::unix_now()
 }
 
 /// The worker's accounting in one place: the store (when a state directory is configured)

@@ -1,8 +1,7 @@
 //! Per-user totals for a time range, for the `usage` subcommand: summed from the store's
 //! records and shown as an aligned table or as JSON. Also parses the subcommand's time
 //! arguments (`--since`/`--until`): RFC 3339 timestamps, plain dates (UTC midnight),
-//! relative times like `-24h`, `now`, and `@<unix seconds>`. Dates are converted with a
-//! small days-from-civil calculation; no date crate.
+//! relative times like `-24h`, `now`, and `@<unix seconds>`. The calendar is `crate::clock`'s.
 
 use super::store::{for_each_in_range, UsageRecord};
 use serde::Serialize;
@@ -180,79 +179,12 @@ pub fn render_json(totals: &[Totals]) -> String {
     out
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-pub fn days_from_civil(year: i64, month: u32, day: u32) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(month);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(day) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The date of a day count since 1970-01-01.
-pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-/// `2024-05-01T12:00:00Z` for unix seconds.
-pub fn format_rfc3339(ts: u64) -> String {
-    let days = (ts / 86_400) as i64;
-    let rem = ts % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem / 60 % 60,
-        rem % 60
-    )
-}
-
-fn days_in_month(year: i64, month: u32) -> u32 {
-    match month {
-        2 if (year % 4 == 0 && year % 100 != 0) || year % 400 == 0 => 29,
-        2 => 28,
-        4 | 6 | 9 | 11 => 30,
-        _ => 31,
-    }
-}
-
-fn number(s: &str, what: &str, arg: &str) -> Result<u32, String> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(format!("{arg:?}: the {what} is not a number"));
-    }
-    s.parse()
-        .map_err(|_| format!("{arg:?}: the {what} is out of range"))
-}
+use crate::clock::format_rfc3339;
 
 /// `YYYY-MM-DD` → days since the epoch.
 fn parse_date(s: &str, arg: &str) -> Result<i64, String> {
-    let mut parts = s.split('-');
-    let (Some(y), Some(m), Some(d), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return Err(format!("{arg:?}: expected a date like 2024-05-01"));
-    };
-    if y.len() != 4 || m.len() != 2 || d.len() != 2 {
-        return Err(format!("{arg:?}: expected a date like 2024-05-01"));
-    }
-    let year = i64::from(number(y, "year", arg)?);
-    let month = number(m, "month", arg)?;
-    let day = number(d, "day", arg)?;
-    if !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
-        return Err(format!("{arg:?}: no such date"));
-    }
-    Ok(days_from_civil(year, month, day))
+    crate::clock::days_of_date(s)
+        .ok_or_else(|| format!("{arg:?}: no such date (expected a date like 2024-05-01)"))
 }
 
 const TIME_FORMS: &str = "use RFC 3339 (2024-05-01T00:00:00Z or with an offset like +02:00), a date (2024-05-01, UTC), a relative time (-24h, -7d, -30m, -90s, -2w), `now`, or @<unix seconds>";
@@ -299,58 +231,20 @@ pub fn parse_time_arg(arg: &str, now: u64) -> Result<u64, String> {
             .map_err(|_| format!("{arg:?}: dates before 1970 are not supported"));
     }
     // RFC 3339: date, 'T' (or a space), time, optional fraction, then Z or ±HH:MM.
-    if s.len() < 19 || !s.is_ascii() {
-        return Err(format!("{arg:?}: not a time; {TIME_FORMS}"));
-    }
-    let (date, rest) = s.split_at(10);
-    let days = parse_date(date, arg)?;
-    let sep = rest.as_bytes()[0];
-    if !matches!(sep, b'T' | b't' | b' ') {
-        return Err(format!("{arg:?}: not a time; {TIME_FORMS}"));
-    }
-    let time = &rest[1..9];
-    let tb = time.as_bytes();
-    if tb[2] != b':' || tb[5] != b':' {
-        return Err(format!("{arg:?}: expected the time as HH:MM:SS"));
-    }
-    let hour = number(&time[0..2], "hour", arg)?;
-    let minute = number(&time[3..5], "minute", arg)?;
-    let second = number(&time[6..8], "second", arg)?;
-    if hour > 23 || minute > 59 || second > 60 {
-        return Err(format!("{arg:?}: no such time of day"));
-    }
-    let mut zone = &rest[9..];
-    if let Some(frac) = zone.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return Err(format!("{arg:?}: empty fraction of a second"));
+    match crate::clock::parse_rfc3339(s) {
+        Some(at) => {
+            u64::try_from(at).map_err(|_| format!("{arg:?}: times before 1970 are not supported"))
         }
-        zone = &frac[digits..];
+        None if s.is_ascii() && s.len() >= 19 && !has_zone(s) => Err(format!(
+            "{arg:?}: add a time zone: Z for UTC or an offset like +02:00"
+        )),
+        None => Err(format!("{arg:?}: not a time; {TIME_FORMS}")),
     }
-    let offset: i64 = match zone {
-        "Z" | "z" => 0,
-        "" => {
-            return Err(format!(
-                "{arg:?}: add a time zone: Z for UTC or an offset like +02:00"
-            ))
-        }
-        _ => {
-            let zb = zone.as_bytes();
-            if zone.len() != 6 || !matches!(zb[0], b'+' | b'-') || zb[3] != b':' {
-                return Err(format!("{arg:?}: the offset must look like +02:00 or Z"));
-            }
-            let h = i64::from(number(&zone[1..3], "offset hour", arg)?);
-            let m = i64::from(number(&zone[4..6], "offset minute", arg)?);
-            if h > 23 || m > 59 {
-                return Err(format!("{arg:?}: no such offset"));
-            }
-            let sign = if zb[0] == b'-' { -1 } else { 1 };
-            sign * (h * 3600 + m * 60)
-        }
-    };
-    let local = days * 86_400 + i64::from(hour * 3600 + minute * 60 + second.min(59));
-    u64::try_from(local - offset)
-        .map_err(|_| format!("{arg:?}: times before 1970 are not supported"))
+}
+
+/// Whether an ASCII RFC 3339 time ends in `Z` or an offset like `+02:00`.
+fn has_zone(s: &str) -> bool {
+    s.ends_with(['Z', 'z']) || s[s.len().saturating_sub(6)..].starts_with(['+', '-'])
 }
 
 /// The `usage` subcommand: totals per user between `since` and `until` from the store in
@@ -382,8 +276,8 @@ pub fn usage_command(
     }
     Ok(format!(
         "Usage from {} to {}\n{}",
-        format_rfc3339(since),
-        format_rfc3339(until),
+        format_rfc3339(i64::try_from(since).unwrap_or(i64::MAX)),
+        format_rfc3339(i64::try_from(until).unwrap_or(i64::MAX)),
         render_table(&totals)
     ))
 }
@@ -477,19 +371,6 @@ mod tests {
         let (t, skipped) = summarize(store.path(), 150, 301).unwrap();
         assert_eq!(skipped, 0);
         assert_eq!((t[0].requests, t[0].input_tokens), (2, 500));
-    }
-
-    #[test]
-    fn civil_conversions_round_trip() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
-        assert_eq!(days_from_civil(2024, 2, 29), 19_782);
-        for days in (-1000..200_000).step_by(7) {
-            let (y, m, d) = civil_from_days(days);
-            assert_eq!(days_from_civil(y, m, d), days);
-        }
-        assert_eq!(format_rfc3339(0), "1970-01-01T00:00:00Z");
-        assert_eq!(format_rfc3339(1_714_564_800), "2024-05-01T12:00:00Z");
     }
 
     #[test]

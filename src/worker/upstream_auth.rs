@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 /// The OAuth token endpoint the Codex CLI refreshes its ChatGPT tokens at.
@@ -715,7 +715,7 @@ fn parse_tokens(document: &[u8], what: &str) -> Result<Tokens, AuthError> {
         },
     };
     let last_refresh = match object.get("last_refresh") {
-        Some(serde_json::Value::String(text)) => match parse_rfc3339(text) {
+        Some(serde_json::Value::String(text)) => match crate::clock::parse_rfc3339(text) {
             Some(at) => Some(at),
             None => {
                 warn!("{what}: last_refresh is not an RFC 3339 time; the tokens will be refreshed before use");
@@ -835,30 +835,19 @@ fn account_id_from_id_token(id_token: &str) -> Result<SecretString, String> {
 
 /// Decodes base64url (`-`, `_`; the standard `+`, `/` are accepted too), padded or not.
 fn base64url_decode(text: &str) -> Option<Vec<u8>> {
-    fn sextet(byte: u8) -> Option<u32> {
-        Some(match byte {
-            b'A'..=b'Z' => byte - b'A',
-            b'a'..=b'z' => byte - b'a' + 26,
-            b'0'..=b'9' => byte - b'0' + 52,
-            b'-' | b'+' => 62,
-            b'_' | b'/' => 63,
-            _ => return None,
-        } as u32)
-    }
-    let bytes = text.trim_end_matches('=').as_bytes();
-    if bytes.len() % 4 == 1 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(bytes.len() * 3 / 4);
-    for group in bytes.chunks(4) {
-        let mut bits = 0u32;
-        for (i, &b) in group.iter().enumerate() {
-            bits |= sextet(b)? << (18 - 6 * i);
-        }
-        let decoded = [(bits >> 16) as u8, (bits >> 8) as u8, bits as u8];
-        out.extend_from_slice(&decoded[..group.len() - 1]);
-    }
-    Some(out)
+    use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+    use base64::engine::DecodePaddingMode;
+    use base64::Engine;
+    let config = GeneralPurposeConfig::new()
+        .with_decode_padding_mode(DecodePaddingMode::Indifferent)
+        .with_decode_allow_trailing_bits(true);
+    // JWTs are base64url; some issuers use the standard alphabet, and no text mixes both.
+    let alphabet = if text.contains(['+', '/']) {
+        &base64::alphabet::STANDARD
+    } else {
+        &base64::alphabet::URL_SAFE
+    };
+    GeneralPurpose::new(alphabet, config).decode(text).ok()
 }
 
 /// An error code from a token endpoint error answer (`{"error":"invalid_grant"}` or
@@ -892,15 +881,13 @@ fn endpoint_for_messages(url: &reqwest::Url) -> String {
     shown.to_string()
 }
 
+/// The transport error's root cause (never the URL), saying when it was a timeout.
 fn innermost_cause(error: &reqwest::Error) -> String {
-    let mut cause: &dyn std::error::Error = error;
-    while let Some(next) = cause.source() {
-        cause = next;
-    }
+    let cause = crate::worker::upstream::innermost_cause(error);
     if error.is_timeout() {
         format!("timed out ({cause})")
     } else {
-        cause.to_string()
+        cause
     }
 }
 
@@ -928,7 +915,7 @@ fn saved_document(tokens: &Tokens) -> SecretSlice<u8> {
             refresh_token: tokens.refresh_token.as_ref().map(|t| t.expose_secret()),
             account_id: tokens.account_id.expose_secret(),
         },
-        last_refresh: tokens.last_refresh.map(format_rfc3339),
+        last_refresh: tokens.last_refresh.map(crate::clock::format_rfc3339),
     };
     let mut bytes = serde_json::to_vec_pretty(&document).expect("JSON serialization into memory");
     bytes.push(b'\n');
@@ -968,108 +955,13 @@ fn write_atomically(dir: &Path, contents: &SecretSlice<u8>) -> io::Result<()> {
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let year = if month <= 2 { year - 1 } else { year };
-    let era = year.div_euclid(400);
-    let year_of_era = year - era * 400;
-    let day_of_year = (153 * ((month + 9) % 12) + 2) / 5 + day - 1;
-    let day_of_era = year_of_era * 365 + year_of_era / 4 - year_of_era / 100 + day_of_year;
-    era * 146_097 + day_of_era - 719_468
-}
-
-fn civil_from_days(days: i64) -> (i64, i64, i64) {
-    let days = days + 719_468;
-    let era = days.div_euclid(146_097);
-    let day_of_era = days - era * 146_097;
-    let year_of_era =
-        (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
-    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
-    let mp = (5 * day_of_year + 2) / 153;
-    let day = day_of_year - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = year_of_era + era * 400 + i64::from(month <= 2);
-    (year, month, day)
-}
-
-/// Unix seconds of an RFC 3339 time (`2025-08-10T12:34:56.789Z`, `…+02:00`).
-fn parse_rfc3339(text: &str) -> Option<i64> {
-    let b = text.trim().as_bytes();
-    let number = |range: std::ops::Range<usize>| -> Option<i64> {
-        let digits = b.get(range)?;
-        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        std::str::from_utf8(digits).ok()?.parse().ok()
-    };
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't' | b' ')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
-    }
-    let (year, month, day) = (number(0..4)?, number(5..7)?, number(8..10)?);
-    let (hour, minute, second) = (number(11..13)?, number(14..16)?, number(17..19)?);
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return None;
-    }
-    let mut rest = &b[19..];
-    if let [b'.', tail @ ..] = rest {
-        let digits = tail.iter().take_while(|c| c.is_ascii_digit()).count();
-        if digits == 0 {
-            return None;
-        }
-        rest = &tail[digits..];
-    }
-    let offset = match rest {
-        [b'Z' | b'z'] => 0,
-        [sign @ (b'+' | b'-'), h1, h2, b':', m1, m2] => {
-            let all = [*h1, *h2, *m1, *m2];
-            if !all.iter().all(u8::is_ascii_digit) {
-                return None;
-            }
-            let hours = i64::from((h1 - b'0') * 10 + (h2 - b'0'));
-            let minutes = i64::from((m1 - b'0') * 10 + (m2 - b'0'));
-            let seconds = hours * 3600 + minutes * 60;
-            if *sign == b'+' {
-                seconds
-            } else {
-                -seconds
-            }
-        }
-        _ => return None,
-    };
-    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second - offset)
-}
-
-/// `2025-08-10T12:34:56Z`.
-fn format_rfc3339(unix: i64) -> String {
-    let (year, month, day) = civil_from_days(unix.div_euclid(86_400));
-    let seconds = unix.rem_euclid(86_400);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        seconds / 3600,
-        seconds / 60 % 60,
-        seconds % 60
-    )
+    i64::try_from(crate::clock::unix_now()).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{format_rfc3339, parse_rfc3339};
     use http_body_util::{BodyExt, Full};
     use hyper::body::{Bytes, Incoming};
     use hyper::{Request, Response};
@@ -1166,19 +1058,8 @@ mod tests {
     // --- documents ---------------------------------------------------------------------------
 
     fn base64url_encode(bytes: &[u8]) -> String {
-        const ALPHABET: &[u8; 64] =
-            b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-        let mut out = String::new();
-        for chunk in bytes.chunks(3) {
-            let mut bits = 0u32;
-            for (i, &b) in chunk.iter().enumerate() {
-                bits |= u32::from(b) << (16 - 8 * i);
-            }
-            for i in 0..=chunk.len() {
-                out.push(ALPHABET[(bits >> (18 - 6 * i) & 63) as usize] as char);
-            }
-        }
-        out
+        use base64::Engine;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     }
 
     fn jwt(claims: serde_json::Value) -> String {
@@ -1776,41 +1657,6 @@ mod tests {
         for len in 0..40 {
             let data: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
             assert_eq!(base64url_decode(&base64url_encode(&data)).unwrap(), data);
-        }
-    }
-
-    #[test]
-    fn rfc3339_times() {
-        assert_eq!(parse_rfc3339("2025-08-10T12:34:56Z"), Some(1_754_829_296));
-        assert_eq!(
-            parse_rfc3339("2025-08-10T12:34:56.123456789Z"),
-            Some(1_754_829_296)
-        );
-        assert_eq!(
-            parse_rfc3339("2025-08-10T14:34:56+02:00"),
-            Some(1_754_829_296)
-        );
-        assert_eq!(
-            parse_rfc3339("2025-08-10t10:34:56.5-02:00"),
-            Some(1_754_829_296)
-        );
-        assert_eq!(parse_rfc3339("2024-02-29T23:59:59Z"), Some(1_709_251_199));
-        assert_eq!(parse_rfc3339("1969-12-31T23:00:00Z"), Some(-3600));
-        for bad in [
-            "",
-            "yesterday",
-            "2025-08-10",
-            "2025-13-10T00:00:00Z",
-            "2025-08-10T12:34:56",
-            "2025-08-10T12:34:56.Z",
-            "2025-08-10T12:34:56+0200",
-        ] {
-            assert_eq!(parse_rfc3339(bad), None, "{bad}");
-        }
-        assert_eq!(format_rfc3339(1_754_829_296), "2025-08-10T12:34:56Z");
-        assert_eq!(format_rfc3339(-3600), "1969-12-31T23:00:00Z");
-        for t in [0, 1, 951_782_400, 1_709_251_199, 4_102_444_800, unix_now()] {
-            assert_eq!(parse_rfc3339(&format_rfc3339(t)), Some(t));
         }
     }
 }

@@ -20,6 +20,7 @@ use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
+use subtle::ConstantTimeEq;
 
 /// The wrapper routes' configuration, prepared by the supervisor.
 pub struct WrapperConfig {
@@ -104,17 +105,15 @@ pub fn client_key_rejection(config: &WrapperConfig, headers: &HeaderMap) -> Opti
     let Some(token) = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")) else {
         return unauthorized("Invalid Authorization header format. Expected: Bearer <token>");
     };
-    if !constant_time_eq(token.trim().as_bytes(), expected.expose_secret().as_bytes()) {
+    let matches: bool = token
+        .trim()
+        .as_bytes()
+        .ct_eq(expected.expose_secret().as_bytes())
+        .into();
+    if !matches {
         return unauthorized("Invalid API key");
     }
     None
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 fn with_cors(mut response: Response<Body>) -> Response<Body> {
