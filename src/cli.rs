@@ -328,3 +328,21 @@ impl Cli {
         Duration::from_secs(self.shutdown_grace)
     }
 }
+
+/// The secret root reads for an `--upstream-auth-mode` (the worker parses the mode itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamSecret {
+    /// `apikey_env`: the key from the `openai-api-key` credential or standard input.
+    StaticKey,
+    /// `apikey_auth_json`, `chatgpt_token`: a Codex `auth.json`.
+    CodexAuthJson,
+}
+
+/// Which secret a mode needs; `None` for an unknown mode (the worker then refuses it).
+pub fn upstream_secret(mode: &str) -> Option<UpstreamSecret> {
+    match mode.trim().to_ascii_lowercase().as_str() {
+        "apikey_env" => Some(UpstreamSecret::StaticKey),
+        "apikey_auth_json" | "chatgpt_token" => Some(UpstreamSecret::CodexAuthJson),
+        _ => None,
+    }
+}

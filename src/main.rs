@@ -1,9 +1,12 @@
-//! Entry point: parse the command line, then hand over to the supervisor (or run the
-//! `usage` report, or print the man page).
+//! Entry point, and the one place that names both sides of the privilege boundary: parse the
+//! command line; then either run the `usage` report or print the man page, or let the root
+//! side prepare (`supervisor::prepare`), fork, and give each process its half — the child
+//! confines itself (`Sandbox::enter`) and serves (`worker::run`), the parent supervises.
 
 use clap::{CommandFactory, Parser};
 use codex_responses_api_proxy::cli::{Cli, Command, DEFAULT_STATE_DIRECTORY};
-use codex_responses_api_proxy::{supervisor, usage};
+use codex_responses_api_proxy::{supervisor, usage, worker};
+use nix::unistd::{fork, ForkResult};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -31,5 +34,33 @@ fn main() -> ExitCode {
             }
         };
     }
-    supervisor::run(cli)
+    let supervisor::Prepared {
+        handover,
+        supervision,
+        sandbox,
+    } = match supervisor::prepare(&cli) {
+        Ok(prepared) => prepared,
+        Err(code) => return code,
+    };
+    // SAFETY: the process is single-threaded here (no runtime, no threads were started).
+    match unsafe { fork() } {
+        Err(e) => supervisor::fork_failed(e),
+        Ok(ForkResult::Child) => {
+            drop(supervision);
+            let code = match sandbox.enter(&handover) {
+                Ok(()) => worker::run(&cli, handover),
+                Err(e) => {
+                    tracing::error!("{e}");
+                    1
+                }
+            };
+            std::process::exit(code);
+        }
+        Ok(ForkResult::Parent { child }) => {
+            // The key page stays mapped in the supervisor; its copies of the worker's
+            // descriptors (listeners, the worker's pipe ends) close here.
+            drop(handover);
+            supervision.run(child, sandbox.user_name())
+        }
+    }
 }

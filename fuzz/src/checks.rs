@@ -197,9 +197,8 @@ pub fn check_key_intake(data: &[u8]) {
     match result {
         Ok(KeySource::Key(header)) => {
             assert!(!reader.hard_error, "key accepted after a read error");
-            let value = header.header_value();
-            let bytes = value.as_bytes();
-            let got = bytes
+            let got = header
+                .bytes()
                 .strip_prefix(b"Bearer ")
                 .expect("header starts with `Bearer `");
             assert!(
@@ -214,7 +213,7 @@ pub fn check_key_intake(data: &[u8]) {
                 got, expected_key,
                 "accepted key differs from the first line"
             );
-            release_key_page(bytes);
+            release_key_page(header.bytes());
         }
         Ok(KeySource::NotConfigured) => {
             assert!(!reader.hard_error, "`unset` accepted after a read error");

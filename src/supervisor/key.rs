@@ -16,6 +16,8 @@ use std::os::fd::FromRawFd;
 use std::path::{Path, PathBuf};
 use zeroize::Zeroize;
 
+pub use crate::contract::{ApiKeyHeader, KeySource};
+
 pub const HEADER_PREFIX: &[u8] = b"Bearer ";
 pub const BUFFER_LEN: usize = 1024;
 /// The longest key that fits the buffer after `Bearer `.
@@ -71,95 +73,6 @@ impl fmt::Display for KeyError {
 
 impl std::error::Error for KeyError {}
 
-/// What key intake produced.
-#[derive(Debug)]
-pub enum KeySource {
-    /// A key, from stdin or a credential.
-    Key(ApiKeyHeader),
-    /// The credential says `unset`: no key installed yet.
-    NotConfigured,
-}
-
-/// The `Bearer <key>` header value in its own page: locked in RAM, excluded from core dumps and
-/// read-only after it is written. It lives as long as the process, so its bytes are `'static`.
-#[derive(Clone, Copy)]
-pub struct ApiKeyHeader {
-    bytes: &'static [u8],
-}
-
-impl fmt::Debug for ApiKeyHeader {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("ApiKeyHeader([REDACTED])")
-    }
-}
-
-impl ApiKeyHeader {
-    /// Copies `header` (`Bearer <key>`) into a fresh locked page.
-    fn store(header: &[u8]) -> Result<ApiKeyHeader, KeyError> {
-        let page = page_size();
-        assert!(header.len() <= page);
-        // SAFETY: an anonymous private mapping of one page; we check the result.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                page,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(KeyError::Lock(io::Error::last_os_error().kind()));
-        }
-        // SAFETY: ptr points at `page` writable bytes that nothing else references.
-        unsafe {
-            libc::madvise(ptr, page, libc::MADV_DONTDUMP);
-            if libc::mlock(ptr, page) != 0 {
-                let kind = io::Error::last_os_error().kind();
-                libc::munmap(ptr, page);
-                return Err(KeyError::Lock(kind));
-            }
-            std::ptr::copy_nonoverlapping(header.as_ptr(), ptr.cast::<u8>(), header.len());
-            libc::mprotect(ptr, page, libc::PROT_READ);
-        }
-        // SAFETY: the page is never unmapped or written again, so the slice is valid forever.
-        let bytes = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), header.len()) };
-        Ok(ApiKeyHeader { bytes })
-    }
-
-    /// Locks the page again. Memory locks are not inherited across fork, so the worker calls this.
-    pub fn lock_in_memory(&self) -> io::Result<()> {
-        let page = page_size();
-        let start = self.bytes.as_ptr() as usize & !(page - 1);
-        // SAFETY: locking an existing mapping of ours does not touch its contents.
-        if unsafe { libc::mlock(start as *const libc::c_void, page) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// The header value, marked sensitive (never logged by hyper, never HPACK-indexed).
-    /// No copy of the key is made: the value points at the locked page.
-    pub fn header_value(&self) -> hyper::header::HeaderValue {
-        let mut value =
-            hyper::header::HeaderValue::from_maybe_shared(bytes::Bytes::from_static(self.bytes))
-                .expect("validated key is a valid header value");
-        value.set_sensitive(true);
-        value
-    }
-}
-
-fn page_size() -> usize {
-    // SAFETY: sysconf has no preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if size > 0 {
-        size as usize
-    } else {
-        4096
-    }
-}
-
 /// Reads the key from the credential directory when the credential exists, else from stdin.
 pub fn load(credentials_directory: Option<&Path>) -> Result<KeySource, KeyError> {
     if let Some(dir) = credentials_directory {
@@ -205,7 +118,9 @@ fn read_key_into(
     }
     validate(key)?;
     let header_len = HEADER_PREFIX.len() + key.len();
-    ApiKeyHeader::store(&buffer[..header_len]).map(KeySource::Key)
+    ApiKeyHeader::store(&buffer[..header_len])
+        .map(KeySource::Key)
+        .map_err(|e| KeyError::Lock(e.kind()))
 }
 
 /// Fills `buffer` after the prefix up to the first newline or EOF; returns the end offset.
@@ -353,7 +268,7 @@ mod tests {
 
     fn key_of(input: &[u8], piece: usize) -> Result<Vec<u8>, KeyError> {
         match read_key(&mut Pieces::new(input, piece), false)? {
-            KeySource::Key(header) => Ok(header.bytes.to_vec()),
+            KeySource::Key(header) => Ok(header.bytes().to_vec()),
             KeySource::NotConfigured => panic!("unset only allowed for credentials"),
         }
     }
@@ -483,9 +398,6 @@ mod tests {
             panic!()
         };
         assert!(!format!("{h:?}").contains("SECRETVALUE"));
-        let value = h.header_value();
-        assert!(value.is_sensitive());
-        assert!(!format!("{value:?}").contains("SECRETVALUE"));
     }
 
     #[test]
@@ -507,7 +419,7 @@ mod tests {
         let KeySource::Key(h) = load(Some(dir.path())).unwrap() else {
             panic!()
         };
-        assert_eq!(h.bytes, b"Bearer sk-from-cred");
+        assert_eq!(h.bytes(), b"Bearer sk-from-cred");
         std::fs::write(dir.path().join(CREDENTIAL_NAME), b"bad key").unwrap();
         assert_eq!(
             load(Some(dir.path())).unwrap_err(),

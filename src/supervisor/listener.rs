@@ -8,29 +8,7 @@ use std::os::unix::net::UnixListener;
 
 pub const SD_LISTEN_FDS_START: i32 = 3;
 
-/// One listening socket and the name systemd gave it (`FileDescriptorName=`).
-pub enum Listener {
-    Tcp { socket: TcpListener, name: String },
-    Unix { socket: UnixListener, name: String },
-}
-
-impl fmt::Debug for Listener {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Listener::Tcp { socket, name } => {
-                write!(f, "tcp {:?} ({name})", socket.local_addr().ok())
-            }
-            Listener::Unix { socket, name } => write!(
-                f,
-                "unix {:?} ({name})",
-                socket
-                    .local_addr()
-                    .ok()
-                    .and_then(|a| a.as_pathname().map(|p| p.to_owned()))
-            ),
-        }
-    }
-}
+pub use crate::contract::Listener;
 
 #[derive(Debug)]
 pub enum ListenerError {

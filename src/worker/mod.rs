@@ -4,6 +4,7 @@
 pub mod access_control;
 pub mod bridge_route;
 pub mod client_headers;
+pub mod config;
 pub mod connection_timer;
 pub mod direct_upstream;
 pub mod framing_guard;
@@ -21,10 +22,8 @@ pub mod upstream_wire;
 pub mod wrapper_routes;
 
 use crate::cli::Cli;
-use crate::supervisor::key::KeySource;
-use crate::supervisor::listener::Listener;
-use crate::supervisor::{tell_supervisor, MSG_SERVING};
-use crate::usage::{Accounting, Limits, RetryAfter};
+use crate::contract::{ApiKeyHeader, Handover, KeySource, Listener, WorkerMessage, WorkerPipe};
+use crate::usage::{Accounting, RetryAfter};
 use access_control::{AllowList, Denial};
 use framing_guard::{FramingVerdicts, FramingWatch};
 use hyper::service::service_fn;
@@ -42,65 +41,7 @@ use upstream::UpstreamClient;
 use upstream_auth::{AuthMode, UpstreamAuth, UpstreamAuthSettings};
 use wrapper_routes::WrapperConfig;
 
-/// Everything the worker needs, prepared by the supervisor before fork.
-pub struct WorkerConfig {
-    pub key: KeySource,
-    pub upstream_url: reqwest::Url,
-    pub bridge_to_chat: bool,
-    pub http_shutdown: bool,
-    pub connect_timeout: Duration,
-    pub header_read_timeout: Duration,
-    pub idle_timeout: Duration,
-    pub max_request_body: usize,
-    pub shutdown_grace: Duration,
-    pub worker_threads: Option<usize>,
-    pub wrapper: Option<WrapperConfig>,
-    pub auth: AuthConfig,
-    /// Who may call (None: every local user).
-    pub allow: Option<AllowList>,
-    pub limits: Limits,
-}
-
-/// How the worker authenticates upstream, prepared by the supervisor.
-pub struct AuthConfig {
-    pub mode: AuthMode,
-    /// The Codex auth.json (apikey_auth_json, chatgpt_token), read as root.
-    pub auth_json: Option<secrecy::SecretSlice<u8>>,
-    pub state_dir: Option<std::path::PathBuf>,
-    pub token_url: String,
-    pub client_id: Option<String>,
-    pub refresh_after: Duration,
-}
-
-impl WorkerConfig {
-    pub fn from_cli(
-        cli: &Cli,
-        key: KeySource,
-        upstream_url: reqwest::Url,
-        wrapper: Option<WrapperConfig>,
-        auth: AuthConfig,
-    ) -> Self {
-        WorkerConfig {
-            key,
-            upstream_url,
-            bridge_to_chat: cli.bridge_to_chat,
-            http_shutdown: cli.http_shutdown,
-            connect_timeout: cli.connect_timeout(),
-            header_read_timeout: cli.header_read_timeout(),
-            idle_timeout: cli.idle_timeout(),
-            max_request_body: cli.max_request_body,
-            shutdown_grace: cli.shutdown_grace(),
-            worker_threads: cli.worker_threads.filter(|n| *n > 0),
-            wrapper,
-            allow: None,
-            limits: Limits {
-                requests_per_minute: cli.requests_per_minute,
-                tokens_per_day: cli.tokens_per_day,
-            },
-            auth,
-        }
-    }
-}
+pub use config::{AuthConfig, WorkerConfig};
 
 /// Shared by all requests of a shard (every field but `direct` is shared by all shards).
 #[derive(Clone)]
@@ -115,7 +56,7 @@ pub struct State {
     pub max_request_body: usize,
     /// Longest silence of a client (sending its body, reading the response) or the upstream.
     pub idle_timeout: Duration,
-    pub supervisor_pipe: Arc<OwnedFd>,
+    pub supervisor_pipe: Arc<WorkerPipe>,
     /// The wrapper routes, when enabled.
     pub wrapper: Option<Arc<WrapperConfig>>,
     /// A client with no credentials, for pass-through to servers that need none (Ollama).
@@ -146,12 +87,20 @@ impl State {
 /// and the supervisor. A finished request's usage accounting and log line go to one more
 /// thread, the after-response thread (`logging::start_after_response_thread`), so that a
 /// shard is free for its next request as soon as a response is out.
-pub fn run(
-    config: WorkerConfig,
-    listeners: Vec<Listener>,
-    supervisor_pipe: OwnedFd,
-    stop_requested: OwnedFd,
-) -> i32 {
+pub fn run(cli: &Cli, mut handover: Handover) -> i32 {
+    let config = match WorkerConfig::parse(cli, &mut handover) {
+        Ok(config) => config,
+        Err(e) => {
+            error!("{e}");
+            return 1;
+        }
+    };
+    let Handover {
+        listeners,
+        to_supervisor: supervisor_pipe,
+        stop_requested,
+        ..
+    } = handover;
     let shards = config
         .worker_threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get().min(8)));
@@ -195,7 +144,7 @@ async fn serve(
     mut config: WorkerConfig,
     shards: usize,
     listeners: Vec<Listener>,
-    supervisor_pipe: OwnedFd,
+    supervisor_pipe: WorkerPipe,
     stop_requested: OwnedFd,
 ) -> i32 {
     let Some(state) = shared_state(&mut config, supervisor_pipe) else {
@@ -306,7 +255,10 @@ async fn serve(
         accept_loops.push(accept_loop);
     }
     drop(dispatch);
-    tell_supervisor(&state.supervisor_pipe, MSG_SERVING);
+    if let Err(e) = state.supervisor_pipe.send(WorkerMessage::Serving) {
+        error!("worker: cannot tell the supervisor it serves: {e}");
+        return 1;
+    }
     tokio::select! {
         _ = terminate.recv() => info!("worker: SIGTERM received, draining"),
         _ = interrupt.recv() => info!("worker: SIGINT received, draining"),
@@ -337,12 +289,22 @@ fn direct_upstream_for(config: &WorkerConfig) -> Option<Arc<direct_upstream::Dir
     match (&config.auth.mode, &config.key) {
         (AuthMode::ApiKey, KeySource::Key(header)) => direct_upstream::DirectUpstream::new(
             &config.upstream_url,
-            header.header_value(),
+            key_header_value(header),
             config.connect_timeout,
             config.idle_timeout,
         ),
         _ => None,
     }
+}
+
+/// The key's `Authorization` value, marked sensitive (never logged by hyper, never
+/// HPACK-indexed). No copy of the key is made: the value points at the locked page.
+fn key_header_value(header: &ApiKeyHeader) -> hyper::header::HeaderValue {
+    let mut value =
+        hyper::header::HeaderValue::from_maybe_shared(bytes::Bytes::from_static(header.bytes()))
+            .expect("validated key is a valid header value");
+    value.set_sensitive(true);
+    value
 }
 
 /// A client with no credentials, for pass-through to servers that need none (Ollama).
@@ -357,7 +319,7 @@ fn plain_http_client(config: &WorkerConfig) -> Result<reqwest::Client, String> {
 
 /// What every shard shares: clients, credentials, settings, usage records. `None` after
 /// logging why the worker cannot start.
-fn shared_state(config: &mut WorkerConfig, supervisor_pipe: OwnedFd) -> Option<Arc<State>> {
+fn shared_state(config: &mut WorkerConfig, supervisor_pipe: WorkerPipe) -> Option<Arc<State>> {
     let http = match upstream::build_http_client(config.connect_timeout, config.idle_timeout) {
         Ok(http) => http,
         Err(e) => {
@@ -366,7 +328,7 @@ fn shared_state(config: &mut WorkerConfig, supervisor_pipe: OwnedFd) -> Option<A
         }
     };
     let static_key = match &config.key {
-        KeySource::Key(header) => Some(header.header_value()),
+        KeySource::Key(header) => Some(key_header_value(header)),
         KeySource::NotConfigured => None,
     };
     let upstream = if config.auth.mode == AuthMode::ApiKey && static_key.is_none() {

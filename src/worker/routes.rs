@@ -80,6 +80,11 @@ pub fn not_configured() -> Response<Body> {
 
 fn shutdown(state: &State) -> Response<Body> {
     tracing::info!("shutdown requested over HTTP");
-    crate::supervisor::tell_supervisor(&state.supervisor_pipe, crate::supervisor::MSG_SHUTDOWN);
+    if let Err(e) = state
+        .supervisor_pipe
+        .send(crate::contract::WorkerMessage::ShutdownRequested)
+    {
+        tracing::error!("worker: cannot pass the shutdown request to the supervisor: {e}");
+    }
     json_response(StatusCode::OK, r#"{"status":"shutting down"}"#)
 }

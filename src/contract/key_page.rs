@@ -1,0 +1,92 @@
+//! The upstream key as it crosses the fork: the finished `Authorization` header value
+//! (`Bearer <key>`) in its own page, locked in RAM, excluded from core dumps and read-only once
+//! written. Key intake (`supervisor::key`) fills it as root; the worker re-locks it after fork
+//! (locks are not inherited) and reads it. Its `Debug` never shows the key.
+
+use std::fmt;
+use std::io;
+
+/// What key intake produced.
+#[derive(Debug)]
+pub enum KeySource {
+    /// A key, from stdin or a credential.
+    Key(ApiKeyHeader),
+    /// The credential says `unset`: no key installed yet.
+    NotConfigured,
+}
+
+/// The `Bearer <key>` header value in its own page: locked in RAM, excluded from core dumps and
+/// read-only after it is written. It lives as long as the process, so its bytes are `'static`.
+#[derive(Clone, Copy)]
+pub struct ApiKeyHeader {
+    bytes: &'static [u8],
+}
+
+impl fmt::Debug for ApiKeyHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiKeyHeader([REDACTED])")
+    }
+}
+
+impl ApiKeyHeader {
+    /// Copies `header` (`Bearer <key>`) into a fresh locked page.
+    pub(crate) fn store(header: &[u8]) -> io::Result<ApiKeyHeader> {
+        let page = page_size();
+        assert!(header.len() <= page);
+        // SAFETY: an anonymous private mapping of one page; we check the result.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: ptr points at `page` writable bytes that nothing else references.
+        unsafe {
+            libc::madvise(ptr, page, libc::MADV_DONTDUMP);
+            if libc::mlock(ptr, page) != 0 {
+                let error = io::Error::last_os_error();
+                libc::munmap(ptr, page);
+                return Err(error);
+            }
+            std::ptr::copy_nonoverlapping(header.as_ptr(), ptr.cast::<u8>(), header.len());
+            libc::mprotect(ptr, page, libc::PROT_READ);
+        }
+        // SAFETY: the page is never unmapped or written again, so the slice is valid forever.
+        let bytes = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), header.len()) };
+        Ok(ApiKeyHeader { bytes })
+    }
+
+    /// Locks the page again. Memory locks are not inherited across fork, so the worker calls this.
+    pub(crate) fn lock_in_memory(&self) -> io::Result<()> {
+        let page = page_size();
+        let start = self.bytes.as_ptr() as usize & !(page - 1);
+        // SAFETY: locking an existing mapping of ours does not touch its contents.
+        if unsafe { libc::mlock(start as *const libc::c_void, page) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// The whole `Authorization` value, `Bearer <key>`. It points at the locked page; whoever
+    /// puts it in a header marks that header sensitive and makes no copy that outlives it.
+    pub fn bytes(&self) -> &'static [u8] {
+        self.bytes
+    }
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 {
+        size as usize
+    } else {
+        4096
+    }
+}

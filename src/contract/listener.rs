@@ -1,0 +1,31 @@
+//! A listening socket handed from root to the worker: bound by the supervisor on 127.0.0.1 or
+//! inherited from systemd socket activation, with the name systemd gave it. Plain std sockets;
+//! the worker makes them non-blocking and serves them.
+
+use std::fmt;
+use std::net::TcpListener;
+use std::os::unix::net::UnixListener;
+
+/// One listening socket and the name systemd gave it (`FileDescriptorName=`).
+pub enum Listener {
+    Tcp { socket: TcpListener, name: String },
+    Unix { socket: UnixListener, name: String },
+}
+
+impl fmt::Debug for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Listener::Tcp { socket, name } => {
+                write!(f, "tcp {:?} ({name})", socket.local_addr().ok())
+            }
+            Listener::Unix { socket, name } => write!(
+                f,
+                "unix {:?} ({name})",
+                socket
+                    .local_addr()
+                    .ok()
+                    .and_then(|a| a.as_pathname().map(|p| p.to_owned()))
+            ),
+        }
+    }
+}

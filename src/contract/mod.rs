@@ -1,0 +1,37 @@
+//! The contract between the two sides of the privilege boundary: everything the root side
+//! hands the worker across the fork, and the only way the worker speaks back.
+//!
+//! Owns: the locked key page ([`key_page`]), the listening sockets ([`listener::Listener`]),
+//! the worker→supervisor messages ([`pipe`]) and the [`Handover`] that bundles them with the
+//! secrets root read for the worker. Plain data and file descriptors only: no tokio, no hyper,
+//! no parsing of client input. May use: std, libc, nix, secrecy. Both `supervisor` (which
+//! fills it) and `worker` (which consumes it) use this module; they never use each other.
+//!
+//! In the style of OpenSSH's `monitor.h`: this file is the whole interface between the sides.
+
+pub mod key_page;
+pub mod listener;
+pub mod pipe;
+
+use std::os::fd::OwnedFd;
+
+pub use key_page::{ApiKeyHeader, KeySource};
+pub use listener::Listener;
+pub use pipe::{WorkerMessage, WorkerPipe};
+
+/// What the worker receives from root at fork. Besides this, the worker reads only the plain
+/// configuration (`crate::cli::Cli`), which it parses itself after dropping privileges.
+pub struct Handover {
+    /// The upstream key (`Bearer <key>` in a locked page), or "none installed yet".
+    pub(crate) key: KeySource,
+    /// The Codex `auth.json`, read as root when the auth mode needs it.
+    pub(crate) auth_json: Option<secrecy::SecretSlice<u8>>,
+    /// The wrapper routes' client access key, read as root when configured.
+    pub(crate) client_api_key: Option<secrecy::SecretString>,
+    /// The listening sockets, already bound (or inherited from systemd).
+    pub(crate) listeners: Vec<Listener>,
+    /// The worker's end of the worker→supervisor pipe.
+    pub(crate) to_supervisor: WorkerPipe,
+    /// Readable (end of file) once the supervisor wants the worker to drain and exit.
+    pub(crate) stop_requested: OwnedFd,
+}

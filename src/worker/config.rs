@@ -1,0 +1,168 @@
+//! The worker's settings, parsed by the worker itself after it dropped its privileges: from
+//! the plain configuration (`crate::cli::Cli`) and the [`Handover`] root filled at fork. No
+//! worker code runs as root; a setting that does not parse stops the worker (exit status 1,
+//! one log line) before it serves, and the supervisor then exits non-zero.
+//!
+//! Uses: `crate::cli`, `crate::contract`, and the worker's own parsers (allow-lists, header
+//! forwarding, auth mode, wrapper settings).
+
+use super::access_control::AllowList;
+use super::client_headers::ClientHeaderForwarding;
+use super::upstream_auth::{AuthError, AuthMode};
+use super::wrapper_routes::WrapperConfig;
+use crate::cli::Cli;
+use crate::contract::{Handover, KeySource};
+use crate::usage::Limits;
+use crate::wrapper::settings::WrapperSettings;
+use std::time::Duration;
+use tracing::info;
+
+/// Everything the worker needs, parsed from the configuration and the handover.
+pub struct WorkerConfig {
+    pub key: KeySource,
+    pub upstream_url: reqwest::Url,
+    pub bridge_to_chat: bool,
+    pub http_shutdown: bool,
+    pub connect_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_request_body: usize,
+    pub shutdown_grace: Duration,
+    pub worker_threads: Option<usize>,
+    pub wrapper: Option<WrapperConfig>,
+    pub auth: AuthConfig,
+    /// Who may call (None: every local user).
+    pub allow: Option<AllowList>,
+    pub limits: Limits,
+}
+
+/// How the worker authenticates upstream.
+pub struct AuthConfig {
+    pub mode: AuthMode,
+    /// The Codex auth.json (apikey_auth_json, chatgpt_token), read by root.
+    pub auth_json: Option<secrecy::SecretSlice<u8>>,
+    pub state_dir: Option<std::path::PathBuf>,
+    pub token_url: String,
+    pub client_id: Option<String>,
+    pub refresh_after: Duration,
+}
+
+impl WorkerConfig {
+    /// Parses the settings; takes the secrets out of `handover`.
+    pub(crate) fn parse(cli: &Cli, handover: &mut Handover) -> Result<WorkerConfig, String> {
+        let upstream_url = match reqwest::Url::parse(&cli.upstream_url) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => url,
+            // The value is not repeated: a mistyped URL may carry credentials.
+            _ => {
+                return Err(
+                    "--upstream-url (CODEX_PROXY_UPSTREAM_URL) is not an http(s) URL".into(),
+                )
+            }
+        };
+        let auth = auth_config(cli, handover.auth_json.take())?;
+        let wrapper = if cli.wrapper_routes {
+            Some(wrapper_config(cli, handover.client_api_key.take())?)
+        } else {
+            None
+        };
+        let allow = AllowList::from_config(&cli.allow_users, &cli.allow_groups)?;
+        if let Some(allow) = &allow {
+            info!("access limited to {}", allow.describe());
+        }
+        let key = std::mem::replace(&mut handover.key, KeySource::NotConfigured);
+        Ok(WorkerConfig {
+            key,
+            upstream_url,
+            bridge_to_chat: cli.bridge_to_chat,
+            http_shutdown: cli.http_shutdown,
+            connect_timeout: cli.connect_timeout(),
+            header_read_timeout: cli.header_read_timeout(),
+            idle_timeout: cli.idle_timeout(),
+            max_request_body: cli.max_request_body,
+            shutdown_grace: cli.shutdown_grace(),
+            worker_threads: cli.worker_threads.filter(|n| *n > 0),
+            wrapper,
+            allow,
+            limits: Limits {
+                requests_per_minute: cli.requests_per_minute,
+                tokens_per_day: cli.tokens_per_day,
+            },
+            auth,
+        })
+    }
+}
+
+/// Upstream authentication settings.
+fn auth_config(
+    cli: &Cli,
+    auth_json: Option<secrecy::SecretSlice<u8>>,
+) -> Result<AuthConfig, String> {
+    let mut mode: AuthMode = cli
+        .upstream_auth_mode
+        .parse()
+        .map_err(|e: AuthError| e.to_string())?;
+    if let AuthMode::ApiKeyFromAuthJson { field } = &mut mode {
+        field.clone_from(&cli.auth_json_api_key_field);
+    }
+    if mode != AuthMode::ApiKey && auth_json.is_none() {
+        return Err(format!(
+            "UPSTREAM_AUTH_MODE={} needs a Codex auth.json: install it as the systemd credential codex-auth or pass --codex-auth-file",
+            mode.as_str()
+        ));
+    }
+    Ok(AuthConfig {
+        mode,
+        auth_json,
+        state_dir: cli.state_directory.clone(),
+        token_url: cli.token_url.clone(),
+        client_id: cli.oauth_client_id.clone(),
+        refresh_after: Duration::from_secs(cli.token_refresh_days.saturating_mul(24 * 60 * 60)),
+    })
+}
+
+/// The wrapper routes' settings.
+fn wrapper_config(
+    cli: &Cli,
+    client_api_key: Option<secrecy::SecretString>,
+) -> Result<WrapperConfig, String> {
+    let lookup = |name: &str| -> Option<String> {
+        match name {
+            "REASONING_EFFORT" => cli.reasoning_effort.clone(),
+            "REASONING_SUMMARY" => cli.reasoning_summary.clone(),
+            "REASONING_OUTPUT_MODE" => cli.reasoning_output_mode.clone(),
+            "DEBUG_MODEL" => cli.debug_model.clone(),
+            "EXPOSE_MODELS" => cli.expose_models.clone(),
+            _ => None,
+        }
+    };
+    let settings = WrapperSettings::from_lookup(lookup).map_err(|e| e.0)?;
+    let forwarding = ClientHeaderForwarding::parse(
+        &cli.forward_client_headers_mode,
+        cli.forward_client_headers_list.as_deref(),
+        cli.forward_client_headers_override.as_deref(),
+    )?;
+    let ollama_url = match cli
+        .ollama_api_url
+        .as_deref()
+        .filter(|u| !u.trim().is_empty())
+    {
+        None => None,
+        Some(url) => {
+            let mut url = reqwest::Url::parse(url.trim())
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .ok_or_else(|| format!("OLLAMA_API_URL {url:?} is not an http(s) URL"))?;
+            if !url.path().ends_with('/') {
+                let path = format!("{}/", url.path());
+                url.set_path(&path);
+            }
+            Some(url)
+        }
+    };
+    Ok(WrapperConfig {
+        settings,
+        client_api_key,
+        ollama_url,
+        forwarding,
+    })
+}
