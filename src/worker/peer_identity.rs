@@ -3,7 +3,11 @@
 //! - TCP on loopback: one `SOCK_DIAG_BY_FAMILY` request over a `NETLINK_SOCK_DIAG` socket asks
 //!   the kernel for the socket whose local end is the client's address and whose remote end is
 //!   our listening address (the exact 4-tuple, no dump), and reads `inet_diag_msg.idiag_uid` —
-//!   what `ss -tnep` shows. It needs no privilege.
+//!   what `ss -tnep` shows. It needs no privilege. Either end may be IPv4, IPv6 or
+//!   IPv4-mapped IPv6 (`::ffff:127.0.0.1`); both are reduced to one form before asking, and the
+//!   answer is read in the family the kernel reports, because an IPv6 client socket that
+//!   dialled a mapped address is found by an IPv4 query but described with 16-byte mapped
+//!   addresses.
 //! - Unix sockets: `SO_PEERCRED`.
 //!
 //! A lookup that fails is an error for the caller to log; the identity is then "unknown"
@@ -131,6 +135,26 @@ fn addr_bytes(ip: IpAddr) -> [u8; 16] {
     out
 }
 
+/// The two ends an `inet_diag_sockid` names, in canonical form, read according to the
+/// answer's `idiag_family`: an IPv4 client socket is reported as AF_INET with 4-byte
+/// addresses, an IPv6 socket that connected to `::ffff:127.0.0.1` as AF_INET6 with the
+/// mapped 16-byte addresses. `None` for another family.
+fn described_ends(family: u8, id: &[u8]) -> Option<(SocketAddr, SocketAddr)> {
+    let sport = u16::from_be_bytes([id[0], id[1]]);
+    let dport = u16::from_be_bytes([id[2], id[3]]);
+    let ip = |bytes: &[u8]| -> Option<IpAddr> {
+        match libc::c_int::from(family) {
+            libc::AF_INET => Some(IpAddr::from(<[u8; 4]>::try_from(&bytes[..4]).ok()?)),
+            libc::AF_INET6 => Some(IpAddr::from(<[u8; 16]>::try_from(&bytes[..16]).ok()?)),
+            _ => None,
+        }
+    };
+    Some((
+        canonical(SocketAddr::new(ip(&id[4..20])?, sport)),
+        canonical(SocketAddr::new(ip(&id[20..36])?, dport)),
+    ))
+}
+
 /// Builds the whole netlink message: `nlmsghdr` + `inet_diag_req_v2` asking for the TCP
 /// socket whose local end is `src` and remote end is `dst`.
 fn build_request(src: SocketAddr, dst: SocketAddr, seq: u32) -> io::Result<Vec<u8>> {
@@ -223,17 +247,8 @@ fn parse_response(buf: &[u8], seq: u32, src: SocketAddr, dst: SocketAddr) -> io:
                     return Err(invalid("truncated inet_diag_msg from the kernel"));
                 }
                 let state = payload[1];
-                let id = &payload[4..4 + SOCKID_LEN];
-                let sport = u16::from_be_bytes([id[0], id[1]]);
-                let dport = u16::from_be_bytes([id[2], id[3]]);
-                let want_src = addr_bytes(src.ip());
-                let want_dst = addr_bytes(dst.ip());
-                let n = if src.is_ipv4() { 4 } else { 16 };
-                if sport != src.port()
-                    || dport != dst.port()
-                    || id[4..4 + n] != want_src[..n]
-                    || id[20..20 + n] != want_dst[..n]
-                {
+                let described = described_ends(payload[0], &payload[4..4 + SOCKID_LEN]);
+                if described != Some((src, dst)) {
                     return Err(invalid("the kernel described a different socket"));
                 }
                 // Time-wait and request sockets carry no owner (the kernel reports uid 0).
@@ -555,6 +570,64 @@ mod tests {
         assert!(server.peer_addr().unwrap().is_ipv6());
         let uid = tcp_peer_uid(server.local_addr().unwrap(), server.peer_addr().unwrap()).unwrap();
         assert_eq!(uid, own_uid());
+    }
+
+    /// Every form the kernel can report for the two ends of a loopback connection: an IPv4
+    /// listener with an IPv4 client or an IPv6 client that dialled `::ffff:127.0.0.1` (the
+    /// listener sees plain IPv4, the client's socket is AF_INET6), an IPv6 listener bound to
+    /// `::ffff:127.0.0.1` (it sees mapped addresses) with either client, and `::1`.
+    #[test]
+    fn every_address_form_resolves_to_own_uid() {
+        let cases = [
+            ("127.0.0.1:0", "127.0.0.1"),
+            ("127.0.0.1:0", "[::ffff:127.0.0.1]"),
+            ("[::ffff:127.0.0.1]:0", "127.0.0.1"),
+            ("[::ffff:127.0.0.1]:0", "[::ffff:127.0.0.1]"),
+            ("[::1]:0", "[::1]"),
+        ];
+        for (listen, dial) in cases {
+            let listener = TcpListener::bind(listen)
+                .unwrap_or_else(|e| panic!("cannot listen on {listen}: {e}"));
+            let port = listener.local_addr().unwrap().port();
+            let client = TcpStream::connect(format!("{dial}:{port}"))
+                .unwrap_or_else(|e| panic!("cannot dial {dial}:{port}: {e}"));
+            let (server, _) = listener.accept().unwrap();
+            let (local, peer) = (server.local_addr().unwrap(), server.peer_addr().unwrap());
+            let uid = tcp_peer_uid(local, peer).unwrap_or_else(|e| {
+                panic!(
+                    "{listen} dialled as {dial} (server sees {local} <- {peer}, client is {:?}): {e}",
+                    client.local_addr()
+                )
+            });
+            assert_eq!(uid, own_uid(), "{listen} dialled as {dial}");
+            // The ends may also be given in the other form than the socket reports.
+            let flip = |a: SocketAddr| match a.ip() {
+                IpAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), a.port()),
+                IpAddr::V6(_) => canonical(a),
+            };
+            assert_eq!(tcp_peer_uid(flip(local), peer).unwrap(), own_uid());
+            assert_eq!(tcp_peer_uid(local, flip(peer)).unwrap(), own_uid());
+        }
+    }
+
+    #[test]
+    fn answers_in_either_family_name_the_same_socket() {
+        let src: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let dst: SocketAddr = "127.0.0.1:8719".parse().unwrap();
+        let mut v4 = vec![0u8; SOCKID_LEN];
+        v4[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        v4[2..4].copy_from_slice(&8719u16.to_be_bytes());
+        v4[4..8].copy_from_slice(&[127, 0, 0, 1]);
+        v4[20..24].copy_from_slice(&[127, 0, 0, 1]);
+        assert_eq!(described_ends(libc::AF_INET as u8, &v4), Some((src, dst)));
+        let mut mapped = v4.clone();
+        let m = Ipv4Addr::LOCALHOST.to_ipv6_mapped().octets();
+        mapped[4..20].copy_from_slice(&m);
+        mapped[20..36].copy_from_slice(&m);
+        assert_eq!(described_ends(libc::AF_INET6 as u8, &mapped), Some((src, dst)));
+        // The mapped bytes read as IPv4 are not the socket asked for.
+        assert_ne!(described_ends(libc::AF_INET as u8, &mapped), Some((src, dst)));
+        assert_eq!(described_ends(libc::AF_UNIX as u8, &v4), None);
     }
 
     #[test]
