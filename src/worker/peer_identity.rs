@@ -251,8 +251,12 @@ fn parse_response(buf: &[u8], seq: u32, src: SocketAddr, dst: SocketAddr) -> io:
                 if described != Some((src, dst)) {
                     return Err(invalid("the kernel described a different socket"));
                 }
-                // Time-wait and request sockets carry no owner (the kernel reports uid 0).
-                if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
+                // A socket no process holds any more has no owner: time-wait and request
+                // sockets, and a closed client's end in FIN-WAIT-2 (a time-wait entry whose
+                // state reads FIN_WAIT2), are reported with uid 0 — never take that for
+                // root. Such sockets have no inode; every socket a process holds has one.
+                let inode = u32_at(payload, DIAG_MSG_UID_OFFSET + 4);
+                if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV || inode == 0 {
                     return Err(io::Error::new(
                         io::ErrorKind::NotFound,
                         format!("the client socket {src} is already closed"),
@@ -511,6 +515,13 @@ mod tests {
         tw[1] = TCP_TIME_WAIT;
         let e = parse_response(&fake_answer(SOCK_DIAG_BY_FAMILY, 3, &tw), 3, src, dst);
         assert_eq!(e.unwrap_err().kind(), io::ErrorKind::NotFound);
+        // No inode: a socket no process holds (a closed client's FIN-WAIT-2 entry).
+        let mut orphan = msg.clone();
+        let at = DIAG_MSG_UID_OFFSET + 4;
+        orphan[at..at + 4].copy_from_slice(&0u32.to_ne_bytes());
+        orphan[1] = 5; // TCP_FIN_WAIT2
+        let e = parse_response(&fake_answer(SOCK_DIAG_BY_FAMILY, 3, &orphan), 3, src, dst);
+        assert_eq!(e.unwrap_err().kind(), io::ErrorKind::NotFound);
         // NLMSG_ERROR with -ENOENT.
         let mut err = (-libc::ENOENT).to_ne_bytes().to_vec();
         err.extend_from_slice(&req[..16]);
@@ -628,6 +639,28 @@ mod tests {
         // The mapped bytes read as IPv4 are not the socket asked for.
         assert_ne!(described_ends(libc::AF_INET as u8, &mapped), Some((src, dst)));
         assert_eq!(described_ends(libc::AF_UNIX as u8, &v4), None);
+    }
+
+    /// A client that closed its socket before the proxy asked (its end is then an orphan or a
+    /// time-wait entry, reported with uid 0 and no inode) is unknown, never root.
+    #[test]
+    fn a_client_that_already_closed_is_unknown_never_root() {
+        for (listen, dial) in [
+            ("127.0.0.1:0", "127.0.0.1"),
+            ("127.0.0.1:0", "[::ffff:127.0.0.1]"),
+            ("[::1]:0", "[::1]"),
+        ] {
+            let listener = TcpListener::bind(listen).unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let client = TcpStream::connect(format!("{dial}:{port}")).unwrap();
+            drop(client);
+            let (server, _) = listener.accept().unwrap();
+            // Let the FIN exchange finish: the client's end leaves the socket table.
+            std::thread::sleep(Duration::from_millis(50));
+            let e = tcp_peer_uid(server.local_addr().unwrap(), server.peer_addr().unwrap())
+                .expect_err("a closed client socket has no owner");
+            assert_eq!(e.kind(), io::ErrorKind::NotFound, "{listen} via {dial}: {e}");
+        }
     }
 
     #[test]
