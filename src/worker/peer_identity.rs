@@ -80,7 +80,13 @@ pub fn identify_tcp(local: SocketAddr, peer: SocketAddr) -> PeerIdentity {
 /// Looks up the identity of an accepted unix-socket connection; failures are logged and
 /// give the unknown identity.
 pub fn identify_unix(stream: &tokio::net::UnixStream) -> PeerIdentity {
-    match unix_peer_uid(stream) {
+    identity_of_unix_peer(unix_peer_uid(stream))
+}
+
+/// The identity for a unix-socket peer whose `SO_PEERCRED` uid was read already (the name
+/// lookup may block on NSS); failures are logged and give the unknown identity.
+pub fn identity_of_unix_peer(uid: io::Result<u32>) -> PeerIdentity {
+    match uid {
         Ok(uid) => PeerIdentity::from_uid(uid),
         Err(e) => {
             tracing::warn!("cannot tell which local user opened a unix-socket connection: {e}");
@@ -635,9 +641,15 @@ mod tests {
         let m = Ipv4Addr::LOCALHOST.to_ipv6_mapped().octets();
         mapped[4..20].copy_from_slice(&m);
         mapped[20..36].copy_from_slice(&m);
-        assert_eq!(described_ends(libc::AF_INET6 as u8, &mapped), Some((src, dst)));
+        assert_eq!(
+            described_ends(libc::AF_INET6 as u8, &mapped),
+            Some((src, dst))
+        );
         // The mapped bytes read as IPv4 are not the socket asked for.
-        assert_ne!(described_ends(libc::AF_INET as u8, &mapped), Some((src, dst)));
+        assert_ne!(
+            described_ends(libc::AF_INET as u8, &mapped),
+            Some((src, dst))
+        );
         assert_eq!(described_ends(libc::AF_UNIX as u8, &v4), None);
     }
 
@@ -659,7 +671,11 @@ mod tests {
             std::thread::sleep(Duration::from_millis(50));
             let e = tcp_peer_uid(server.local_addr().unwrap(), server.peer_addr().unwrap())
                 .expect_err("a closed client socket has no owner");
-            assert_eq!(e.kind(), io::ErrorKind::NotFound, "{listen} via {dial}: {e}");
+            assert_eq!(
+                e.kind(),
+                io::ErrorKind::NotFound,
+                "{listen} via {dial}: {e}"
+            );
         }
     }
 
