@@ -5,6 +5,9 @@
 //!
 //! Group memberships come from `getgrouplist(3)` (NSS) and are cached per uid for a short
 //! time, so that adding someone to a group takes effect within a minute without a restart.
+//! The worker looks a caller's groups up on a blocking-pool thread when they are not cached
+//! ([`AllowList::needs_group_lookup`], [`AllowList::look_up_groups`]), so a slow NSS source
+//! never stalls a shard.
 
 use super::peer_identity::PeerIdentity;
 use nix::unistd::{Gid, Group, Uid, User};
@@ -185,6 +188,30 @@ impl AllowList {
         Err(Denial {
             message: format!("{who} is not allowed to use this proxy; {}", self.remedy()),
         })
+    }
+
+    /// Whether [`AllowList::decide`] would look up `identity`'s group memberships (NSS, which
+    /// may block): a known uid that is not listed itself, groups are listed, and its groups
+    /// are not cached.
+    pub fn needs_group_lookup(&self, identity: &PeerIdentity) -> bool {
+        let Some(uid) = identity.uid else {
+            return false;
+        };
+        if self.users.contains(&uid) || self.groups.is_empty() {
+            return false;
+        }
+        let cache = self.memberships.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .get(&uid)
+            .is_none_or(|(at, _)| at.elapsed() >= self.ttl)
+    }
+
+    /// Looks up and caches `identity`'s group memberships (blocking; run it off the
+    /// request's thread when [`AllowList::needs_group_lookup`] says so).
+    pub fn look_up_groups(&self, identity: &PeerIdentity) {
+        if let Some(uid) = identity.uid {
+            self.groups_of(uid, identity.user.as_deref());
+        }
     }
 
     fn remedy(&self) -> String {
@@ -432,5 +459,16 @@ mod tests {
         assert!(fresh.decide(&bob_id).is_ok());
         // The long-TTL list still has bob's old groups cached.
         assert!(list.decide(&bob_id).is_err());
+        // Only an uncached member of no listed user needs a look-up off the request thread.
+        assert!(!list.needs_group_lookup(&bob_id));
+        assert!(!both.needs_group_lookup(&bob_id), "listed by name");
+        assert!(!list.needs_group_lookup(&PeerIdentity::unknown()));
+        let cold = AllowList::from_config(&none, &[group.as_str()])
+            .unwrap()
+            .unwrap();
+        assert!(cold.needs_group_lookup(&bob_id));
+        cold.look_up_groups(&bob_id);
+        assert!(!cold.needs_group_lookup(&bob_id));
+        assert!(cold.decide(&bob_id).is_ok());
     }
 }

@@ -83,8 +83,9 @@ impl State {
 /// The work is split into shards, one thread each (one per core by default, like nginx's
 /// worker processes): every shard runs its own single-threaded runtime and keeps its own
 /// upstream connections, so a request never crosses threads. The main thread accepts, works
-/// out who is calling, deals each connection to the next shard in turn, and watches signals
-/// and the supervisor. A finished request's usage accounting and log line go to one more
+/// out who is calling on its blocking pool (sock_diag and NSS look-ups block, so the accept
+/// loop never waits for them), deals each connection to the next shard in turn, and watches
+/// signals and the supervisor. A finished request's usage accounting and log line go to one more
 /// thread, the after-response thread (`logging::start_after_response_thread`), so that a
 /// shard is free for its next request as soon as a response is out.
 pub fn run(cli: &Cli, mut handover: Handover) -> i32 {
@@ -106,6 +107,7 @@ pub fn run(cli: &Cli, mut handover: Handover) -> i32 {
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get().min(8)));
     let control = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .max_blocking_threads(IDENTITY_LOOKUP_THREADS)
         .build()
     {
         Ok(runtime) => runtime,
@@ -455,12 +457,15 @@ async fn accept_tcp(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     let _ = stream.set_nodelay(true);
-                    let identity = match stream.local_addr() {
-                        Ok(local) => peer_identity::identify_tcp(local, peer),
-                        Err(_) => PeerIdentity::unknown(),
-                    };
+                    let local = stream.local_addr();
                     match stream.into_std() {
-                        Ok(stream) => dispatch.hand_off(Accepted::Tcp(stream, identity)),
+                        Ok(stream) => identify_then_hand_off(&dispatch, move || {
+                            let identity = match local {
+                                Ok(local) => peer_identity::identify_tcp(local, peer),
+                                Err(_) => PeerIdentity::unknown(),
+                            };
+                            Accepted::Tcp(stream, identity)
+                        }),
                         Err(e) => warn!("worker: cannot hand off a connection: {e}"),
                     }
                 }
@@ -480,15 +485,46 @@ async fn accept_unix(
             _ = stop.changed() => return,
             accepted = listener.accept() => match accepted {
                 Ok((stream, _peer)) => {
-                    let identity = peer_identity::identify_unix(&stream);
+                    // SO_PEERCRED is one getsockopt that never waits; the name needs NSS.
+                    let uid = peer_identity::unix_peer_uid(&stream);
                     match stream.into_std() {
-                        Ok(stream) => dispatch.hand_off(Accepted::Unix(stream, identity)),
+                        Ok(stream) => identify_then_hand_off(&dispatch, move || {
+                            Accepted::Unix(stream, peer_identity::identity_of_unix_peer(uid))
+                        }),
                         Err(e) => warn!("worker: cannot hand off a connection: {e}"),
                     }
                 }
                 Err(e) => accept_failed(e).await,
             }
         }
+    }
+}
+
+/// Most threads that look up who is calling at once (the control runtime's blocking pool);
+/// further connections wait their turn there, never on the accept loop.
+const IDENTITY_LOOKUP_THREADS: usize = 8;
+
+/// Works out who is calling (a sock_diag query and an NSS name lookup, both blocking) on the
+/// control runtime's blocking pool, then deals the connection to a shard; the accept loop
+/// goes straight back to accepting.
+fn identify_then_hand_off(
+    dispatch: &Arc<Dispatch>,
+    identify: impl FnOnce() -> Accepted + Send + 'static,
+) {
+    let dispatch = dispatch.clone();
+    drop(tokio::task::spawn_blocking(move || {
+        dispatch.hand_off(identify())
+    }));
+}
+
+/// When the allow-list needs a caller's group memberships and has none cached, looks them up
+/// (NSS, may block) on the blocking pool, so that [`admission`] finds them cached and the
+/// shard's other connections are not held up.
+async fn groups_looked_up_off_this_thread(state: &State, identity: &Arc<PeerIdentity>) {
+    let Some(allow) = &state.allow else { return };
+    if allow.needs_group_lookup(identity) {
+        let (allow, identity) = (allow.clone(), identity.clone());
+        let _ = tokio::task::spawn_blocking(move || allow.look_up_groups(&identity)).await;
     }
 }
 
@@ -578,6 +614,7 @@ fn spawn_connection<S>(
                     None,
                 ));
             }
+            groups_looked_up_off_this_thread(&state, &identity).await;
             // Refused requests are logged but not recorded as usage.
             let (response, accounted) = match admission(&state, &identity, record.is_model_route) {
                 Some(refusal) => (refusal, None),
@@ -604,6 +641,50 @@ fn spawn_connection<S>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A look-up that blocks (a slow NSS source) holds up neither the accept loop nor the
+    /// connections accepted after it.
+    #[test]
+    fn a_slow_identity_lookup_does_not_hold_up_the_accept_loop() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .max_blocking_threads(IDENTITY_LOOKUP_THREADS)
+            .build()
+            .unwrap();
+        let (shard, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+        let dispatch = Arc::new(Dispatch {
+            shards: vec![shard],
+            next: AtomicU64::new(0),
+        });
+        let (release, wait) = std::sync::mpsc::channel::<()>();
+        let mut keep = Vec::new();
+        runtime.block_on(async {
+            let (slow, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+            keep.push(theirs);
+            let started = Instant::now();
+            identify_then_hand_off(&dispatch, move || {
+                let _ = wait.recv_timeout(Duration::from_secs(3));
+                Accepted::Unix(slow, PeerIdentity::from_uid(1))
+            });
+            let (fast, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+            keep.push(theirs);
+            identify_then_hand_off(&dispatch, move || {
+                Accepted::Unix(fast, PeerIdentity::from_uid(2))
+            });
+            assert!(
+                started.elapsed() < Duration::from_secs(1),
+                "the accept loop waited"
+            );
+            let first = tokio::time::timeout(Duration::from_secs(10), accepted.recv())
+                .await
+                .expect("the fast connection waited for the slow look-up")
+                .unwrap();
+            assert!(matches!(first, Accepted::Unix(_, ref id) if id.uid == Some(2)));
+            release.send(()).unwrap();
+            let second = accepted.recv().await.unwrap();
+            assert!(matches!(second, Accepted::Unix(_, ref id) if id.uid == Some(1)));
+        });
+    }
 
     #[test]
     fn connections_are_dealt_to_the_shards_in_turn() {

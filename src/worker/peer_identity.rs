@@ -3,7 +3,11 @@
 //! - TCP on loopback: one `SOCK_DIAG_BY_FAMILY` request over a `NETLINK_SOCK_DIAG` socket asks
 //!   the kernel for the socket whose local end is the client's address and whose remote end is
 //!   our listening address (the exact 4-tuple, no dump), and reads `inet_diag_msg.idiag_uid` —
-//!   what `ss -tnep` shows. It needs no privilege.
+//!   what `ss -tnep` shows. It needs no privilege. Either end may be IPv4, IPv6 or
+//!   IPv4-mapped IPv6 (`::ffff:127.0.0.1`); both are reduced to one form before asking, and the
+//!   answer is read in the family the kernel reports, because an IPv6 client socket that
+//!   dialled a mapped address is found by an IPv4 query but described with 16-byte mapped
+//!   addresses.
 //! - Unix sockets: `SO_PEERCRED`.
 //!
 //! A lookup that fails is an error for the caller to log; the identity is then "unknown"
@@ -76,7 +80,13 @@ pub fn identify_tcp(local: SocketAddr, peer: SocketAddr) -> PeerIdentity {
 /// Looks up the identity of an accepted unix-socket connection; failures are logged and
 /// give the unknown identity.
 pub fn identify_unix(stream: &tokio::net::UnixStream) -> PeerIdentity {
-    match unix_peer_uid(stream) {
+    identity_of_unix_peer(unix_peer_uid(stream))
+}
+
+/// The identity for a unix-socket peer whose `SO_PEERCRED` uid was read already (the name
+/// lookup may block on NSS); failures are logged and give the unknown identity.
+pub fn identity_of_unix_peer(uid: io::Result<u32>) -> PeerIdentity {
+    match uid {
         Ok(uid) => PeerIdentity::from_uid(uid),
         Err(e) => {
             tracing::warn!("cannot tell which local user opened a unix-socket connection: {e}");
@@ -129,6 +139,26 @@ fn addr_bytes(ip: IpAddr) -> [u8; 16] {
         IpAddr::V6(v6) => out.copy_from_slice(&v6.octets()),
     }
     out
+}
+
+/// The two ends an `inet_diag_sockid` names, in canonical form, read according to the
+/// answer's `idiag_family`: an IPv4 client socket is reported as AF_INET with 4-byte
+/// addresses, an IPv6 socket that connected to `::ffff:127.0.0.1` as AF_INET6 with the
+/// mapped 16-byte addresses. `None` for another family.
+fn described_ends(family: u8, id: &[u8]) -> Option<(SocketAddr, SocketAddr)> {
+    let sport = u16::from_be_bytes([id[0], id[1]]);
+    let dport = u16::from_be_bytes([id[2], id[3]]);
+    let ip = |bytes: &[u8]| -> Option<IpAddr> {
+        match libc::c_int::from(family) {
+            libc::AF_INET => Some(IpAddr::from(<[u8; 4]>::try_from(&bytes[..4]).ok()?)),
+            libc::AF_INET6 => Some(IpAddr::from(<[u8; 16]>::try_from(&bytes[..16]).ok()?)),
+            _ => None,
+        }
+    };
+    Some((
+        canonical(SocketAddr::new(ip(&id[4..20])?, sport)),
+        canonical(SocketAddr::new(ip(&id[20..36])?, dport)),
+    ))
 }
 
 /// Builds the whole netlink message: `nlmsghdr` + `inet_diag_req_v2` asking for the TCP
@@ -223,21 +253,16 @@ fn parse_response(buf: &[u8], seq: u32, src: SocketAddr, dst: SocketAddr) -> io:
                     return Err(invalid("truncated inet_diag_msg from the kernel"));
                 }
                 let state = payload[1];
-                let id = &payload[4..4 + SOCKID_LEN];
-                let sport = u16::from_be_bytes([id[0], id[1]]);
-                let dport = u16::from_be_bytes([id[2], id[3]]);
-                let want_src = addr_bytes(src.ip());
-                let want_dst = addr_bytes(dst.ip());
-                let n = if src.is_ipv4() { 4 } else { 16 };
-                if sport != src.port()
-                    || dport != dst.port()
-                    || id[4..4 + n] != want_src[..n]
-                    || id[20..20 + n] != want_dst[..n]
-                {
+                let described = described_ends(payload[0], &payload[4..4 + SOCKID_LEN]);
+                if described != Some((src, dst)) {
                     return Err(invalid("the kernel described a different socket"));
                 }
-                // Time-wait and request sockets carry no owner (the kernel reports uid 0).
-                if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV {
+                // A socket no process holds any more has no owner: time-wait and request
+                // sockets, and a closed client's end in FIN-WAIT-2 (a time-wait entry whose
+                // state reads FIN_WAIT2), are reported with uid 0 — never take that for
+                // root. Such sockets have no inode; every socket a process holds has one.
+                let inode = u32_at(payload, DIAG_MSG_UID_OFFSET + 4);
+                if state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV || inode == 0 {
                     return Err(io::Error::new(
                         io::ErrorKind::NotFound,
                         format!("the client socket {src} is already closed"),
@@ -496,6 +521,13 @@ mod tests {
         tw[1] = TCP_TIME_WAIT;
         let e = parse_response(&fake_answer(SOCK_DIAG_BY_FAMILY, 3, &tw), 3, src, dst);
         assert_eq!(e.unwrap_err().kind(), io::ErrorKind::NotFound);
+        // No inode: a socket no process holds (a closed client's FIN-WAIT-2 entry).
+        let mut orphan = msg.clone();
+        let at = DIAG_MSG_UID_OFFSET + 4;
+        orphan[at..at + 4].copy_from_slice(&0u32.to_ne_bytes());
+        orphan[1] = 5; // TCP_FIN_WAIT2
+        let e = parse_response(&fake_answer(SOCK_DIAG_BY_FAMILY, 3, &orphan), 3, src, dst);
+        assert_eq!(e.unwrap_err().kind(), io::ErrorKind::NotFound);
         // NLMSG_ERROR with -ENOENT.
         let mut err = (-libc::ENOENT).to_ne_bytes().to_vec();
         err.extend_from_slice(&req[..16]);
@@ -555,6 +587,96 @@ mod tests {
         assert!(server.peer_addr().unwrap().is_ipv6());
         let uid = tcp_peer_uid(server.local_addr().unwrap(), server.peer_addr().unwrap()).unwrap();
         assert_eq!(uid, own_uid());
+    }
+
+    /// Every form the kernel can report for the two ends of a loopback connection: an IPv4
+    /// listener with an IPv4 client or an IPv6 client that dialled `::ffff:127.0.0.1` (the
+    /// listener sees plain IPv4, the client's socket is AF_INET6), an IPv6 listener bound to
+    /// `::ffff:127.0.0.1` (it sees mapped addresses) with either client, and `::1`.
+    #[test]
+    fn every_address_form_resolves_to_own_uid() {
+        let cases = [
+            ("127.0.0.1:0", "127.0.0.1"),
+            ("127.0.0.1:0", "[::ffff:127.0.0.1]"),
+            ("[::ffff:127.0.0.1]:0", "127.0.0.1"),
+            ("[::ffff:127.0.0.1]:0", "[::ffff:127.0.0.1]"),
+            ("[::1]:0", "[::1]"),
+        ];
+        for (listen, dial) in cases {
+            let listener = TcpListener::bind(listen)
+                .unwrap_or_else(|e| panic!("cannot listen on {listen}: {e}"));
+            let port = listener.local_addr().unwrap().port();
+            let client = TcpStream::connect(format!("{dial}:{port}"))
+                .unwrap_or_else(|e| panic!("cannot dial {dial}:{port}: {e}"));
+            let (server, _) = listener.accept().unwrap();
+            let (local, peer) = (server.local_addr().unwrap(), server.peer_addr().unwrap());
+            let uid = tcp_peer_uid(local, peer).unwrap_or_else(|e| {
+                panic!(
+                    "{listen} dialled as {dial} (server sees {local} <- {peer}, client is {:?}): {e}",
+                    client.local_addr()
+                )
+            });
+            assert_eq!(uid, own_uid(), "{listen} dialled as {dial}");
+            // The ends may also be given in the other form than the socket reports.
+            let flip = |a: SocketAddr| match a.ip() {
+                IpAddr::V4(v4) => SocketAddr::new(IpAddr::V6(v4.to_ipv6_mapped()), a.port()),
+                IpAddr::V6(_) => canonical(a),
+            };
+            assert_eq!(tcp_peer_uid(flip(local), peer).unwrap(), own_uid());
+            assert_eq!(tcp_peer_uid(local, flip(peer)).unwrap(), own_uid());
+        }
+    }
+
+    #[test]
+    fn answers_in_either_family_name_the_same_socket() {
+        let src: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let dst: SocketAddr = "127.0.0.1:8719".parse().unwrap();
+        let mut v4 = vec![0u8; SOCKID_LEN];
+        v4[0..2].copy_from_slice(&40000u16.to_be_bytes());
+        v4[2..4].copy_from_slice(&8719u16.to_be_bytes());
+        v4[4..8].copy_from_slice(&[127, 0, 0, 1]);
+        v4[20..24].copy_from_slice(&[127, 0, 0, 1]);
+        assert_eq!(described_ends(libc::AF_INET as u8, &v4), Some((src, dst)));
+        let mut mapped = v4.clone();
+        let m = Ipv4Addr::LOCALHOST.to_ipv6_mapped().octets();
+        mapped[4..20].copy_from_slice(&m);
+        mapped[20..36].copy_from_slice(&m);
+        assert_eq!(
+            described_ends(libc::AF_INET6 as u8, &mapped),
+            Some((src, dst))
+        );
+        // The mapped bytes read as IPv4 are not the socket asked for.
+        assert_ne!(
+            described_ends(libc::AF_INET as u8, &mapped),
+            Some((src, dst))
+        );
+        assert_eq!(described_ends(libc::AF_UNIX as u8, &v4), None);
+    }
+
+    /// A client that closed its socket before the proxy asked (its end is then an orphan or a
+    /// time-wait entry, reported with uid 0 and no inode) is unknown, never root.
+    #[test]
+    fn a_client_that_already_closed_is_unknown_never_root() {
+        for (listen, dial) in [
+            ("127.0.0.1:0", "127.0.0.1"),
+            ("127.0.0.1:0", "[::ffff:127.0.0.1]"),
+            ("[::1]:0", "[::1]"),
+        ] {
+            let listener = TcpListener::bind(listen).unwrap();
+            let port = listener.local_addr().unwrap().port();
+            let client = TcpStream::connect(format!("{dial}:{port}")).unwrap();
+            drop(client);
+            let (server, _) = listener.accept().unwrap();
+            // Let the FIN exchange finish: the client's end leaves the socket table.
+            std::thread::sleep(Duration::from_millis(50));
+            let e = tcp_peer_uid(server.local_addr().unwrap(), server.peer_addr().unwrap())
+                .expect_err("a closed client socket has no owner");
+            assert_eq!(
+                e.kind(),
+                io::ErrorKind::NotFound,
+                "{listen} via {dial}: {e}"
+            );
+        }
     }
 
     #[test]

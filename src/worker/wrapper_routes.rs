@@ -477,6 +477,67 @@ impl<A: StreamConverter, B: ClientConverter> ClientConverter for Chained<A, B> {
     }
 }
 
+/// Whether a path segment is `.`, spelled plainly or percent-encoded (`%2e`, any case).
+fn is_dot(segment: &str) -> bool {
+    segment == "." || segment.eq_ignore_ascii_case("%2e")
+}
+
+/// Whether a path segment is `..`, spelled plainly or with either dot percent-encoded.
+fn is_dot_dot(segment: &str) -> bool {
+    let lower = segment.to_ascii_lowercase();
+    matches!(lower.as_str(), ".." | ".%2e" | "%2e." | "%2e%2e")
+}
+
+/// Where an `/api/*` request goes on the Ollama host: the request's path resolved the way a
+/// URL is (`.` and `..` segments, also percent-encoded, are applied; doubled slashes count as
+/// one) and appended to `base` (whose path ends with `/`), with the query kept as it is. The
+/// resolved path must still be `/api/...`; a backslash or an encoded slash or backslash
+/// (which servers split differently) is refused rather than guessed at. The error says why.
+pub(crate) fn ollama_target(
+    base: &reqwest::Url,
+    path: &str,
+    query: Option<&str>,
+) -> Result<reqwest::Url, String> {
+    let lower = path.to_ascii_lowercase();
+    if path.contains('\\') || lower.contains("%5c") {
+        return Err("backslashes are not allowed in the path".into());
+    }
+    if lower.contains("%2f") {
+        return Err("encoded slashes (%2F) are not allowed in the path".into());
+    }
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in path.split('/').filter(|s| !s.is_empty()) {
+        if is_dot(segment) {
+            continue;
+        }
+        if is_dot_dot(segment) {
+            if segments.pop().is_none() {
+                return Err("the path climbs above OLLAMA_API_URL".into());
+            }
+            continue;
+        }
+        segments.push(segment);
+    }
+    if segments.first() != Some(&"api") || segments.len() < 2 {
+        return Err(format!(
+            "the path resolves to /{}, outside /api/",
+            segments.join("/")
+        ));
+    }
+    let trailing = if path.ends_with('/') { "/" } else { "" };
+    let resolved = format!("{}{}{trailing}", base.path(), segments.join("/"));
+    let mut url = base.clone();
+    url.set_path(&resolved);
+    url.set_query(query);
+    // The segments hold no dot segment and no separator, so the URL keeps them as given; a
+    // last check that nothing moved them above the prefix.
+    let prefix = format!("{}api/", base.path());
+    if !url.path().starts_with(&prefix) {
+        return Err("the path cannot be kept under OLLAMA_API_URL".into());
+    }
+    Ok(url)
+}
+
 /// `/api/*` passed through to Ollama as it is (no key added, the client's Authorization
 /// removed), the answer streamed back (NDJSON included).
 async fn ollama(
@@ -493,14 +554,17 @@ async fn ollama(
         );
     };
     let (parts, body) = request.into_parts();
-    let path_and_query = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let Ok(url) = base.join(path_and_query.trim_start_matches('/')) else {
-        return error_response(
-            StatusCode::BAD_REQUEST,
-            "The request path cannot be joined to OLLAMA_API_URL.",
-            "invalid_request_error",
-            None,
-        );
+    let url = match ollama_target(base, parts.uri.path(), parts.uri.query()) {
+        Ok(url) => url,
+        Err(why) => {
+            tracing::info!(path = %parts.uri.path(), "refused: Ollama path: {why}");
+            return error_response(
+                StatusCode::BAD_REQUEST,
+                &format!("The Ollama pass-through only reaches /api/* on OLLAMA_API_URL: {why}."),
+                "invalid_request_error",
+                Some("invalid_path"),
+            );
+        }
     };
     let body = match state.read_body(body, &parts.headers).await {
         Ok(body) => body,
@@ -522,5 +586,67 @@ async fn ollama(
             "upstream_error",
             Some("upstream_unreachable"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(base: &str, path: &str) -> Result<String, String> {
+        let base = reqwest::Url::parse(base).unwrap();
+        ollama_target(&base, path, None).map(|u| u.to_string())
+    }
+
+    #[test]
+    fn ollama_paths_are_resolved_and_kept_under_api() {
+        let base = "http://127.0.0.1:11434/";
+        for (path, expected) in [
+            ("/api/tags", "http://127.0.0.1:11434/api/tags"),
+            ("/api//tags", "http://127.0.0.1:11434/api/tags"),
+            ("/api/./tags", "http://127.0.0.1:11434/api/tags"),
+            ("/api/x/../tags", "http://127.0.0.1:11434/api/tags"),
+            ("/api/x/%2E%2e/tags/", "http://127.0.0.1:11434/api/tags/"),
+            (
+                "/api/blobs/sha256:ab%2ecd",
+                "http://127.0.0.1:11434/api/blobs/sha256:ab%2ecd",
+            ),
+        ] {
+            assert_eq!(target(base, path).as_deref(), Ok(expected), "{path}");
+        }
+        assert_eq!(
+            target("http://127.0.0.1:1/ollama/", "/api/../api/chat").as_deref(),
+            Ok("http://127.0.0.1:1/ollama/api/chat")
+        );
+        let with_query = ollama_target(
+            &reqwest::Url::parse(base).unwrap(),
+            "/api/tags",
+            Some("verbose=1"),
+        )
+        .unwrap();
+        assert_eq!(
+            with_query.as_str(),
+            "http://127.0.0.1:11434/api/tags?verbose=1"
+        );
+        for path in [
+            "/api/../../admin/secret",
+            "/api/../admin",
+            "/api/..",
+            "/api/",
+            "/api/%2e%2e/admin",
+            "/api/%2E%2E/%2e%2E/admin",
+            "/api/.%2e/admin",
+            "/api/%2e./admin",
+            "/api//..//..//admin",
+            "/api/..\\admin",
+            "/api/%5c../admin",
+            "/api/..%2fadmin",
+            "/api/..%2Fadmin",
+        ] {
+            for base in [base, "http://127.0.0.1:1/ollama/"] {
+                let e = target(base, path).expect_err(path);
+                assert!(!e.is_empty());
+            }
+        }
     }
 }
