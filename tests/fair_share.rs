@@ -409,6 +409,13 @@ async fn one_user_holding_more_connections_than_their_share_locks_no_one_out() {
 
     // Refusals are logged, but not one line each.
     let log = proxy.stderr_once_it_has("too many open connections", Duration::from_secs(5));
+    // The unfinished requests were counted against the attacker's own uid (the caller of the
+    // request, not the unknown bucket).
+    let attacker_line = format!(
+        "refused: too many unfinished requests of this user (uid {};",
+        attacker.uid
+    );
+    assert!(log.contains(&attacker_line), "{log}");
     let lines = log.matches("refused: too many").count();
     assert!((1..=10).contains(&lines), "{lines} refusal lines: {log}");
 }
