@@ -156,6 +156,47 @@ async fn forty_large_unfinished_bodies_stay_within_the_body_memory_budget() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_users_share_of_body_memory_is_answered_503_when_full_and_413_when_exceeded() {
+    let mock = MockUpstream::start(|_| Reply::json(200, "{}")).await;
+    let proxy = Proxy::start(
+        &mock.url("/v1/responses"),
+        &["--max-buffered-bodies-per-user", "1000"],
+    );
+    let head = |len: usize| {
+        format!("POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\n\r\n{{")
+    };
+    // Larger than the whole share: 413 at once.
+    let mut larger = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    larger.write_all(head(2000).as_bytes()).unwrap();
+    let answer = read_answer(&mut larger, Duration::from_secs(5));
+    assert_eq!(status_of(&answer), 413, "{answer}");
+    // One unfinished 600-byte body holds 600 of the 1,000 bytes: a second gets 503 at once.
+    let mut first = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    first.write_all(head(600).as_bytes()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut second = std::net::TcpStream::connect(("127.0.0.1", proxy.port)).unwrap();
+    second.write_all(head(600).as_bytes()).unwrap();
+    let answer = read_answer(&mut second, Duration::from_secs(5));
+    assert_eq!(status_of(&answer), 503, "{answer}");
+    assert!(answer.contains("body_memory_share_full"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    // Once the first body is complete and answered, its memory is free again.
+    first.write_all(&[b' '; 599]).unwrap();
+    let answer = read_answer(&mut first, Duration::from_secs(2));
+    assert_eq!(status_of(&answer), 200, "{answer}");
+    let ok = http_client()
+        .post(proxy.url("/v1/responses"))
+        .body(format!("{{{}}}", " ".repeat(900)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+}
+
 /// A system user that exists for the duration of a test (as in tests/who_is_calling.rs).
 struct TestUser {
     name: String,
