@@ -290,6 +290,46 @@ pub struct Cli {
     )]
     pub tokens_per_day: Option<u64>,
 
+    /// Most connections one local user may hold open (more are answered 429 and closed).
+    /// Default: an eighth of the worker's open-files limit less 64, between 8 and 4096.
+    #[arg(
+        long,
+        env = "CODEX_PROXY_MAX_CONNECTIONS_PER_USER",
+        value_name = "N",
+        help_heading = "Who is calling"
+    )]
+    pub max_connections_per_user: Option<usize>,
+
+    /// Most connections of one local user whose request body is still arriving (429 beyond).
+    /// Default: a quarter of --max-connections-per-user.
+    #[arg(
+        long,
+        env = "CODEX_PROXY_MAX_UNFINISHED_REQUESTS_PER_USER",
+        value_name = "N",
+        help_heading = "Who is calling"
+    )]
+    pub max_unfinished_requests_per_user: Option<usize>,
+
+    /// Most bytes of request bodies buffered for all users together (503 beyond). Default
+    /// 256 MiB.
+    #[arg(
+        long,
+        env = "CODEX_PROXY_MAX_BUFFERED_BODIES",
+        value_name = "BYTES",
+        help_heading = "Who is calling"
+    )]
+    pub max_buffered_bodies: Option<usize>,
+
+    /// Most bytes of request bodies buffered for one local user (503 beyond; a body larger
+    /// than this gets 413). Default 64 MiB.
+    #[arg(
+        long,
+        env = "CODEX_PROXY_MAX_BUFFERED_BODIES_PER_USER",
+        value_name = "BYTES",
+        help_heading = "Who is calling"
+    )]
+    pub max_buffered_bodies_per_user: Option<usize>,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 

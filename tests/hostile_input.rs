@@ -93,6 +93,56 @@ async fn content_length_with_transfer_encoding_is_refused_and_never_forwarded() 
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn no_first_request_switches_the_framing_check_off() {
+    // Each opener once made the guard stop following the connection, so that a later
+    // request with both framings reached the upstream.
+    let mock = MockUpstream::start(|_| Reply::json(200, "{}")).await;
+    let proxy = Proxy::start(&mock.url("/v1/responses"), &[]);
+    let zeros = "0".repeat(300);
+    let extension = "x".repeat(1000);
+    let head = "POST /v1/responses HTTP/1.1\r\nHost: x\r\n";
+    let openers = [
+        (
+            "Upgrade",
+            format!("{head}Upgrade: foo\r\nContent-Length: 2\r\n\r\n{{}}"),
+        ),
+        (
+            "Content-Length with 300 leading zeros",
+            format!("{head}Content-Length: {zeros}2\r\n\r\n{{}}"),
+        ),
+        (
+            "long chunk extension",
+            format!("{head}Transfer-Encoding: chunked\r\n\r\n2;e={extension}\r\n{{}}\r\n0\r\n\r\n"),
+        ),
+        (
+            "chunk size with leading zeros",
+            format!("{head}Transfer-Encoding: chunked\r\n\r\n{zeros}2\r\n{{}}\r\n{zeros}\r\n\r\n"),
+        ),
+    ];
+    let smuggled =
+        format!("{head}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n");
+    for (name, opener) in &openers {
+        let (answer, closed) = exchange(proxy.port, format!("{opener}{smuggled}").as_bytes());
+        assert!(closed, "{name}: connection left open: {answer}");
+        assert_eq!(
+            status_of(&answer),
+            200,
+            "{name}: the opener itself: {answer}"
+        );
+        let second = answer
+            .match_indices("HTTP/1.1 ")
+            .nth(1)
+            .map(|(at, _)| &answer[at..]);
+        let second = second.unwrap_or_else(|| panic!("{name}: one answer only: {answer}"));
+        assert_eq!(status_of(second), 400, "{name}: {answer}");
+        assert!(second.contains("ambiguous_framing"), "{name}: {answer}");
+    }
+    let seen = mock.seen();
+    assert_eq!(seen.len(), openers.len(), "{seen:?}");
+    assert!(seen.iter().all(|s| s.body.as_ref() == b"{}"), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_bare_line_feed_in_a_head_is_refused() {
     let mock = MockUpstream::start(|_| Reply::json(200, "{}")).await;
     let proxy = Proxy::start(&mock.url("/v1/responses"), &[]);

@@ -8,6 +8,7 @@
 
 use super::access_control::AllowList;
 use super::client_headers::ClientHeaderForwarding;
+use super::fair_share::FairShareLimits;
 use super::upstream_auth::{AuthError, AuthMode};
 use super::wrapper_routes::WrapperConfig;
 use crate::cli::Cli;
@@ -34,6 +35,8 @@ pub struct WorkerConfig {
     /// Who may call (None: every local user).
     pub allow: Option<AllowList>,
     pub limits: Limits,
+    /// Per-user caps on connections and buffered request bodies.
+    pub fair_share: FairShareLimits,
 }
 
 /// How the worker authenticates upstream.
@@ -87,6 +90,14 @@ impl WorkerConfig {
                 requests_per_minute: cli.requests_per_minute,
                 tokens_per_day: cli.tokens_per_day,
             },
+            // The supervisor has raised the open-files limit the worker inherits.
+            fair_share: FairShareLimits::with_defaults(
+                super::fair_share::open_files_limit(),
+                cli.max_connections_per_user,
+                cli.max_unfinished_requests_per_user,
+                cli.max_buffered_bodies,
+                cli.max_buffered_bodies_per_user,
+            ),
             auth,
         })
     }

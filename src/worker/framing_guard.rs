@@ -8,11 +8,17 @@
 //! [`FramingWatch`] wraps a client connection and shows every byte hyper reads to a
 //! [`FramingScanner`], a pure state machine that follows request boundaries (heads,
 //! Content-Length bodies, chunked bodies with trailers) and judges each head before hyper
-//! parses it. The service then asks [`FramingVerdicts`] about its request by number. When the
-//! scanner meets something it cannot follow (an upgrade, a framing hyper will refuse anyway) it
-//! stops judging rather than guess.
+//! parses it. The service then asks [`FramingVerdicts`] about its request by number.
+//!
+//! The rule holds for every request on a connection, whatever came before it. Numbers are read
+//! as hyper reads them (any count of leading zeros, a chunk line of any length), and an
+//! `Upgrade` header changes nothing (this server never switches protocols: hyper answers such
+//! a request like any other and keeps reading requests after it). Where the scanner still
+//! cannot follow the bytes (a framing hyper will refuse, a `Content-Length` it cannot read) it
+//! refuses the request it is in, or the next one when it is past a head, rather than stop
+//! judging.
 
-use super::http1_syntax::{chunk_size, trim_ows};
+use super::http1_syntax::{hex_value, trim_ows};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +31,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 pub enum FramingFault {
     ContentLengthWithTransferEncoding,
     BareLineFeed,
+    /// Framing the guard cannot follow (hyper refuses most of it anyway).
+    Unfollowable,
 }
 
 impl FramingFault {
@@ -36,6 +44,9 @@ impl FramingFault {
             FramingFault::BareLineFeed => {
                 "A line of the request head ends in a bare LF; HTTP/1.1 lines end in CRLF."
             }
+            FramingFault::Unfollowable => {
+                "The request's framing cannot be followed (an unreadable Content-Length, Transfer-Encoding or chunk line, or a request after one); send one plain Content-Length or a chunked body."
+            }
         }
     }
 
@@ -43,6 +54,7 @@ impl FramingFault {
         match self {
             FramingFault::ContentLengthWithTransferEncoding => 1,
             FramingFault::BareLineFeed => 2,
+            FramingFault::Unfollowable => 3,
         }
     }
 
@@ -50,6 +62,7 @@ impl FramingFault {
         match code {
             1 => Some(FramingFault::ContentLengthWithTransferEncoding),
             2 => Some(FramingFault::BareLineFeed),
+            3 => Some(FramingFault::Unfollowable),
             _ => None,
         }
     }
@@ -58,23 +71,145 @@ impl FramingFault {
 /// Longest line prefix kept; header names and the values we need are far shorter.
 const LINE_PREFIX: usize = 256;
 
-/// One line being collected across reads: its first bytes, its full length, and the byte
-/// before its LF.
+/// Which number a line carries, read whatever the line's length.
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum LineKind {
+    /// A head line: a `Content-Length` value (decimal, surrounded by optional whitespace).
+    #[default]
+    Header,
+    /// A chunk-size line: hex digits, then optional whitespace and extensions.
+    ChunkSize,
+    /// A trailer line: no number.
+    Other,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NumberPart {
+    Before,
+    Digits,
+    After,
+    Invalid,
+}
+
+/// A number read as its bytes pass, as hyper reads it: any count of leading zeros, at most
+/// `u64::MAX`.
+#[derive(Clone, Copy)]
+struct NumberReader {
+    hex: bool,
+    part: NumberPart,
+    value: u64,
+}
+
+impl NumberReader {
+    fn new(hex: bool) -> Self {
+        NumberReader {
+            hex,
+            part: NumberPart::Before,
+            value: 0,
+        }
+    }
+
+    fn feed(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            let digit = if self.hex {
+                hex_value(b)
+            } else {
+                b.is_ascii_digit().then(|| b - b'0')
+            };
+            self.part = match (self.part, digit) {
+                (NumberPart::Invalid, _) => return,
+                (NumberPart::Before | NumberPart::Digits, Some(d)) => {
+                    let radix = if self.hex { 16 } else { 10 };
+                    match self
+                        .value
+                        .checked_mul(radix)
+                        .and_then(|v| v.checked_add(u64::from(d)))
+                    {
+                        Some(v) => {
+                            self.value = v;
+                            NumberPart::Digits
+                        }
+                        None => NumberPart::Invalid,
+                    }
+                }
+                // A header value may start with whitespace; a chunk size starts at once.
+                (NumberPart::Before, None) if !self.hex && matches!(b, b' ' | b'\t') => {
+                    NumberPart::Before
+                }
+                // After a chunk size come whitespace, extensions and the CR, as hyper checks.
+                (NumberPart::Digits | NumberPart::After, _) if self.hex => NumberPart::After,
+                (NumberPart::Digits | NumberPart::After, _)
+                    if matches!(b, b' ' | b'\t' | b'\r') =>
+                {
+                    NumberPart::After
+                }
+                _ => NumberPart::Invalid,
+            };
+        }
+    }
+
+    fn value(&self) -> Option<u64> {
+        matches!(self.part, NumberPart::Digits | NumberPart::After).then_some(self.value)
+    }
+}
+
+/// One line being collected across reads: its first bytes, its full length, the byte before
+/// its LF, and (for a line longer than the kept prefix) the number it carries, read as it
+/// passes.
 #[derive(Default)]
 struct Line {
+    kind: LineKind,
     prefix: Vec<u8>,
     len: usize,
     last: Option<u8>,
+    long_number: Option<NumberReader>,
 }
 
 impl Line {
     fn push(&mut self, bytes: &[u8]) {
         let room = LINE_PREFIX.saturating_sub(self.prefix.len());
-        self.prefix
-            .extend_from_slice(&bytes[..bytes.len().min(room)]);
+        let kept = bytes.len().min(room);
+        self.prefix.extend_from_slice(&bytes[..kept]);
+        let before = self.len;
         self.len += bytes.len();
         if let Some(&b) = bytes.last() {
             self.last = Some(b);
+        }
+        if self.len > LINE_PREFIX {
+            if before <= LINE_PREFIX {
+                // The prefix just filled up: read its number so far, then the rest as it comes.
+                self.long_number = self.number_in_prefix();
+            }
+            if let Some(reader) = &mut self.long_number {
+                reader.feed(&bytes[kept..]);
+            }
+        }
+    }
+
+    /// A reader fed with the part of the kept prefix that carries this line's number.
+    fn number_in_prefix(&self) -> Option<NumberReader> {
+        let (hex, digits) = match self.kind {
+            LineKind::ChunkSize => (true, self.prefix.as_slice()),
+            LineKind::Header => {
+                let colon = memchr::memchr(b':', &self.prefix)?;
+                if !self.prefix[..colon].eq_ignore_ascii_case(b"content-length") {
+                    return None;
+                }
+                (false, &self.prefix[colon + 1..])
+            }
+            LineKind::Other => return None,
+        };
+        let mut reader = NumberReader::new(hex);
+        reader.feed(digits);
+        Some(reader)
+    }
+
+    /// The number the whole line carries (a chunk size, a `Content-Length` value).
+    fn number(&self) -> Option<u64> {
+        if self.len > LINE_PREFIX {
+            self.long_number?.value()
+        } else {
+            self.number_in_prefix()?.value()
         }
     }
 
@@ -98,6 +233,7 @@ impl Line {
         self.prefix.clear();
         self.len = 0;
         self.last = None;
+        self.long_number = None;
     }
 }
 
@@ -111,7 +247,6 @@ struct HeadFacts {
     transfer_encoding_lines: usize,
     /// Whether the last Transfer-Encoding line ends in `chunked` (None: unreadable).
     chunked: Option<bool>,
-    opaque_after_head: bool,
     fault: Option<FramingFault>,
 }
 
@@ -123,7 +258,8 @@ enum Phase {
     /// The CRLF after a chunk's data: how many of its two bytes have been seen.
     ChunkDataEnd(u8),
     Trailer,
-    /// Past something the scanner cannot follow: no more verdicts on this connection.
+    /// Past something the scanner cannot follow: the request it happened in (or the next one)
+    /// is refused, and nothing more is read.
     Stopped,
 }
 
@@ -172,7 +308,7 @@ impl FramingScanner {
                     let expected = if *seen == 0 { b'\r' } else { b'\n' };
                     if bytes[0] != expected {
                         // hyper refuses this chunk; nothing more to follow.
-                        self.phase = Phase::Stopped;
+                        self.cannot_follow_body();
                         return;
                     }
                     bytes = &bytes[1..];
@@ -183,6 +319,13 @@ impl FramingScanner {
                     }
                 }
                 Phase::Head(_) | Phase::ChunkSize | Phase::Trailer => {
+                    if self.line.len == 0 {
+                        self.line.kind = match self.phase {
+                            Phase::Head(_) => LineKind::Header,
+                            Phase::ChunkSize => LineKind::ChunkSize,
+                            _ => LineKind::Other,
+                        };
+                    }
                     match memchr::memchr(b'\n', bytes) {
                         Some(at) => {
                             self.line.push(&bytes[..at]);
@@ -212,7 +355,6 @@ impl FramingScanner {
                     // Empty lines before a request line are skipped (RFC 9112 §2.2).
                     if !line.is_empty() {
                         facts.request_line_seen = true;
-                        facts.opaque_after_head = line.prefix.starts_with(b"CONNECT ");
                     }
                     return;
                 }
@@ -223,16 +365,12 @@ impl FramingScanner {
                 }
             }
             Phase::ChunkSize => {
-                let size = line
-                    .content()
-                    .filter(|_| line.ended_with_cr())
-                    .and_then(chunk_size)
-                    .map(|(size, _)| size);
-                self.phase = match size {
-                    Some(0) => Phase::Trailer,
-                    Some(size) => Phase::ChunkData(size),
-                    None => Phase::Stopped,
-                };
+                let size = line.number().filter(|_| line.ended_with_cr());
+                match size {
+                    Some(0) => self.phase = Phase::Trailer,
+                    Some(size) => self.phase = Phase::ChunkData(size),
+                    None => self.cannot_follow_body(),
+                }
             }
             Phase::Trailer => {
                 if line.is_empty() {
@@ -260,23 +398,34 @@ impl FramingScanner {
             self.refused = Some((index, fault));
             return;
         }
-        if facts.opaque_after_head {
-            return;
-        }
-        self.phase = if facts.transfer_encoding_lines > 0 {
+        // A CONNECT or an Upgrade is framed like any request: this server never switches
+        // protocols, and hyper reads the next request after answering one.
+        let next = if facts.transfer_encoding_lines > 0 {
             match facts.chunked {
-                Some(true) => Phase::ChunkSize,
-                _ => Phase::Stopped,
+                Some(true) => Some(Phase::ChunkSize),
+                _ => None,
             }
         } else if facts.content_length_lines > 0 {
             match facts.content_length {
-                Some(0) => Phase::Head(HeadFacts::default()),
-                Some(n) => Phase::FixedBody(n),
-                None => Phase::Stopped,
+                Some(0) => Some(Phase::Head(HeadFacts::default())),
+                Some(n) => Some(Phase::FixedBody(n)),
+                None => None,
             }
         } else {
-            Phase::Head(HeadFacts::default())
+            Some(Phase::Head(HeadFacts::default()))
         };
+        match next {
+            Some(phase) => self.phase = phase,
+            // hyper refuses most of these itself; whatever it accepts is not guessed at.
+            None => self.refused = Some((index, FramingFault::Unfollowable)),
+        }
+    }
+
+    /// Lost inside a body: every request from the next one on is refused (hyper usually
+    /// closes the connection first).
+    fn cannot_follow_body(&mut self) {
+        self.phase = Phase::Stopped;
+        self.refused = Some((self.heads_seen, FramingFault::Unfollowable));
     }
 }
 
@@ -289,17 +438,13 @@ fn note_header(facts: &mut HeadFacts, line: &Line) {
     let value = line.content().map(|c| trim_ows(&c[colon + 1..]));
     if name.eq_ignore_ascii_case(b"content-length") {
         facts.content_length_lines += 1;
-        facts.content_length = value
-            .filter(|v| !v.is_empty() && v.iter().all(u8::is_ascii_digit))
-            .and_then(|v| std::str::from_utf8(v).ok()?.parse().ok());
+        facts.content_length = line.number();
     } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
         facts.transfer_encoding_lines += 1;
         facts.chunked = value.map(|v| {
             let last = v.rsplit(|b| *b == b',').next().unwrap_or_default();
             trim_ows(last).eq_ignore_ascii_case(b"chunked")
         });
-    } else if name.eq_ignore_ascii_case(b"upgrade") {
-        facts.opaque_after_head = true;
     }
 }
 
@@ -487,17 +632,61 @@ mod tests {
         assert_eq!(verdict(input.as_bytes()), Some((0, CL_TE)));
     }
 
+    const SMUGGLED: &[u8] =
+        b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+
     #[test]
-    fn the_scanner_stops_where_it_cannot_follow() {
-        // After an upgrade or a malformed chunk the bytes are not requests any more.
-        assert_eq!(
-            verdict(b"GET / HTTP/1.1\r\nUpgrade: x\r\n\r\nGET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"),
-            None
-        );
-        assert_eq!(
-            verdict(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nGET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"),
-            None
-        );
+    fn every_request_is_judged_whatever_came_before() {
+        let zeros = "0".repeat(300);
+        let extension = "x".repeat(10_000);
+        let openers = [
+            "GET / HTTP/1.1\r\nUpgrade: foo\r\nConnection: upgrade\r\n\r\n".to_owned(),
+            "POST / HTTP/1.1\r\nUpgrade: websocket\r\nContent-Length: 2\r\n\r\n{}".to_owned(),
+            "CONNECT / HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}".to_owned(),
+            format!("POST / HTTP/1.1\r\nContent-Length: {zeros}2\r\n\r\n{{}}"),
+            format!("POST / HTTP/1.1\r\nContent-Length: \t{zeros}2 \r\n\r\n{{}}"),
+            format!("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2;e={extension}\r\n{{}}\r\n0\r\n\r\n"),
+            format!("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n{zeros}2\r\n{{}}\r\n0000\r\n\r\n"),
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n00000000000000000002 ;a=b\r\n{}\r\n0\r\n\r\n".to_owned(),
+        ];
+        for opener in openers {
+            let input = [opener.as_bytes(), SMUGGLED].concat();
+            assert_eq!(verdict(&input), Some((1, CL_TE)), "after {opener:.80}");
+        }
+    }
+
+    #[test]
+    fn what_the_scanner_cannot_follow_is_refused_not_skipped() {
+        let unfollowable = FramingFault::Unfollowable;
+        // In a head: the request itself.
+        for head in [
+            "POST / HTTP/1.1\r\nContent-Length: 4, 4\r\n\r\n".to_owned(),
+            "POST / HTTP/1.1\r\nContent-Length: 99999999999999999999999\r\n\r\n".to_owned(),
+            "POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n".to_owned(),
+            format!(
+                "POST / HTTP/1.1\r\nTransfer-Encoding: {}chunked\r\n\r\n",
+                " ".repeat(300)
+            ),
+        ] {
+            let input = [head.as_bytes(), SMUGGLED].concat();
+            assert_eq!(verdict(&input), Some((0, unfollowable)), "{head:.80}");
+        }
+        // In a body: every request after it.
+        for bad_chunk in [
+            "zz\r\n",
+            "2\r\n{}XX",
+            "2\n{}\r\n",
+            ";\r\n",
+            "10000000000000000\r\n",
+        ] {
+            let input = [
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                bad_chunk.as_bytes(),
+                b"GET / HTTP/1.1\r\n\r\n",
+            ]
+            .concat();
+            assert_eq!(verdict(&input), Some((1, unfollowable)), "{bad_chunk:?}");
+        }
     }
 
     #[test]

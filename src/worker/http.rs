@@ -15,6 +15,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use super::fair_share::{
+    FairShare, FairShareLimits, Refusal, ReservedBody, UnfinishedSlot, UserKey,
+};
 use super::peer_identity::PeerIdentity;
 use crate::usage::{Accounting, UsageTap};
 
@@ -496,16 +499,28 @@ pub fn close_after(mut response: Response<Body>) -> Response<Body> {
     response
 }
 
-/// Reads a whole request body of at most `limit` bytes; a larger one is a 413 (refused from
-/// `Content-Length` before reading when the client declares it), and a client that stops
-/// sending it for the whole `timeout` gets a 408.
+/// What a request body may take: its size, the silence allowed while it arrives, and the
+/// caller's fair share (memory for buffered bodies, unfinished requests), when counted.
+pub struct BodyLimits<'a> {
+    pub max_bytes: usize,
+    pub timeout: std::time::Duration,
+    pub share: Option<(&'a Arc<FairShare>, UserKey)>,
+}
+
+/// Reads a whole request body of at most `limits.max_bytes` bytes; a larger one is a 413
+/// (refused from `Content-Length` before reading when the client declares it), and a client
+/// that stops sending it for the whole timeout gets a 408. The body's memory is reserved in
+/// the caller's fair share (the declared length up front, else as bytes arrive) and stays
+/// reserved as long as the returned bytes live; a body that does not fit gets a 503 (a 413
+/// when it could never fit the caller's share) and a caller with too many unfinished requests
+/// a 429, at once, and the connection is closed.
 pub async fn read_request_body(
     body: hyper::body::Incoming,
     headers: &header::HeaderMap,
-    limit: usize,
-    timeout: std::time::Duration,
+    limits: BodyLimits<'_>,
 ) -> Result<Bytes, Response<Body>> {
-    let too_large = || {
+    let limit = limits.max_bytes;
+    let too_large = |limit: usize| {
         error_response(
             StatusCode::PAYLOAD_TOO_LARGE,
             &format!("Request body is larger than the proxy's limit of {limit} bytes."),
@@ -518,11 +533,12 @@ pub async fn read_request_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
-        return Err(too_large());
+        return Err(too_large(limit));
     }
-    match collect_body(body, limit, timeout).await {
+    match collect_body(body, limits, declared).await {
         Ok(bytes) => Ok(bytes),
-        Err(BodyFault::TooLarge) => Err(too_large()),
+        Err(BodyFault::TooLarge) => Err(too_large(limit)),
+        Err(BodyFault::Refused(refusal, share)) => Err(refused(refusal, share, declared)),
         Err(BodyFault::TimedOut) => Err(close_after(error_response(
             StatusCode::REQUEST_TIMEOUT,
             "The request body did not arrive in time.",
@@ -538,25 +554,94 @@ pub async fn read_request_body(
     }
 }
 
+/// The answer to a body the caller's fair share refused; the connection is closed, so the
+/// rest of the body is never read.
+fn refused(refusal: Refusal, share: FairShareLimits, declared: Option<u64>) -> Response<Body> {
+    let (status, message, kind, code) = match refusal {
+        Refusal::UserBodies if declared.is_some_and(|n| n > share.buffered_bodies_per_user as u64) => (
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "Request body is larger than one user's share of the proxy's body memory ({} bytes).",
+                share.buffered_bodies_per_user
+            ),
+            "invalid_request_error",
+            "request_too_large",
+        ),
+        Refusal::UserBodies => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "Your request bodies being received fill your share of the proxy's memory ({} bytes); retry when they are done.",
+                share.buffered_bodies_per_user
+            ),
+            "server_error",
+            "body_memory_share_full",
+        ),
+        Refusal::AllBodies => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "The proxy's memory for request bodies ({} bytes) is full; retry shortly.",
+                share.buffered_bodies
+            ),
+            "server_error",
+            "body_memory_full",
+        ),
+        Refusal::UnfinishedRequests | Refusal::Connections => (
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "You have too many requests whose body is still arriving (at most {}); finish them first.",
+                share.unfinished_requests_per_user
+            ),
+            "requests",
+            "too_many_unfinished_requests",
+        ),
+    };
+    let mut response = close_after(error_response(status, &message, kind, Some(code)));
+    if status != StatusCode::PAYLOAD_TOO_LARGE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, header::HeaderValue::from(1));
+    }
+    response
+}
+
 enum BodyFault {
     TooLarge,
     TimedOut,
+    Refused(Refusal, FairShareLimits),
     Failed(hyper::Error),
 }
 
-/// The whole request body, at most `limit` bytes, failing if it is not all there `timeout`
-/// after it was first waited for. A body that arrived in one piece (the usual case: it came
-/// with the head) is handed on as it is, and the timer only exists once there is a wait.
+/// The whole request body, at most `limits.max_bytes` bytes, failing if it is not all there
+/// the timeout after it was first waited for. A body that arrived in one piece (the usual
+/// case: it came with the head) is handed on as it is, and the timer (and the unfinished
+/// request's slot) only exist once there is a wait. With a declared length, the buffer is
+/// allocated once at that size.
 async fn collect_body(
     mut body: hyper::body::Incoming,
-    limit: usize,
-    timeout: std::time::Duration,
+    limits: BodyLimits<'_>,
+    declared: Option<u64>,
 ) -> Result<Bytes, BodyFault> {
+    let BodyLimits {
+        max_bytes: limit,
+        timeout,
+        share,
+    } = limits;
+    let refused = |refusal| BodyFault::Refused(refusal, share.map_or(NO_SHARE, |s| s.0.limits()));
+    // The declared length is held from the start (hyper never delivers more).
+    let mut reservation = match share {
+        Some((share, user)) => Some(
+            share
+                .reserve(user, declared.unwrap_or(0) as usize)
+                .map_err(refused)?,
+        ),
+        None => None,
+    };
+    let mut unfinished: Option<UnfinishedSlot> = None;
     let mut first: Option<Bytes> = None;
     let mut gathered: Option<BytesMut> = None;
     let mut total = 0usize;
     let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
-    std::future::poll_fn(|cx| loop {
+    let bytes = std::future::poll_fn(|cx| loop {
         match Pin::new(&mut body).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 // Trailers carry nothing the upstream is sent.
@@ -570,12 +655,20 @@ async fn collect_body(
                 match (&mut first, &mut gathered) {
                     (None, None) => first = Some(data),
                     (Some(_), None) => {
-                        let mut all = BytesMut::with_capacity(total);
+                        let capacity = declared.map_or(total, |n| (n as usize).max(total));
+                        let mut all = BytesMut::with_capacity(capacity);
                         all.extend_from_slice(&first.take().unwrap_or_default());
                         all.extend_from_slice(&data);
                         gathered = Some(all);
                     }
                     (_, Some(all)) => all.extend_from_slice(&data),
+                }
+                // Without a declared length, what the buffer holds is reserved as it grows.
+                let held = gathered.as_ref().map_or(total, BytesMut::capacity);
+                if let Some(reservation) = &mut reservation {
+                    if let Err(refusal) = reservation.grow_to(held) {
+                        return Poll::Ready(Err(refused(refusal)));
+                    }
                 }
             }
             Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(BodyFault::Failed(e))),
@@ -586,6 +679,14 @@ async fn collect_body(
                 }))
             }
             Poll::Pending => {
+                if unfinished.is_none() {
+                    if let Some((share, user)) = share {
+                        match share.start_unfinished(user) {
+                            Ok(slot) => unfinished = Some(slot),
+                            Err(refusal) => return Poll::Ready(Err(refused(refusal))),
+                        }
+                    }
+                }
                 let deadline =
                     deadline.get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 return match deadline.as_mut().poll(cx) {
@@ -595,8 +696,23 @@ async fn collect_body(
             }
         }
     })
-    .await
+    .await?;
+    Ok(match reservation {
+        // The memory stays counted until the last user of the bytes lets go.
+        Some(reservation) if reservation.bytes() > 0 && !bytes.is_empty() => {
+            Bytes::from_owner(ReservedBody { bytes, reservation })
+        }
+        _ => bytes,
+    })
 }
+
+/// The limits reported when a body is refused without a fair share (never happens).
+const NO_SHARE: FairShareLimits = FairShareLimits {
+    connections_per_user: 0,
+    unfinished_requests_per_user: 0,
+    buffered_bodies: 0,
+    buffered_bodies_per_user: 0,
+};
 
 #[cfg(test)]
 mod tests {

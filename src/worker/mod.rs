@@ -7,6 +7,7 @@ pub mod client_headers;
 pub mod config;
 pub mod connection_timer;
 pub mod direct_upstream;
+pub mod fair_share;
 pub mod framing_guard;
 pub mod headers;
 pub mod http;
@@ -25,6 +26,7 @@ use crate::cli::Cli;
 use crate::contract::{ApiKeyHeader, Handover, KeySource, Listener, WorkerMessage, WorkerPipe};
 use crate::usage::{Accounting, RetryAfter};
 use access_control::{AllowList, Denial};
+use fair_share::FairShare;
 use framing_guard::{FramingVerdicts, FramingWatch};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -64,17 +66,32 @@ pub struct State {
     pub allow: Option<Arc<AllowList>>,
     /// Per-user records and limits.
     pub accounting: Arc<Accounting>,
+    /// Per-user caps on connections and buffered request bodies (shared by every shard).
+    pub fair_share: Arc<FairShare>,
+}
+
+tokio::task_local! {
+    /// The user whose request is being served (the key of their fair share), set around each
+    /// request's service future.
+    static CALLER: fair_share::UserKey;
 }
 
 impl State {
-    /// The whole request body within this proxy's size limit and idle timeout, or the 413/408
-    /// response to send instead.
+    /// The whole request body within this proxy's size limit and idle timeout, and within the
+    /// caller's share of body memory and unfinished requests, or the 413/408/429/503 response
+    /// to send instead.
     pub async fn read_body(
         &self,
         body: hyper::body::Incoming,
         headers: &hyper::HeaderMap,
     ) -> Result<bytes::Bytes, hyper::Response<http::Body>> {
-        http::read_request_body(body, headers, self.max_request_body, self.idle_timeout).await
+        let caller = CALLER.try_with(|user| *user).unwrap_or(None);
+        let limits = http::BodyLimits {
+            max_bytes: self.max_request_body,
+            timeout: self.idle_timeout,
+            share: Some((&self.fair_share, caller)),
+        };
+        http::read_request_body(body, headers, limits).await
     }
 }
 
@@ -367,6 +384,19 @@ fn shared_state(config: &mut WorkerConfig, supervisor_pipe: WorkerPipe) -> Optio
             return None;
         }
     };
+    let fair_share = FairShare::new(config.fair_share);
+    let limits = config.fair_share;
+    info!(
+        connections_per_user = limits.connections_per_user,
+        unfinished_requests_per_user = limits.unfinished_requests_per_user,
+        buffered_bodies = limits.buffered_bodies,
+        buffered_bodies_per_user = limits.buffered_bodies_per_user,
+        "worker: fair shares: {} connection(s) per user, {} unfinished request(s) per user, {} MiB of request bodies ({} MiB per user)",
+        limits.connections_per_user,
+        limits.unfinished_requests_per_user,
+        limits.buffered_bodies >> 20,
+        limits.buffered_bodies_per_user >> 20
+    );
     Some(Arc::new(State {
         upstream,
         direct: None,
@@ -380,6 +410,7 @@ fn shared_state(config: &mut WorkerConfig, supervisor_pipe: WorkerPipe) -> Optio
         plain_client,
         allow: config.allow.take().map(Arc::new),
         accounting,
+        fair_share,
     }))
 }
 
@@ -581,6 +612,14 @@ fn spawn_connection<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    // One user may hold only their share of the worker's descriptors.
+    let slot = match state.fair_share.open_connection(identity.uid) {
+        Ok(slot) => slot,
+        Err(refusal) => {
+            tokio::spawn(refuse_connection(stream, refusal));
+            return;
+        }
+    };
     let verdicts = Arc::new(FramingVerdicts::default());
     let io = stall_guard::StallGuard::new(
         TokioIo::new(FramingWatch::new(stream, verdicts.clone())),
@@ -593,7 +632,7 @@ fn spawn_connection<S>(
         let identity = identity.clone();
         let number = requests_seen.fetch_add(1, Ordering::Relaxed);
         let framing_fault = verdicts.fault_of(number);
-        async move {
+        CALLER.scope(identity.uid, async move {
             let record = http::RequestRecord::new(
                 request.method(),
                 request.uri(),
@@ -624,7 +663,7 @@ fn spawn_connection<S>(
                 }
             };
             Ok::<_, std::convert::Infallible>(http::LoggedBody::wrap(response, record, accounted))
-        }
+        })
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(connection_timer::ConnectionTimer::default())
@@ -635,7 +674,35 @@ fn spawn_connection<S>(
         if let Err(e) = connection.await {
             debug!("connection ended with an error: {e}");
         }
+        drop(slot);
     });
+}
+
+/// A connection over its user's cap: a 429 written at once if the socket takes it, then
+/// closed (the refusal was logged, rate-limited, when it was counted).
+async fn refuse_connection<S>(mut stream: S, refusal: fair_share::Refusal)
+where
+    S: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::AsyncWriteExt;
+    let body = crate::api_error::error_body(
+        &format!(
+            "Refused: {}; close some of your connections and retry.",
+            refusal.reason()
+        ),
+        "requests",
+        Some("too_many_connections"),
+        None,
+    );
+    let response = format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\nretry-after: 1\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        stream.write_all(response.as_bytes()).await?;
+        stream.shutdown().await
+    })
+    .await;
 }
 
 #[cfg(test)]
