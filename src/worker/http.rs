@@ -250,11 +250,8 @@ impl RequestRecord {
         uri: &hyper::Uri,
         started: Instant,
         identity: Arc<PeerIdentity>,
+        is_model_route: bool,
     ) -> Self {
-        let is_model_route = method == hyper::Method::POST
-            && ["/responses", "/chat/completions", "/completions"]
-                .iter()
-                .any(|end| uri.path().ends_with(end));
         // Paths come from clients: keep the line short and printable.
         let raw = uri.path_and_query().map_or("", |p| p.as_str());
         let path = if raw.len() <= 200 && raw.bytes().all(|b| b.is_ascii_graphic()) {
@@ -678,7 +675,7 @@ mod tests {
         let record = |target: &str| {
             let uri: hyper::Uri = target.parse().unwrap();
             let identity = Arc::new(PeerIdentity::unknown());
-            RequestRecord::new(&hyper::Method::GET, &uri, Instant::now(), identity).path
+            RequestRecord::new(&hyper::Method::GET, &uri, Instant::now(), identity, false).path
         };
         assert_eq!(record("/v1/responses?a=b"), "/v1/responses?a=b");
         let long = format!("/{}", "x".repeat(300));

@@ -11,6 +11,7 @@ pub mod headers;
 pub mod http;
 pub mod http1_syntax;
 pub mod peer_identity;
+pub mod redact;
 pub mod routes;
 pub mod stall_guard;
 pub mod strict;
@@ -59,6 +60,8 @@ pub struct WorkerConfig {
     /// Who may call (None: every local user).
     pub allow: Option<AllowList>,
     pub limits: Limits,
+    /// Billing headers and the encoding asked of the upstream.
+    pub upstream_policy: headers::UpstreamRequestPolicy,
 }
 
 /// How the worker authenticates upstream, prepared by the supervisor.
@@ -96,6 +99,17 @@ impl WorkerConfig {
             limits: Limits {
                 requests_per_minute: cli.requests_per_minute,
                 tokens_per_day: cli.tokens_per_day,
+            },
+            upstream_policy: headers::UpstreamRequestPolicy {
+                organization: cli
+                    .openai_organization
+                    .as_deref()
+                    .and_then(|v| hyper::header::HeaderValue::from_str(v).ok()),
+                project: cli
+                    .openai_project
+                    .as_deref()
+                    .and_then(|v| hyper::header::HeaderValue::from_str(v).ok()),
+                forward_client_billing: cli.forward_billing_headers,
             },
             auth,
         }
@@ -338,6 +352,7 @@ fn direct_upstream_for(config: &WorkerConfig) -> Option<Arc<direct_upstream::Dir
         (AuthMode::ApiKey, KeySource::Key(header)) => direct_upstream::DirectUpstream::new(
             &config.upstream_url,
             header.header_value(),
+            config.upstream_policy.clone(),
             config.connect_timeout,
             config.idle_timeout,
         ),
@@ -382,7 +397,11 @@ fn shared_state(config: &mut WorkerConfig, supervisor_pipe: OwnedFd) -> Option<A
         settings.client_id = auth.client_id.clone();
         settings.refresh_after = auth.refresh_after;
         match UpstreamAuth::new(settings) {
-            Ok(auth) => Some(UpstreamClient::new(http, auth)),
+            Ok(auth) => Some(UpstreamClient::new(
+                http,
+                auth,
+                config.upstream_policy.clone(),
+            )),
             Err(e) => {
                 error!("worker: {e}");
                 return None;
@@ -596,13 +615,15 @@ fn spawn_connection<S>(
         let number = requests_seen.fetch_add(1, Ordering::Relaxed);
         let framing_fault = verdicts.fault_of(number);
         async move {
-            let record = http::RequestRecord::new(
-                request.method(),
-                request.uri(),
-                Instant::now(),
-                identity.clone(),
-            );
+            let started = Instant::now();
             if let Some(fault) = framing_fault {
+                let record = http::RequestRecord::new(
+                    request.method(),
+                    request.uri(),
+                    started,
+                    identity.clone(),
+                    false,
+                );
                 info!(client_user = %identity.display_name(), "refused: ambiguous framing: {fault:?}");
                 let response = http::error_response(
                     hyper::StatusCode::BAD_REQUEST,
@@ -616,12 +637,22 @@ fn spawn_connection<S>(
                     None,
                 ));
             }
-            // Refused requests are logged but not recorded as usage.
-            let (response, accounted) = match admission(&state, &identity, record.is_model_route) {
+            // One classification for routing, admission and accounting: refused requests
+            // are logged, but neither count against a limit nor are recorded as usage.
+            let route = routes::classify(&state, &request);
+            let is_model_route = route.is_model_route();
+            let record = http::RequestRecord::new(
+                request.method(),
+                request.uri(),
+                started,
+                identity.clone(),
+                is_model_route,
+            );
+            let (response, accounted) = match admission(&state, &identity, is_model_route) {
                 Some(refusal) => (refusal, None),
                 None => {
-                    let accounted = record.is_model_route.then(|| state.accounting.clone());
-                    (routes::handle(state, request).await, accounted)
+                    let accounted = is_model_route.then(|| state.accounting.clone());
+                    (routes::handle(state, route, request).await, accounted)
                 }
             };
             Ok::<_, std::convert::Infallible>(http::LoggedBody::wrap(response, record, accounted))
