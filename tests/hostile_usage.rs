@@ -406,3 +406,121 @@ async fn the_key_and_its_masked_forms_never_come_back_from_upstream_errors() {
         }
     }
 }
+
+/// Item: a client that resets its connection mid-stream, before the usage event, does not
+/// dodge accounting: the upstream stream is read on (without the client connection) and
+/// the usage recorded for that caller. Both upstream paths.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_resets_mid_stream_is_still_charged() {
+    for bridge in [false, true] {
+        let (mock, tx) = MockUpstream::streaming().await;
+        let (path, mode, first, last): (&str, &[&str], &str, &str) = if bridge {
+            (
+                "/v1/chat/completions",
+                &["--bridge-to-chat"],
+                "data: {\"id\":\"c1\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"gpt-test\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"hi\"},\"finish_reason\":null}]}\n\n",
+                BIG_CHAT,
+            )
+        } else {
+            (
+                "/v1/responses",
+                &[],
+                "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_1\"}}\n\n",
+                BIG_COMPLETED,
+            )
+        };
+        let (proxy, _dir, state) = start_with_state(&mock.url(path), mode);
+        tx.send(first.into()).await.unwrap();
+        let port = proxy.port;
+        // A raw client that reads the first bytes, then resets (SO_LINGER 0).
+        tokio::task::spawn_blocking(move || {
+            use std::io::{Read, Write};
+            let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            let body = r#"{"model":"m","input":"hi","stream":true}"#;
+            client
+                .write_all(
+                    format!(
+                        "POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                )
+                .unwrap();
+            let mut buf = [0u8; 4096];
+            let n = client.read(&mut buf).unwrap();
+            assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+            let linger = libc::linger {
+                l_onoff: 1,
+                l_linger: 0,
+            };
+            unsafe {
+                libc::setsockopt(
+                    std::os::fd::AsRawFd::as_raw_fd(&client),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    &linger as *const libc::linger as *const libc::c_void,
+                    std::mem::size_of::<libc::linger>() as u32,
+                );
+            }
+            drop(client);
+        })
+        .await
+        .unwrap();
+        // The usage comes later, after the client is gone.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let _ = tx.send(last.into()).await;
+        drop(tx);
+        let records = wait_for_records(&state, 1);
+        assert_eq!(
+            records[0]["input_tokens"], 149000,
+            "bridge={bridge}: {records:?}"
+        );
+        assert_eq!(records[0]["output_tokens"], 1000, "bridge={bridge}");
+        assert_eq!(
+            records[0]["uid"],
+            unsafe { libc::geteuid() },
+            "charged to the caller (bridge={bridge})"
+        );
+    }
+}
+
+/// Item: accounting survives a worker crash. Many streamed responses are delivered; the
+/// worker is SIGKILLed the moment the last client has seen the end of its response; every
+/// delivered response is in `usage.jsonl` (each is written, in one O_APPEND write, before
+/// its last bytes are released to the client).
+#[tokio::test(flavor = "multi_thread")]
+async fn every_response_a_client_saw_end_is_recorded_even_if_the_worker_is_killed() {
+    const CLIENTS: usize = 24;
+    for round in 0..3 {
+        let mock = MockUpstream::start(|_| Reply::sse(BIG_COMPLETED)).await;
+        let (proxy, _dir, state) = start_with_state(&mock.url("/v1/responses"), &[]);
+        let worker = proxy.worker_pid();
+        let port = proxy.port;
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let answer = raw_request(
+                        port,
+                        b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+                    );
+                    assert!(answer.contains("\"input_tokens\":149000"), "{answer}");
+                })
+            })
+            .collect();
+        for client in clients {
+            client.join().unwrap();
+        }
+        unsafe {
+            libc::kill(worker as i32, libc::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let lines = usage_lines(&state);
+        assert_eq!(
+            lines.len(),
+            CLIENTS,
+            "round {round}: {} of {CLIENTS} delivered responses recorded",
+            lines.len()
+        );
+        assert!(lines.iter().all(|l| l["input_tokens"] == 149000));
+    }
+}
