@@ -339,6 +339,9 @@ impl LoggedBody {
         let Some(accounting) = &self.accounting else {
             return;
         };
+        if !accounting.keeps_records() {
+            return;
+        }
         let usage = std::mem::take(&mut self.tap).finish();
         let r = &self.record;
         accounting.finish(
@@ -427,12 +430,13 @@ impl Drop for LoggedBody {
         };
         let mut tap = std::mem::take(&mut self.tap);
         let accounting = self.accounting.take();
-        // The client left a model route's successful stream before its usage came: the
-        // rest is read for it on this thread's runtime, without the client connection.
+        // The client left a model route's successful stream before its usage came, and usage
+        // is recorded or limited: the rest is read for it on this thread's runtime, without
+        // the client connection.
         if let (Some(accounting), "client_gone", None, true) =
             (&accounting, outcome, &self.recorded, self.readable)
         {
-            if (200..300).contains(&record.status) {
+            if (200..300).contains(&record.status) && accounting.keeps_records() {
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                     let inner = std::mem::replace(&mut self.inner, full(Bytes::new()));
                     runtime.spawn(drain_for_usage(inner, tap, accounting.clone(), record));
