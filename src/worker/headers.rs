@@ -197,6 +197,61 @@ mod tests {
     }
 
     #[test]
+    fn the_policy_asks_for_identity_and_decides_the_billing_headers() {
+        let client = map(&[
+            ("accept-encoding", "gzip, br"),
+            ("expect", "100-continue"),
+            ("openai-organization", "org-client"),
+            ("openai-project", "proj-client"),
+            ("openai-beta", "responses=v1"),
+        ]);
+        let fields = |policy: &UpstreamRequestPolicy| -> Vec<(String, String)> {
+            upstream_fields(&client, policy)
+                .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+                .collect()
+        };
+        let pair = |n: &str, v: &str| (n.to_owned(), v.to_owned());
+        let dropped = UpstreamRequestPolicy::default();
+        assert_eq!(
+            fields(&dropped),
+            [
+                pair("openai-beta", "responses=v1"),
+                pair("accept-encoding", "identity")
+            ]
+        );
+        let pinned = UpstreamRequestPolicy {
+            organization: Some(HeaderValue::from_static("org-admin")),
+            project: None,
+            forward_client_billing: true,
+        };
+        assert_eq!(
+            fields(&pinned),
+            [
+                pair("openai-project", "proj-client"),
+                pair("openai-beta", "responses=v1"),
+                pair("accept-encoding", "identity"),
+                pair("openai-organization", "org-admin"),
+            ]
+        );
+        // The general client's path applies the same policy to collected headers.
+        let mut collected = for_upstream(&client);
+        pinned.apply(&mut collected);
+        let mut names: Vec<&str> = collected.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(
+            names,
+            [
+                "accept-encoding",
+                "openai-beta",
+                "openai-organization",
+                "openai-project"
+            ]
+        );
+        assert_eq!(collected["openai-organization"], "org-admin");
+        assert_eq!(collected["accept-encoding"], "identity");
+    }
+
+    #[test]
     fn response_headers_keep_end_to_end_ones() {
         let out = for_client(&map(&[
             ("content-type", "text/event-stream"),
