@@ -330,6 +330,38 @@ pub struct Cli {
     )]
     pub max_buffered_bodies_per_user: Option<usize>,
 
+    /// Send `OpenAI-Organization: VALUE` upstream with every request (a client's own value
+    /// is dropped).
+    #[arg(
+        long,
+        env = "CODEX_PROXY_OPENAI_ORGANIZATION",
+        value_name = "VALUE",
+        value_parser = header_value_text,
+        help_heading = "Billing"
+    )]
+    pub openai_organization: Option<String>,
+
+    /// Send `OpenAI-Project: VALUE` upstream with every request (a client's own value is
+    /// dropped).
+    #[arg(
+        long,
+        env = "CODEX_PROXY_OPENAI_PROJECT",
+        value_name = "VALUE",
+        value_parser = header_value_text,
+        help_heading = "Billing"
+    )]
+    pub openai_project: Option<String>,
+
+    /// Let a client's own `OpenAI-Organization` and `OpenAI-Project` headers through (by
+    /// default they are dropped, so a local user cannot choose what the key bills; a value
+    /// pinned with --openai-organization or --openai-project still wins).
+    #[arg(
+        long,
+        env = "CODEX_PROXY_FORWARD_BILLING_HEADERS",
+        help_heading = "Billing"
+    )]
+    pub forward_billing_headers: bool,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 
@@ -352,6 +384,15 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// A header value the flags may pin: visible ASCII and spaces, not empty.
+fn header_value_text(text: &str) -> Result<String, String> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() || !trimmed.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+        return Err("must be non-empty printable ASCII".into());
+    }
+    Ok(trimmed.to_owned())
 }
 
 impl Cli {

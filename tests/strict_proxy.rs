@@ -364,10 +364,22 @@ async fn sigterm_lets_an_in_flight_stream_finish_then_exits_0() {
     assert_eq!(proxy.wait_exit(Duration::from_secs(10)).code(), Some(0));
 }
 
+/// A client that leaves mid-stream no longer holds anything, but the upstream stream is read
+/// on for the usage at its end (so leaving early does not dodge `--tokens-per-day`); an
+/// upstream that then stays silent is closed after `--idle-timeout`.
 #[tokio::test(flavor = "multi_thread")]
-async fn a_client_that_leaves_cancels_the_upstream_stream() {
+async fn a_client_that_leaves_is_drained_for_its_usage_then_the_upstream_closed() {
     let (mock, tx) = MockUpstream::streaming().await;
-    let proxy = Proxy::start(&mock.url("/v1/responses"), &[]);
+    let state = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(
+        &mock.url("/v1/responses"),
+        &[
+            "--idle-timeout",
+            "2",
+            "--state-directory",
+            state.path().to_str().unwrap(),
+        ],
+    );
     tx.send(Bytes::from_static(b"data: 1\n\n")).await.unwrap();
     let mut response = http_client()
         .post(proxy.url("/v1/responses"))
@@ -377,16 +389,60 @@ async fn a_client_that_leaves_cancels_the_upstream_stream() {
         .unwrap();
     response.chunk().await.unwrap().unwrap();
     drop(response);
-    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    // The upstream stream stays open while it is drained…
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    tx.send(Bytes::from_static(b": keep-alive\n\n"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        mock.stream_closed.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the upstream stream was closed before its usage came"
+    );
+    // …until its usage arrives and it ends: then it is recorded.
+    tx.send(Bytes::from_static(b"event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"model\":\"m\",\"usage\":{\"input_tokens\":70,\"output_tokens\":7}}}\n\n"))
+        .await
+        .unwrap();
+    drop(tx);
+    let usage = state.path().join("usage.jsonl");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = std::fs::read_to_string(&usage).unwrap_or_default();
+        if text.contains("\"input_tokens\":70") {
+            assert!(text.contains("\"output_tokens\":7"), "{text}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the usage of a stream whose client left was not recorded: {text:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = proxy.stderr_once_it_has("outcome=client_gone", Duration::from_secs(5));
+    assert!(log.contains("input_tokens=70"), "{log}");
+
+    // An upstream that goes silent after the client left is closed after the idle timeout.
+    let (mock, tx) = MockUpstream::streaming().await;
+    let proxy = Proxy::start(&mock.url("/v1/responses"), &["--idle-timeout", "1"]);
+    tx.send(Bytes::from_static(b"data: 1\n\n")).await.unwrap();
+    let mut response = http_client()
+        .post(proxy.url("/v1/responses"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    response.chunk().await.unwrap().unwrap();
+    drop(response);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while mock.stream_closed.load(std::sync::atomic::Ordering::SeqCst) == 0 {
         assert!(
             std::time::Instant::now() < deadline,
-            "upstream stream still open 1 s after the client left"
+            "upstream stream still open 5 s after the client left with a 1 s idle timeout"
         );
-        // Keep the mock writing so that it notices the closed connection.
-        let _ = tx.try_send(Bytes::from_static(b": keep-alive\n\n"));
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    drop(tx);
 }
 
 #[tokio::test(flavor = "multi_thread")]

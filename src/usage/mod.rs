@@ -26,6 +26,8 @@ pub fn unix_now() -> u64 {
 pub struct Accounting {
     store: Option<UsageStore>,
     limits: std::sync::Mutex<LimitState>,
+    /// Whether [`Accounting::finish`] keeps anything (a store, or a token limit to charge).
+    keeps_records: bool,
 }
 
 impl Accounting {
@@ -58,6 +60,7 @@ impl Accounting {
             None => None,
         };
         Ok(Accounting {
+            keeps_records: store.is_some() || limits.tokens_per_day.is_some(),
             store,
             limits: std::sync::Mutex::new(state),
         })
@@ -97,6 +100,12 @@ impl Accounting {
                 tracing::warn!("cannot record usage in {}: {e}", store.path().display());
             }
         }
+    }
+
+    /// Whether finishing a request records anything (a store to append to, or a daily token
+    /// limit to charge): when not, the usage is only read for the log line, off the hot path.
+    pub fn keeps_records(&self) -> bool {
+        self.keeps_records
     }
 
     /// The store's path, when there is one.

@@ -20,7 +20,7 @@ pub enum ClientHeaderForwarding {
 }
 
 /// Headers no mode may forward or override.
-const PROTECTED: [&str; 17] = [
+const PROTECTED: [&str; 20] = [
     "authorization",
     "proxy-authorization",
     "cookie",
@@ -32,6 +32,11 @@ const PROTECTED: [&str; 17] = [
     "session_id",
     "session-id",
     "chatgpt-account-id",
+    // Which organization and project the key bills: the admin's (`--openai-organization`,
+    // `--openai-project`, `--forward-billing-headers`), never a wrapper setting.
+    "openai-organization",
+    "openai-project",
+    "expect",
     "connection",
     "keep-alive",
     "te",

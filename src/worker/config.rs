@@ -37,6 +37,8 @@ pub struct WorkerConfig {
     pub limits: Limits,
     /// Per-user caps on connections and buffered request bodies.
     pub fair_share: FairShareLimits,
+    /// Billing headers and the encoding asked of the upstream.
+    pub upstream_policy: super::headers::UpstreamRequestPolicy,
 }
 
 /// How the worker authenticates upstream.
@@ -98,6 +100,17 @@ impl WorkerConfig {
                 cli.max_buffered_bodies,
                 cli.max_buffered_bodies_per_user,
             ),
+            upstream_policy: super::headers::UpstreamRequestPolicy {
+                organization: cli
+                    .openai_organization
+                    .as_deref()
+                    .and_then(|v| hyper::header::HeaderValue::from_str(v).ok()),
+                project: cli
+                    .openai_project
+                    .as_deref()
+                    .and_then(|v| hyper::header::HeaderValue::from_str(v).ok()),
+                forward_client_billing: cli.forward_billing_headers,
+            },
             auth,
         })
     }

@@ -51,6 +51,8 @@ pub struct DirectUpstream {
     authority: HeaderValue,
     path_and_query: String,
     authorization: HeaderValue,
+    /// Billing headers and the encoding asked for.
+    policy: super::headers::UpstreamRequestPolicy,
     connect_timeout: Duration,
     idle_timeout: Duration,
     idle: Mutex<Vec<Pooled>>,
@@ -61,6 +63,7 @@ impl DirectUpstream {
     pub fn new(
         url: &reqwest::Url,
         authorization: HeaderValue,
+        policy: super::headers::UpstreamRequestPolicy,
         connect_timeout: Duration,
         idle_timeout: Duration,
     ) -> Option<Arc<Self>> {
@@ -83,6 +86,7 @@ impl DirectUpstream {
             authority: HeaderValue::from_str(&authority).ok()?,
             path_and_query,
             authorization,
+            policy,
             connect_timeout,
             idle_timeout,
             idle: Mutex::new(Vec::new()),
@@ -98,7 +102,7 @@ impl DirectUpstream {
     ) -> Result<Response<Body>, UpstreamError> {
         // It holds the key: sized so that it never moves (which would leave a copy behind)
         // and wiped when dropped, however the request ends.
-        let fields: usize = super::headers::upstream_fields(client_headers)
+        let fields: usize = super::headers::upstream_fields(client_headers, &self.policy)
             .map(|(name, value)| name.as_str().len() + value.len() + 4)
             .sum();
         let capacity = 128
@@ -112,7 +116,7 @@ impl DirectUpstream {
             &self.path_and_query,
             &self.authority,
             &self.authorization,
-            super::headers::upstream_fields(client_headers),
+            super::headers::upstream_fields(client_headers, &self.policy),
             body.len(),
         );
         debug_assert!(
@@ -271,6 +275,9 @@ impl DirectUpstream {
         response
             .extensions_mut()
             .insert(UpstreamStatus(status.as_u16()));
+        response
+            .extensions_mut()
+            .insert(super::upstream::SentCredential(self.authorization.clone()));
         Ok(response)
     }
 

@@ -253,11 +253,8 @@ impl RequestRecord {
         uri: &hyper::Uri,
         started: Instant,
         identity: Arc<PeerIdentity>,
+        is_model_route: bool,
     ) -> Self {
-        let is_model_route = method == hyper::Method::POST
-            && ["/responses", "/chat/completions", "/completions"]
-                .iter()
-                .any(|end| uri.path().ends_with(end));
         // Paths come from clients: keep the line short and printable.
         let raw = uri.path_and_query().map_or("", |p| p.as_str());
         let path = if raw.len() <= 200 && raw.bytes().all(|b| b.is_ascii_graphic()) {
@@ -286,6 +283,13 @@ impl RequestRecord {
 
 /// A response body that counts what it sends, reads the token usage out of it as it passes,
 /// and logs (and accounts for) the request when it is done.
+///
+/// A model route's usage is recorded (one `O_APPEND` write to the store, and the user's
+/// limits) by the shard itself before the body's last bytes are handed to hyper, so a
+/// response whose end the client saw is on disk even if the worker is killed right after;
+/// only the log line waits for the after-response thread. When the client leaves
+/// mid-stream, the upstream stream is read on to its end for its usage, without the client
+/// connection ([`drain_for_usage`]).
 pub struct LoggedBody {
     inner: Body,
     record: RequestRecord,
@@ -293,6 +297,10 @@ pub struct LoggedBody {
     tap: UsageTap,
     /// Where the request's tokens are recorded (model routes only).
     accounting: Option<Arc<Accounting>>,
+    /// `Some` once the usage is recorded: what the log line reports.
+    recorded: Option<Option<TokenUsage>>,
+    /// Whether the tap can read this body (a body it cannot read is not drained).
+    readable: bool,
 }
 
 impl LoggedBody {
@@ -303,7 +311,8 @@ impl LoggedBody {
     ) -> Response<LoggedBody> {
         record.status = response.status().as_u16();
         record.upstream_status = response.extensions().get::<UpstreamStatus>().map(|s| s.0);
-        // Compressed bodies cannot be read as they pass; their tokens are not counted.
+        // The upstream is always asked for identity (`headers::UpstreamRequestPolicy`); a
+        // body that comes compressed anyway cannot be read as it passes.
         let readable = response
             .headers()
             .get(header::CONTENT_ENCODING)
@@ -319,7 +328,33 @@ impl LoggedBody {
             finished: false,
             tap,
             accounting,
+            recorded: None,
+            readable,
         })
+    }
+
+    /// Records the request's usage now (model routes, once): called before the body's last
+    /// bytes or its end go to hyper.
+    fn record_usage_now(&mut self) {
+        if self.recorded.is_some() {
+            return;
+        }
+        let Some(accounting) = &self.accounting else {
+            return;
+        };
+        if !accounting.keeps_records() {
+            return;
+        }
+        let usage = std::mem::take(&mut self.tap).finish();
+        let r = &self.record;
+        accounting.finish(
+            r.identity.uid,
+            r.identity.user.as_deref(),
+            &r.path,
+            r.status,
+            usage.as_ref(),
+        );
+        self.recorded = Some(usage);
     }
 }
 
@@ -339,12 +374,20 @@ impl HttpBody for LoggedBody {
                     this.record.bytes += data.len() as u64;
                     this.tap.observe(data);
                 }
+                // hyper writes this frame together with the body's end.
+                if this.accounting.is_some() && this.inner.is_end_stream() {
+                    this.record_usage_now();
+                }
             }
             Poll::Ready(Some(Err(_))) => {
                 this.record.failed = true;
                 this.finished = true;
+                this.record_usage_now();
             }
-            Poll::Ready(None) => this.finished = true,
+            Poll::Ready(None) => {
+                this.finished = true;
+                this.record_usage_now();
+            }
             Poll::Pending => {}
         }
         polled
@@ -363,6 +406,12 @@ impl HttpBody for LoggedBody {
 /// until its deferred work runs (handed on up to 64 requests or 50 ms later, then run on the
 /// after-response thread's next round).
 const MAX_DEFERRED_TAP_BYTES: usize = 64 * 1024;
+
+/// Most bytes read from the upstream for its usage after the client left.
+pub const DRAIN_BYTE_LIMIT: usize = 16 * 1024 * 1024;
+/// Longest time spent reading the upstream for its usage after the client left (the
+/// upstream's silence is bounded by `--idle-timeout` anyway).
+pub const DRAIN_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Drop for LoggedBody {
     fn drop(&mut self) {
@@ -383,10 +432,30 @@ impl Drop for LoggedBody {
             ..*r
         };
         let mut tap = std::mem::take(&mut self.tap);
+        let accounting = self.accounting.take();
+        // The client left a model route's successful stream before its usage came, and usage
+        // is recorded or limited: the rest is read for it on this thread's runtime, without
+        // the client connection.
+        if let (Some(accounting), "client_gone", None, true) =
+            (&accounting, outcome, &self.recorded, self.readable)
+        {
+            if (200..300).contains(&record.status) && accounting.keeps_records() {
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    let inner = std::mem::replace(&mut self.inner, full(Bytes::new()));
+                    runtime.spawn(drain_for_usage(inner, tap, accounting.clone(), record));
+                    return;
+                }
+            }
+        }
+        if let Some(usage) = self.recorded.take() {
+            crate::logging::defer(move || {
+                log_request(&record, usage.as_ref(), outcome, duration_ms)
+            });
+            return;
+        }
         if tap.held_bytes() > MAX_DEFERRED_TAP_BYTES {
             tap.parse_all();
         }
-        let accounting = self.accounting.take();
         // The body is dropped before its last bytes are written out: reading the usage,
         // accounting for it and formatting the line wait until this thread's event loop is
         // done with the response (on a thread that stays busy, at most 50 ms or 64 requests
@@ -405,6 +474,42 @@ impl Drop for LoggedBody {
             log_request(&record, usage.as_ref(), outcome, duration_ms)
         });
     }
+}
+
+/// Reads the rest of an upstream body whose client left, for the usage it reports at its
+/// end (at most [`DRAIN_BYTE_LIMIT`] bytes and [`DRAIN_TIME_LIMIT`]; the body's own idle
+/// limit ends a silent upstream), then closes it, records the usage and logs the request as
+/// `client_gone`.
+async fn drain_for_usage(
+    mut inner: Body,
+    mut tap: UsageTap,
+    accounting: Arc<Accounting>,
+    record: RequestRecord,
+) {
+    let reading = async {
+        let mut drained = 0usize;
+        while let Some(Ok(frame)) = inner.frame().await {
+            if let Some(data) = frame.data_ref() {
+                tap.observe(data);
+                drained += data.len();
+                if drained >= DRAIN_BYTE_LIMIT {
+                    break;
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_TIME_LIMIT, reading).await;
+    drop(inner);
+    let usage = tap.finish();
+    accounting.finish(
+        record.identity.uid,
+        record.identity.user.as_deref(),
+        &record.path,
+        record.status,
+        usage.as_ref(),
+    );
+    let duration_ms = record.started.elapsed().as_millis() as u64;
+    crate::logging::defer(move || log_request(&record, usage.as_ref(), "client_gone", duration_ms));
 }
 
 /// The one log line of a finished request: on stderr written straight into the batch, else
@@ -794,7 +899,7 @@ mod tests {
         let record = |target: &str| {
             let uri: hyper::Uri = target.parse().unwrap();
             let identity = Arc::new(PeerIdentity::unknown());
-            RequestRecord::new(&hyper::Method::GET, &uri, Instant::now(), identity).path
+            RequestRecord::new(&hyper::Method::GET, &uri, Instant::now(), identity, false).path
         };
         assert_eq!(record("/v1/responses?a=b"), "/v1/responses?a=b");
         let long = format!("/{}", "x".repeat(300));

@@ -13,6 +13,7 @@ pub mod headers;
 pub mod http;
 pub mod http1_syntax;
 pub mod peer_identity;
+pub mod redact;
 pub mod routes;
 pub mod stall_guard;
 pub mod strict;
@@ -309,6 +310,7 @@ fn direct_upstream_for(config: &WorkerConfig) -> Option<Arc<direct_upstream::Dir
         (AuthMode::ApiKey, KeySource::Key(header)) => direct_upstream::DirectUpstream::new(
             &config.upstream_url,
             key_header_value(header),
+            config.upstream_policy.clone(),
             config.connect_timeout,
             config.idle_timeout,
         ),
@@ -363,7 +365,11 @@ fn shared_state(config: &mut WorkerConfig, supervisor_pipe: WorkerPipe) -> Optio
         settings.client_id = auth.client_id.clone();
         settings.refresh_after = auth.refresh_after;
         match UpstreamAuth::new(settings) {
-            Ok(auth) => Some(UpstreamClient::new(http, auth)),
+            Ok(auth) => Some(UpstreamClient::new(
+                http,
+                auth,
+                config.upstream_policy.clone(),
+            )),
             Err(e) => {
                 error!("worker: {e}");
                 return None;
@@ -633,13 +639,15 @@ fn spawn_connection<S>(
         let number = requests_seen.fetch_add(1, Ordering::Relaxed);
         let framing_fault = verdicts.fault_of(number);
         CALLER.scope(identity.uid, async move {
-            let record = http::RequestRecord::new(
-                request.method(),
-                request.uri(),
-                Instant::now(),
-                identity.clone(),
-            );
+            let started = Instant::now();
             if let Some(fault) = framing_fault {
+                let record = http::RequestRecord::new(
+                    request.method(),
+                    request.uri(),
+                    started,
+                    identity.clone(),
+                    false,
+                );
                 info!(client_user = %identity.display_name(), "refused: ambiguous framing: {fault:?}");
                 let response = http::error_response(
                     hyper::StatusCode::BAD_REQUEST,
@@ -654,12 +662,22 @@ fn spawn_connection<S>(
                 ));
             }
             groups_looked_up_off_this_thread(&state, &identity).await;
-            // Refused requests are logged but not recorded as usage.
-            let (response, accounted) = match admission(&state, &identity, record.is_model_route) {
+            // One classification for routing, admission and accounting: refused requests
+            // are logged, but neither count against a limit nor are recorded as usage.
+            let route = routes::classify(&state, &request);
+            let is_model_route = route.is_model_route();
+            let record = http::RequestRecord::new(
+                request.method(),
+                request.uri(),
+                started,
+                identity.clone(),
+                is_model_route,
+            );
+            let (response, accounted) = match admission(&state, &identity, is_model_route) {
                 Some(refusal) => (refusal, None),
                 None => {
-                    let accounted = record.is_model_route.then(|| state.accounting.clone());
-                    (routes::handle(state, request).await, accounted)
+                    let accounted = is_model_route.then(|| state.accounting.clone());
+                    (routes::handle(state, route, request).await, accounted)
                 }
             };
             Ok::<_, std::convert::Infallible>(http::LoggedBody::wrap(response, record, accounted))

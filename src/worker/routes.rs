@@ -9,7 +9,38 @@ use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use std::sync::Arc;
 
-pub async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<Body> {
+/// Where a request goes: decided once, by [`classify`], and used for routing ([`handle`]),
+/// admission (only model routes count against `--requests-per-minute`) and accounting (only
+/// model routes are recorded in `usage.jsonl`).
+pub enum Route {
+    /// `POST /v1/responses`, forwarded (strict) or bridged to a chat upstream.
+    Responses,
+    /// `GET /shutdown` with `--http-shutdown`.
+    Shutdown,
+    /// A wrapper route (`--wrapper-routes`).
+    Wrapper(WrapperRoute),
+    /// Refused before anything is read or forwarded: the answer to send.
+    Refused(Response<Body>),
+}
+
+impl Route {
+    /// A request to a model: its tokens are counted, limited and recorded.
+    pub fn is_model_route(&self) -> bool {
+        matches!(
+            self,
+            Route::Responses
+                | Route::Wrapper(WrapperRoute::ChatCompletions(_) | WrapperRoute::Completions)
+        )
+    }
+}
+
+/// The one classification of a request: method, exact origin-form path (no query but for
+/// the Ollama pass-through), `Expect`, the wrapper's client key and whether a key is
+/// installed.
+pub fn classify<B>(state: &State, request: &Request<B>) -> Route {
+    if let Some(refusal) = unmet_expectation(request.headers()) {
+        return Route::Refused(refusal);
+    }
     let uri = request.uri();
     let origin_form = uri.scheme().is_none() && uri.authority().is_none();
     let has_query = uri.query().is_some();
@@ -30,25 +61,63 @@ pub async fn handle(state: Arc<State>, request: Request<Incoming>) -> Response<B
             if let Some(unauthorized) =
                 wrapper_routes::client_key_rejection(wrapper, request.headers())
             {
-                return unauthorized;
+                return Route::Refused(unauthorized);
             }
         }
-        if let Some(route) = route {
-            return wrapper_routes::serve(&state, wrapper, route, request).await;
+        match route {
+            Some(WrapperRoute::ChatCompletions(_) | WrapperRoute::Completions)
+                if state.upstream.is_none() =>
+            {
+                return Route::Refused(not_configured())
+            }
+            Some(route) => return Route::Wrapper(route),
+            None => {}
         }
     }
 
     match (request.method(), exact_path) {
-        (&Method::GET, "/shutdown") if state.http_shutdown => shutdown(&state),
-        (&Method::POST, "/v1/responses") => match &state.upstream {
+        (&Method::GET, "/shutdown") if state.http_shutdown => Route::Shutdown,
+        _ if state.upstream.is_none() => Route::Refused(not_configured()),
+        (&Method::POST, "/v1/responses") => Route::Responses,
+        _ => Route::Refused(forbidden(state)),
+    }
+}
+
+/// A 417 for any expectation but `100-continue` (RFC 9110 §10.1.1), which hyper answers
+/// itself when the body is first read.
+fn unmet_expectation(headers: &hyper::HeaderMap) -> Option<Response<Body>> {
+    let unmet = headers.get_all(hyper::header::EXPECT).iter().any(|value| {
+        !value
+            .as_bytes()
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"100-continue")
+    });
+    unmet.then(|| {
+        super::http::close_after(error_response(
+            StatusCode::EXPECTATION_FAILED,
+            "The only expectation this proxy meets is Expect: 100-continue.",
+            "invalid_request_error",
+            Some("expectation_failed"),
+        ))
+    })
+}
+
+/// Serves a request classified by [`classify`].
+pub async fn handle(state: Arc<State>, route: Route, request: Request<Incoming>) -> Response<Body> {
+    match route {
+        Route::Refused(response) => response,
+        Route::Shutdown => shutdown(&state),
+        Route::Wrapper(route) => match &state.wrapper {
+            Some(wrapper) => wrapper_routes::serve(&state, wrapper, route, request).await,
+            None => forbidden(&state),
+        },
+        Route::Responses => match &state.upstream {
             Some(upstream) if state.bridge_to_chat => {
                 bridge_route::serve(&state, upstream, request).await
             }
             Some(upstream) => strict::forward(&state, upstream, request).await,
             None => not_configured(),
         },
-        _ if state.upstream.is_none() => not_configured(),
-        _ => forbidden(&state),
     }
 }
 

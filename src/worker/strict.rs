@@ -3,7 +3,7 @@
 
 use super::headers;
 use super::http::{Body, CoalescingBody, UpstreamStatus};
-use super::upstream::UpstreamClient;
+use super::upstream::{SentCredential, UpstreamClient};
 use super::State;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -21,7 +21,7 @@ pub async fn forward(
     };
     if let Some(direct) = &state.direct {
         return match direct.post(&parts.headers, body).await {
-            Ok(response) => response,
+            Ok(response) => super::redact::upstream_answer(response).await,
             Err(error) => {
                 tracing::warn!("{error}");
                 error.to_response()
@@ -36,13 +36,14 @@ pub async fn forward(
         Ok(upstream) => upstream,
         Err(response) => return response,
     };
-    mirror(upstream)
+    super::redact::upstream_answer(mirror(upstream)).await
 }
 
 /// Status, end-to-end headers and the streamed body of an upstream response.
 pub fn mirror(upstream: reqwest::Response) -> Response<Body> {
     let status = upstream.status();
     let headers = headers::for_client(upstream.headers());
+    let credential = upstream.extensions().get::<SentCredential>().cloned();
     let body = CoalescingBody::new(upstream.bytes_stream()).boxed_unsync();
     let mut response = Response::new(body);
     *response.status_mut() = status;
@@ -50,5 +51,8 @@ pub fn mirror(upstream: reqwest::Response) -> Response<Body> {
     response
         .extensions_mut()
         .insert(UpstreamStatus(status.as_u16()));
+    if let Some(credential) = credential {
+        response.extensions_mut().insert(credential);
+    }
     response
 }

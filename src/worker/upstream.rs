@@ -1,6 +1,7 @@
 //! The one upstream client: adds the key, applies the connect and idle timeouts, never follows
 //! redirects, and turns transport failures into clear 502/504 answers.
 
+use super::headers::UpstreamRequestPolicy;
 use super::http::{error_response, json_response, Body};
 use super::upstream_auth::{AuthError, UpstreamAuth};
 use bytes::Bytes;
@@ -12,7 +13,14 @@ use std::time::Duration;
 pub struct UpstreamClient {
     client: reqwest::Client,
     auth: UpstreamAuth,
+    /// Billing headers and the encoding asked for, applied to every request.
+    policy: std::sync::Arc<UpstreamRequestPolicy>,
 }
+
+/// The `Authorization` value a request went upstream with, kept in the response's extensions
+/// so that what reaches the client can be cleaned of it (`super::redact`).
+#[derive(Clone)]
+pub struct SentCredential(pub HeaderValue);
 
 /// A request that got no HTTP response from the upstream.
 #[derive(Debug)]
@@ -119,8 +127,12 @@ pub fn build_http_client(
 }
 
 impl UpstreamClient {
-    pub fn new(client: reqwest::Client, auth: UpstreamAuth) -> Self {
-        UpstreamClient { client, auth }
+    pub fn new(client: reqwest::Client, auth: UpstreamAuth, policy: UpstreamRequestPolicy) -> Self {
+        UpstreamClient {
+            client,
+            auth,
+            policy: std::sync::Arc::new(policy),
+        }
     }
 
     /// The same credentials over another connection pool (each worker shard has its own, so
@@ -129,6 +141,7 @@ impl UpstreamClient {
         UpstreamClient {
             client,
             auth: self.auth.clone(),
+            policy: self.policy.clone(),
         }
     }
 
@@ -138,13 +151,19 @@ impl UpstreamClient {
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<reqwest::Response, UpstreamError> {
-        self.client
+        let credential = headers.get(AUTHORIZATION).cloned();
+        let mut response = self
+            .client
             .post(url.clone())
             .headers(headers)
             .body(body)
             .send()
             .await
-            .map_err(UpstreamError::from_reqwest)
+            .map_err(UpstreamError::from_reqwest)?;
+        if let Some(credential) = credential {
+            response.extensions_mut().insert(SentCredential(credential));
+        }
+        Ok(response)
     }
 
     /// [`UpstreamClient::post`] for a route handler: a failure is logged and becomes the
@@ -169,6 +188,8 @@ impl UpstreamClient {
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<reqwest::Response, UpstreamError> {
+        let mut headers = headers;
+        self.policy.apply(&mut headers);
         let mut first = headers.clone();
         self.auth
             .authorize(&mut first)
@@ -205,6 +226,7 @@ const ERROR_BODY_LIMIT: usize = 64 * 1024;
 /// OpenAI-style error body (the upstream's own when it already is one).
 pub async fn mirror_error(upstream: reqwest::Response) -> Response<Body> {
     let status = upstream.status();
+    let credential = upstream.extensions().get::<SentCredential>().cloned();
     let mut body = Vec::new();
     let mut stream = upstream.bytes_stream();
     while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut stream).await {
@@ -212,6 +234,11 @@ pub async fn mirror_error(upstream: reqwest::Response) -> Response<Body> {
         if body.len() >= ERROR_BODY_LIMIT {
             body.truncate(ERROR_BODY_LIMIT);
             break;
+        }
+    }
+    if let Some(SentCredential(credential)) = &credential {
+        if let Some(clean) = super::redact::redact(&body, super::redact::secret_of(credential)) {
+            body = clean;
         }
     }
     let is_openai_error = serde_json::from_slice::<serde_json::Value>(&body)

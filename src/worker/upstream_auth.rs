@@ -162,7 +162,7 @@ impl AuthError {
 /// Everything [`UpstreamAuth::new`] needs. [`UpstreamAuthSettings::new`] fills in the defaults.
 pub struct UpstreamAuthSettings {
     pub mode: AuthMode,
-    /// `Bearer <key>` from key intake ([`crate::supervisor::key::ApiKeyHeader::header_value`]);
+    /// `Bearer <key>` from key intake (the locked page of `crate::contract::ApiKeyHeader`);
     /// needed by `apikey_env`.
     pub static_key: Option<HeaderValue>,
     /// The Codex `auth.json` document as read by the supervisor; needed by `apikey_auth_json`
