@@ -13,8 +13,8 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use codex_responses_api_proxy::bridge::request::{responses_to_chat, StreamMeta};
-use codex_responses_api_proxy::bridge::stream::ChatStreamConverter;
+use openai_wire::bridge::request::{responses_to_chat, StreamMeta};
+use openai_wire::bridge::stream::ChatStreamConverter;
 use serde_json::json;
 
 const CHUNKS: usize = 10_000;

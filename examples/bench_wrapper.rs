@@ -10,10 +10,10 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use codex_responses_api_proxy::sse::SseReader;
-use codex_responses_api_proxy::wrapper::chat_stream::ChatStream;
-use codex_responses_api_proxy::wrapper::settings::ReasoningOutputMode;
-use codex_responses_api_proxy::wrapper::ClientMeta;
+use openai_wire::sse::SseReader;
+use openai_wire::wrapper::chat_stream::ChatStream;
+use openai_wire::wrapper::settings::ReasoningOutputMode;
+use openai_wire::wrapper::ClientMeta;
 use serde_json::{json, Value};
 
 const EVENTS: usize = 10_000;
@@ -153,7 +153,7 @@ fn recorded_stream() -> Vec<u8> {
     for (seq, mut event) in events.into_iter().enumerate() {
         event["sequence_number"] = seq.into();
         let kind = event["type"].as_str().unwrap_or_default().to_string();
-        codex_responses_api_proxy::sse::write_json_event(&mut bytes, Some(&kind), &event);
+        openai_wire::sse::write_json_event(&mut bytes, Some(&kind), &event);
     }
     bytes
 }

@@ -6,16 +6,11 @@
 //! `worker` runs unprivileged and serves the HTTP routes. The conversions between the OpenAI
 //! wire formats are pure functions with no I/O.
 
-pub mod api_error;
-pub mod bridge;
 pub mod cli;
 mod clock;
 pub mod contract;
-pub mod decimal;
 pub mod logging;
 pub mod sandbox;
-pub mod sse;
 pub mod supervisor;
 pub mod usage;
 pub mod worker;
-pub mod wrapper;

@@ -130,7 +130,7 @@ impl PlainFields<'_> {
     /// ` name=value` for a number.
     pub fn number(&mut self, name: &str, value: u64) {
         let mut buffer = [0; 20];
-        self.display(name, crate::decimal::decimal(value, &mut buffer));
+        self.display(name, openai_wire::decimal::decimal(value, &mut buffer));
     }
 }
 
@@ -801,7 +801,10 @@ impl tracing::field::Visit for FieldWriter<'_, '_> {
 
     fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
         let mut buffer = [0; 20];
-        self.put(field.name(), crate::decimal::decimal(value, &mut buffer));
+        self.put(
+            field.name(),
+            openai_wire::decimal::decimal(value, &mut buffer),
+        );
     }
 
     fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {

@@ -3,9 +3,9 @@
 
 mod common;
 
-use codex_responses_api_proxy::sse::SseReader;
 use common::*;
 use openai_conformance::responses::{check_response_object, check_responses_stream};
+use openai_wire::sse::SseReader;
 use serde_json::{json, Value};
 
 fn fixture(name: &str) -> String {

@@ -23,7 +23,7 @@ fn files_in(dir: &str) -> Vec<PathBuf> {
 /// The `data` of each event of an `.sse` fixture.
 fn sse_data(path: &Path) -> Vec<String> {
     let body = std::fs::read(path).unwrap();
-    let mut reader = codex_responses_api_proxy::sse::SseReader::default();
+    let mut reader = openai_wire::sse::SseReader::default();
     reader.push(&body);
     let mut events = Vec::new();
     while let Some(event) = reader.next_event().unwrap() {

@@ -3,11 +3,11 @@
 
 mod common;
 
-use codex_responses_api_proxy::sse::SseReader;
 use common::*;
 use openai_conformance::chat::{
     check_chat_completion, check_chat_stream, check_completion, check_completions_stream,
 };
+use openai_wire::sse::SseReader;
 use serde_json::{json, Value};
 
 fn fixture(name: &str) -> String {

@@ -9,24 +9,24 @@
 use std::io::{self, Read};
 use std::sync::OnceLock;
 
-use codex_responses_api_proxy::bridge::request::{responses_to_chat, StreamMeta};
-use codex_responses_api_proxy::bridge::stream::ChatStreamConverter;
-use codex_responses_api_proxy::sse::{SseError, SseReader, DEFAULT_MAX_EVENT_BYTES};
 use codex_responses_api_proxy::supervisor::key::{self, KeyError, KeySource, MAX_KEY_LEN};
 use codex_responses_api_proxy::usage::tap::UsageTap;
 use codex_responses_api_proxy::worker::framing_guard::FramingScanner;
 use codex_responses_api_proxy::worker::upstream_wire::{
     parse_response_head, BodyDecoder, Decoded, Framing, HeadParse,
 };
-use codex_responses_api_proxy::wrapper::chat_request::chat_to_responses;
-use codex_responses_api_proxy::wrapper::chat_stream::{ChatStream, StreamOutcome};
-use codex_responses_api_proxy::wrapper::completions::{completion_to_responses, CompletionStream};
-use codex_responses_api_proxy::wrapper::settings::{ReasoningOutputMode, WrapperSettings};
-use codex_responses_api_proxy::wrapper::{ClientMeta, ConvertContext};
 use openai_conformance::chat::{
     check_chat_completion, check_chat_stream, check_completion, check_completions_stream,
 };
 use openai_conformance::responses::{check_response_object, check_responses_stream};
+use openai_wire::bridge::request::{responses_to_chat, StreamMeta};
+use openai_wire::bridge::stream::ChatStreamConverter;
+use openai_wire::sse::{SseError, SseReader, DEFAULT_MAX_EVENT_BYTES};
+use openai_wire::wrapper::chat_request::chat_to_responses;
+use openai_wire::wrapper::chat_stream::{ChatStream, StreamOutcome};
+use openai_wire::wrapper::completions::{completion_to_responses, CompletionStream};
+use openai_wire::wrapper::settings::{ReasoningOutputMode, WrapperSettings};
+use openai_wire::wrapper::{ClientMeta, ConvertContext};
 use serde_json::{json, Value};
 
 /// Problems reported and not yet fixed in `src/`, by the text the conformance checks give for

@@ -79,7 +79,12 @@ impl RetryAfter {
 
     /// The JSON error body.
     pub fn to_body(&self) -> String {
-        crate::api_error::error_body(&self.message(), self.error_type(), Some(Self::CODE), None)
+        openai_wire::api_error::error_body(
+            &self.message(),
+            self.error_type(),
+            Some(Self::CODE),
+            None,
+        )
     }
 }
 

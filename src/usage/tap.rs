@@ -24,7 +24,7 @@
 //! The first 8 KiB of a stream are only copied as they pass and scanned when it ends, so a
 //! short response is not searched before its last bytes are out.
 
-use crate::sse::{SseReader, DEFAULT_MAX_EVENT_BYTES};
+use openai_wire::sse::{SseReader, DEFAULT_MAX_EVENT_BYTES};
 use serde::{Deserialize, Serialize};
 
 /// The largest non-streamed JSON body that is kept for parsing.

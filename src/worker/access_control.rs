@@ -37,7 +37,7 @@ impl Denial {
 
     /// The JSON error body (`{"error":{"message",...}}`).
     pub fn to_body(&self) -> String {
-        crate::api_error::error_body(&self.message, Self::KIND, Some(Self::CODE), None)
+        openai_wire::api_error::error_body(&self.message, Self::KIND, Some(Self::CODE), None)
     }
 }
 

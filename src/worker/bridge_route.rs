@@ -1,16 +1,16 @@
 //! Bridge mode's route: `POST /v1/responses` served from a Chat Completions upstream. The
-//! request and stream conversions are the pure functions in `crate::bridge`; this module only
+//! request and stream conversions are the pure functions in `openai_wire::bridge`; this module only
 //! moves bytes between them and the network.
 
 use super::http::{error_response, json_response, Body, UpstreamStatus};
 use super::translate::{self, Flow, StreamConverter};
 use super::upstream::{mirror_error, UpstreamClient};
 use super::{headers, State};
-use crate::bridge::request::responses_to_chat;
-use crate::bridge::stream::ChatStreamConverter;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ACCEPT, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};
+use openai_wire::bridge::request::responses_to_chat;
+use openai_wire::bridge::stream::ChatStreamConverter;
 use tracing::debug;
 
 impl StreamConverter for ChatStreamConverter {

@@ -14,7 +14,7 @@ use super::wrapper_routes::WrapperConfig;
 use crate::cli::Cli;
 use crate::contract::{Handover, KeySource};
 use crate::usage::Limits;
-use crate::wrapper::settings::WrapperSettings;
+use openai_wire::wrapper::settings::WrapperSettings;
 use std::time::Duration;
 use tracing::info;
 

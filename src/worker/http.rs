@@ -2,13 +2,13 @@
 //! error responses, a body that coalesces what the upstream already delivered into one write,
 //! and the one log line per request (written when the response body is finished or dropped).
 
-use crate::api_error::error_body;
 use crate::usage::TokenUsage;
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 use hyper::{header, Response, StatusCode};
+use openai_wire::api_error::error_body;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -536,7 +536,7 @@ fn request_line(
     duration_ms: u64,
 ) {
     let mut status = [0; 20];
-    let status = crate::decimal::decimal(u64::from(r.status), &mut status);
+    let status = openai_wire::decimal::decimal(u64::from(r.status), &mut status);
     line.text(&r.method);
     line.text(" ");
     line.text(&r.path);

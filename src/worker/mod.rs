@@ -703,7 +703,7 @@ where
     S: tokio::io::AsyncWrite + Unpin,
 {
     use tokio::io::AsyncWriteExt;
-    let body = crate::api_error::error_body(
+    let body = openai_wire::api_error::error_body(
         &format!(
             "Refused: {}; close some of your connections and retry.",
             refusal.reason()

@@ -5,11 +5,11 @@
 //! and the wrapper routes.
 
 use super::http::{Body, BoxError};
-use crate::sse::SseReader;
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
+use openai_wire::sse::SseReader;
 use std::pin::Pin;
 
 /// A pure converter from one upstream event stream to the client's wire format.

@@ -139,7 +139,7 @@ impl AuthError {
         match self {
             AuthError::Config(_) => (
                 500,
-                crate::api_error::error_body(
+                openai_wire::api_error::error_body(
                     &self.to_string(),
                     "server_error",
                     Some("upstream_auth_misconfigured"),
@@ -148,7 +148,7 @@ impl AuthError {
             ),
             AuthError::TokenEndpoint(_) => (
                 502,
-                crate::api_error::error_body(
+                openai_wire::api_error::error_body(
                     &self.to_string(),
                     "upstream_error",
                     Some("upstream_token_refresh_failed"),

@@ -1,6 +1,6 @@
 //! The wrapper routes (`--wrapper-routes`): Chat Completions, legacy Completions, Models and
 //! Ollama clients served from this proxy's upstream. The conversions are the pure functions in
-//! `crate::wrapper` (and `crate::bridge` when the upstream speaks Chat Completions); this module
+//! `openai_wire::wrapper` (and `openai_wire::bridge` when the upstream speaks Chat Completions); this module
 //! does routing, the client access key, CORS and the upstream calls.
 
 use super::client_headers::ClientHeaderForwarding;
@@ -8,17 +8,17 @@ use super::http::{error_response, json_response, Body, UpstreamStatus};
 use super::translate::{self, Flow, StreamConverter};
 use super::upstream::{mirror_error, UpstreamClient};
 use super::{bridge_route, strict, State};
-use crate::bridge::request::responses_to_chat;
-use crate::bridge::stream::ChatStreamConverter;
-use crate::sse::SseReader;
-use crate::wrapper::chat_request::chat_to_responses;
-use crate::wrapper::chat_stream::{ChatStream, StreamOutcome};
-use crate::wrapper::completions::{completion_to_responses, CompletionStream};
-use crate::wrapper::settings::{models_list_body, ReasoningOutputMode, WrapperSettings};
-use crate::wrapper::{ClientMeta, ConvertContext, ResponsesPlan, WrapperError};
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
+use openai_wire::bridge::request::responses_to_chat;
+use openai_wire::bridge::stream::ChatStreamConverter;
+use openai_wire::sse::SseReader;
+use openai_wire::wrapper::chat_request::chat_to_responses;
+use openai_wire::wrapper::chat_stream::{ChatStream, StreamOutcome};
+use openai_wire::wrapper::completions::{completion_to_responses, CompletionStream};
+use openai_wire::wrapper::settings::{models_list_body, ReasoningOutputMode, WrapperSettings};
+use openai_wire::wrapper::{ClientMeta, ConvertContext, ResponsesPlan, WrapperError};
 use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 

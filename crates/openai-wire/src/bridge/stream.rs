@@ -1452,97 +1452,97 @@ mod tests {
     const FIXTURES: &[(&str, &str, bool, &str)] = &[
         (
             "text",
-            include_str!("../../tests/fixtures/chat-streams/text.sse"),
+            include_str!("../../../../tests/fixtures/chat-streams/text.sse"),
             false,
             "response.completed",
         ),
         (
             "reasoning-content",
-            include_str!("../../tests/fixtures/chat-streams/reasoning-content.sse"),
+            include_str!("../../../../tests/fixtures/chat-streams/reasoning-content.sse"),
             false,
             "response.completed",
         ),
         (
             "reasoning-field-tool",
-            include_str!("../../tests/fixtures/chat-streams/reasoning-field-tool.sse"),
+            include_str!("../../../../tests/fixtures/chat-streams/reasoning-field-tool.sse"),
             false,
             "response.completed",
         ),
         (
             "think-inline-split",
-            include_str!("../../tests/fixtures/chat-streams/think-inline-split.sse"),
+            include_str!("../../../../tests/fixtures/chat-streams/think-inline-split.sse"),
             false,
             "response.completed",
         ),
         (
             "think-missing-open",
-            include_str!("../../tests/fixtures/chat-streams/think-missing-open.sse"),
+            include_str!("../../../../tests/fixtures/chat-streams/think-missing-open.sse"),
             true,
             "response.completed",
         ),
         (
             "text-starting-with-lt",
-            include_str!("../../tests/fixtures/chat-streams/text-starting-with-lt.sse"),
+            include_str!("../../../../tests/fixtures/chat-streams/text-starting-with-lt.sse"),
             false,
             "response.completed",
         ),
         (
             "tool-calls-parallel",
-            include_str!("../../tests/fixtures/chat-streams/tool-calls-parallel.sse"),
+            include_str!("../../../../tests/fixtures/chat-streams/tool-calls-parallel.sse"),
             false,
             "response.completed",
         ),
         (
             "tool-calls-same-index",
-            include_str!("../../tests/fixtures/chat-streams/tool-calls-same-index.sse"),
+            include_str!("../../../../tests/fixtures/chat-streams/tool-calls-same-index.sse"),
             false,
             "response.completed",
         ),
         (
             "tool-call-whole-chunk",
-            include_str!("../../tests/fixtures/chat-streams/tool-call-whole-chunk.sse"),
+            include_str!("../../../../tests/fixtures/chat-streams/tool-call-whole-chunk.sse"),
             false,
             "response.completed",
         ),
         (
             "custom-tool-call",
-            include_str!("../../tests/fixtures/chat-streams/custom-tool-call.sse"),
+            include_str!("../../../../tests/fixtures/chat-streams/custom-tool-call.sse"),
             false,
             "response.completed",
         ),
         (
             "finish-length",
-            include_str!("../../tests/fixtures/chat-streams/finish-length.sse"),
+            include_str!("../../../../tests/fixtures/chat-streams/finish-length.sse"),
             false,
             "response.incomplete",
         ),
         (
             "content-filter",
-            include_str!("../../tests/fixtures/chat-streams/content-filter.sse"),
+            include_str!("../../../../tests/fixtures/chat-streams/content-filter.sse"),
             false,
             "response.incomplete",
         ),
         (
             "error-mid-stream",
-            include_str!("../../tests/fixtures/chat-streams/error-mid-stream.sse"),
+            include_str!("../../../../tests/fixtures/chat-streams/error-mid-stream.sse"),
             false,
             "response.failed",
         ),
         (
             "cut-without-done",
-            include_str!("../../tests/fixtures/chat-streams/cut-without-done.sse"),
+            include_str!("../../../../tests/fixtures/chat-streams/cut-without-done.sse"),
             false,
             "response.failed",
         ),
         (
             "finish-then-eof",
-            include_str!("../../tests/fixtures/chat-streams/finish-then-eof.sse"),
+            include_str!("../../../../tests/fixtures/chat-streams/finish-then-eof.sse"),
             false,
             "response.completed",
         ),
         (
             "usage-details",
-            include_str!("../../tests/fixtures/chat-streams/usage-details.sse"),
+            include_str!("../../../../tests/fixtures/chat-streams/usage-details.sse"),
             false,
             "response.completed",
         ),
@@ -1674,8 +1674,9 @@ mod tests {
 
     #[test]
     fn a_real_codex_request_round_trips_with_its_tools_echoed() {
-        const CODEX: &str =
-            include_str!("../../tests/fixtures/codex-0.169.0/codex-request-custom-tool-turn2.json");
+        const CODEX: &str = include_str!(
+            "../../../../tests/fixtures/codex-0.169.0/codex-request-custom-tool-turn2.json"
+        );
         let recorded: Value = serde_json::from_str(CODEX).expect("fixture is JSON");
         let plan = responses_to_chat(&recorded["body"]).expect("converts");
         let (body, _) = fixture("custom-tool-call");

@@ -1190,13 +1190,15 @@ fn image_part(part: &Value, path: &str) -> Result<Value, RequestError> {
 mod tests {
     use super::*;
 
-    const CODEX_PLAIN: &str = include_str!("../../tests/fixtures/codex-0.169.0/codex-request.json");
+    const CODEX_PLAIN: &str =
+        include_str!("../../../../tests/fixtures/codex-0.169.0/codex-request.json");
     const CODEX_TOOL_TURN2: &str =
-        include_str!("../../tests/fixtures/codex-0.169.0/codex-request-tool-turn2.json");
-    const CODEX_CUSTOM_TURN2: &str =
-        include_str!("../../tests/fixtures/codex-0.169.0/codex-request-custom-tool-turn2.json");
+        include_str!("../../../../tests/fixtures/codex-0.169.0/codex-request-tool-turn2.json");
+    const CODEX_CUSTOM_TURN2: &str = include_str!(
+        "../../../../tests/fixtures/codex-0.169.0/codex-request-custom-tool-turn2.json"
+    );
     const CODEX_GPT55: &str =
-        include_str!("../../tests/fixtures/codex-0.169.0/codex-request-gpt-5.5.json");
+        include_str!("../../../../tests/fixtures/codex-0.169.0/codex-request-gpt-5.5.json");
 
     fn codex_body(fixture: &str) -> Value {
         let recorded: Value = serde_json::from_str(fixture).expect("fixture is JSON");

@@ -1016,17 +1016,18 @@ pub(crate) mod test_support {
 
     use crate::sse::SseReader;
 
-    pub(crate) const TEXT: &str = include_str!("../../tests/fixtures/responses-streams/text.sse");
+    pub(crate) const TEXT: &str =
+        include_str!("../../../../tests/fixtures/responses-streams/text.sse");
     pub(crate) const REASONING: &str =
-        include_str!("../../tests/fixtures/responses-streams/reasoning.sse");
+        include_str!("../../../../tests/fixtures/responses-streams/reasoning.sse");
     pub(crate) const PARALLEL_TOOLS: &str =
-        include_str!("../../tests/fixtures/responses-streams/parallel-tools.sse");
+        include_str!("../../../../tests/fixtures/responses-streams/parallel-tools.sse");
     pub(crate) const INCOMPLETE: &str =
-        include_str!("../../tests/fixtures/responses-streams/incomplete-max-tokens.sse");
+        include_str!("../../../../tests/fixtures/responses-streams/incomplete-max-tokens.sse");
     pub(crate) const FAILED: &str =
-        include_str!("../../tests/fixtures/responses-streams/failed.sse");
+        include_str!("../../../../tests/fixtures/responses-streams/failed.sse");
     pub(crate) const NO_USAGE: &str =
-        include_str!("../../tests/fixtures/responses-streams/no-usage.sse");
+        include_str!("../../../../tests/fixtures/responses-streams/no-usage.sse");
 
     pub(crate) const ALL: [(&str, &str); 6] = [
         ("text", TEXT),
