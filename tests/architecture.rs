@@ -20,7 +20,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("logging", &["clock"]),
     ("usage", &["clock"]),
     ("sandbox", &["contract", "cli"]),
-    ("supervisor", &["contract", "sandbox", "cli", "logging", "clock"]),
+    (
+        "supervisor",
+        &["contract", "sandbox", "cli", "logging", "clock"],
+    ),
     ("worker", &["contract", "cli", "logging", "usage", "clock"]),
     ("lib", &[]),
 ];
@@ -183,11 +186,15 @@ fn the_root_side_and_the_worker_never_use_each_other() {
             continue;
         };
         for used in parts_used(file) {
-            if used != *part && allowed.contains_key(used.as_str()) && !may_use.contains(&used.as_str())
+            if used != *part
+                && allowed.contains_key(used.as_str())
+                && !may_use.contains(&used.as_str())
             {
                 violations.push(format!(
                     "{} uses crate::{used} ({part} may use only {may_use:?})",
-                    file.strip_prefix(env!("CARGO_MANIFEST_DIR")).unwrap().display()
+                    file.strip_prefix(env!("CARGO_MANIFEST_DIR"))
+                        .unwrap()
+                        .display()
                 ));
             }
         }
@@ -196,7 +203,11 @@ fn the_root_side_and_the_worker_never_use_each_other() {
         unknown.is_empty(),
         "parts of src/ not in the architecture table (add them to ALLOWED and ARCHITECTURE.md): {unknown:?}"
     );
-    assert!(violations.is_empty(), "forbidden uses:\n{}", violations.join("\n"));
+    assert!(
+        violations.is_empty(),
+        "forbidden uses:\n{}",
+        violations.join("\n")
+    );
 }
 
 #[test]

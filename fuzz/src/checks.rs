@@ -11,8 +11,8 @@ use std::sync::OnceLock;
 
 use codex_responses_api_proxy::supervisor::key::{self, KeyError, KeySource, MAX_KEY_LEN};
 use codex_responses_api_proxy::usage::tap::UsageTap;
-use codex_responses_api_proxy::worker::framing_guard::FramingScanner;
-use codex_responses_api_proxy::worker::upstream_wire::{
+use codex_responses_api_proxy::worker::server::framing_guard::FramingScanner;
+use codex_responses_api_proxy::worker::upstream::upstream_wire::{
     parse_response_head, BodyDecoder, Decoded, Framing, HeadParse,
 };
 use openai_conformance::chat::{

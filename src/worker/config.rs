@@ -6,14 +6,14 @@
 //! Uses: `crate::cli`, `crate::contract`, and the worker's own parsers (allow-lists, header
 //! forwarding, auth mode, wrapper settings).
 
-use super::access_control::AllowList;
-use super::client_headers::ClientHeaderForwarding;
-use super::fair_share::FairShareLimits;
-use super::upstream_auth::{AuthError, AuthMode};
-use super::wrapper_routes::WrapperConfig;
 use crate::cli::Cli;
 use crate::contract::{Handover, KeySource};
 use crate::usage::Limits;
+use crate::worker::identity::access_control::AllowList;
+use crate::worker::routes::wrapper_routes::WrapperConfig;
+use crate::worker::server::fair_share::FairShareLimits;
+use crate::worker::upstream::client_headers::ClientHeaderForwarding;
+use crate::worker::upstream::upstream_auth::{AuthError, AuthMode};
 use openai_wire::wrapper::settings::WrapperSettings;
 use std::time::Duration;
 use tracing::info;
@@ -38,7 +38,7 @@ pub struct WorkerConfig {
     /// Per-user caps on connections and buffered request bodies.
     pub fair_share: FairShareLimits,
     /// Billing headers and the encoding asked of the upstream.
-    pub upstream_policy: super::headers::UpstreamRequestPolicy,
+    pub upstream_policy: crate::worker::upstream::headers::UpstreamRequestPolicy,
 }
 
 /// How the worker authenticates upstream.
@@ -94,13 +94,13 @@ impl WorkerConfig {
             },
             // The supervisor has raised the open-files limit the worker inherits.
             fair_share: FairShareLimits::with_defaults(
-                super::fair_share::open_files_limit(),
+                crate::worker::server::fair_share::open_files_limit(),
                 cli.max_connections_per_user,
                 cli.max_unfinished_requests_per_user,
                 cli.max_buffered_bodies,
                 cli.max_buffered_bodies_per_user,
             ),
-            upstream_policy: super::headers::UpstreamRequestPolicy {
+            upstream_policy: crate::worker::upstream::headers::UpstreamRequestPolicy {
                 organization: cli
                     .openai_organization
                     .as_deref()

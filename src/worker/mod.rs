@@ -1,27 +1,16 @@
 //! The unprivileged side: a tokio runtime serving HTTP/1.1 on the inherited listeners. It
 //! starts only after the privilege drop and owns everything that touches client input.
 
-pub mod access_control;
-pub mod bridge_route;
-pub mod client_headers;
 pub mod config;
-pub mod connection_timer;
-pub mod direct_upstream;
-pub mod fair_share;
-pub mod framing_guard;
-pub mod headers;
-pub mod http;
-pub mod http1_syntax;
-pub mod peer_identity;
-pub mod redact;
+pub mod identity;
 pub mod routes;
-pub mod stall_guard;
-pub mod strict;
-pub mod translate;
+pub mod server;
 pub mod upstream;
-pub mod upstream_auth;
-pub mod upstream_wire;
-pub mod wrapper_routes;
+
+use identity::{access_control, peer_identity};
+use routes::wrapper_routes;
+use server::{connection_timer, fair_share, framing_guard, http, stall_guard};
+use upstream::{direct_upstream, upstream_auth};
 
 use crate::cli::Cli;
 use crate::contract::{ApiKeyHeader, Handover, KeySource, Listener, WorkerMessage, WorkerPipe};

@@ -4,7 +4,7 @@
 //! own terminal error, so a client never sees a stream end without one. Shared by the bridge
 //! and the wrapper routes.
 
-use super::http::{Body, BoxError};
+use crate::worker::server::http::{Body, BoxError};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use http_body_util::{BodyExt, StreamBody};

@@ -9,8 +9,8 @@
 //! Owns only pure text functions and the one step that applies them to a response; it uses
 //! the credential a request was sent with (`upstream::SentCredential`), never stores it.
 
-use super::http::{full, Body};
-use super::upstream::SentCredential;
+use crate::worker::server::http::{full, Body};
+use crate::worker::upstream::SentCredential;
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::header::{HeaderMap, HeaderValue};

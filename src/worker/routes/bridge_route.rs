@@ -2,10 +2,11 @@
 //! request and stream conversions are the pure functions in `openai_wire::bridge`; this module only
 //! moves bytes between them and the network.
 
-use super::http::{error_response, json_response, Body, UpstreamStatus};
-use super::translate::{self, Flow, StreamConverter};
-use super::upstream::{mirror_error, UpstreamClient};
-use super::{headers, State};
+use crate::worker::routes::translate::{self, Flow, StreamConverter};
+use crate::worker::server::http::{error_response, json_response, Body, UpstreamStatus};
+use crate::worker::upstream::headers;
+use crate::worker::upstream::{mirror_error, UpstreamClient};
+use crate::worker::State;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, ACCEPT, CONTENT_TYPE};
 use hyper::{Request, Response, StatusCode};

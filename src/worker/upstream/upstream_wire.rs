@@ -7,8 +7,8 @@
 //! (conflicting lengths, malformed chunk lines) and bounded everywhere (head, chunk line and
 //! trailer sizes), so a hostile or broken upstream gets a clear error, never a hang or a panic.
 
-use super::headers::is_hop_by_hop;
-use super::http1_syntax::{chunk_size, hex_value, trim_ows, MAX_CHUNK_SIZE_DIGITS};
+use crate::worker::server::http1_syntax::{chunk_size, hex_value, trim_ows, MAX_CHUNK_SIZE_DIGITS};
+use crate::worker::upstream::headers::is_hop_by_hop;
 use bytes::{Buf, Bytes, BytesMut};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH};
 use hyper::StatusCode;

@@ -6,11 +6,13 @@
 //! separately spawned connection task gives one write per event. HTTPS upstreams and
 //! refreshable credentials go through the general client (`upstream.rs`).
 
-use super::http::{Body, BoxError, FrameGate, Gathered, UpstreamStatus, FRAME_LIMIT};
-use super::upstream::UpstreamError;
-use super::upstream_wire::{
+use crate::worker::server::http::{
+    Body, BoxError, FrameGate, Gathered, UpstreamStatus, FRAME_LIMIT,
+};
+use crate::worker::upstream::upstream_wire::{
     encode_request_head, parse_response_head, BodyDecoder, Decoded, HeadParse, ResponseHead,
 };
+use crate::worker::upstream::UpstreamError;
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::{Body as HttpBody, Frame};
@@ -52,7 +54,7 @@ pub struct DirectUpstream {
     path_and_query: String,
     authorization: HeaderValue,
     /// Billing headers and the encoding asked for.
-    policy: super::headers::UpstreamRequestPolicy,
+    policy: crate::worker::upstream::headers::UpstreamRequestPolicy,
     connect_timeout: Duration,
     idle_timeout: Duration,
     idle: Mutex<Vec<Pooled>>,
@@ -63,7 +65,7 @@ impl DirectUpstream {
     pub fn new(
         url: &reqwest::Url,
         authorization: HeaderValue,
-        policy: super::headers::UpstreamRequestPolicy,
+        policy: crate::worker::upstream::headers::UpstreamRequestPolicy,
         connect_timeout: Duration,
         idle_timeout: Duration,
     ) -> Option<Arc<Self>> {
@@ -102,9 +104,10 @@ impl DirectUpstream {
     ) -> Result<Response<Body>, UpstreamError> {
         // It holds the key: sized so that it never moves (which would leave a copy behind)
         // and wiped when dropped, however the request ends.
-        let fields: usize = super::headers::upstream_fields(client_headers, &self.policy)
-            .map(|(name, value)| name.as_str().len() + value.len() + 4)
-            .sum();
+        let fields: usize =
+            crate::worker::upstream::headers::upstream_fields(client_headers, &self.policy)
+                .map(|(name, value)| name.as_str().len() + value.len() + 4)
+                .sum();
         let capacity = 128
             + self.path_and_query.len()
             + self.authority.len()
@@ -116,7 +119,7 @@ impl DirectUpstream {
             &self.path_and_query,
             &self.authority,
             &self.authorization,
-            super::headers::upstream_fields(client_headers, &self.policy),
+            crate::worker::upstream::headers::upstream_fields(client_headers, &self.policy),
             body.len(),
         );
         debug_assert!(
@@ -277,7 +280,9 @@ impl DirectUpstream {
             .insert(UpstreamStatus(status.as_u16()));
         response
             .extensions_mut()
-            .insert(super::upstream::SentCredential(self.authorization.clone()));
+            .insert(crate::worker::upstream::SentCredential(
+                self.authorization.clone(),
+            ));
         Ok(response)
     }
 

@@ -1,9 +1,16 @@
 //! The one upstream client: adds the key, applies the connect and idle timeouts, never follows
 //! redirects, and turns transport failures into clear 502/504 answers.
 
-use super::headers::UpstreamRequestPolicy;
-use super::http::{error_response, json_response, Body};
-use super::upstream_auth::{AuthError, UpstreamAuth};
+pub mod client_headers;
+pub mod direct_upstream;
+pub mod headers;
+pub mod redact;
+pub mod upstream_auth;
+pub mod upstream_wire;
+
+use crate::worker::server::http::{error_response, json_response, Body};
+use crate::worker::upstream::headers::UpstreamRequestPolicy;
+use crate::worker::upstream::upstream_auth::{AuthError, UpstreamAuth};
 use bytes::Bytes;
 use hyper::header::{HeaderMap, HeaderValue, AUTHORIZATION};
 use hyper::{Response, StatusCode};
@@ -18,7 +25,7 @@ pub struct UpstreamClient {
 }
 
 /// The `Authorization` value a request went upstream with, kept in the response's extensions
-/// so that what reaches the client can be cleaned of it (`super::redact`).
+/// so that what reaches the client can be cleaned of it (`crate::worker::upstream::redact`).
 #[derive(Clone)]
 pub struct SentCredential(pub HeaderValue);
 
@@ -237,7 +244,10 @@ pub async fn mirror_error(upstream: reqwest::Response) -> Response<Body> {
         }
     }
     if let Some(SentCredential(credential)) = &credential {
-        if let Some(clean) = super::redact::redact(&body, super::redact::secret_of(credential)) {
+        if let Some(clean) = crate::worker::upstream::redact::redact(
+            &body,
+            crate::worker::upstream::redact::secret_of(credential),
+        ) {
             body = clean;
         }
     }
@@ -245,7 +255,7 @@ pub async fn mirror_error(upstream: reqwest::Response) -> Response<Body> {
         .ok()
         .is_some_and(|v| v.get("error").is_some_and(|e| e.is_object()));
     let mut response = if is_openai_error {
-        super::http::json_response(status, body)
+        crate::worker::server::http::json_response(status, body)
     } else {
         let text = String::from_utf8_lossy(&body);
         let text = text.trim();
@@ -263,6 +273,6 @@ pub async fn mirror_error(upstream: reqwest::Response) -> Response<Body> {
     };
     response
         .extensions_mut()
-        .insert(super::http::UpstreamStatus(status.as_u16()));
+        .insert(crate::worker::server::http::UpstreamStatus(status.as_u16()));
     response
 }

@@ -15,11 +15,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use super::fair_share::{
+use crate::usage::{Accounting, UsageTap};
+use crate::worker::identity::peer_identity::PeerIdentity;
+use crate::worker::server::fair_share::{
     FairShare, FairShareLimits, Refusal, ReservedBody, UnfinishedSlot, UserKey,
 };
-use super::peer_identity::PeerIdentity;
-use crate::usage::{Accounting, UsageTap};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of every response the worker sends.

@@ -3,11 +3,13 @@
 //! `openai_wire::wrapper` (and `openai_wire::bridge` when the upstream speaks Chat Completions); this module
 //! does routing, the client access key, CORS and the upstream calls.
 
-use super::client_headers::ClientHeaderForwarding;
-use super::http::{error_response, json_response, Body, UpstreamStatus};
-use super::translate::{self, Flow, StreamConverter};
-use super::upstream::{mirror_error, UpstreamClient};
-use super::{bridge_route, strict, State};
+use crate::worker::routes::bridge_route;
+use crate::worker::routes::strict;
+use crate::worker::routes::translate::{self, Flow, StreamConverter};
+use crate::worker::server::http::{error_response, json_response, Body, UpstreamStatus};
+use crate::worker::upstream::client_headers::ClientHeaderForwarding;
+use crate::worker::upstream::{mirror_error, UpstreamClient};
+use crate::worker::State;
 use hyper::body::Incoming;
 use hyper::header::{HeaderMap, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
@@ -144,18 +146,18 @@ pub async fn serve(
         WrapperRoute::Ollama => ollama(state, config, request).await,
         WrapperRoute::ChatCompletions(mode) => match &state.upstream {
             Some(upstream) => chat_completions(state, config, upstream, mode, request).await,
-            None => super::routes::not_configured(),
+            None => crate::worker::routes::not_configured(),
         },
         WrapperRoute::Completions => match &state.upstream {
             Some(upstream) => completions(state, config, upstream, request).await,
-            None => super::routes::not_configured(),
+            None => crate::worker::routes::not_configured(),
         },
     };
     with_cors(response)
 }
 
 fn preflight() -> Response<Body> {
-    let mut response = Response::new(super::http::full(""));
+    let mut response = Response::new(crate::worker::server::http::full(""));
     *response.status_mut() = StatusCode::NO_CONTENT;
     let h = response.headers_mut();
     h.insert(
@@ -570,7 +572,7 @@ async fn ollama(
         Ok(body) => body,
         Err(response) => return response,
     };
-    let headers = super::headers::for_upstream(&parts.headers);
+    let headers = crate::worker::upstream::headers::for_upstream(&parts.headers);
     match state
         .plain_client
         .request(parts.method, url)

@@ -18,7 +18,7 @@
 //! refuses the request it is in, or the next one when it is past a head, rather than stop
 //! judging.
 
-use super::http1_syntax::{hex_value, trim_ows};
+use crate::worker::server::http1_syntax::{hex_value, trim_ows};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};

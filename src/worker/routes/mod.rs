@@ -2,12 +2,17 @@
 //! match a route (the Ollama pass-through alone keeps its query); everything else is refused
 //! with 403 before any body is read.
 
-use super::http::{error_response, json_response, Body};
-use super::wrapper_routes::{self, WrapperRoute};
-use super::{bridge_route, strict, State};
+pub mod bridge_route;
+pub mod strict;
+pub mod translate;
+pub mod wrapper_routes;
+
+use crate::worker::server::http::{error_response, json_response, Body};
+use crate::worker::State;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use std::sync::Arc;
+use wrapper_routes::WrapperRoute;
 
 /// Where a request goes: decided once, by [`classify`], and used for routing ([`handle`]),
 /// admission (only model routes count against `--requests-per-minute`) and accounting (only
@@ -93,7 +98,7 @@ fn unmet_expectation(headers: &hyper::HeaderMap) -> Option<Response<Body>> {
             .eq_ignore_ascii_case(b"100-continue")
     });
     unmet.then(|| {
-        super::http::close_after(error_response(
+        crate::worker::server::http::close_after(error_response(
             StatusCode::EXPECTATION_FAILED,
             "The only expectation this proxy meets is Expect: 100-continue.",
             "invalid_request_error",

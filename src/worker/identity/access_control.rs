@@ -9,7 +9,7 @@
 //! ([`AllowList::needs_group_lookup`], [`AllowList::look_up_groups`]), so a slow NSS source
 //! never stalls a shard.
 
-use super::peer_identity::PeerIdentity;
+use crate::worker::identity::peer_identity::PeerIdentity;
 use nix::unistd::{Gid, Group, Uid, User};
 use std::collections::{HashMap, HashSet};
 use std::ffi::CString;
@@ -144,10 +144,12 @@ impl AllowList {
         let mut users: Vec<String> = self
             .users
             .iter()
-            .map(|&uid| match super::peer_identity::user_name(uid) {
-                Some(name) => format!("{name}({uid})"),
-                None => uid.to_string(),
-            })
+            .map(
+                |&uid| match crate::worker::identity::peer_identity::user_name(uid) {
+                    Some(name) => format!("{name}({uid})"),
+                    None => uid.to_string(),
+                },
+            )
             .collect();
         users.sort();
         let groups: Vec<String> = self

@@ -1,10 +1,10 @@
 //! The strict proxy route: `POST /v1/responses` forwarded byte for byte to the upstream with
 //! the key, the response streamed back as it arrives.
 
-use super::headers;
-use super::http::{Body, CoalescingBody, UpstreamStatus};
-use super::upstream::{SentCredential, UpstreamClient};
-use super::State;
+use crate::worker::server::http::{Body, CoalescingBody, UpstreamStatus};
+use crate::worker::upstream::headers;
+use crate::worker::upstream::{SentCredential, UpstreamClient};
+use crate::worker::State;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -21,7 +21,7 @@ pub async fn forward(
     };
     if let Some(direct) = &state.direct {
         return match direct.post(&parts.headers, body).await {
-            Ok(response) => super::redact::upstream_answer(response).await,
+            Ok(response) => crate::worker::upstream::redact::upstream_answer(response).await,
             Err(error) => {
                 tracing::warn!("{error}");
                 error.to_response()
@@ -36,7 +36,7 @@ pub async fn forward(
         Ok(upstream) => upstream,
         Err(response) => return response,
     };
-    super::redact::upstream_answer(mirror(upstream)).await
+    crate::worker::upstream::redact::upstream_answer(mirror(upstream)).await
 }
 
 /// Status, end-to-end headers and the streamed body of an upstream response.
