@@ -7,12 +7,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 /// Where the worker's user is looked up when `--user` is not given.
-pub const PACKAGE_USER: &str = "codex-responses-api-proxy";
+pub(crate) const PACKAGE_USER: &str = "codex-responses-api-proxy";
 
 /// Where the package keeps its state (systemd's `StateDirectory=` sets `$STATE_DIRECTORY`).
 pub const DEFAULT_STATE_DIRECTORY: &str = "/var/lib/codex-responses-api-proxy";
 
-pub const DEFAULT_UPSTREAM_URL: &str = "https://api.openai.com/v1/responses";
+pub(crate) const DEFAULT_UPSTREAM_URL: &str = "https://api.openai.com/v1/responses";
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -412,7 +412,7 @@ impl Cli {
 
 /// The secret root reads for an `--upstream-auth-mode` (the worker parses the mode itself).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamSecret {
+pub(crate) enum UpstreamSecret {
     /// `apikey_env`: the key from the `openai-api-key` credential or standard input.
     StaticKey,
     /// `apikey_auth_json`, `chatgpt_token`: a Codex `auth.json`.
@@ -420,7 +420,7 @@ pub enum UpstreamSecret {
 }
 
 /// Which secret a mode needs; `None` for an unknown mode (the worker then refuses it).
-pub fn upstream_secret(mode: &str) -> Option<UpstreamSecret> {
+pub(crate) fn upstream_secret(mode: &str) -> Option<UpstreamSecret> {
     match mode.trim().to_ascii_lowercase().as_str() {
         "apikey_env" => Some(UpstreamSecret::StaticKey),
         "apikey_auth_json" | "chatgpt_token" => Some(UpstreamSecret::CodexAuthJson),

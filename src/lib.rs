@@ -12,11 +12,30 @@
 //!
 //! `tests/architecture.rs` fails the build's tests on any use across the boundary.
 
-pub mod cli;
+#![warn(unreachable_pub)]
+
+mod cli;
 mod clock;
-pub mod contract;
-pub mod logging;
-pub mod sandbox;
-pub mod supervisor;
-pub mod usage;
-pub mod worker;
+mod contract;
+mod logging;
+mod sandbox;
+mod supervisor;
+mod usage;
+mod worker;
+
+// What `main.rs` wires: the configuration, the root side's preparation, the worker, and the
+// usage report. Nothing else of the crate is public.
+pub use cli::{Cli, Command, DEFAULT_STATE_DIRECTORY};
+pub use supervisor::{fork_failed, prepare, Prepared};
+pub use usage::report::usage_command;
+pub use worker::run as run_worker;
+
+/// Internals the fuzz targets (`fuzz/`) and their regression test drive directly: key
+/// intake, the usage tap, the framing scanner and the plain-HTTP upstream response parser.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::supervisor::key::{self, KeyError, KeySource, MAX_KEY_LEN};
+    pub use crate::usage::tap::UsageTap;
+    pub use crate::worker::server::framing_guard::FramingScanner;
+    pub use crate::worker::upstream::upstream_wire;
+}

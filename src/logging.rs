@@ -24,7 +24,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 /// Installs the global subscriber. Creates no threads (safe before fork).
-pub fn init(level: &str) -> Result<(), String> {
+pub(crate) fn init(level: &str) -> Result<(), String> {
     let level = LevelFilter::from_str(level).map_err(|_| {
         format!("invalid log level {level:?}: use error, warn, info, debug or trace")
     })?;
@@ -60,7 +60,10 @@ static PLAIN_STDERR: AtomicBool = AtomicBool::new(false);
 /// per-field dispatch (for the request line). Returns `false`, having written nothing, where
 /// lines do not go to a batched stderr (journald, a thread that does not batch): the caller
 /// then logs through tracing. The caller checks that the level is enabled.
-pub fn write_plain_line(level: tracing::Level, fill: impl FnOnce(&mut PlainFields<'_>)) -> bool {
+pub(crate) fn write_plain_line(
+    level: tracing::Level,
+    fill: impl FnOnce(&mut PlainFields<'_>),
+) -> bool {
     if !PLAIN_STDERR.load(Ordering::Relaxed) {
         return false;
     }
@@ -105,30 +108,30 @@ fn plain_line_into(
 
 /// The message and fields of a line written by [`write_plain_line`], as [`PlainLine`] writes
 /// the same values recorded through tracing.
-pub struct PlainFields<'a> {
+pub(crate) struct PlainFields<'a> {
     out: ByteWriter<'a>,
 }
 
 impl PlainFields<'_> {
     /// Message text, as it is (first, before any field).
-    pub fn text(&mut self, text: &str) {
+    pub(crate) fn text(&mut self, text: &str) {
         self.out.0.extend_from_slice(text.as_bytes());
     }
 
     /// ` name=value`, the value as it is (tracing's `%` fields).
-    pub fn display(&mut self, name: &str, value: &str) {
+    pub(crate) fn display(&mut self, name: &str, value: &str) {
         let _ = write_name(&mut self.out, name);
         self.text(value);
     }
 
     /// ` name="value"` (a `&str` field).
-    pub fn string(&mut self, name: &str, value: &str) {
+    pub(crate) fn string(&mut self, name: &str, value: &str) {
         let _ = write_name(&mut self.out, name);
         let _ = write_str_value(&mut self.out, value);
     }
 
     /// ` name=value` for a number.
-    pub fn number(&mut self, name: &str, value: u64) {
+    pub(crate) fn number(&mut self, name: &str, value: u64) {
         let mut buffer = [0; 20];
         self.display(name, openai_wire::decimal::decimal(value, &mut buffer));
     }
@@ -141,7 +144,7 @@ pub(crate) mod capture {
     use std::sync::{Arc, Mutex};
     use tracing_subscriber::layer::SubscriberExt;
 
-    pub fn plain_line(
+    pub(crate) fn plain_line(
         level: tracing::Level,
         fill: impl FnOnce(&mut super::PlainFields<'_>),
     ) -> String {
@@ -150,7 +153,7 @@ pub(crate) mod capture {
         without_timestamp(&buf)
     }
 
-    pub fn traced(log: impl FnOnce()) -> String {
+    pub(crate) fn traced(log: impl FnOnce()) -> String {
         let sink = Arc::new(Mutex::new(Vec::new()));
         let writer = sink.clone();
         let subscriber = tracing_subscriber::registry().with(
@@ -223,7 +226,7 @@ fn write_str_value(writer: &mut impl std::fmt::Write, value: &str) -> std::fmt::
 const BATCH_LIMIT: usize = 16 * 1024;
 
 /// How long a batched line may wait for others before the batch is written.
-pub const WRITE_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
+pub(crate) const WRITE_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Past this many deferred items waiting on a shard, they are handed on to the after-response
 /// thread at once (without one, the oldest runs at once, one for each new item).
@@ -250,7 +253,7 @@ thread_local! {
 /// thread, or runs here where there is none. Past [`DEFERRED_LIMIT`] waiting items they are
 /// handed on at once (without the thread, the oldest runs, so that no single caller pays for
 /// the whole queue). On a thread that does not batch it runs now.
-pub fn defer(work: impl FnOnce() + Send + 'static) {
+pub(crate) fn defer(work: impl FnOnce() + Send + 'static) {
     let batching = BATCH.with(|batch| batch.borrow().is_some());
     if !batching || RUNS_DEFERRED_WORK.with(std::cell::Cell::get) {
         return work();
@@ -278,7 +281,7 @@ pub fn defer(work: impl FnOnce() + Send + 'static) {
 
 /// Hands the deferred work on to the after-response thread, or runs it now where there is
 /// none; for a runtime about to go idle.
-pub fn run_deferred() {
+pub(crate) fn run_deferred() {
     let mut work = DEFERRED.with(|deferred| {
         let mut deferred = deferred.borrow_mut();
         if let Some(thread) = AFTER_RESPONSE.get() {
@@ -406,7 +409,7 @@ impl AfterResponse {
 
 /// Starts the thread that runs the work shards [`defer`] (after fork and privilege drop: it
 /// is an ordinary thread of the worker). Without it, that work runs on the shards.
-pub fn start_after_response_thread() -> std::io::Result<()> {
+pub(crate) fn start_after_response_thread() -> std::io::Result<()> {
     if AFTER_RESPONSE.get().is_some() {
         return Ok(());
     }
@@ -441,7 +444,7 @@ pub fn start_after_response_thread() -> std::io::Result<()> {
 
 /// Runs everything handed over so far, writes its lines and ends the after-response thread;
 /// work deferred after this runs where it was deferred.
-pub fn stop_after_response_thread() {
+pub(crate) fn stop_after_response_thread() {
     if let Some(shared) = AFTER_RESPONSE.get() {
         shared.stop();
     }
@@ -470,14 +473,14 @@ fn wake_writer() {
 
 /// From now on this thread's stderr lines wait for [`write_batches`], [`flush_this_thread`] or
 /// the size limit.
-pub fn batch_this_thread() {
+pub(crate) fn batch_this_thread() {
     BATCH.with(|batch| *batch.borrow_mut() = Some(Vec::with_capacity(BATCH_LIMIT)));
 }
 
 /// On a batching thread's runtime, for as long as it runs: [`WRITE_DELAY`] after the first
 /// gathered line or deferred item, runs the deferred work and writes the gathered lines (a
 /// runtime that stays busy never parks, so this bounds how long either waits).
-pub async fn write_batches() {
+pub(crate) async fn write_batches() {
     loop {
         std::future::poll_fn(|cx| {
             let lines = BATCH.with(|batch| batch.borrow().as_ref().is_some_and(|l| !l.is_empty()));
@@ -495,7 +498,7 @@ pub async fn write_batches() {
 }
 
 /// Runs the deferred work and writes the lines this thread has gathered.
-pub fn flush_this_thread() {
+pub(crate) fn flush_this_thread() {
     run_deferred();
     write_batch();
 }

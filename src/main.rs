@@ -1,11 +1,14 @@
 //! Entry point, and the one place that names both sides of the privilege boundary: parse the
 //! command line; then either run the `usage` report or print the man page, or let the root
 //! side prepare (`supervisor::prepare`), fork, and give each process its half — the child
-//! confines itself (`Sandbox::enter`) and serves (`worker::run`), the parent supervises.
+//! confines itself (`Sandbox::enter`) and serves (`worker::run`), the parent supervises
+//! (`Supervision::run`).
 
 use clap::{CommandFactory, Parser};
-use codex_responses_api_proxy::cli::{Cli, Command, DEFAULT_STATE_DIRECTORY};
-use codex_responses_api_proxy::{supervisor, usage, worker};
+use codex_responses_api_proxy::{
+    fork_failed, prepare, run_worker, usage_command, Cli, Command, Prepared,
+    DEFAULT_STATE_DIRECTORY,
+};
 use nix::unistd::{fork, ForkResult};
 use std::process::ExitCode;
 
@@ -23,7 +26,7 @@ fn main() -> ExitCode {
             .state_directory
             .clone()
             .unwrap_or_else(|| DEFAULT_STATE_DIRECTORY.into());
-        return match usage::report::usage_command(&dir, since, until, *json) {
+        return match usage_command(&dir, since, until, *json) {
             Ok(text) => {
                 println!("{text}");
                 ExitCode::SUCCESS
@@ -34,21 +37,21 @@ fn main() -> ExitCode {
             }
         };
     }
-    let supervisor::Prepared {
+    let Prepared {
         handover,
         supervision,
         sandbox,
-    } = match supervisor::prepare(&cli) {
+    } = match prepare(&cli) {
         Ok(prepared) => prepared,
         Err(code) => return code,
     };
     // SAFETY: the process is single-threaded here (no runtime, no threads were started).
     match unsafe { fork() } {
-        Err(e) => supervisor::fork_failed(e),
+        Err(e) => fork_failed(e),
         Ok(ForkResult::Child) => {
             drop(supervision);
             let code = match sandbox.enter(&handover) {
-                Ok(()) => worker::run(&cli, handover),
+                Ok(()) => run_worker(&cli, handover),
                 Err(e) => {
                     tracing::error!("{e}");
                     1

@@ -9,12 +9,12 @@
 use std::io::{self, Read};
 use std::sync::OnceLock;
 
-use codex_responses_api_proxy::supervisor::key::{self, KeyError, KeySource, MAX_KEY_LEN};
-use codex_responses_api_proxy::usage::tap::UsageTap;
-use codex_responses_api_proxy::worker::server::framing_guard::FramingScanner;
-use codex_responses_api_proxy::worker::upstream::upstream_wire::{
+use codex_responses_api_proxy::fuzzing::upstream_wire::{
     parse_response_head, BodyDecoder, Decoded, Framing, HeadParse,
 };
+use codex_responses_api_proxy::fuzzing::FramingScanner;
+use codex_responses_api_proxy::fuzzing::UsageTap;
+use codex_responses_api_proxy::fuzzing::{key, KeyError, KeySource, MAX_KEY_LEN};
 use openai_conformance::chat::{
     check_chat_completion, check_chat_stream, check_completion, check_completions_stream,
 };

@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
 
 /// One listening socket and the name systemd gave it (`FileDescriptorName=`).
-pub enum Listener {
+pub(crate) enum Listener {
     Tcp { socket: TcpListener, name: String },
     Unix { socket: UnixListener, name: String },
 }

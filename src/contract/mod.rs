@@ -9,15 +9,15 @@
 //!
 //! In the style of OpenSSH's `monitor.h`: this file is the whole interface between the sides.
 
-pub mod key_page;
-pub mod listener;
-pub mod pipe;
+pub(crate) mod key_page;
+pub(crate) mod listener;
+pub(crate) mod pipe;
 
 use std::os::fd::OwnedFd;
 
 pub use key_page::{ApiKeyHeader, KeySource};
-pub use listener::Listener;
-pub use pipe::{WorkerMessage, WorkerPipe};
+pub(crate) use listener::Listener;
+pub(crate) use pipe::{WorkerMessage, WorkerPipe};
 
 /// What the worker receives from root at fork. Besides this, the worker reads only the plain
 /// configuration (`crate::cli::Cli`), which it parses itself after dropping privileges.

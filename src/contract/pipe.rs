@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, OwnedFd};
 
 /// What the worker may tell the supervisor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WorkerMessage {
+pub(crate) enum WorkerMessage {
     /// The worker is serving: the supervisor writes `--server-info` and tells systemd READY.
     Serving,
     /// `GET /shutdown` was called (and enabled): the supervisor stops the whole service.
@@ -36,7 +36,7 @@ impl WorkerMessage {
 
 /// The worker's end of the pipe.
 #[derive(Debug)]
-pub struct WorkerPipe(OwnedFd);
+pub(crate) struct WorkerPipe(OwnedFd);
 
 impl WorkerPipe {
     pub(crate) fn new(fd: OwnedFd) -> WorkerPipe {

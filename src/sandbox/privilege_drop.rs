@@ -14,14 +14,14 @@ use std::io;
 
 /// The unprivileged account the worker runs as.
 #[derive(Debug, Clone)]
-pub struct WorkerUser {
+pub(crate) struct WorkerUser {
     pub name: String,
     pub uid: Uid,
     pub gid: Gid,
 }
 
 /// Chooses the worker's user when running as root; `None` when not root (nothing to drop).
-pub fn resolve(requested: Option<&str>) -> Result<Option<WorkerUser>, String> {
+pub(crate) fn resolve(requested: Option<&str>) -> Result<Option<WorkerUser>, String> {
     if !Uid::effective().is_root() {
         return Ok(None);
     }
@@ -165,7 +165,7 @@ pub(crate) fn sharing_risks(user: &User) -> Vec<String> {
 
 /// Drops to `user` (when given), clears every capability set, and sets no_new_privs.
 /// The process stays non-dumpable.
-pub fn drop_privileges(user: Option<&WorkerUser>) -> io::Result<()> {
+pub(crate) fn drop_privileges(user: Option<&WorkerUser>) -> io::Result<()> {
     let to_io = |e: caps::errors::CapsError| io::Error::other(e.to_string());
     if let Some(user) = user {
         // The bounding set can only be cleared while we still hold CAP_SETPCAP.

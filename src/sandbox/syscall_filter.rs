@@ -177,7 +177,7 @@ fn arg_is(index: u8, value: i32) -> Result<SeccompRule, seccompiler::BackendErro
 }
 
 /// Compiles the filter for this machine's architecture.
-pub fn program() -> Result<BpfProgram, String> {
+pub(crate) fn program() -> Result<BpfProgram, String> {
     let arch = if cfg!(target_arch = "x86_64") {
         TargetArch::x86_64
     } else if cfg!(target_arch = "aarch64") {
@@ -211,7 +211,7 @@ pub fn program() -> Result<BpfProgram, String> {
 
 /// Installs the filter on the calling thread (threads created later inherit it).
 /// Needs no_new_privs (set by the privilege drop) when not root.
-pub fn install() -> Result<(), String> {
+pub(crate) fn install() -> Result<(), String> {
     let program = program()?;
     seccompiler::apply_filter(&program).map_err(|e| e.to_string())
 }

@@ -10,7 +10,7 @@ extern "C" {
 
 /// Makes the process non-dumpable (also blocks ptrace and /proc/PID/environ for other users)
 /// and sets the core size limit to 0/0.
-pub fn forbid_dumps() -> io::Result<()> {
+pub(crate) fn forbid_dumps() -> io::Result<()> {
     // SAFETY: plain prctl/setrlimit calls with valid arguments.
     unsafe {
         if libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) != 0 {
@@ -29,7 +29,7 @@ pub fn forbid_dumps() -> io::Result<()> {
 
 /// Raises the soft open-files limit to the hard one: every open stream holds two descriptors
 /// (client and upstream), and the usual soft limit of 1024 would cap the service near 500.
-pub fn raise_open_files_limit() {
+pub(crate) fn raise_open_files_limit() {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -46,7 +46,7 @@ pub fn raise_open_files_limit() {
 
 /// Removes every `LD_*` variable, and also blanks its original bytes, which the kernel keeps
 /// showing in /proc/PID/environ after a plain unsetenv. Must run while single-threaded.
-pub fn remove_loader_variables() {
+pub(crate) fn remove_loader_variables() {
     let mut originals: Vec<*mut libc::c_char> = Vec::new();
     // SAFETY: single-threaded at this point; environ is a NULL-terminated array of C strings.
     unsafe {

@@ -6,12 +6,12 @@ use std::fmt;
 use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
 
-pub const SD_LISTEN_FDS_START: i32 = 3;
+pub(crate) const SD_LISTEN_FDS_START: i32 = 3;
 
-pub use crate::contract::Listener;
+pub(crate) use crate::contract::Listener;
 
 #[derive(Debug)]
-pub enum ListenerError {
+pub(crate) enum ListenerError {
     BadEnvironment(String),
     NotAListeningSocket { fd: i32, name: String },
     Bind { port: u16, error: std::io::Error },
@@ -36,13 +36,13 @@ impl std::error::Error for ListenerError {}
 
 /// What the environment says about socket activation.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Activation {
+pub(crate) struct Activation {
     pub count: usize,
     pub names: Vec<String>,
 }
 
 /// Reads the activation variables. `None` when this process was not socket-activated.
-pub fn parse_activation(
+pub(crate) fn parse_activation(
     listen_pid: Option<&str>,
     listen_fds: Option<&str>,
     listen_fdnames: Option<&str>,
@@ -84,7 +84,7 @@ pub fn parse_activation(
 }
 
 /// Takes the activated sockets, or binds 127.0.0.1:`port` (0 = ephemeral).
-pub fn open(port: Option<u16>) -> Result<Vec<Listener>, ListenerError> {
+pub(crate) fn open(port: Option<u16>) -> Result<Vec<Listener>, ListenerError> {
     let var = |name: &str| std::env::var(name).ok();
     let activation = parse_activation(
         var("LISTEN_PID").as_deref(),
@@ -125,7 +125,7 @@ pub fn open(port: Option<u16>) -> Result<Vec<Listener>, ListenerError> {
 
 /// Binds the `--unix-socket` listener: any local user may connect (the worker identifies
 /// each caller with SO_PEERCRED and applies the allow-lists).
-pub fn bind_unix(path: &std::path::Path) -> Result<Listener, ListenerError> {
+pub(crate) fn bind_unix(path: &std::path::Path) -> Result<Listener, ListenerError> {
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let bad = |error: std::io::Error| {
         ListenerError::BadEnvironment(format!("cannot listen on {}: {error}", path.display()))
@@ -145,7 +145,7 @@ pub fn bind_unix(path: &std::path::Path) -> Result<Listener, ListenerError> {
 }
 
 /// The first TCP port we listen on, for `--server-info`.
-pub fn first_tcp_port(listeners: &[Listener]) -> Option<u16> {
+pub(crate) fn first_tcp_port(listeners: &[Listener]) -> Option<u16> {
     listeners.iter().find_map(|l| match l {
         Listener::Tcp { socket, .. } => socket.local_addr().ok().map(|a| a.port()),
         Listener::Unix { .. } => None,

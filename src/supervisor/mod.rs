@@ -2,10 +2,10 @@
 //! then a small loop that waits on the worker's pipe and on signals. The supervisor never
 //! reads client input; it only learns "serving" and "shut down, please" from the worker.
 
-pub mod hardening;
+pub(crate) mod hardening;
 pub mod key;
-pub mod listener;
-pub mod notify;
+pub(crate) mod listener;
+pub(crate) mod notify;
 mod server_info;
 
 use crate::cli::Cli;

@@ -6,7 +6,7 @@ use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 
 /// Sends `state` (e.g. `READY=1`) when `NOTIFY_SOCKET` is set; does nothing otherwise.
-pub fn notify(state: &str) -> io::Result<()> {
+pub(crate) fn notify(state: &str) -> io::Result<()> {
     let Some(target) = std::env::var_os("NOTIFY_SOCKET") else {
         return Ok(());
     };

@@ -10,34 +10,34 @@
 
 use super::store::UsageRecord;
 use std::collections::{HashMap, VecDeque};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 const WINDOW_MS: u64 = 60_000;
 const DAY_SECS: u64 = 86_400;
 
 /// The configured limits; `None` = no limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Limits {
+pub(crate) struct Limits {
     pub requests_per_minute: Option<u32>,
     pub tokens_per_day: Option<u64>,
 }
 
 impl Limits {
-    pub fn is_unlimited(&self) -> bool {
+    pub(crate) fn is_unlimited(&self) -> bool {
         self.requests_per_minute.is_none() && self.tokens_per_day.is_none()
     }
 }
 
 /// Which limit refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LimitKind {
+pub(crate) enum LimitKind {
     RequestsPerMinute,
     TokensPerDay,
 }
 
 /// A refusal: answer 429 with `Retry-After: secs` and [`RetryAfter::to_body`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RetryAfter {
+pub(crate) struct RetryAfter {
     /// Whole seconds to wait, at least 1.
     pub secs: u64,
     pub kind: LimitKind,
@@ -46,25 +46,24 @@ pub struct RetryAfter {
 }
 
 impl RetryAfter {
-    /// Always 429.
-    pub const STATUS: u16 = 429;
     /// The OpenAI error `code`.
-    pub const CODE: &'static str = "rate_limit_exceeded";
+    pub(crate) const CODE: &'static str = "rate_limit_exceeded";
 
     /// The `Retry-After` header value.
-    pub fn header_value(&self) -> String {
+    #[cfg(test)]
+    pub(crate) fn header_value(&self) -> String {
         self.secs.to_string()
     }
 
     /// The OpenAI error `type` (`requests` or `tokens`, as OpenAI's own rate limits say).
-    pub fn error_type(&self) -> &'static str {
+    pub(crate) fn error_type(&self) -> &'static str {
         match self.kind {
             LimitKind::RequestsPerMinute => "requests",
             LimitKind::TokensPerDay => "tokens",
         }
     }
 
-    pub fn message(&self) -> String {
+    pub(crate) fn message(&self) -> String {
         match self.kind {
             LimitKind::RequestsPerMinute => format!(
                 "Rate limit reached: this proxy allows {} requests per minute for each local user. Please try again in {}s.",
@@ -78,7 +77,8 @@ impl RetryAfter {
     }
 
     /// The JSON error body.
-    pub fn to_body(&self) -> String {
+    #[cfg(test)]
+    pub(crate) fn to_body(&self) -> String {
         openai_wire::api_error::error_body(
             &self.message(),
             self.error_type(),
@@ -120,7 +120,7 @@ impl Bucket {
 
 /// Limit bookkeeping for all users. Keep it behind a `Mutex`; every call is O(1) amortized.
 #[derive(Debug)]
-pub struct LimitState {
+pub(crate) struct LimitState {
     limits: Limits,
     /// `None` is the shared bucket of callers whose uid is unknown.
     buckets: HashMap<Option<u32>, Bucket>,
@@ -133,16 +133,12 @@ fn unix_ms(t: SystemTime) -> u64 {
 }
 
 impl LimitState {
-    pub fn new(limits: Limits) -> Self {
+    pub(crate) fn new(limits: Limits) -> Self {
         LimitState {
             limits,
             buckets: HashMap::new(),
             calls: 0,
         }
-    }
-
-    pub fn limits(&self) -> Limits {
-        self.limits
     }
 
     fn bucket(&mut self, uid: Option<u32>, now_ms: u64) -> &mut Bucket {
@@ -160,7 +156,7 @@ impl LimitState {
 
     /// Admits one request from `uid` at `now` (counting it against the minute), or says how
     /// long to wait.
-    pub fn check(&mut self, uid: Option<u32>, now: SystemTime) -> Result<(), RetryAfter> {
+    pub(crate) fn check(&mut self, uid: Option<u32>, now: SystemTime) -> Result<(), RetryAfter> {
         if self.limits.is_unlimited() {
             return Ok(());
         }
@@ -200,7 +196,7 @@ impl LimitState {
     }
 
     /// Adds a finished request's tokens (input + output) to `uid`'s day.
-    pub fn record(&mut self, uid: Option<u32>, now: SystemTime, tokens: u64) {
+    pub(crate) fn record(&mut self, uid: Option<u32>, now: SystemTime, tokens: u64) {
         if self.limits.tokens_per_day.is_none() || tokens == 0 {
             return;
         }
@@ -212,7 +208,7 @@ impl LimitState {
     /// them with `store::for_each_in_range(path, start_of_utc_day(now), u64::MAX, ..)`).
     /// Requests stored in the last minute count against the minute, tokens stored today
     /// against the day.
-    pub fn seed_from<'a>(
+    pub(crate) fn seed_from<'a>(
         &mut self,
         records: impl IntoIterator<Item = &'a UsageRecord>,
         now: SystemTime,
@@ -248,13 +244,14 @@ impl LimitState {
 }
 
 /// Unix seconds at the start of the UTC day that holds `now`.
-pub fn start_of_utc_day(now: SystemTime) -> u64 {
+pub(crate) fn start_of_utc_day(now: SystemTime) -> u64 {
     unix_ms(now) / 1000 / DAY_SECS * DAY_SECS
 }
 
 /// `UNIX_EPOCH + secs`, for callers that hold unix seconds.
-pub fn at_unix(secs: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_secs(secs)
+#[cfg(test)]
+pub(crate) fn at_unix(secs: u64) -> SystemTime {
+    UNIX_EPOCH + std::time::Duration::from_secs(secs)
 }
 
 #[cfg(test)]
@@ -266,7 +263,7 @@ mod tests {
     }
 
     fn ms(ms: u64) -> SystemTime {
-        UNIX_EPOCH + Duration::from_millis(ms)
+        UNIX_EPOCH + std::time::Duration::from_millis(ms)
     }
 
     const DAY0: u64 = 20_000 * DAY_SECS; // some UTC midnight

@@ -7,23 +7,23 @@
 //!   store when the worker starts.
 //! - [`report`]: per-user totals for a time range, as a table or JSON (the `usage` subcommand).
 
-pub mod limits;
-pub mod report;
-pub mod store;
-pub mod tap;
+pub(crate) mod limits;
+pub(crate) mod report;
+pub(crate) mod store;
+pub(crate) mod tap;
 
-pub use limits::{LimitState, Limits, RetryAfter};
-pub use store::{UsageRecord, UsageStore};
-pub use tap::{TokenUsage, UsageTap};
+pub(crate) use limits::{LimitState, Limits, RetryAfter};
+pub(crate) use store::{UsageRecord, UsageStore};
+pub(crate) use tap::{TokenUsage, UsageTap};
 
 /// Seconds since the Unix epoch, now.
-pub fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     crate::clock::unix_now()
 }
 
 /// The worker's accounting in one place: the store (when a state directory is configured)
 /// and the limit state, seeded from the store's records of the current UTC day.
-pub struct Accounting {
+pub(crate) struct Accounting {
     store: Option<UsageStore>,
     limits: std::sync::Mutex<LimitState>,
     /// Whether [`Accounting::finish`] keeps anything (a store, or a token limit to charge).
@@ -33,7 +33,10 @@ pub struct Accounting {
 impl Accounting {
     /// Opens `<state_dir>/usage.jsonl` (when `state_dir` is given) and rebuilds the limit
     /// state from it, so that limits survive a worker restart.
-    pub fn open(state_dir: Option<&std::path::Path>, limits: Limits) -> std::io::Result<Self> {
+    pub(crate) fn open(
+        state_dir: Option<&std::path::Path>,
+        limits: Limits,
+    ) -> std::io::Result<Self> {
         let now = std::time::SystemTime::now();
         let mut state = LimitState::new(limits);
         let store = match state_dir {
@@ -67,7 +70,7 @@ impl Accounting {
     }
 
     /// Admits a request from `uid` now, or says how long to wait (answer 429).
-    pub fn admit(&self, uid: Option<u32>) -> Result<(), RetryAfter> {
+    pub(crate) fn admit(&self, uid: Option<u32>) -> Result<(), RetryAfter> {
         self.limits
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -76,7 +79,7 @@ impl Accounting {
 
     /// Records a finished request: appends it to the store (errors are logged, not fatal)
     /// and charges its tokens to the user's day.
-    pub fn finish(
+    pub(crate) fn finish(
         &self,
         uid: Option<u32>,
         user: Option<&str>,
@@ -104,12 +107,13 @@ impl Accounting {
 
     /// Whether finishing a request records anything (a store to append to, or a daily token
     /// limit to charge): when not, the usage is only read for the log line, off the hot path.
-    pub fn keeps_records(&self) -> bool {
+    pub(crate) fn keeps_records(&self) -> bool {
         self.keeps_records
     }
 
     /// The store's path, when there is one.
-    pub fn store_path(&self) -> Option<&std::path::Path> {
+    #[cfg(test)]
+    pub(crate) fn store_path(&self) -> Option<&std::path::Path> {
         self.store.as_ref().map(|s| s.path())
     }
 }

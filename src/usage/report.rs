@@ -11,7 +11,7 @@ use std::path::Path;
 
 /// One user's totals.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct Totals {
+pub(crate) struct Totals {
     /// The user name (the latest one recorded), else the uid, else `unknown`.
     pub user: String,
     pub uid: Option<u32>,
@@ -26,12 +26,12 @@ pub struct Totals {
 
 /// Sums records into incremental per-uid totals.
 #[derive(Default)]
-pub struct Summer {
+pub(crate) struct Summer {
     by_uid: HashMap<Option<u32>, (Totals, u64)>,
 }
 
 impl Summer {
-    pub fn add(&mut self, r: &UsageRecord) {
+    pub(crate) fn add(&mut self, r: &UsageRecord) {
         let (t, name_ts) = self.by_uid.entry(r.uid).or_insert_with(|| {
             (
                 Totals {
@@ -56,7 +56,7 @@ impl Summer {
     }
 
     /// Totals, largest total first (then by name).
-    pub fn finish(self) -> Vec<Totals> {
+    pub(crate) fn finish(self) -> Vec<Totals> {
         let mut out: Vec<Totals> = self
             .by_uid
             .into_values()
@@ -80,7 +80,8 @@ impl Summer {
 }
 
 /// Per-user totals of `records`.
-pub fn totals<'a>(records: impl IntoIterator<Item = &'a UsageRecord>) -> Vec<Totals> {
+#[cfg(test)]
+pub(crate) fn totals<'a>(records: impl IntoIterator<Item = &'a UsageRecord>) -> Vec<Totals> {
     let mut summer = Summer::default();
     for r in records {
         summer.add(r);
@@ -90,7 +91,7 @@ pub fn totals<'a>(records: impl IntoIterator<Item = &'a UsageRecord>) -> Vec<Tot
 
 /// Per-user totals for `since <= ts < until`, streamed from the store at `path`. Also returns
 /// how many unreadable lines were skipped.
-pub fn summarize(path: &Path, since: u64, until: u64) -> io::Result<(Vec<Totals>, usize)> {
+pub(crate) fn summarize(path: &Path, since: u64, until: u64) -> io::Result<(Vec<Totals>, usize)> {
     let mut summer = Summer::default();
     let skipped = for_each_in_range(path, since, until, |r| summer.add(&r))?;
     Ok((summer.finish(), skipped))
@@ -98,7 +99,7 @@ pub fn summarize(path: &Path, since: u64, until: u64) -> io::Result<(Vec<Totals>
 
 /// An aligned table: user, uid, requests, input, output, cached, reasoning, total; a final
 /// line sums all users when there is more than one.
-pub fn render_table(totals: &[Totals]) -> String {
+pub(crate) fn render_table(totals: &[Totals]) -> String {
     const HEADER: [&str; 8] = [
         "USER",
         "UID",
@@ -173,7 +174,7 @@ pub fn render_table(totals: &[Totals]) -> String {
 
 /// A JSON array of per-user objects (`user`, `uid`, `requests`, `input_tokens`,
 /// `output_tokens`, `cached_tokens`, `reasoning_tokens`, `total_tokens`), ending in a newline.
-pub fn render_json(totals: &[Totals]) -> String {
+pub(crate) fn render_json(totals: &[Totals]) -> String {
     let mut out = serde_json::to_string_pretty(totals).expect("JSON serialization into memory");
     out.push('\n');
     out
@@ -190,7 +191,7 @@ fn parse_date(s: &str, arg: &str) -> Result<i64, String> {
 const TIME_FORMS: &str = "use RFC 3339 (2024-05-01T00:00:00Z or with an offset like +02:00), a date (2024-05-01, UTC), a relative time (-24h, -7d, -30m, -90s, -2w), `now`, or @<unix seconds>";
 
 /// Parses a `--since`/`--until` value into unix seconds; relative forms count back from `now`.
-pub fn parse_time_arg(arg: &str, now: u64) -> Result<u64, String> {
+pub(crate) fn parse_time_arg(arg: &str, now: u64) -> Result<u64, String> {
     let s = arg.trim();
     if s.eq_ignore_ascii_case("now") {
         return Ok(now);

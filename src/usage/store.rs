@@ -14,13 +14,13 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The file name inside the state directory.
-pub const FILE_NAME: &str = "usage.jsonl";
+pub(crate) const FILE_NAME: &str = "usage.jsonl";
 /// The store's file mode.
-pub const FILE_MODE: u32 = 0o640;
+pub(crate) const FILE_MODE: u32 = 0o640;
 
 /// One request, as stored. `uid`/`user` are `null` when the caller was unknown.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct UsageRecord {
+pub(crate) struct UsageRecord {
     /// Unix seconds when the request finished.
     pub ts: u64,
     pub uid: Option<u32>,
@@ -47,7 +47,7 @@ fn bounded(s: &str, max_chars: usize) -> String {
 
 impl UsageRecord {
     /// A record for one request; `usage` is `None` when the body reported none.
-    pub fn new(
+    pub(crate) fn new(
         ts: u64,
         uid: Option<u32>,
         user: Option<&str>,
@@ -71,26 +71,26 @@ impl UsageRecord {
     }
 
     /// Input plus output tokens.
-    pub fn total_tokens(&self) -> u64 {
+    pub(crate) fn total_tokens(&self) -> u64 {
         self.input_tokens.saturating_add(self.output_tokens)
     }
 }
 
 /// The store, open for appending.
-pub struct UsageStore {
+pub(crate) struct UsageStore {
     file: File,
     path: PathBuf,
 }
 
 impl UsageStore {
     /// The store's path inside `state_dir`.
-    pub fn path_in(state_dir: &Path) -> PathBuf {
+    pub(crate) fn path_in(state_dir: &Path) -> PathBuf {
         state_dir.join(FILE_NAME)
     }
 
     /// Opens (creating, mode 0640) `<state_dir>/usage.jsonl` for appending. A torn last line
     /// left by a crash is ended with a newline so that the next record starts on its own line.
-    pub fn open(state_dir: &Path) -> io::Result<UsageStore> {
+    pub(crate) fn open(state_dir: &Path) -> io::Result<UsageStore> {
         let path = Self::path_in(state_dir);
         let file = OpenOptions::new()
             .append(true)
@@ -114,12 +114,12 @@ impl UsageStore {
         Ok(UsageStore { file, path })
     }
 
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Appends one record as one line, in one `write`. Blocking, but small (~250 bytes).
-    pub fn append(&self, record: &UsageRecord) -> io::Result<()> {
+    pub(crate) fn append(&self, record: &UsageRecord) -> io::Result<()> {
         let mut line = serde_json::to_vec(record).map_err(io::Error::other)?;
         line.push(b'\n');
         let written = (&self.file).write(&line)?;
@@ -138,8 +138,9 @@ impl UsageStore {
 }
 
 /// What reading the store found.
+#[cfg(test)]
 #[derive(Debug, Default)]
-pub struct ReadBack {
+pub(crate) struct ReadBack {
     pub records: Vec<UsageRecord>,
     /// Lines that could not be parsed (torn or damaged); they are left out.
     pub skipped: usize,
@@ -157,7 +158,7 @@ fn quick_ts(line: &[u8]) -> Option<u64> {
 
 /// Calls `visit` for every record with `since <= ts < until`, in file order. A missing file
 /// holds no records. Returns how many lines were skipped as unreadable.
-pub fn for_each_in_range(
+pub(crate) fn for_each_in_range(
     path: &Path,
     since: u64,
     until: u64,
@@ -195,7 +196,8 @@ pub fn for_each_in_range(
 }
 
 /// Reads every record with `since <= ts < until`.
-pub fn read_range(path: &Path, since: u64, until: u64) -> io::Result<ReadBack> {
+#[cfg(test)]
+pub(crate) fn read_range(path: &Path, since: u64, until: u64) -> io::Result<ReadBack> {
     let mut records = Vec::new();
     let skipped = for_each_in_range(path, since, until, |r| records.push(r))?;
     Ok(ReadBack { records, skipped })

@@ -28,7 +28,7 @@ use openai_wire::sse::{SseReader, DEFAULT_MAX_EVENT_BYTES};
 use serde::{Deserialize, Serialize};
 
 /// The largest non-streamed JSON body that is kept for parsing.
-pub const MAX_JSON_BODY: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_JSON_BODY: usize = 4 * 1024 * 1024;
 
 /// Tokens used by one request.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

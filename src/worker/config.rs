@@ -19,7 +19,7 @@ use std::time::Duration;
 use tracing::info;
 
 /// Everything the worker needs, parsed from the configuration and the handover.
-pub struct WorkerConfig {
+pub(crate) struct WorkerConfig {
     pub key: KeySource,
     pub upstream_url: reqwest::Url,
     pub bridge_to_chat: bool,
@@ -42,7 +42,7 @@ pub struct WorkerConfig {
 }
 
 /// How the worker authenticates upstream.
-pub struct AuthConfig {
+pub(crate) struct AuthConfig {
     pub mode: AuthMode,
     /// The Codex auth.json (apikey_auth_json, chatgpt_token), read by root.
     pub auth_json: Option<secrecy::SecretSlice<u8>>,

@@ -1,11 +1,11 @@
 //! The unprivileged side: a tokio runtime serving HTTP/1.1 on the inherited listeners. It
 //! starts only after the privilege drop and owns everything that touches client input.
 
-pub mod config;
-pub mod identity;
-pub mod routes;
-pub mod server;
-pub mod upstream;
+pub(crate) mod config;
+pub(crate) mod identity;
+pub(crate) mod routes;
+pub(crate) mod server;
+pub(crate) mod upstream;
 
 use identity::{access_control, peer_identity};
 use routes::wrapper_routes;
@@ -33,11 +33,11 @@ use upstream::UpstreamClient;
 use upstream_auth::{AuthMode, UpstreamAuth, UpstreamAuthSettings};
 use wrapper_routes::WrapperConfig;
 
-pub use config::{AuthConfig, WorkerConfig};
+pub(crate) use config::WorkerConfig;
 
 /// Shared by all requests of a shard (every field but `direct` is shared by all shards).
 #[derive(Clone)]
-pub struct State {
+pub(crate) struct State {
     /// `None` when no key is installed: every route answers 503.
     pub upstream: Option<UpstreamClient>,
     /// The strict route's own connection pool, for a plain-HTTP upstream with a static key.
@@ -70,7 +70,7 @@ impl State {
     /// The whole request body within this proxy's size limit and idle timeout, and within the
     /// caller's share of body memory and unfinished requests, or the 413/408/429/503 response
     /// to send instead.
-    pub async fn read_body(
+    pub(crate) async fn read_body(
         &self,
         body: hyper::body::Incoming,
         headers: &hyper::HeaderMap,
@@ -635,8 +635,7 @@ fn spawn_connection<S>(
                     request.uri(),
                     started,
                     identity.clone(),
-                    false,
-                );
+            );
                 info!(client_user = %identity.display_name(), "refused: ambiguous framing: {fault:?}");
                 let response = http::error_response(
                     hyper::StatusCode::BAD_REQUEST,
@@ -660,7 +659,6 @@ fn spawn_connection<S>(
                 request.uri(),
                 started,
                 identity.clone(),
-                is_model_route,
             );
             let (response, accounted) = match admission(&state, &identity, is_model_route) {
                 Some(refusal) => (refusal, None),

@@ -23,20 +23,19 @@ const GROUP_CACHE_CAPACITY: usize = 4096;
 
 /// A refused request: the HTTP status and an OpenAI-style error that says why.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Denial {
+pub(crate) struct Denial {
     pub message: String,
 }
 
 impl Denial {
-    /// Always 403.
-    pub const STATUS: u16 = 403;
     /// The OpenAI error `type`.
-    pub const KIND: &'static str = "permission_error";
+    pub(crate) const KIND: &'static str = "permission_error";
     /// The OpenAI error `code`.
-    pub const CODE: &'static str = "user_not_allowed";
+    pub(crate) const CODE: &'static str = "user_not_allowed";
 
     /// The JSON error body (`{"error":{"message",...}}`).
-    pub fn to_body(&self) -> String {
+    #[cfg(test)]
+    pub(crate) fn to_body(&self) -> String {
         openai_wire::api_error::error_body(&self.message, Self::KIND, Some(Self::CODE), None)
     }
 }
@@ -55,7 +54,7 @@ struct AllowedGroup {
 }
 
 /// The allow-lists. Build with [`AllowList::from_config`].
-pub struct AllowList {
+pub(crate) struct AllowList {
     users: HashSet<u32>,
     groups: Vec<AllowedGroup>,
     memberships: Mutex<HashMap<u32, (Instant, Vec<u32>)>>,
@@ -75,7 +74,7 @@ impl AllowList {
     /// Resolves `--allow-users` and `--allow-groups` values (names or numeric ids,
     /// comma-separated, repeatable). `Ok(None)` when both are empty: everyone is allowed.
     /// Unknown names are an error; numeric ids are taken as given (they need not exist yet).
-    pub fn from_config<U: AsRef<str>, G: AsRef<str>>(
+    pub(crate) fn from_config<U: AsRef<str>, G: AsRef<str>>(
         allow_users: &[U],
         allow_groups: &[G],
     ) -> Result<Option<AllowList>, String> {
@@ -140,7 +139,7 @@ impl AllowList {
     }
 
     /// A one-line description for the startup log.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let mut users: Vec<String> = self
             .users
             .iter()
@@ -165,7 +164,7 @@ impl AllowList {
     }
 
     /// Allows or refuses one request.
-    pub fn decide(&self, identity: &PeerIdentity) -> Result<(), Denial> {
+    pub(crate) fn decide(&self, identity: &PeerIdentity) -> Result<(), Denial> {
         let Some(uid) = identity.uid else {
             return Err(Denial {
                 message: format!(
@@ -195,7 +194,7 @@ impl AllowList {
     /// Whether [`AllowList::decide`] would look up `identity`'s group memberships (NSS, which
     /// may block): a known uid that is not listed itself, groups are listed, and its groups
     /// are not cached.
-    pub fn needs_group_lookup(&self, identity: &PeerIdentity) -> bool {
+    pub(crate) fn needs_group_lookup(&self, identity: &PeerIdentity) -> bool {
         let Some(uid) = identity.uid else {
             return false;
         };
@@ -210,7 +209,7 @@ impl AllowList {
 
     /// Looks up and caches `identity`'s group memberships (blocking; run it off the
     /// request's thread when [`AllowList::needs_group_lookup`] says so).
-    pub fn look_up_groups(&self, identity: &PeerIdentity) {
+    pub(crate) fn look_up_groups(&self, identity: &PeerIdentity) {
         if let Some(uid) = identity.uid {
             self.groups_of(uid, identity.user.as_deref());
         }

@@ -4,5 +4,5 @@
 //!
 //! May use: std, nix/libc. Nothing else of the worker.
 
-pub mod access_control;
-pub mod peer_identity;
+pub(crate) mod access_control;
+pub(crate) mod peer_identity;

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 /// The local user behind a connection. `uid: None` means unknown (the lookup failed).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct PeerIdentity {
+pub(crate) struct PeerIdentity {
     pub uid: Option<u32>,
     /// The user's name, when the uid is known and has a passwd entry.
     pub user: Option<String>,
@@ -32,12 +32,12 @@ pub struct PeerIdentity {
 
 impl PeerIdentity {
     /// The identity used when the lookup failed.
-    pub fn unknown() -> Self {
+    pub(crate) fn unknown() -> Self {
         PeerIdentity::default()
     }
 
     /// An identity for `uid`, with the name from the process-wide cache.
-    pub fn from_uid(uid: u32) -> Self {
+    pub(crate) fn from_uid(uid: u32) -> Self {
         PeerIdentity {
             uid: Some(uid),
             user: user_name(uid),
@@ -45,7 +45,7 @@ impl PeerIdentity {
     }
 
     /// The name for messages and reports: the user name, else the uid, else `unknown`.
-    pub fn display_name(&self) -> String {
+    pub(crate) fn display_name(&self) -> String {
         match (&self.user, self.uid) {
             (Some(name), _) => name.clone(),
             (None, Some(uid)) => uid.to_string(),
@@ -67,7 +67,7 @@ impl fmt::Display for PeerIdentity {
 /// Looks up the identity of an accepted TCP connection (`local` = our end, `peer` = the
 /// client's end, as `TcpStream::local_addr`/`peer_addr` report them). Failures are logged
 /// at `warn` and give the unknown identity.
-pub fn identify_tcp(local: SocketAddr, peer: SocketAddr) -> PeerIdentity {
+pub(crate) fn identify_tcp(local: SocketAddr, peer: SocketAddr) -> PeerIdentity {
     match tcp_peer_uid(local, peer) {
         Ok(uid) => PeerIdentity::from_uid(uid),
         Err(e) => {
@@ -79,13 +79,14 @@ pub fn identify_tcp(local: SocketAddr, peer: SocketAddr) -> PeerIdentity {
 
 /// Looks up the identity of an accepted unix-socket connection; failures are logged and
 /// give the unknown identity.
-pub fn identify_unix(stream: &tokio::net::UnixStream) -> PeerIdentity {
+#[cfg(test)]
+pub(crate) fn identify_unix(stream: &tokio::net::UnixStream) -> PeerIdentity {
     identity_of_unix_peer(unix_peer_uid(stream))
 }
 
 /// The identity for a unix-socket peer whose `SO_PEERCRED` uid was read already (the name
 /// lookup may block on NSS); failures are logged and give the unknown identity.
-pub fn identity_of_unix_peer(uid: io::Result<u32>) -> PeerIdentity {
+pub(crate) fn identity_of_unix_peer(uid: io::Result<u32>) -> PeerIdentity {
     match uid {
         Ok(uid) => PeerIdentity::from_uid(uid),
         Err(e) => {
@@ -96,7 +97,7 @@ pub fn identity_of_unix_peer(uid: io::Result<u32>) -> PeerIdentity {
 }
 
 /// The uid of the peer of a unix stream socket (`SO_PEERCRED`).
-pub fn unix_peer_uid(stream: &tokio::net::UnixStream) -> io::Result<u32> {
+pub(crate) fn unix_peer_uid(stream: &tokio::net::UnixStream) -> io::Result<u32> {
     Ok(stream.peer_cred()?.uid())
 }
 
@@ -280,7 +281,7 @@ fn parse_response(buf: &[u8], seq: u32, src: SocketAddr, dst: SocketAddr) -> io:
 /// the connection was accepted on, `peer` the client's address. Works for IPv4, IPv6 and
 /// IPv4-mapped IPv6. A blocking call of a few microseconds (the kernel answers during
 /// `send`); it cannot hang (one-second receive timeout).
-pub fn tcp_peer_uid(local: SocketAddr, peer: SocketAddr) -> io::Result<u32> {
+pub(crate) fn tcp_peer_uid(local: SocketAddr, peer: SocketAddr) -> io::Result<u32> {
     // The client's socket: its local end is our peer, its remote end is our local address.
     let src = canonical(peer);
     let dst = canonical(local);
@@ -367,14 +368,14 @@ const NAME_CACHE_CAPACITY: usize = 1024;
 const NAME_CACHE_TTL: Duration = Duration::from_secs(300);
 
 /// A bounded uid→name cache over the passwd database.
-pub struct UserNameCache {
+pub(crate) struct UserNameCache {
     entries: Mutex<HashMap<u32, (Instant, Option<String>)>>,
     capacity: usize,
     ttl: Duration,
 }
 
 impl UserNameCache {
-    pub fn new(capacity: usize, ttl: Duration) -> Self {
+    pub(crate) fn new(capacity: usize, ttl: Duration) -> Self {
         UserNameCache {
             entries: Mutex::new(HashMap::new()),
             capacity: capacity.max(1),
@@ -383,7 +384,7 @@ impl UserNameCache {
     }
 
     /// The name of `uid` (`None` when it has no passwd entry or the lookup failed).
-    pub fn name(&self, uid: u32) -> Option<String> {
+    pub(crate) fn name(&self, uid: u32) -> Option<String> {
         let now = Instant::now();
         {
             let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
@@ -413,17 +414,14 @@ impl UserNameCache {
     }
 
     /// How many entries are cached (for tests and diagnostics).
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
 /// The name of `uid` from the process-wide cache.
-pub fn user_name(uid: u32) -> Option<String> {
+pub(crate) fn user_name(uid: u32) -> Option<String> {
     static CACHE: OnceLock<UserNameCache> = OnceLock::new();
     CACHE
         .get_or_init(|| UserNameCache::new(NAME_CACHE_CAPACITY, NAME_CACHE_TTL))

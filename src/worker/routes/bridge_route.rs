@@ -32,7 +32,7 @@ impl StreamConverter for ChatStreamConverter {
     }
 }
 
-pub async fn serve(
+pub(crate) async fn serve(
     state: &State,
     upstream: &UpstreamClient,
     request: Request<Incoming>,
@@ -124,7 +124,7 @@ pub async fn serve(
 }
 
 /// `resp_` followed by 32 hex digits, unique within this worker and across restarts.
-pub fn new_response_id() -> String {
+pub(crate) fn new_response_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = std::time::SystemTime::now()
@@ -135,6 +135,6 @@ pub fn new_response_id() -> String {
     format!("resp_{nanos:016x}{mixed:016x}")
 }
 
-pub fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     crate::clock::unix_now()
 }

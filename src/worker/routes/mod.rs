@@ -2,10 +2,10 @@
 //! match a route (the Ollama pass-through alone keeps its query); everything else is refused
 //! with 403 before any body is read.
 
-pub mod bridge_route;
-pub mod strict;
-pub mod translate;
-pub mod wrapper_routes;
+pub(crate) mod bridge_route;
+pub(crate) mod strict;
+pub(crate) mod translate;
+pub(crate) mod wrapper_routes;
 
 use crate::worker::server::http::{error_response, json_response, Body};
 use crate::worker::State;
@@ -17,7 +17,7 @@ use wrapper_routes::WrapperRoute;
 /// Where a request goes: decided once, by [`classify`], and used for routing ([`handle`]),
 /// admission (only model routes count against `--requests-per-minute`) and accounting (only
 /// model routes are recorded in `usage.jsonl`).
-pub enum Route {
+pub(crate) enum Route {
     /// `POST /v1/responses`, forwarded (strict) or bridged to a chat upstream.
     Responses,
     /// `GET /shutdown` with `--http-shutdown`.
@@ -30,7 +30,7 @@ pub enum Route {
 
 impl Route {
     /// A request to a model: its tokens are counted, limited and recorded.
-    pub fn is_model_route(&self) -> bool {
+    pub(crate) fn is_model_route(&self) -> bool {
         matches!(
             self,
             Route::Responses
@@ -42,7 +42,7 @@ impl Route {
 /// The one classification of a request: method, exact origin-form path (no query but for
 /// the Ollama pass-through), `Expect`, the wrapper's client key and whether a key is
 /// installed.
-pub fn classify<B>(state: &State, request: &Request<B>) -> Route {
+pub(crate) fn classify<B>(state: &State, request: &Request<B>) -> Route {
     if let Some(refusal) = unmet_expectation(request.headers()) {
         return Route::Refused(refusal);
     }
@@ -108,7 +108,11 @@ fn unmet_expectation(headers: &hyper::HeaderMap) -> Option<Response<Body>> {
 }
 
 /// Serves a request classified by [`classify`].
-pub async fn handle(state: Arc<State>, route: Route, request: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn handle(
+    state: Arc<State>,
+    route: Route,
+    request: Request<Incoming>,
+) -> Response<Body> {
     match route {
         Route::Refused(response) => response,
         Route::Shutdown => shutdown(&state),
@@ -140,7 +144,7 @@ fn forbidden(state: &State) -> Response<Body> {
     )
 }
 
-pub fn not_configured() -> Response<Body> {
+pub(crate) fn not_configured() -> Response<Body> {
     tracing::warn!(
         "request refused: no API key is installed; as root run `codex-responses-api-proxy-install-key < keyfile`"
     );

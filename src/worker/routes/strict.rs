@@ -9,7 +9,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 
-pub async fn forward(
+pub(crate) async fn forward(
     state: &State,
     upstream: &UpstreamClient,
     request: Request<Incoming>,
@@ -40,7 +40,7 @@ pub async fn forward(
 }
 
 /// Status, end-to-end headers and the streamed body of an upstream response.
-pub fn mirror(upstream: reqwest::Response) -> Response<Body> {
+pub(crate) fn mirror(upstream: reqwest::Response) -> Response<Body> {
     let status = upstream.status();
     let headers = headers::for_client(upstream.headers());
     let credential = upstream.extensions().get::<SentCredential>().cloned();

@@ -13,7 +13,7 @@ use openai_wire::sse::SseReader;
 use std::pin::Pin;
 
 /// A pure converter from one upstream event stream to the client's wire format.
-pub trait StreamConverter: Send + 'static {
+pub(crate) trait StreamConverter: Send + 'static {
     /// Writes the opening events (idempotent).
     fn start(&mut self, out: &mut Vec<u8>);
     /// Handles one upstream event's data. [`Flow::Stop`] means the converter wrote its
@@ -29,7 +29,7 @@ pub trait StreamConverter: Send + 'static {
 
 /// Whether a converter wants more upstream input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Flow {
+pub(crate) enum Flow {
     Continue,
     Stop,
 }
@@ -116,7 +116,7 @@ impl<C: StreamConverter> Translation<C> {
 }
 
 /// What a transport error says, without URLs.
-pub fn describe(error: &reqwest::Error) -> String {
+pub(crate) fn describe(error: &reqwest::Error) -> String {
     let cause = crate::worker::upstream::innermost_cause(error);
     if error.is_timeout() {
         format!("the upstream stream stalled: {cause}")
@@ -126,7 +126,10 @@ pub fn describe(error: &reqwest::Error) -> String {
 }
 
 /// A streaming client body: converted output is sent as soon as it is produced.
-pub fn streaming_body<C: StreamConverter>(upstream: reqwest::Response, converter: C) -> Body {
+pub(crate) fn streaming_body<C: StreamConverter>(
+    upstream: reqwest::Response,
+    converter: C,
+) -> Body {
     let translation = Translation::new(upstream, converter);
     let frames = futures_util::stream::unfold(translation, |mut t| async move {
         t.next_output()
@@ -137,7 +140,7 @@ pub fn streaming_body<C: StreamConverter>(upstream: reqwest::Response, converter
 }
 
 /// A `text/event-stream` response whose body is [`streaming_body`].
-pub fn streaming_response<C: StreamConverter>(
+pub(crate) fn streaming_response<C: StreamConverter>(
     upstream: reqwest::Response,
     converter: C,
 ) -> hyper::Response<Body> {
@@ -154,7 +157,7 @@ pub fn streaming_response<C: StreamConverter>(
 
 /// Runs a whole upstream stream through `converter` (for clients that did not ask to stream)
 /// and returns the converter in its final state.
-pub async fn run_to_end<C: StreamConverter>(upstream: reqwest::Response, converter: C) -> C {
+pub(crate) async fn run_to_end<C: StreamConverter>(upstream: reqwest::Response, converter: C) -> C {
     let mut translation = Translation::new(upstream, converter);
     while translation.next_output().await.is_some() {}
     translation.converter

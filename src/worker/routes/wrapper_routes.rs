@@ -25,7 +25,7 @@ use secrecy::{ExposeSecret, SecretString};
 use subtle::ConstantTimeEq;
 
 /// The wrapper routes' configuration, prepared by the supervisor.
-pub struct WrapperConfig {
+pub(crate) struct WrapperConfig {
     pub settings: WrapperSettings,
     /// The key clients must present, when one is configured.
     pub client_api_key: Option<SecretString>,
@@ -48,7 +48,7 @@ impl std::fmt::Debug for WrapperConfig {
 
 /// A wrapper route, recognised from the method and the exact path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WrapperRoute {
+pub(crate) enum WrapperRoute {
     Health,
     Preflight,
     ChatCompletions(ReasoningOutputMode),
@@ -60,7 +60,11 @@ pub enum WrapperRoute {
 }
 
 /// Recognises a wrapper route; `None` when the request is not one.
-pub fn classify(settings: &WrapperSettings, method: &Method, path: &str) -> Option<WrapperRoute> {
+pub(crate) fn classify(
+    settings: &WrapperSettings,
+    method: &Method,
+    path: &str,
+) -> Option<WrapperRoute> {
     if method == Method::OPTIONS {
         return Some(WrapperRoute::Preflight);
     }
@@ -87,7 +91,10 @@ pub fn classify(settings: &WrapperSettings, method: &Method, path: &str) -> Opti
 }
 
 /// Checks the client access key: the 401 to send when it is missing or wrong.
-pub fn client_key_rejection(config: &WrapperConfig, headers: &HeaderMap) -> Option<Response<Body>> {
+pub(crate) fn client_key_rejection(
+    config: &WrapperConfig,
+    headers: &HeaderMap,
+) -> Option<Response<Body>> {
     let expected = config.client_api_key.as_ref()?;
     let unauthorized = |message: &str| {
         let mut response = error_response(
@@ -124,7 +131,7 @@ fn with_cors(mut response: Response<Body>) -> Response<Body> {
     response
 }
 
-pub async fn serve(
+pub(crate) async fn serve(
     state: &State,
     config: &WrapperConfig,
     route: WrapperRoute,
@@ -287,7 +294,7 @@ async fn completions(
 }
 
 /// A converter whose final state answers a client that did not ask to stream.
-pub trait ClientConverter: StreamConverter {
+pub(crate) trait ClientConverter: StreamConverter {
     fn outcome(&self) -> &StreamOutcome;
     fn final_body(&self) -> serde_json::Value;
 }
@@ -416,7 +423,7 @@ wrapper_converter!(ChatStream);
 wrapper_converter!(CompletionStream);
 
 /// Two converters in a row: `first`'s SSE output is parsed and fed to `second`.
-pub struct Chained<A, B> {
+pub(crate) struct Chained<A, B> {
     first: A,
     second: B,
     between: SseReader,
@@ -424,7 +431,7 @@ pub struct Chained<A, B> {
 }
 
 impl<A: StreamConverter, B: StreamConverter> Chained<A, B> {
-    pub fn new(first: A, second: B) -> Self {
+    pub(crate) fn new(first: A, second: B) -> Self {
         Chained {
             first,
             second,

@@ -16,7 +16,7 @@ type Spare = Arc<Mutex<Option<Pin<Box<Sleep>>>>>;
 /// Hands out sleeps that reuse one tokio timer: a sleep takes it, and gives it back when
 /// dropped. A second sleep asked for while the first is alive gets a timer of its own.
 #[derive(Clone, Default)]
-pub struct ConnectionTimer {
+pub(crate) struct ConnectionTimer {
     spare: Spare,
 }
 

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 /// The limits, after defaults are applied.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct FairShareLimits {
+pub(crate) struct FairShareLimits {
     /// Connections one user may hold open.
     pub connections_per_user: usize,
     /// Connections of one user whose request body is still arriving.
@@ -32,10 +32,10 @@ pub struct FairShareLimits {
 }
 
 /// Default budget for all buffered request bodies: 256 MiB.
-pub const DEFAULT_BUFFERED_BODIES: usize = 256 * 1024 * 1024;
+pub(crate) const DEFAULT_BUFFERED_BODIES: usize = 256 * 1024 * 1024;
 /// Default budget for one user's buffered request bodies: 64 MiB (two bodies of the default
 /// 32 MiB limit).
-pub const DEFAULT_BUFFERED_BODIES_PER_USER: usize = 64 * 1024 * 1024;
+pub(crate) const DEFAULT_BUFFERED_BODIES_PER_USER: usize = 64 * 1024 * 1024;
 
 /// Descriptors kept out of every share (listeners, pipes, logging, the usage store, upstream
 /// connections of the first requests).
@@ -50,7 +50,7 @@ impl FairShareLimits {
     /// eighth of what is left after [`RESERVED_FILES`] (each of their connections may need an
     /// upstream connection too, so a quarter of the descriptors at most), between 8 and
     /// 4,096 connections, a quarter of them with an unfinished request.
-    pub fn with_defaults(
+    pub(crate) fn with_defaults(
         open_files: u64,
         connections_per_user: Option<usize>,
         unfinished_requests_per_user: Option<usize>,
@@ -75,7 +75,7 @@ impl FairShareLimits {
 }
 
 /// The soft limit on open files of this process (after the supervisor raised it).
-pub fn open_files_limit() -> u64 {
+pub(crate) fn open_files_limit() -> u64 {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -90,7 +90,7 @@ pub fn open_files_limit() -> u64 {
 
 /// Why something was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// The user holds as many connections as they may.
     Connections,
     /// The user has as many unfinished requests as they may.
@@ -107,7 +107,7 @@ impl Refusal {
     }
 
     /// What the log line says.
-    pub fn reason(self) -> &'static str {
+    pub(crate) fn reason(self) -> &'static str {
         match self {
             Refusal::Connections => "too many open connections of this user",
             Refusal::UnfinishedRequests => "too many unfinished requests of this user",
@@ -118,7 +118,7 @@ impl Refusal {
 }
 
 /// The key of a user's counts: their uid, or `None` for every unidentified caller.
-pub type UserKey = Option<u32>;
+pub(crate) type UserKey = Option<u32>;
 
 #[derive(Default)]
 struct UserUse {
@@ -154,14 +154,14 @@ struct RefusalLog {
 }
 
 /// The counts and limits shared by every shard.
-pub struct FairShare {
+pub(crate) struct FairShare {
     limits: FairShareLimits,
     counts: Mutex<Counts>,
     logs: [Mutex<RefusalLog>; 4],
 }
 
 impl FairShare {
-    pub fn new(limits: FairShareLimits) -> Arc<Self> {
+    pub(crate) fn new(limits: FairShareLimits) -> Arc<Self> {
         Arc::new(FairShare {
             limits,
             counts: Mutex::default(),
@@ -169,7 +169,7 @@ impl FairShare {
         })
     }
 
-    pub fn limits(&self) -> FairShareLimits {
+    pub(crate) fn limits(&self) -> FairShareLimits {
         self.limits
     }
 
@@ -178,7 +178,10 @@ impl FairShare {
     }
 
     /// A connection of `user`, counted until the slot is dropped.
-    pub fn open_connection(self: &Arc<Self>, user: UserKey) -> Result<ConnectionSlot, Refusal> {
+    pub(crate) fn open_connection(
+        self: &Arc<Self>,
+        user: UserKey,
+    ) -> Result<ConnectionSlot, Refusal> {
         let mut counts = self.counts();
         let entry = counts.users.entry(user).or_default();
         if entry.connections >= self.limits.connections_per_user {
@@ -194,7 +197,10 @@ impl FairShare {
     }
 
     /// An unfinished request of `user`, counted until the slot is dropped.
-    pub fn start_unfinished(self: &Arc<Self>, user: UserKey) -> Result<UnfinishedSlot, Refusal> {
+    pub(crate) fn start_unfinished(
+        self: &Arc<Self>,
+        user: UserKey,
+    ) -> Result<UnfinishedSlot, Refusal> {
         let mut counts = self.counts();
         let entry = counts.users.entry(user).or_default();
         if entry.unfinished >= self.limits.unfinished_requests_per_user {
@@ -214,7 +220,7 @@ impl FairShare {
     }
 
     /// Memory for `bytes` of `user`'s request body, held until the reservation is dropped.
-    pub fn reserve(
+    pub(crate) fn reserve(
         self: &Arc<Self>,
         user: UserKey,
         bytes: usize,
@@ -327,7 +333,7 @@ fn hand_memory_back() {
 }
 
 /// One open connection of a user.
-pub struct ConnectionSlot {
+pub(crate) struct ConnectionSlot {
     share: Arc<FairShare>,
     user: UserKey,
 }
@@ -339,7 +345,7 @@ impl Drop for ConnectionSlot {
 }
 
 /// One unfinished request of a user.
-pub struct UnfinishedSlot {
+pub(crate) struct UnfinishedSlot {
     share: Arc<FairShare>,
     user: UserKey,
 }
@@ -351,7 +357,7 @@ impl Drop for UnfinishedSlot {
 }
 
 /// Memory held for one request body.
-pub struct BodyReservation {
+pub(crate) struct BodyReservation {
     share: Arc<FairShare>,
     user: UserKey,
     bytes: usize,
@@ -359,7 +365,7 @@ pub struct BodyReservation {
 
 impl BodyReservation {
     /// Holds at least `bytes` in all, or refuses (keeping what was held).
-    pub fn grow_to(&mut self, bytes: usize) -> Result<(), Refusal> {
+    pub(crate) fn grow_to(&mut self, bytes: usize) -> Result<(), Refusal> {
         if bytes > self.bytes {
             self.share.try_add_bytes(self.user, bytes - self.bytes)?;
             self.bytes = bytes;
@@ -367,7 +373,7 @@ impl BodyReservation {
         Ok(())
     }
 
-    pub fn bytes(&self) -> usize {
+    pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
 }
@@ -381,9 +387,10 @@ impl Drop for BodyReservation {
 }
 
 /// A request body that keeps its memory reserved for as long as it lives.
-pub struct ReservedBody {
+pub(crate) struct ReservedBody {
     pub bytes: bytes::Bytes,
-    pub reservation: BodyReservation,
+    /// Never read: held so that the memory stays reserved while the bytes live.
+    pub _reservation: BodyReservation,
 }
 
 impl AsRef<[u8]> for ReservedBody {

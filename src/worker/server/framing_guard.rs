@@ -450,14 +450,14 @@ fn note_header(facts: &mut HeadFacts, line: &Line) {
 
 /// The refused request of one connection, shared between the connection and its service.
 #[derive(Default)]
-pub struct FramingVerdicts {
+pub(crate) struct FramingVerdicts {
     /// 0: none; else (request number << 8) | fault code.
     refused: AtomicU64,
 }
 
 impl FramingVerdicts {
     /// The fault of request number `index` (from 0), if it was refused.
-    pub fn fault_of(&self, index: u64) -> Option<FramingFault> {
+    pub(crate) fn fault_of(&self, index: u64) -> Option<FramingFault> {
         let packed = self.refused.load(Ordering::Acquire);
         if packed == 0 || packed >> 8 != index {
             return None;
@@ -472,14 +472,14 @@ impl FramingVerdicts {
 }
 
 /// A client connection whose incoming bytes pass through a [`FramingScanner`].
-pub struct FramingWatch<T> {
+pub(crate) struct FramingWatch<T> {
     inner: T,
     scanner: FramingScanner,
     verdicts: Arc<FramingVerdicts>,
 }
 
 impl<T> FramingWatch<T> {
-    pub fn new(inner: T, verdicts: Arc<FramingVerdicts>) -> Self {
+    pub(crate) fn new(inner: T, verdicts: Arc<FramingVerdicts>) -> Self {
         FramingWatch {
             inner,
             scanner: FramingScanner::default(),

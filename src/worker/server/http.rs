@@ -21,21 +21,21 @@ use crate::worker::server::fair_share::{
     FairShare, FairShareLimits, Refusal, ReservedBody, UnfinishedSlot, UserKey,
 };
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of every response the worker sends.
-pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 /// Marks a response with the status the upstream answered, for the request log line.
 #[derive(Clone, Copy, Debug)]
-pub struct UpstreamStatus(pub u16);
+pub(crate) struct UpstreamStatus(pub u16);
 
-pub fn full(bytes: impl Into<Bytes>) -> Body {
+pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed_unsync()
 }
 
-pub fn json_response(status: StatusCode, json: impl Into<Bytes>) -> Response<Body> {
+pub(crate) fn json_response(status: StatusCode, json: impl Into<Bytes>) -> Response<Body> {
     let mut response = Response::new(full(json));
     *response.status_mut() = status;
     response.headers_mut().insert(
@@ -46,7 +46,7 @@ pub fn json_response(status: StatusCode, json: impl Into<Bytes>) -> Response<Bod
 }
 
 /// An OpenAI-style error response.
-pub fn error_response(
+pub(crate) fn error_response(
     status: StatusCode,
     message: &str,
     kind: &str,
@@ -56,12 +56,12 @@ pub fn error_response(
 }
 
 /// Most bytes merged into one frame; past this, a frame is sent even if more is ready.
-pub const FRAME_LIMIT: usize = 64 * 1024;
+pub(crate) const FRAME_LIMIT: usize = 64 * 1024;
 
 /// The chunks one poll of a gathering body received: a single chunk is handed on as it is;
 /// several are copied once into a buffer sized for a few more.
 #[derive(Default)]
-pub enum Gathered {
+pub(crate) enum Gathered {
     #[default]
     Nothing,
     One(Bytes),
@@ -69,7 +69,7 @@ pub enum Gathered {
 }
 
 impl Gathered {
-    pub fn push(&mut self, chunk: Bytes) {
+    pub(crate) fn push(&mut self, chunk: Bytes) {
         *self = match std::mem::take(self) {
             Gathered::Nothing => Gathered::One(chunk),
             Gathered::One(first) => {
@@ -85,7 +85,7 @@ impl Gathered {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match self {
             Gathered::Nothing => 0,
             Gathered::One(bytes) => bytes.len(),
@@ -93,11 +93,11 @@ impl Gathered {
         }
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    pub fn into_bytes(self) -> Bytes {
+    pub(crate) fn into_bytes(self) -> Bytes {
         match self {
             Gathered::Nothing => Bytes::new(),
             Gathered::One(bytes) => bytes,
@@ -116,7 +116,7 @@ impl Gathered {
 /// which keeps a burst to few writes (a body that waits for its upstream is written at once
 /// anyway).
 #[derive(Default)]
-pub struct FrameGate {
+pub(crate) struct FrameGate {
     /// An error met after data was gathered, reported on the next poll.
     pub pending_error: Option<BoxError>,
     pub ended: bool,
@@ -136,7 +136,7 @@ type FrameResult = Poll<Option<Result<Frame<Bytes>, BoxError>>>;
 impl FrameGate {
     /// Called at the top of `poll_frame`: the stored error, the end, or `Pending` once right
     /// after the first frame; `None` when the body should gather more.
-    pub fn before_poll(&mut self, cx: &mut Context<'_>) -> Option<FrameResult> {
+    pub(crate) fn before_poll(&mut self, cx: &mut Context<'_>) -> Option<FrameResult> {
         if let Some(error) = self.pending_error.take() {
             return Some(Poll::Ready(Some(Err(error))));
         }
@@ -152,7 +152,7 @@ impl FrameGate {
     }
 
     /// Hands `data` over as the next frame.
-    pub fn frame(&mut self, data: Bytes) -> FrameResult {
+    pub(crate) fn frame(&mut self, data: Bytes) -> FrameResult {
         if self.first_frame == FirstFrame::NotYet {
             self.first_frame = if self.ended {
                 FirstFrame::Written
@@ -163,20 +163,20 @@ impl FrameGate {
         Poll::Ready(Some(Ok(Frame::data(data))))
     }
 
-    pub fn is_end_stream(&self) -> bool {
+    pub(crate) fn is_end_stream(&self) -> bool {
         self.ended && self.pending_error.is_none()
     }
 }
 
 /// A body over a stream of chunks that hands hyper everything already received as one frame,
 /// so that a burst of small SSE events becomes one write instead of one segment each.
-pub struct CoalescingBody<S> {
+pub(crate) struct CoalescingBody<S> {
     stream: S,
     gate: FrameGate,
 }
 
 impl<S> CoalescingBody<S> {
-    pub fn new(stream: S) -> Self {
+    pub(crate) fn new(stream: S) -> Self {
         CoalescingBody {
             stream,
             gate: FrameGate::default(),
@@ -234,10 +234,8 @@ where
 }
 
 /// What the request log line says about one request.
-pub struct RequestRecord {
+pub(crate) struct RequestRecord {
     pub identity: Arc<PeerIdentity>,
-    /// A request to a model (its tokens are counted and limited).
-    pub is_model_route: bool,
     pub method: String,
     pub path: String,
     pub status: u16,
@@ -248,12 +246,11 @@ pub struct RequestRecord {
 }
 
 impl RequestRecord {
-    pub fn new(
+    pub(crate) fn new(
         method: &hyper::Method,
         uri: &hyper::Uri,
         started: Instant,
         identity: Arc<PeerIdentity>,
-        is_model_route: bool,
     ) -> Self {
         // Paths come from clients: keep the line short and printable.
         let raw = uri.path_and_query().map_or("", |p| p.as_str());
@@ -266,7 +263,6 @@ impl RequestRecord {
         };
         RequestRecord {
             identity,
-            is_model_route,
             method: match method.as_str() {
                 short if short.len() <= 16 => short.to_owned(),
                 long => long.chars().take(16).collect(),
@@ -290,7 +286,7 @@ impl RequestRecord {
 /// only the log line waits for the after-response thread. When the client leaves
 /// mid-stream, the upstream stream is read on to its end for its usage, without the client
 /// connection ([`drain_for_usage`]).
-pub struct LoggedBody {
+pub(crate) struct LoggedBody {
     inner: Body,
     record: RequestRecord,
     finished: bool,
@@ -304,7 +300,7 @@ pub struct LoggedBody {
 }
 
 impl LoggedBody {
-    pub fn wrap(
+    pub(crate) fn wrap(
         response: Response<Body>,
         mut record: RequestRecord,
         accounting: Option<Arc<Accounting>>,
@@ -408,10 +404,10 @@ impl HttpBody for LoggedBody {
 const MAX_DEFERRED_TAP_BYTES: usize = 64 * 1024;
 
 /// Most bytes read from the upstream for its usage after the client left.
-pub const DRAIN_BYTE_LIMIT: usize = 16 * 1024 * 1024;
+pub(crate) const DRAIN_BYTE_LIMIT: usize = 16 * 1024 * 1024;
 /// Longest time spent reading the upstream for its usage after the client left (the
 /// upstream's silence is bounded by `--idle-timeout` anyway).
-pub const DRAIN_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
+pub(crate) const DRAIN_TIME_LIMIT: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl Drop for LoggedBody {
     fn drop(&mut self) {
@@ -596,7 +592,7 @@ fn log_request_traced(
 }
 
 /// Asks hyper to close the connection once `response` is written.
-pub fn close_after(mut response: Response<Body>) -> Response<Body> {
+pub(crate) fn close_after(mut response: Response<Body>) -> Response<Body> {
     response.headers_mut().insert(
         header::CONNECTION,
         header::HeaderValue::from_static("close"),
@@ -606,7 +602,7 @@ pub fn close_after(mut response: Response<Body>) -> Response<Body> {
 
 /// What a request body may take: its size, the silence allowed while it arrives, and the
 /// caller's fair share (memory for buffered bodies, unfinished requests), when counted.
-pub struct BodyLimits<'a> {
+pub(crate) struct BodyLimits<'a> {
     pub max_bytes: usize,
     pub timeout: std::time::Duration,
     pub share: Option<(&'a Arc<FairShare>, UserKey)>,
@@ -619,7 +615,7 @@ pub struct BodyLimits<'a> {
 /// reserved as long as the returned bytes live; a body that does not fit gets a 503 (a 413
 /// when it could never fit the caller's share) and a caller with too many unfinished requests
 /// a 429, at once, and the connection is closed.
-pub async fn read_request_body(
+pub(crate) async fn read_request_body(
     body: hyper::body::Incoming,
     headers: &header::HeaderMap,
     limits: BodyLimits<'_>,
@@ -805,7 +801,10 @@ async fn collect_body(
     Ok(match reservation {
         // The memory stays counted until the last user of the bytes lets go.
         Some(reservation) if reservation.bytes() > 0 && !bytes.is_empty() => {
-            Bytes::from_owner(ReservedBody { bytes, reservation })
+            Bytes::from_owner(ReservedBody {
+                bytes,
+                _reservation: reservation,
+            })
         }
         _ => bytes,
     })
@@ -849,7 +848,6 @@ mod tests {
         {
             let record = RequestRecord {
                 identity: Arc::new(identity),
-                is_model_route: true,
                 method: "POST".into(),
                 path: "/v1/responses?x=1".into(),
                 status: 200,
@@ -899,7 +897,7 @@ mod tests {
         let record = |target: &str| {
             let uri: hyper::Uri = target.parse().unwrap();
             let identity = Arc::new(PeerIdentity::unknown());
-            RequestRecord::new(&hyper::Method::GET, &uri, Instant::now(), identity, false).path
+            RequestRecord::new(&hyper::Method::GET, &uri, Instant::now(), identity).path
         };
         assert_eq!(record("/v1/responses?a=b"), "/v1/responses?a=b");
         let long = format!("/{}", "x".repeat(300));

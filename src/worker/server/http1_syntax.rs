@@ -3,7 +3,7 @@
 //! direct upstream client (upstream responses).
 
 /// `bytes` without the optional whitespace (spaces and tabs) around it.
-pub fn trim_ows(bytes: &[u8]) -> &[u8] {
+pub(crate) fn trim_ows(bytes: &[u8]) -> &[u8] {
     let start = bytes
         .iter()
         .position(|b| !matches!(b, b' ' | b'\t'))
@@ -16,7 +16,7 @@ pub fn trim_ows(bytes: &[u8]) -> &[u8] {
 }
 
 /// The value of one hex digit.
-pub fn hex_value(byte: u8) -> Option<u8> {
+pub(crate) fn hex_value(byte: u8) -> Option<u8> {
     match byte {
         b'0'..=b'9' => Some(byte - b'0'),
         b'a'..=b'f' => Some(byte - b'a' + 10),
@@ -26,11 +26,11 @@ pub fn hex_value(byte: u8) -> Option<u8> {
 }
 
 /// The most hex digits a chunk size may have (it must fit in 64 bits).
-pub const MAX_CHUNK_SIZE_DIGITS: usize = 16;
+pub(crate) const MAX_CHUNK_SIZE_DIGITS: usize = 16;
 
 /// The size at the start of a chunk-size line (hex digits, then whatever follows) and how
 /// many digits it took: `None` without a digit or with more than [`MAX_CHUNK_SIZE_DIGITS`].
-pub fn chunk_size(line: &[u8]) -> Option<(u64, usize)> {
+pub(crate) fn chunk_size(line: &[u8]) -> Option<(u64, usize)> {
     let digits = line
         .iter()
         .take(MAX_CHUNK_SIZE_DIGITS + 1)

@@ -7,9 +7,9 @@
 //! May use: `identity` (who is calling, for fair shares), `crate::usage`, `crate::logging`,
 //! `openai_wire`. Never the upstream side.
 
-pub mod connection_timer;
-pub mod fair_share;
-pub mod framing_guard;
-pub mod http;
-pub mod http1_syntax;
-pub mod stall_guard;
+pub(crate) mod connection_timer;
+pub(crate) mod fair_share;
+pub(crate) mod framing_guard;
+pub(crate) mod http;
+pub(crate) mod http1_syntax;
+pub(crate) mod stall_guard;

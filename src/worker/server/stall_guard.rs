@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::Sleep;
 
-pub struct StallGuard<T> {
+pub(crate) struct StallGuard<T> {
     inner: T,
     limit: Duration,
     /// Running while a write waits for the client.
@@ -19,7 +19,7 @@ pub struct StallGuard<T> {
 }
 
 impl<T> StallGuard<T> {
-    pub fn new(inner: T, limit: Duration) -> Self {
+    pub(crate) fn new(inner: T, limit: Duration) -> Self {
         StallGuard {
             inner,
             limit,

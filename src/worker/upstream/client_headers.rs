@@ -6,7 +6,7 @@ use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 
 /// The forwarding policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClientHeaderForwarding {
+pub(crate) enum ClientHeaderForwarding {
     /// Nothing from the client.
     Off,
     /// A fixed, harmless set: user-agent, accept-language, sec-ch-ua*, x-forwarded-*.
@@ -50,7 +50,11 @@ fn is_protected(name: &str) -> bool {
 }
 
 impl ClientHeaderForwarding {
-    pub fn parse(mode: &str, list: Option<&str>, overrides: Option<&str>) -> Result<Self, String> {
+    pub(crate) fn parse(
+        mode: &str,
+        list: Option<&str>,
+        overrides: Option<&str>,
+    ) -> Result<Self, String> {
         match mode.trim().to_ascii_lowercase().as_str() {
             "" | "off" => Ok(Self::Off),
             "safe" => Ok(Self::Safe),
@@ -97,7 +101,7 @@ impl ClientHeaderForwarding {
     }
 
     /// Adds the permitted client headers to `upstream`.
-    pub fn apply(&self, client: &HeaderMap, upstream: &mut HeaderMap) {
+    pub(crate) fn apply(&self, client: &HeaderMap, upstream: &mut HeaderMap) {
         let copy = |upstream: &mut HeaderMap, keep: &dyn Fn(&str) -> bool| {
             for (name, value) in client {
                 let n = name.as_str();

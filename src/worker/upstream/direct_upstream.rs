@@ -47,7 +47,7 @@ const POOL_IDLE: Duration = Duration::from_secs(60);
 /// The read buffer grows by this much whenever less than a quarter of it is free.
 const READ_CHUNK: usize = 16 * 1024;
 
-pub struct DirectUpstream {
+pub(crate) struct DirectUpstream {
     host: String,
     port: u16,
     authority: HeaderValue,
@@ -62,7 +62,7 @@ pub struct DirectUpstream {
 
 impl DirectUpstream {
     /// `None` unless `url` is plain `http://` with a host.
-    pub fn new(
+    pub(crate) fn new(
         url: &reqwest::Url,
         authorization: HeaderValue,
         policy: crate::worker::upstream::headers::UpstreamRequestPolicy,
@@ -97,7 +97,7 @@ impl DirectUpstream {
 
     /// Sends the request with the client's end-to-end headers; the response body keeps
     /// driving the connection and returns it to the pool when it ends cleanly.
-    pub async fn post(
+    pub(crate) async fn post(
         self: &Arc<Self>,
         client_headers: &HeaderMap,
         body: Bytes,

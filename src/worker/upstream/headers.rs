@@ -22,7 +22,7 @@ const HOP_BY_HOP: [&str; 9] = [
 ];
 
 /// Whether `name` describes the connection rather than the message.
-pub fn is_hop_by_hop(name: &HeaderName) -> bool {
+pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(&name.as_str())
 }
 
@@ -63,9 +63,9 @@ const SET_FOR_UPSTREAM: [HeaderName; 5] = [
 ];
 
 /// Which OpenAI organization the key bills, when a request names one.
-pub static OPENAI_ORGANIZATION: HeaderName = HeaderName::from_static("openai-organization");
+pub(crate) static OPENAI_ORGANIZATION: HeaderName = HeaderName::from_static("openai-organization");
 /// Which OpenAI project the key bills, when a request names one.
-pub static OPENAI_PROJECT: HeaderName = HeaderName::from_static("openai-project");
+pub(crate) static OPENAI_PROJECT: HeaderName = HeaderName::from_static("openai-project");
 static IDENTITY: HeaderValue = HeaderValue::from_static("identity");
 
 /// What the proxy decides about the request headers that choose how the key is billed, and
@@ -74,7 +74,7 @@ static IDENTITY: HeaderValue = HeaderValue::from_static("identity");
 /// the key bills); the admin may pin either (`--openai-organization`, `--openai-project`) or
 /// let the client's pass (`--forward-billing-headers`; a pinned value still wins).
 #[derive(Clone, Debug, Default)]
-pub struct UpstreamRequestPolicy {
+pub(crate) struct UpstreamRequestPolicy {
     pub organization: Option<HeaderValue>,
     pub project: Option<HeaderValue>,
     pub forward_client_billing: bool,
@@ -105,7 +105,7 @@ impl UpstreamRequestPolicy {
 
     /// Applies the policy to headers already collected for the upstream (the general
     /// client's path, whichever route built them).
-    pub fn apply(&self, headers: &mut HeaderMap) {
+    pub(crate) fn apply(&self, headers: &mut HeaderMap) {
         headers.remove(header::EXPECT);
         headers.remove(header::ACCEPT_ENCODING);
         for name in [&OPENAI_ORGANIZATION, &OPENAI_PROJECT] {
@@ -121,7 +121,7 @@ impl UpstreamRequestPolicy {
 
 /// The fields as they go upstream, before the key is added: the client's permitted ones
 /// and the proxy's own. What the direct upstream client writes as they are.
-pub fn upstream_fields<'a>(
+pub(crate) fn upstream_fields<'a>(
     client_headers: &'a HeaderMap,
     policy: &'a UpstreamRequestPolicy,
 ) -> impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> + 'a {
@@ -133,7 +133,7 @@ pub fn upstream_fields<'a>(
 /// The client's headers as they go upstream, before the key is added. `Host` and
 /// `Content-Length` are set by the upstream client from the URL and the body; the general
 /// upstream client applies the [`UpstreamRequestPolicy`].
-pub fn for_upstream(client_headers: &HeaderMap) -> HeaderMap {
+pub(crate) fn for_upstream(client_headers: &HeaderMap) -> HeaderMap {
     collect(
         end_to_end(client_headers, &SET_FOR_UPSTREAM),
         client_headers.len(),
@@ -141,7 +141,7 @@ pub fn for_upstream(client_headers: &HeaderMap) -> HeaderMap {
 }
 
 /// The upstream's response headers as they go back to the client.
-pub fn for_client(upstream_headers: &HeaderMap) -> HeaderMap {
+pub(crate) fn for_client(upstream_headers: &HeaderMap) -> HeaderMap {
     collect(end_to_end(upstream_headers, &[]), upstream_headers.len())
 }
 

@@ -1,11 +1,11 @@
 //! The one upstream client: adds the key, applies the connect and idle timeouts, never follows
 //! redirects, and turns transport failures into clear 502/504 answers.
 
-pub mod client_headers;
-pub mod direct_upstream;
-pub mod headers;
-pub mod redact;
-pub mod upstream_auth;
+pub(crate) mod client_headers;
+pub(crate) mod direct_upstream;
+pub(crate) mod headers;
+pub(crate) mod redact;
+pub(crate) mod upstream_auth;
 pub mod upstream_wire;
 
 use crate::worker::server::http::{error_response, json_response, Body};
@@ -17,7 +17,7 @@ use hyper::{Response, StatusCode};
 use std::time::Duration;
 
 #[derive(Clone)]
-pub struct UpstreamClient {
+pub(crate) struct UpstreamClient {
     client: reqwest::Client,
     auth: UpstreamAuth,
     /// Billing headers and the encoding asked for, applied to every request.
@@ -27,11 +27,11 @@ pub struct UpstreamClient {
 /// The `Authorization` value a request went upstream with, kept in the response's extensions
 /// so that what reaches the client can be cleaned of it (`crate::worker::upstream::redact`).
 #[derive(Clone)]
-pub struct SentCredential(pub HeaderValue);
+pub(crate) struct SentCredential(pub HeaderValue);
 
 /// A request that got no HTTP response from the upstream.
 #[derive(Debug)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     Unreachable(String),
     Timeout(String),
     /// The credentials could not be prepared (token refresh failed, misconfiguration).
@@ -48,7 +48,7 @@ impl UpstreamError {
         }
     }
 
-    pub fn to_response(&self) -> Response<Body> {
+    pub(crate) fn to_response(&self) -> Response<Body> {
         match self {
             UpstreamError::Unreachable(detail) => error_response(
                 StatusCode::BAD_GATEWAY,
@@ -75,7 +75,7 @@ impl UpstreamError {
 
 /// What a transport error says at its root ("Connection refused", "dns error", …): no URL
 /// (which could carry credentials an admin put there) and no headers, so no key.
-pub fn innermost_cause(error: &reqwest::Error) -> String {
+pub(crate) fn innermost_cause(error: &reqwest::Error) -> String {
     let mut cause: &dyn std::error::Error = error;
     while let Some(next) = cause.source() {
         cause = next;
@@ -119,7 +119,7 @@ impl std::fmt::Display for UpstreamError {
 
 /// The HTTP client every upstream request (and token refresh) goes through. `idle_timeout`
 /// bounds every wait for the upstream: for its headers and between any two reads of its body.
-pub fn build_http_client(
+pub(crate) fn build_http_client(
     connect_timeout: Duration,
     idle_timeout: Duration,
 ) -> Result<reqwest::Client, String> {
@@ -134,7 +134,11 @@ pub fn build_http_client(
 }
 
 impl UpstreamClient {
-    pub fn new(client: reqwest::Client, auth: UpstreamAuth, policy: UpstreamRequestPolicy) -> Self {
+    pub(crate) fn new(
+        client: reqwest::Client,
+        auth: UpstreamAuth,
+        policy: UpstreamRequestPolicy,
+    ) -> Self {
         UpstreamClient {
             client,
             auth,
@@ -144,7 +148,7 @@ impl UpstreamClient {
 
     /// The same credentials over another connection pool (each worker shard has its own, so
     /// that a connection is driven by the thread that uses it).
-    pub fn with_client(&self, client: reqwest::Client) -> Self {
+    pub(crate) fn with_client(&self, client: reqwest::Client) -> Self {
         UpstreamClient {
             client,
             auth: self.auth.clone(),
@@ -175,7 +179,7 @@ impl UpstreamClient {
 
     /// [`UpstreamClient::post`] for a route handler: a failure is logged and becomes the
     /// error response to send.
-    pub async fn post_or_answer(
+    pub(crate) async fn post_or_answer(
         &self,
         url: &reqwest::Url,
         headers: HeaderMap,
@@ -189,7 +193,7 @@ impl UpstreamClient {
 
     /// POSTs `body` with the client's end-to-end `headers` plus the credentials. After a 401
     /// with refreshable credentials (ChatGPT tokens) it refreshes and retries once.
-    pub async fn post(
+    pub(crate) async fn post(
         &self,
         url: &reqwest::Url,
         headers: HeaderMap,
@@ -231,7 +235,7 @@ const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
 /// An upstream HTTP error (status ≥ 400) for a route that translates: same status, and an
 /// OpenAI-style error body (the upstream's own when it already is one).
-pub async fn mirror_error(upstream: reqwest::Response) -> Response<Body> {
+pub(crate) async fn mirror_error(upstream: reqwest::Response) -> Response<Body> {
     let status = upstream.status();
     let credential = upstream.extensions().get::<SentCredential>().cloned();
     let mut body = Vec::new();

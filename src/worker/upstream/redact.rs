@@ -17,7 +17,7 @@ use hyper::header::{HeaderMap, HeaderValue};
 use hyper::Response;
 
 /// Most bytes of a non-success upstream body passed on; the rest is dropped.
-pub const ERROR_BODY_LIMIT: usize = 64 * 1024;
+pub(crate) const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
 /// What replaces a token that reveals the credential.
 const REDACTED: &[u8] = b"[redacted]";
@@ -34,7 +34,7 @@ fn is_token_char(b: u8) -> bool {
 
 /// The secret part of an `Authorization` value: what follows the scheme (`Bearer `), or the
 /// whole value when it has none.
-pub fn secret_of(authorization: &HeaderValue) -> &[u8] {
+pub(crate) fn secret_of(authorization: &HeaderValue) -> &[u8] {
     let value = authorization.as_bytes();
     match value.iter().position(|&b| b == b' ') {
         Some(space) => value[space + 1..].trim_ascii(),
@@ -81,7 +81,7 @@ fn reveals(token: &[u8], secret: &[u8]) -> bool {
 }
 
 /// `text` with every token that reveals `secret` replaced, or `None` when none does.
-pub fn redact(text: &[u8], secret: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn redact(text: &[u8], secret: &[u8]) -> Option<Vec<u8>> {
     if secret.len() < 8 {
         return None;
     }
@@ -138,7 +138,7 @@ fn redact_tokens(text: &[u8], secret: &[u8]) -> Option<Vec<u8>> {
 }
 
 /// Cleans every header value of `headers` of `secret`.
-pub fn redact_headers(headers: &mut HeaderMap, secret: &[u8]) {
+pub(crate) fn redact_headers(headers: &mut HeaderMap, secret: &[u8]) {
     for value in headers.values_mut() {
         if let Some(clean) = redact(value.as_bytes(), secret) {
             if let Ok(clean) = HeaderValue::from_bytes(&clean) {
@@ -151,7 +151,7 @@ pub fn redact_headers(headers: &mut HeaderMap, secret: &[u8]) {
 /// An upstream answer as it may reach the client: headers cleaned; when it is not a
 /// success, its body read (at most [`ERROR_BODY_LIMIT`] bytes, within the body's own idle
 /// limit) and cleaned too. Success bodies stream through untouched.
-pub async fn upstream_answer(response: Response<Body>) -> Response<Body> {
+pub(crate) async fn upstream_answer(response: Response<Body>) -> Response<Body> {
     let Some(SentCredential(credential)) = response.extensions().get::<SentCredential>().cloned()
     else {
         return response;

@@ -33,15 +33,15 @@ use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
 /// The OAuth token endpoint the Codex CLI refreshes its ChatGPT tokens at.
-pub const DEFAULT_TOKEN_URL: &str = "https://auth.openai.com/oauth/token";
+pub(crate) const DEFAULT_TOKEN_URL: &str = "https://auth.openai.com/oauth/token";
 /// The `auth.json` field holding the API key in `apikey_auth_json` mode, unless configured.
-pub const DEFAULT_API_KEY_FIELD: &str = "OPENAI_API_KEY";
+pub(crate) const DEFAULT_API_KEY_FIELD: &str = "OPENAI_API_KEY";
 /// Tokens older than this are refreshed before use (the Codex CLI and the wrapper use 28 days).
-pub const DEFAULT_REFRESH_AFTER: Duration = Duration::from_secs(28 * 24 * 60 * 60);
+pub(crate) const DEFAULT_REFRESH_AFTER: Duration = Duration::from_secs(28 * 24 * 60 * 60);
 /// File name of the rotated tokens inside the state directory.
-pub const SAVED_TOKENS_FILE: &str = "codex-auth.json";
+pub(crate) const SAVED_TOKENS_FILE: &str = "codex-auth.json";
 /// The header carrying the ChatGPT account id in `chatgpt_token` mode.
-pub const ACCOUNT_ID_HEADER: &str = "chatgpt-account-id";
+pub(crate) const ACCOUNT_ID_HEADER: &str = "chatgpt-account-id";
 /// The id_token claim holding the ChatGPT account details.
 const AUTH_CLAIM: &str = "https://api.openai.com/auth";
 const REFRESH_SCOPE: &str = "openid profile email";
@@ -55,7 +55,7 @@ const TOKEN_RESPONSE_LIMIT: usize = 1024 * 1024;
 
 /// How the worker authenticates to the upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuthMode {
+pub(crate) enum AuthMode {
     /// `apikey_env`: the static key from standard input or the `openai-api-key` credential.
     ApiKey,
     /// `apikey_auth_json`: the key is the top-level `field` of the Codex `auth.json`.
@@ -66,7 +66,7 @@ pub enum AuthMode {
 
 impl AuthMode {
     /// The `UPSTREAM_AUTH_MODE` spelling of the mode.
-    pub fn as_str(&self) -> &'static str {
+    pub(crate) fn as_str(&self) -> &'static str {
         match self {
             AuthMode::ApiKey => "apikey_env",
             AuthMode::ApiKeyFromAuthJson { .. } => "apikey_auth_json",
@@ -115,7 +115,7 @@ impl FromStr for AuthMode {
 
 /// Why the worker could not authenticate to the upstream. Messages never contain a secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AuthError {
+pub(crate) enum AuthError {
     /// A setting or the `auth.json` document is missing or malformed (500).
     Config(String),
     /// The token endpoint could not be reached or refused the refresh (502).
@@ -135,7 +135,7 @@ impl std::error::Error for AuthError {}
 
 impl AuthError {
     /// The HTTP status and OpenAI-style body a client gets for this error.
-    pub fn to_response_parts(&self) -> (u16, String) {
+    pub(crate) fn to_response_parts(&self) -> (u16, String) {
         match self {
             AuthError::Config(_) => (
                 500,
@@ -160,7 +160,7 @@ impl AuthError {
 }
 
 /// Everything [`UpstreamAuth::new`] needs. [`UpstreamAuthSettings::new`] fills in the defaults.
-pub struct UpstreamAuthSettings {
+pub(crate) struct UpstreamAuthSettings {
     pub mode: AuthMode,
     /// `Bearer <key>` from key intake (the locked page of `crate::contract::ApiKeyHeader`);
     /// needed by `apikey_env`.
@@ -181,7 +181,7 @@ pub struct UpstreamAuthSettings {
 }
 
 impl UpstreamAuthSettings {
-    pub fn new(mode: AuthMode, http: reqwest::Client) -> Self {
+    pub(crate) fn new(mode: AuthMode, http: reqwest::Client) -> Self {
         UpstreamAuthSettings {
             mode,
             static_key: None,
@@ -214,7 +214,7 @@ impl fmt::Debug for UpstreamAuthSettings {
 
 /// The upstream credentials of the worker. Cloning is cheap (one `Arc`).
 #[derive(Clone)]
-pub struct UpstreamAuth {
+pub(crate) struct UpstreamAuth {
     inner: Arc<Inner>,
 }
 
@@ -287,7 +287,7 @@ impl UpstreamAuth {
     /// Checks the settings and loads the credentials. In `chatgpt_token` mode, tokens saved in
     /// the state directory win over the `auth.json` credential unless the credential's
     /// `last_refresh` is newer (a fresh `codex login` installed by the administrator).
-    pub fn new(settings: UpstreamAuthSettings) -> Result<Self, AuthError> {
+    pub(crate) fn new(settings: UpstreamAuthSettings) -> Result<Self, AuthError> {
         let kind = match &settings.mode {
             AuthMode::ApiKey => {
                 let Some(mut key) = settings.static_key.clone() else {
@@ -316,15 +316,11 @@ impl UpstreamAuth {
         })
     }
 
-    pub fn mode(&self) -> &AuthMode {
-        &self.inner.mode
-    }
-
     /// Sets `Authorization: Bearer …` (sensitive) and, in ChatGPT mode, `chatgpt-account-id`,
     /// refreshing the tokens first when they are older than the refresh interval or of unknown
     /// age. A failed refresh at that point is logged and the current token is used: it may well
     /// still be valid, and an upstream 401 leads to [`Self::refresh_after_unauthorized`].
-    pub async fn authorize(&self, headers: &mut HeaderMap) -> Result<(), AuthError> {
+    pub(crate) async fn authorize(&self, headers: &mut HeaderMap) -> Result<(), AuthError> {
         match &self.inner.kind {
             Kind::Static(key) => {
                 headers.insert(AUTHORIZATION, key.clone());
@@ -353,7 +349,7 @@ impl UpstreamAuth {
     /// `rejected`. Refreshes the tokens unless another request already did (only one refresh
     /// runs, however many requests got a 401 with the same token) and returns `true` when a
     /// retry with fresh credentials makes sense. Static keys cannot be refreshed: `Ok(false)`.
-    pub async fn refresh_after_unauthorized(
+    pub(crate) async fn refresh_after_unauthorized(
         &self,
         rejected: &HeaderValue,
     ) -> Result<bool, AuthError> {
