@@ -25,6 +25,7 @@
 //! short response is not searched before its last bytes are out.
 
 use openai_wire::sse::{SseReader, DEFAULT_MAX_EVENT_BYTES};
+use openai_wire::usage::WireUsage;
 use serde::{Deserialize, Serialize};
 
 /// The largest non-streamed JSON body that is kept for parsing.
@@ -49,40 +50,15 @@ impl TokenUsage {
     }
 }
 
-#[derive(Deserialize, Default)]
-struct Details {
-    cached_tokens: Option<u64>,
-    reasoning_tokens: Option<u64>,
-}
-
-/// The union of the Responses and Chat usage objects.
-#[derive(Deserialize)]
-struct UsageFields {
-    input_tokens: Option<u64>,
-    output_tokens: Option<u64>,
-    input_tokens_details: Option<Details>,
-    output_tokens_details: Option<Details>,
-    prompt_tokens: Option<u64>,
-    completion_tokens: Option<u64>,
-    prompt_tokens_details: Option<Details>,
-    completion_tokens_details: Option<Details>,
-}
-
-impl UsageFields {
-    fn into_usage(self, model: Option<String>) -> TokenUsage {
-        let cached = |d: Option<Details>| d.and_then(|d| d.cached_tokens);
-        let reasoning = |d: Option<Details>| d.and_then(|d| d.reasoning_tokens);
-        TokenUsage {
-            model,
-            input_tokens: self.input_tokens.or(self.prompt_tokens).unwrap_or(0),
-            output_tokens: self.output_tokens.or(self.completion_tokens).unwrap_or(0),
-            cached_tokens: cached(self.input_tokens_details)
-                .or(cached(self.prompt_tokens_details))
-                .unwrap_or(0),
-            reasoning_tokens: reasoning(self.output_tokens_details)
-                .or(reasoning(self.completion_tokens_details))
-                .unwrap_or(0),
-        }
+/// Token counts from a usage object of either API (read by `openai_wire::usage`).
+fn token_usage(usage: WireUsage, model: Option<String>) -> TokenUsage {
+    let counts = usage.counts();
+    TokenUsage {
+        model,
+        input_tokens: counts.input,
+        output_tokens: counts.output,
+        cached_tokens: counts.cached,
+        reasoning_tokens: counts.reasoning,
     }
 }
 
@@ -93,14 +69,14 @@ struct Probe {
     #[serde(rename = "type")]
     kind: Option<String>,
     model: Option<String>,
-    usage: Option<UsageFields>,
+    usage: Option<WireUsage>,
     response: Option<InnerResponse>,
 }
 
 #[derive(Deserialize)]
 struct InnerResponse {
     model: Option<String>,
-    usage: Option<UsageFields>,
+    usage: Option<WireUsage>,
 }
 
 const TERMINAL_EVENTS: [&str; 3] = [
@@ -227,7 +203,7 @@ impl UsageTap {
             Mode::Json(copy) => {
                 if let Ok(probe) = serde_json::from_slice::<Probe>(&copy) {
                     if let Some(usage) = probe.usage {
-                        self.findings.found = Some(usage.into_usage(probe.model));
+                        self.findings.found = Some(token_usage(usage, probe.model));
                     }
                 }
             }
@@ -572,14 +548,14 @@ fn take_event(found: &mut Option<TokenUsage>, event: &str, data: &str) {
             }
             if let Some(response) = probe.response {
                 if let Some(usage) = response.usage {
-                    *found = Some(usage.into_usage(response.model));
+                    *found = Some(token_usage(usage, response.model));
                 }
             }
         }
         _ => {
             // A chat completion chunk (or any object with a top-level usage).
             if let Some(usage) = probe.usage {
-                *found = Some(usage.into_usage(probe.model));
+                *found = Some(token_usage(usage, probe.model));
             }
         }
     }
@@ -723,6 +699,13 @@ mod tests {
         let usage = every_split(body).unwrap();
         assert_eq!((usage.input_tokens, usage.output_tokens), (40, 2));
         assert_eq!(usage.model.as_deref(), Some("qwen"));
+    }
+
+    #[test]
+    fn deepseek_cache_hits_count_as_cached_like_the_bridge_reports_them() {
+        let body = br#"{"id":"x","object":"chat.completion","model":"deepseek-chat","choices":[],"usage":{"prompt_tokens":40,"prompt_cache_hit_tokens":32,"prompt_cache_miss_tokens":8,"completion_tokens":2,"total_tokens":42}}"#;
+        let usage = every_split(body).unwrap();
+        assert_eq!((usage.input_tokens, usage.cached_tokens), (40, 32));
     }
 
     #[test]

@@ -29,6 +29,7 @@ use std::borrow::Cow;
 use std::cell::Cell;
 use std::fmt;
 
+use crate::usage::WireUsage;
 use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -43,7 +44,7 @@ struct ChatChunk<'a> {
     #[serde(borrow, default)]
     choices: FirstChoice<'a>,
     #[serde(default)]
-    usage: Option<ChunkUsage>,
+    usage: Option<WireUsage>,
     #[serde(borrow, default)]
     error: Option<ChunkError<'a>>,
 }
@@ -88,33 +89,6 @@ struct FunctionDelta<'a> {
     name: Option<Text<'a>>,
     #[serde(borrow, default)]
     arguments: Option<Text<'a>>,
-}
-
-#[derive(Deserialize, Default, Clone, Copy)]
-struct ChunkUsage {
-    #[serde(default)]
-    prompt_tokens: Option<u64>,
-    #[serde(default)]
-    completion_tokens: Option<u64>,
-    #[serde(default)]
-    prompt_tokens_details: Option<PromptDetails>,
-    #[serde(default)]
-    completion_tokens_details: Option<CompletionDetails>,
-    /// DeepSeek's name for cached prompt tokens.
-    #[serde(default)]
-    prompt_cache_hit_tokens: Option<u64>,
-}
-
-#[derive(Deserialize, Default, Clone, Copy)]
-struct PromptDetails {
-    #[serde(default)]
-    cached_tokens: Option<u64>,
-}
-
-#[derive(Deserialize, Default, Clone, Copy)]
-struct CompletionDetails {
-    #[serde(default)]
-    reasoning_tokens: Option<u64>,
 }
 
 /// The choice with index 0, if the chunk has one (bridge requests ask for one choice); other
@@ -503,28 +477,20 @@ struct OutputDetailsView {
     reasoning_tokens: u64,
 }
 
-impl From<ChunkUsage> for UsageView {
-    fn from(u: ChunkUsage) -> Self {
-        let input_tokens = u.prompt_tokens.unwrap_or(0);
-        let output_tokens = u.completion_tokens.unwrap_or(0);
-        let cached_tokens = u
-            .prompt_tokens_details
-            .and_then(|d| d.cached_tokens)
-            .unwrap_or(0)
-            .max(u.prompt_cache_hit_tokens.unwrap_or(0));
-        let reasoning_tokens = u
-            .completion_tokens_details
-            .and_then(|d| d.reasoning_tokens)
-            .unwrap_or(0);
+impl From<WireUsage> for UsageView {
+    fn from(u: WireUsage) -> Self {
+        let counts = u.counts();
         UsageView {
-            input_tokens,
+            input_tokens: counts.input,
             input_tokens_details: InputDetailsView {
-                cached_tokens,
+                cached_tokens: counts.cached,
                 cache_write_tokens: 0,
             },
-            output_tokens,
-            output_tokens_details: OutputDetailsView { reasoning_tokens },
-            total_tokens: input_tokens.saturating_add(output_tokens),
+            output_tokens: counts.output,
+            output_tokens_details: OutputDetailsView {
+                reasoning_tokens: counts.reasoning,
+            },
+            total_tokens: counts.input.saturating_add(counts.output),
         }
     }
 }
@@ -687,7 +653,7 @@ pub struct ChatStreamConverter {
     /// Content held back because it may be the start of a think tag.
     held: String,
     finish_reason: Option<FinishReason>,
-    usage: Option<ChunkUsage>,
+    usage: Option<WireUsage>,
     started: bool,
     outcome: Option<Outcome>,
 }

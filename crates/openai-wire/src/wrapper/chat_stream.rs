@@ -30,6 +30,7 @@
 
 use std::borrow::Cow;
 
+use crate::usage::WireUsage;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -91,7 +92,7 @@ struct UpstreamResponse<'a> {
     #[serde(default)]
     incomplete_details: Option<IncompleteDetails<'a>>,
     #[serde(default)]
-    usage: Option<UpstreamUsage>,
+    usage: Option<WireUsage>,
     #[serde(borrow, default)]
     error: Option<UpstreamError<'a>>,
 }
@@ -110,30 +111,6 @@ struct UpstreamError<'a> {
     message: Option<Cow<'a, str>>,
 }
 
-#[derive(Deserialize, Default)]
-struct UpstreamUsage {
-    #[serde(default)]
-    input_tokens: u64,
-    #[serde(default)]
-    output_tokens: u64,
-    #[serde(default)]
-    input_tokens_details: Option<CachedTokens>,
-    #[serde(default)]
-    output_tokens_details: Option<ReasoningTokens>,
-}
-
-#[derive(Deserialize, Default)]
-struct CachedTokens {
-    #[serde(default)]
-    cached_tokens: u64,
-}
-
-#[derive(Deserialize, Default)]
-struct ReasoningTokens {
-    #[serde(default)]
-    reasoning_tokens: u64,
-}
-
 // ---------------------------------------------------------------------------------------------
 // The shared interpreter.
 
@@ -147,18 +124,13 @@ pub struct Usage {
 }
 
 impl Usage {
-    fn from_upstream(u: &UpstreamUsage) -> Self {
+    fn from_upstream(u: &WireUsage) -> Self {
+        let counts = u.counts();
         Usage {
-            prompt_tokens: u.input_tokens,
-            completion_tokens: u.output_tokens,
-            cached_tokens: u
-                .input_tokens_details
-                .as_ref()
-                .map_or(0, |d| d.cached_tokens),
-            reasoning_tokens: u
-                .output_tokens_details
-                .as_ref()
-                .map_or(0, |d| d.reasoning_tokens),
+            prompt_tokens: counts.input,
+            completion_tokens: counts.output,
+            cached_tokens: counts.cached,
+            reasoning_tokens: counts.reasoning,
         }
     }
 
