@@ -132,8 +132,7 @@ impl PlainFields<'_> {
 
     /// ` name=value` for a number.
     pub(crate) fn number(&mut self, name: &str, value: u64) {
-        let mut buffer = [0; 20];
-        self.display(name, openai_wire::decimal::decimal(value, &mut buffer));
+        self.display(name, itoa::Buffer::new().format(value));
     }
 }
 
@@ -803,11 +802,8 @@ impl tracing::field::Visit for FieldWriter<'_, '_> {
     }
 
     fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
-        let mut buffer = [0; 20];
-        self.put(
-            field.name(),
-            openai_wire::decimal::decimal(value, &mut buffer),
-        );
+        let mut buffer = itoa::Buffer::new();
+        self.put(field.name(), buffer.format(value));
     }
 
     fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {

@@ -9,14 +9,12 @@
 //! - [`wrapper`]: Chat Completions, Completions and reasoning modes ⇄ Responses
 //!   (`--wrapper-routes`), and the wrapper's settings;
 //! - [`api_error`]: OpenAI-style error bodies;
-//! - [`decimal`]: integer formatting for hot paths;
 //! - [`usage`]: the token-usage object of both APIs, read once.
 //!
 //! Uses nothing of the proxy; the proxy uses this crate.
 
 pub mod api_error;
 pub mod bridge;
-pub mod decimal;
 pub mod sse;
 pub mod usage;
 pub mod wrapper;

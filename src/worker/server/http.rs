@@ -531,8 +531,8 @@ fn request_line(
     outcome: &str,
     duration_ms: u64,
 ) {
-    let mut status = [0; 20];
-    let status = openai_wire::decimal::decimal(u64::from(r.status), &mut status);
+    let mut status = itoa::Buffer::new();
+    let status = status.format(r.status);
     line.text(&r.method);
     line.text(" ");
     line.text(&r.path);

@@ -60,8 +60,7 @@ pub fn encode_request_head<'a>(
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"content-length: ");
-    let mut digits = [0u8; 20];
-    out.extend_from_slice(openai_wire::decimal::decimal(body_len as u64, &mut digits).as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(body_len).as_bytes());
     out.extend_from_slice(b"\r\n\r\n");
 }
 

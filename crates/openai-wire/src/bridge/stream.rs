@@ -287,8 +287,7 @@ fn push_json_str(out: &mut Vec<u8>, s: &str) {
 }
 
 fn push_decimal(out: &mut Vec<u8>, n: u64) {
-    let mut buffer = [0; 20];
-    out.extend_from_slice(crate::decimal::decimal(n, &mut buffer).as_bytes());
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// One event: `type` and `sequence_number` followed by the event's own fields.
