@@ -4,6 +4,7 @@
 pub mod access_control;
 pub mod bridge_route;
 pub mod client_headers;
+pub mod compaction_seal;
 pub mod config;
 pub mod connection_timer;
 pub mod direct_upstream;
@@ -14,6 +15,7 @@ pub mod http;
 pub mod http1_syntax;
 pub mod peer_identity;
 pub mod redact;
+pub mod response_store;
 pub mod routes;
 pub mod stall_guard;
 pub mod strict;
@@ -69,6 +71,17 @@ pub struct State {
     pub accounting: Arc<Accounting>,
     /// Per-user caps on connections and buffered request bodies (shared by every shard).
     pub fair_share: Arc<FairShare>,
+    /// Bridge mode's stored responses (shared by every shard).
+    pub response_store: Arc<response_store::ResponseStore>,
+    /// Bridge mode's compaction key (`None` in strict mode).
+    pub compaction_seal: Option<Arc<compaction_seal::CompactionSeal>>,
+}
+
+impl State {
+    /// The local user being served (`None`: the kernel could not name them).
+    pub fn caller(&self) -> fair_share::UserKey {
+        CALLER.try_with(|user| *user).unwrap_or(None)
+    }
 }
 
 tokio::task_local! {
@@ -403,7 +416,33 @@ fn shared_state(config: &mut WorkerConfig, supervisor_pipe: WorkerPipe) -> Optio
         limits.buffered_bodies >> 20,
         limits.buffered_bodies_per_user >> 20
     );
+    let compaction_seal = if config.bridge_to_chat {
+        match compaction_seal::CompactionSeal::open(config.auth.state_dir.as_deref()) {
+            Ok((seal, kept)) => {
+                info!("worker: compaction key {kept}");
+                Some(Arc::new(seal))
+            }
+            Err(e) => {
+                error!("worker: {e}");
+                return None;
+            }
+        }
+    } else {
+        None
+    };
+    let store = config.response_store;
+    if config.bridge_to_chat {
+        info!(
+            "worker: stored responses: {} MiB in all, {} MiB per user, {} responses, {} s",
+            store.total_bytes >> 20,
+            store.bytes_per_owner >> 20,
+            store.count,
+            store.max_age.as_secs()
+        );
+    }
     Some(Arc::new(State {
+        response_store: Arc::new(response_store::ResponseStore::new(store)),
+        compaction_seal,
         upstream,
         direct: None,
         upstream_url: config.upstream_url.clone(),

@@ -2,9 +2,10 @@
 //! match a route (the Ollama pass-through alone keeps its query); everything else is refused
 //! with 403 before any body is read.
 
+use super::bridge_route::{self, BridgeRoute};
 use super::http::{error_response, json_response, Body};
 use super::wrapper_routes::{self, WrapperRoute};
-use super::{bridge_route, strict, State};
+use super::{strict, State};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use std::sync::Arc;
@@ -15,6 +16,10 @@ use std::sync::Arc;
 pub enum Route {
     /// `POST /v1/responses`, forwarded (strict) or bridged to a chat upstream.
     Responses,
+    /// `POST /v1/responses/compact`, forwarded (strict) or answered by the bridge's compaction.
+    Compact,
+    /// `GET /v1/responses/{id}` in bridge mode: the caller's stored response.
+    StoredResponse(String),
     /// `GET /shutdown` with `--http-shutdown`.
     Shutdown,
     /// A wrapper route (`--wrapper-routes`).
@@ -29,6 +34,7 @@ impl Route {
         matches!(
             self,
             Route::Responses
+                | Route::Compact
                 | Route::Wrapper(WrapperRoute::ChatCompletions(_) | WrapperRoute::Completions)
         )
     }
@@ -79,8 +85,24 @@ pub fn classify<B>(state: &State, request: &Request<B>) -> Route {
         (&Method::GET, "/shutdown") if state.http_shutdown => Route::Shutdown,
         _ if state.upstream.is_none() => Route::Refused(not_configured()),
         (&Method::POST, "/v1/responses") => Route::Responses,
+        (&Method::POST, "/v1/responses/compact") => Route::Compact,
+        (&Method::GET, path) if state.bridge_to_chat => match stored_response_id(path) {
+            Some(id) => Route::StoredResponse(id.to_string()),
+            None => Route::Refused(forbidden(state)),
+        },
         _ => Route::Refused(forbidden(state)),
     }
+}
+
+/// The `{id}` of `/v1/responses/{id}`: letters, digits, `_` and `-` only.
+fn stored_response_id(path: &str) -> Option<&str> {
+    path.strip_prefix("/v1/responses/").filter(|id| {
+        !id.is_empty()
+            && id.len() <= 128
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    })
 }
 
 /// A 417 for any expectation but `100-continue` (RFC 9110 §10.1.1), which hyper answers
@@ -113,11 +135,19 @@ pub async fn handle(state: Arc<State>, route: Route, request: Request<Incoming>)
         },
         Route::Responses => match &state.upstream {
             Some(upstream) if state.bridge_to_chat => {
-                bridge_route::serve(&state, upstream, request).await
+                bridge_route::serve(&state, upstream, request, BridgeRoute::Responses).await
             }
             Some(upstream) => strict::forward(&state, upstream, request).await,
             None => not_configured(),
         },
+        Route::Compact => match &state.upstream {
+            Some(upstream) if state.bridge_to_chat => {
+                bridge_route::serve(&state, upstream, request, BridgeRoute::Compact).await
+            }
+            Some(upstream) => strict::forward_compact(&state, upstream, request).await,
+            None => not_configured(),
+        },
+        Route::StoredResponse(id) => bridge_route::stored_response(&state, &id),
     }
 }
 
@@ -125,7 +155,7 @@ fn forbidden(state: &State) -> Response<Body> {
     let message = if state.wrapper.is_some() {
         "This proxy serves POST /v1/responses and the wrapper routes (/v1/chat/completions, /v1/completions, /v1/models, /api/*) only."
     } else {
-        "This proxy only serves POST /v1/responses."
+        "This proxy only serves POST /v1/responses (and /v1/responses/compact)."
     };
     error_response(
         StatusCode::FORBIDDEN,

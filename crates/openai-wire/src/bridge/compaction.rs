@@ -242,6 +242,36 @@ fn ceil_char_boundary(text: &str, mut at: usize) -> usize {
     at
 }
 
+/// The user messages of a request's input (restored summaries left out): what
+/// `POST /v1/responses/compact` keeps beside the compaction item, as OpenAI's endpoint does.
+pub fn user_messages(body: &Value) -> Vec<Value> {
+    let items = body.get("input").and_then(Value::as_array);
+    items
+        .into_iter()
+        .flatten()
+        .filter(|item| {
+            item.get("role").and_then(Value::as_str) == Some("user")
+                && matches!(
+                    item.get("type").and_then(Value::as_str),
+                    None | Some("message")
+                )
+                && !content_text(item.get("content")).starts_with(SUMMARY_PREAMBLE)
+        })
+        .cloned()
+        .collect()
+}
+
+/// The answer of `POST /v1/responses/compact` (the endpoint earlier Codex versions called):
+/// the summarisation response with `object: "response.compaction"` and `output` = the kept
+/// user messages, then the compaction item.
+pub fn compact_endpoint_response(kept: Vec<Value>, mut response: Value) -> Value {
+    let mut output = kept;
+    output.extend(response["output"].as_array().cloned().unwrap_or_default());
+    response["object"] = json!("response.compaction");
+    response["output"] = Value::Array(output);
+    response
+}
+
 /// The summary a completed summarisation response carries: its output text.
 pub fn summary_text(response: &Value) -> String {
     let mut text = String::new();
