@@ -49,6 +49,43 @@ pub struct Cli {
     #[arg(long, env = "CODEX_PROXY_BRIDGE_TO_CHAT")]
     pub bridge_to_chat: bool,
 
+    /// Bridge mode: most bytes of stored responses (for `previous_response_id`,
+    /// `item_reference` and `GET /v1/responses/{id}`), all users together; the oldest go first.
+    #[arg(
+        long,
+        env = "CODEX_PROXY_RESPONSE_STORE_MAX_BYTES",
+        default_value_t = 64 << 20,
+        value_name = "BYTES"
+    )]
+    pub response_store_max_bytes: usize,
+
+    /// Bridge mode: most bytes of stored responses of one local user; their oldest go first.
+    #[arg(
+        long,
+        env = "CODEX_PROXY_RESPONSE_STORE_MAX_BYTES_PER_USER",
+        default_value_t = 16 << 20,
+        value_name = "BYTES"
+    )]
+    pub response_store_max_bytes_per_user: usize,
+
+    /// Bridge mode: most stored responses (0: store nothing).
+    #[arg(
+        long,
+        env = "CODEX_PROXY_RESPONSE_STORE_MAX_RESPONSES",
+        default_value_t = 10_000,
+        value_name = "N"
+    )]
+    pub response_store_max_responses: usize,
+
+    /// Bridge mode: seconds a stored response is kept.
+    #[arg(
+        long,
+        env = "CODEX_PROXY_RESPONSE_STORE_MAX_AGE",
+        default_value_t = 3600,
+        value_name = "SECS"
+    )]
+    pub response_store_max_age: u64,
+
     /// User the worker runs as when started as root (default: the `codex-responses-api-proxy`
     /// system user if it exists, else `nobody`).
     #[arg(long, env = "CODEX_PROXY_USER", value_name = "NAME")]

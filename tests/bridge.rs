@@ -201,8 +201,8 @@ async fn malformed_requests_are_400_naming_the_field_and_never_sent_upstream() {
     let (mock, proxy) = bridge_with("text.sse").await;
     let cases = [
         (
-            json!({"model": "m", "input": "hi", "previous_response_id": "resp_1"}),
-            "previous_response_id",
+            json!({"model": "m", "input": "hi", "conversation": "conv_1"}),
+            "conversation",
         ),
         (json!({"model": "m", "input": 5}), "input"),
         (

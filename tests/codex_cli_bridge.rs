@@ -532,3 +532,97 @@ async fn codex_apply_patch_round_trip_through_the_bridge() {
         run.sandbox, run.elapsed
     );
 }
+
+/// Remote compaction through the bridge: Codex's built-in provider (pointed at the proxy with
+/// `openai_base_url`; it falls back from WebSockets to HTTP) sends a `compaction_trigger` once
+/// its context passes `model_auto_compact_token_limit`; the bridge asks the chat upstream for
+/// a summary, answers with one sealed `compaction` item, and the next request carries the
+/// summary to the chat upstream. Before, the trigger got a 400 and Codex exited 1.
+#[tokio::test(flavor = "multi_thread")]
+async fn codex_remote_compaction_through_the_bridge() {
+    let Some(codex) = codex_bin() else { return };
+    let command = "echo compaction-proof-$((6*7))";
+    let arguments = json!({"cmd": command}).to_string();
+    let mock = MockUpstream::start(move |seen| {
+        let body = seen.json();
+        let system = messages(&body).first().map(text_of).unwrap_or_default();
+        let stream = if system.contains("You are compacting the history") {
+            ChatStream::new("chatcmpl-compact")
+                .content(&[
+                    "Summary-marker-77: the user asked ",
+                    "to run the proof command.",
+                ])
+                .finish("stop", 500, 20)
+        } else if has_tool_message(&body)
+            || messages(&body)
+                .iter()
+                .any(|m| text_of(m).contains("Summary-marker-77"))
+        {
+            ChatStream::new("chatcmpl-done")
+                .content(&["All ", "done."])
+                .finish("stop", 600, 5)
+        } else {
+            // Far past the limit below, so that Codex compacts before its next request.
+            ChatStream::new("chatcmpl-call")
+                .tool_call("call_compact_1", "exec_command", &split_in(&arguments, 2))
+                .finish("tool_calls", 90_000, 20)
+        };
+        Reply::sse(&stream)
+    })
+    .await;
+    let proxy = start_bridge(&mock);
+    let workdir = scratch_dir();
+    let base_url = format!("openai_base_url=\"{}\"", proxy.url("/v1"));
+    let run = run_codex_with(
+        &codex,
+        &proxy.url("/v1"),
+        workdir.path(),
+        "Run the proof command.",
+        &[
+            "model_provider=\"openai\"",
+            &base_url,
+            "model_auto_compact_token_limit=2000",
+        ],
+    )
+    .await;
+    run.assert_success(&proxy);
+    assert_eq!(run.stdout, "All done.\n", "stderr:\n{}", run.stderr);
+    assert!(
+        run.stderr.contains("context compacted"),
+        "stderr:\n{}",
+        run.stderr
+    );
+
+    let seen = mock.seen();
+    let bodies: Vec<Value> = seen.iter().map(Seen::json).collect();
+    let summarising: Vec<&Value> = bodies
+        .iter()
+        .filter(|b| {
+            messages(b)
+                .first()
+                .is_some_and(|m| text_of(m).contains("You are compacting the history"))
+        })
+        .collect();
+    assert_eq!(
+        summarising.len(),
+        1,
+        "one summarisation request: {bodies:#?}"
+    );
+    let transcript = text_of(&messages(summarising[0])[1]);
+    assert!(
+        transcript.contains("Run the proof command.") && transcript.contains("compaction-proof-42"),
+        "the transcript has the prompt and the tool's output: {transcript}"
+    );
+    let last = bodies.last().unwrap();
+    let summary = messages(last)
+        .iter()
+        .find(|m| text_of(m).contains("Summary-marker-77"))
+        .unwrap_or_else(|| panic!("the summary reached the upstream: {last:#}"));
+    assert_eq!(summary["role"], "user");
+    assert!(text_of(summary).starts_with("Summary of the earlier part"));
+    assert!(!proxy.stderr().contains(" 400 "), "{}", proxy.stderr());
+    eprintln!(
+        "codex exec (bridge remote compaction) took {:?}",
+        run.elapsed
+    );
+}

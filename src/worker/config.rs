@@ -39,6 +39,8 @@ pub(crate) struct WorkerConfig {
     pub fair_share: FairShareLimits,
     /// Billing headers and the encoding asked of the upstream.
     pub upstream_policy: crate::worker::upstream::headers::UpstreamRequestPolicy,
+    /// Bounds of bridge mode's stored responses.
+    pub(crate) response_store: crate::worker::conversation::response_store::StoreLimits,
 }
 
 /// How the worker authenticates upstream.
@@ -110,6 +112,12 @@ impl WorkerConfig {
                     .as_deref()
                     .and_then(|v| hyper::header::HeaderValue::from_str(v).ok()),
                 forward_client_billing: cli.forward_billing_headers,
+            },
+            response_store: crate::worker::conversation::response_store::StoreLimits {
+                total_bytes: cli.response_store_max_bytes,
+                bytes_per_owner: cli.response_store_max_bytes_per_user,
+                count: cli.response_store_max_responses,
+                max_age: Duration::from_secs(cli.response_store_max_age),
             },
             auth,
         })

@@ -2,11 +2,13 @@
 //! starts only after the privilege drop and owns everything that touches client input.
 
 pub(crate) mod config;
+pub(crate) mod conversation;
 pub(crate) mod identity;
 pub(crate) mod routes;
 pub(crate) mod server;
 pub(crate) mod upstream;
 
+use conversation::{compaction_seal, response_store};
 use identity::{access_control, peer_identity};
 use routes::wrapper_routes;
 use server::{connection_timer, fair_share, framing_guard, http, stall_guard};
@@ -58,6 +60,17 @@ pub(crate) struct State {
     pub accounting: Arc<Accounting>,
     /// Per-user caps on connections and buffered request bodies (shared by every shard).
     pub fair_share: Arc<FairShare>,
+    /// Bridge mode's stored responses (shared by every shard).
+    pub response_store: Arc<response_store::ResponseStore>,
+    /// Bridge mode's compaction key (`None` in strict mode).
+    pub compaction_seal: Option<Arc<compaction_seal::CompactionSeal>>,
+}
+
+impl State {
+    /// The local user being served (`None`: the kernel could not name them).
+    pub(crate) fn caller(&self) -> fair_share::UserKey {
+        CALLER.try_with(|user| *user).unwrap_or(None)
+    }
 }
 
 tokio::task_local! {
@@ -392,7 +405,33 @@ fn shared_state(config: &mut WorkerConfig, supervisor_pipe: WorkerPipe) -> Optio
         limits.buffered_bodies >> 20,
         limits.buffered_bodies_per_user >> 20
     );
+    let compaction_seal = if config.bridge_to_chat {
+        match compaction_seal::CompactionSeal::open(config.auth.state_dir.as_deref()) {
+            Ok((seal, kept)) => {
+                info!("worker: compaction key {kept}");
+                Some(Arc::new(seal))
+            }
+            Err(e) => {
+                error!("worker: {e}");
+                return None;
+            }
+        }
+    } else {
+        None
+    };
+    let store = config.response_store;
+    if config.bridge_to_chat {
+        info!(
+            "worker: stored responses: {} MiB in all, {} MiB per user, {} responses, {} s",
+            store.total_bytes >> 20,
+            store.bytes_per_owner >> 20,
+            store.count,
+            store.max_age.as_secs()
+        );
+    }
     Some(Arc::new(State {
+        response_store: Arc::new(response_store::ResponseStore::new(store)),
+        compaction_seal,
         upstream,
         direct: None,
         upstream_url: config.upstream_url.clone(),

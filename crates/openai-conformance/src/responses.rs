@@ -210,6 +210,11 @@ fn item_problems(item: &Value, at: &str, problems: &mut Vec<String>) {
             );
             need(item["input"].is_string(), "custom_tool_call needs an input");
         }
+        // What Codex's remote compaction needs: one opaque, non-empty blob.
+        "compaction" => need(
+            is_nonempty_str(&item["encrypted_content"]),
+            "compaction item needs a non-empty encrypted_content",
+        ),
         other => need(false, &format!("unexpected output item type {other:?}")),
     }
 }

@@ -9,6 +9,7 @@ pub(crate) mod wrapper_routes;
 
 use crate::worker::server::http::{error_response, json_response, Body};
 use crate::worker::State;
+use bridge_route::BridgeRoute;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use std::sync::Arc;
@@ -20,6 +21,10 @@ use wrapper_routes::WrapperRoute;
 pub(crate) enum Route {
     /// `POST /v1/responses`, forwarded (strict) or bridged to a chat upstream.
     Responses,
+    /// `POST /v1/responses/compact`, forwarded (strict) or answered by the bridge's compaction.
+    Compact,
+    /// `GET /v1/responses/{id}` in bridge mode: the caller's stored response.
+    StoredResponse(String),
     /// `GET /shutdown` with `--http-shutdown`.
     Shutdown,
     /// A wrapper route (`--wrapper-routes`).
@@ -34,6 +39,7 @@ impl Route {
         matches!(
             self,
             Route::Responses
+                | Route::Compact
                 | Route::Wrapper(WrapperRoute::ChatCompletions(_) | WrapperRoute::Completions)
         )
     }
@@ -84,8 +90,24 @@ pub(crate) fn classify<B>(state: &State, request: &Request<B>) -> Route {
         (&Method::GET, "/shutdown") if state.http_shutdown => Route::Shutdown,
         _ if state.upstream.is_none() => Route::Refused(not_configured()),
         (&Method::POST, "/v1/responses") => Route::Responses,
+        (&Method::POST, "/v1/responses/compact") => Route::Compact,
+        (&Method::GET, path) if state.bridge_to_chat => match stored_response_id(path) {
+            Some(id) => Route::StoredResponse(id.to_string()),
+            None => Route::Refused(forbidden(state)),
+        },
         _ => Route::Refused(forbidden(state)),
     }
+}
+
+/// The `{id}` of `/v1/responses/{id}`: letters, digits, `_` and `-` only.
+fn stored_response_id(path: &str) -> Option<&str> {
+    path.strip_prefix("/v1/responses/").filter(|id| {
+        !id.is_empty()
+            && id.len() <= 128
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    })
 }
 
 /// A 417 for any expectation but `100-continue` (RFC 9110 §10.1.1), which hyper answers
@@ -122,11 +144,19 @@ pub(crate) async fn handle(
         },
         Route::Responses => match &state.upstream {
             Some(upstream) if state.bridge_to_chat => {
-                bridge_route::serve(&state, upstream, request).await
+                bridge_route::serve(&state, upstream, request, BridgeRoute::Responses).await
             }
             Some(upstream) => strict::forward(&state, upstream, request).await,
             None => not_configured(),
         },
+        Route::Compact => match &state.upstream {
+            Some(upstream) if state.bridge_to_chat => {
+                bridge_route::serve(&state, upstream, request, BridgeRoute::Compact).await
+            }
+            Some(upstream) => strict::forward_compact(&state, upstream, request).await,
+            None => not_configured(),
+        },
+        Route::StoredResponse(id) => bridge_route::stored_response(&state, &id),
     }
 }
 
@@ -134,7 +164,7 @@ fn forbidden(state: &State) -> Response<Body> {
     let message = if state.wrapper.is_some() {
         "This proxy serves POST /v1/responses and the wrapper routes (/v1/chat/completions, /v1/completions, /v1/models, /api/*) only."
     } else {
-        "This proxy only serves POST /v1/responses."
+        "This proxy only serves POST /v1/responses (and /v1/responses/compact)."
     };
     error_response(
         StatusCode::FORBIDDEN,

@@ -39,6 +39,31 @@ pub(crate) async fn forward(
     crate::worker::upstream::redact::upstream_answer(mirror(upstream)).await
 }
 
+/// `POST /v1/responses/compact`, forwarded to the upstream's `…/responses/compact` (the
+/// configured URL's path with `/compact` appended, its query kept).
+pub(crate) async fn forward_compact(
+    state: &State,
+    upstream: &UpstreamClient,
+    request: Request<Incoming>,
+) -> Response<Body> {
+    let (parts, body) = request.into_parts();
+    let body = match state.read_body(body, &parts.headers).await {
+        Ok(body) => body,
+        Err(response) => return response,
+    };
+    let mut url = state.upstream_url.clone();
+    let path = format!("{}/compact", url.path().trim_end_matches('/'));
+    url.set_path(&path);
+    let upstream = match upstream
+        .post_or_answer(&url, headers::for_upstream(&parts.headers), body)
+        .await
+    {
+        Ok(upstream) => upstream,
+        Err(response) => return response,
+    };
+    crate::worker::upstream::redact::upstream_answer(mirror(upstream)).await
+}
+
 /// Status, end-to-end headers and the streamed body of an upstream response.
 pub(crate) fn mirror(upstream: reqwest::Response) -> Response<Body> {
     let status = upstream.status();

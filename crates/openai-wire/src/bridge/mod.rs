@@ -7,6 +7,11 @@
 //!   needs to map names and echo fields back.
 //! - [`stream`] is the state machine that turns the upstream's chat chunks into Responses
 //!   events, and builds the final `Response` object (the same code path serves `stream: false`).
+//! - [`stored`] expands `previous_response_id` and `item_reference` from stored responses that
+//!   the caller looks up.
+//! - [`compaction`] answers Codex's remote compaction with a summary from the chat model.
 
+pub mod compaction;
 pub mod request;
+pub mod stored;
 pub mod stream;

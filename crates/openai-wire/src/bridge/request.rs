@@ -22,8 +22,11 @@
 //! - Reasoning items are dropped; their text (raw content if present, else the summary) is sent
 //!   as `reasoning_content` on the next assistant message that carries tool calls (DeepSeek's
 //!   thinking mode requires it there; elsewhere it is not sent).
-//! - `previous_response_id`, `conversation`, `prompt`, `background: true` and `item_reference`
-//!   items need server-side state: 400, never silently ignored.
+//! - `previous_response_id` and `item_reference` items are expanded before conversion
+//!   ([`super::stored::expand_request`]) and `compaction` items restored
+//!   ([`super::compaction::restore_compaction_items`]); any left here, and `conversation`,
+//!   `prompt`, `background: true`, need server-side state the bridge does not have: 400,
+//!   never silently ignored.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -767,8 +770,6 @@ const DROPPED_ITEM_TYPES: &[&str] = &[
     "web_search_call",
     "tool_search_call",
     "tool_search_output",
-    "compaction",
-    "compaction_summary",
     "file_search_call",
     "image_generation_call",
     "code_interpreter_call",
@@ -898,6 +899,16 @@ impl History {
                 "`item_reference` input items need stored responses, which bridge mode does \
                  not have. Send the full items instead.",
             )),
+            "compaction" | "compaction_summary" | "compaction_trigger" => {
+                Err(RequestError::unsupported(
+                    &path,
+                    format!(
+                        "A `{kind}` item cannot be sent to a chat upstream here: only this \
+                         proxy's own compaction items are understood, and a \
+                         `compaction_trigger` must be the last input item."
+                    ),
+                ))
+            }
             other if DROPPED_ITEM_TYPES.contains(&other) => {
                 self.notes.push(format!(
                     "{path}: dropped `{other}` item (no chat equivalent)"
