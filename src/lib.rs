@@ -14,6 +14,7 @@
 
 #![warn(unreachable_pub)]
 
+mod atomic_file;
 mod cli;
 mod clock;
 mod contract;

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 /// Part → the other parts of the crate it may use.
 const ALLOWED: &[(&str, &[&str])] = &[
     ("contract", &[]),
+    ("atomic_file", &[]),
     ("cli", &[]),
     ("clock", &[]),
     ("logging", &["clock"]),
@@ -22,9 +23,26 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("sandbox", &["contract", "cli"]),
     (
         "supervisor",
-        &["contract", "sandbox", "cli", "logging", "clock"],
+        &[
+            "contract",
+            "sandbox",
+            "cli",
+            "logging",
+            "clock",
+            "atomic_file",
+        ],
     ),
-    ("worker", &["contract", "cli", "logging", "usage", "clock"]),
+    (
+        "worker",
+        &[
+            "contract",
+            "cli",
+            "logging",
+            "usage",
+            "clock",
+            "atomic_file",
+        ],
+    ),
 ];
 
 fn source_root() -> PathBuf {

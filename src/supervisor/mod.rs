@@ -6,7 +6,6 @@ pub(crate) mod hardening;
 pub mod key;
 pub(crate) mod listener;
 pub(crate) mod notify;
-mod server_info;
 
 use crate::cli::Cli;
 use crate::contract::{Handover, KeySource, WorkerMessage, WorkerPipe};
@@ -316,7 +315,7 @@ fn reap(worker: Pid, stopping: bool) -> Option<ExitCode> {
 
 fn announce_serving(worker: Pid, port: Option<u16>, server_info: Option<&Path>) {
     if let (Some(path), Some(port)) = (server_info, port) {
-        if let Err(e) = server_info::write_server_info(path, port, std::process::id()) {
+        if let Err(e) = write_server_info(path, port, std::process::id()) {
             error!("cannot write --server-info {}: {e}", path.display());
         }
     }
@@ -328,4 +327,11 @@ fn announce_serving(worker: Pid, port: Option<u16>, server_info: Option<&Path>) 
         worker_pid = worker.as_raw(),
         "serving"
     );
+}
+
+/// Writes `{"port":…,"pid":…}` for `--server-info`: replaced atomically, never through a link
+/// or into a file a user planted (the directory may be `/tmp`), root's own file, mode 0644.
+fn write_server_info(path: &Path, port: u16, pid: u32) -> std::io::Result<()> {
+    let line = format!("{{\"port\":{port},\"pid\":{pid}}}\n");
+    crate::atomic_file::replace(path, line.as_bytes(), 0o644)
 }

@@ -24,10 +24,10 @@
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use std::fmt;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
@@ -918,36 +918,20 @@ fn saved_document(tokens: &Tokens) -> SecretSlice<u8> {
     SecretSlice::from(bytes)
 }
 
-/// Writes `<dir>/codex-auth.json` atomically: a 0600 temporary file in the same directory,
-/// written and fsynced, renamed over the target, then the directory fsynced.
+/// Writes `<dir>/codex-auth.json` atomically (`crate::atomic_file`: a 0600 file with an
+/// unpredictable temporary name, renamed over the target, never through a link), creating the
+/// directory 0700 if needed.
 fn write_atomically(dir: &Path, contents: &SecretSlice<u8>) -> io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    use std::os::unix::fs::DirBuilderExt;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)?;
-    let temp = dir.join(format!(
-        ".{SAVED_TOKENS_FILE}.{}.{}.tmp",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&temp)?;
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        file.write_all(contents.expose_secret())?;
-        file.sync_all()?;
-        std::fs::rename(&temp, dir.join(SAVED_TOKENS_FILE))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&temp);
-        return result;
-    }
-    std::fs::File::open(dir)?.sync_all()
+    crate::atomic_file::replace(
+        &dir.join(SAVED_TOKENS_FILE),
+        contents.expose_secret(),
+        0o600,
+    )
 }
 
 fn unix_now() -> i64 {

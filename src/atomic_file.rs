@@ -1,9 +1,7 @@
-//! The `--server-info` file: `{"port":…,"pid":…}`, written by the root supervisor once the
-//! worker serves.
+//! Replacing a file atomically, safely even in a directory shared with other users: the one
+//! procedure behind root's `--server-info` file and the worker's saved ChatGPT tokens.
 //!
-//! Owns the one place where root writes into a directory an administrator named, which may be
-//! shared with local users (`/tmp`). It never follows a link and never reuses a file someone
-//! else could have planted:
+//! It never follows a link and never reuses a file someone else could have planted:
 //! - the directory is opened once (its last component not followed) and every later step is
 //!   relative to that handle, so it cannot be swapped underneath us;
 //! - a directory that another user owns, or that others may write without the sticky bit, is
@@ -12,9 +10,10 @@
 //!   O_NOFOLLOW`, so a planted link or file at that name makes the create fail (and another
 //!   name is tried) instead of being written through;
 //! - `renameat` then replaces the final name itself: a link planted there is replaced, never
-//!   followed, and a planted file is replaced by ours (root-owned, 0644).
+//!   followed, and a planted file is replaced by ours (owned by the caller, with `mode`).
 //!
-//! Uses only `nix`/`libc` system calls; no other module of the crate.
+//! Uses only `nix`/`libc` system calls (all in the worker's seccomp allow-list); nothing else
+//! of the crate, so both sides of the privilege boundary may use it.
 
 use nix::errno::Errno;
 use nix::fcntl::{openat, renameat, OFlag};
@@ -30,14 +29,9 @@ use std::path::Path;
 /// planted a file at a 64-bit random name, which only an attacker who reads our memory could do).
 const TEMPORARY_NAME_ATTEMPTS: usize = 16;
 
-/// Writes `{"port":…,"pid":…}` to `path` atomically, safely in a directory shared with users.
-pub(crate) fn write_server_info(path: &Path, port: u16, pid: u32) -> std::io::Result<()> {
-    let line = format!("{{\"port\":{port},\"pid\":{pid}}}\n");
-    write_replacing(path, line.as_bytes())
-}
-
-/// Replaces `path` with a new file holding `contents` (mode 0644, owned by the caller).
-fn write_replacing(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+/// Replaces `path` with a new file holding `contents`, with permissions `mode` (umask aside),
+/// owned by the caller, and makes the change durable.
+pub(crate) fn replace(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     let name = path
         .file_name()
         .filter(|n| !n.is_empty())
@@ -47,8 +41,8 @@ fn write_replacing(path: &Path, contents: &[u8]) -> std::io::Result<()> {
         _ => Path::new("."),
     };
     let directory = open_directory(parent)?;
-    let (temporary, file) = create_temporary(&directory, name)?;
-    let written = write_and_sync(file, contents)
+    let (temporary, file) = create_temporary(&directory, name, mode)?;
+    let written = write_and_sync(file, contents, mode)
         .and_then(|()| renameat(&directory, temporary.as_os_str(), &directory, name).map_err(from));
     if let Err(e) = written {
         let _ = unlinkat(
@@ -96,6 +90,7 @@ fn open_directory(parent: &Path) -> std::io::Result<OwnedFd> {
 fn create_temporary(
     directory: &OwnedFd,
     name: &std::ffi::OsStr,
+    mode: u32,
 ) -> std::io::Result<(OsString, OwnedFd)> {
     for _ in 0..TEMPORARY_NAME_ATTEMPTS {
         let mut temporary = OsString::from(".");
@@ -108,7 +103,7 @@ fn create_temporary(
             directory,
             temporary.as_os_str(),
             OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::from_bits_truncate(0o644),
+            Mode::from_bits_truncate(mode),
         ) {
             Ok(file) => return Ok((temporary, file)),
             // Someone planted something at that name: never touch it, pick another.
@@ -119,11 +114,11 @@ fn create_temporary(
     Err(invalid("could not create a temporary file there"))
 }
 
-fn write_and_sync(file: OwnedFd, contents: &[u8]) -> std::io::Result<()> {
+fn write_and_sync(file: OwnedFd, contents: &[u8], mode: u32) -> std::io::Result<()> {
     let mut file = std::fs::File::from(file);
-    // The umask may have narrowed the mode; the file is meant to be readable by users.
+    // The umask may have narrowed the mode.
     use std::os::unix::fs::PermissionsExt;
-    file.set_permissions(std::fs::Permissions::from_mode(0o644))?;
+    file.set_permissions(std::fs::Permissions::from_mode(mode))?;
     file.write_all(contents)?;
     file.sync_all()
 }
@@ -149,6 +144,26 @@ fn from(e: Errno) -> std::io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn write_server_info(path: &Path, port: u16, pid: u32) -> std::io::Result<()> {
+        replace(
+            path,
+            format!("{{\"port\":{port},\"pid\":{pid}}}\n").as_bytes(),
+            0o644,
+        )
+    }
+
+    #[test]
+    fn a_private_file_keeps_its_mode_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret.json");
+        let old = unsafe { libc::umask(0o077) };
+        replace(&path, b"{}", 0o600).unwrap();
+        replace(&path, b"{\"a\":1}", 0o600).unwrap();
+        unsafe { libc::umask(old) };
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read(&path).unwrap(), b"{\"a\":1}");
+    }
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
 
     fn require_root() {
