@@ -1,6 +1,8 @@
 //! The command line and its environment-variable twins (so an EnvironmentFile configures the
 //! service). Parsing happens in the supervisor before anything else; nothing here is secret:
 //! the key never comes from a flag or an environment variable.
+//!
+//! Uses: nothing else of the crate and clap.
 
 use clap::Parser;
 use std::path::PathBuf;

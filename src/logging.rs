@@ -14,6 +14,8 @@
 //! [`PlainLine`] without going through the general-purpose formatter. The request line, written
 //! for every request, can skip tracing's per-field dispatch altogether: [`write_plain_line`]
 //! puts the same text straight into the thread's batch.
+//!
+//! Uses: nothing else of the crate and itoa, tokio, tracing, tracing_journald, tracing_subscriber.
 
 use std::cell::RefCell;
 use std::io::Write;

@@ -2,6 +2,8 @@
 //! (`Bearer <key>`) in its own page, locked in RAM, excluded from core dumps and read-only once
 //! written. Key intake (`supervisor::key`) fills it as root; the worker re-locks it after fork
 //! (locks are not inherited) and reads it. Its `Debug` never shows the key.
+//!
+//! Uses: nothing else of the crate and libc.
 
 use std::fmt;
 use std::io;

@@ -1,6 +1,8 @@
 //! A listening socket handed from root to the worker: bound by the supervisor on 127.0.0.1 or
 //! inherited from systemd socket activation, with the name systemd gave it. Plain std sockets;
 //! the worker makes them non-blocking and serves them.
+//!
+//! Uses: nothing else of the crate.
 
 use std::fmt;
 use std::net::TcpListener;

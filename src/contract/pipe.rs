@@ -1,6 +1,8 @@
 //! The worker→supervisor pipe: the only thing the root side ever reads from the worker. Each
 //! message is one byte, so a message can never be split or run into the next, and whatever
 //! else arrives is ignored by the supervisor (and logged).
+//!
+//! Uses: nothing else of the crate and nix.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};

@@ -7,6 +7,8 @@
 //! refused, and a user that looks shared or human — `nobody`, a uid in the range of people's
 //! accounts (`UID_MIN` in /etc/login.defs), a login shell, a home directory it owns, other
 //! processes already running as it — is named in a warning at start ([`sharing_risks`]).
+//!
+//! Uses: `crate::cli` and caps, libc, nix, tracing.
 
 use caps::CapSet;
 use nix::unistd::{Gid, Uid, User};

@@ -3,6 +3,8 @@
 //! service needs. Anything else — exec, ptrace, mount, namespace and credential changes, module
 //! and BPF loading, reading other processes' memory — fails with EPERM. It adds to, and does not
 //! replace, the systemd unit's own `SystemCallFilter=`.
+//!
+//! Uses: nothing else of the crate and libc, seccompiler.
 
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,

@@ -1,5 +1,7 @@
 //! Process hardening that runs first, before the key is read: no core dumps, no ptrace by
 //! other users (non-dumpable), and no dynamic-loader variables left in the environment.
+//!
+//! Uses: nothing else of the crate and libc.
 
 use std::ffi::CStr;
 use std::io;

@@ -7,6 +7,8 @@
 //! bytes. Input ends at the first newline or at end of file; trailing CR/LF are trimmed; the key
 //! must match `^[A-Za-z0-9_-]+$`. The stack buffer is zeroized whatever happens. No error message
 //! ever contains the bytes that were read.
+//!
+//! Uses: `crate::contract` and memchr, secrecy, zeroize.
 
 use std::fmt;
 use std::fs::File;

@@ -1,6 +1,8 @@
 //! The listening sockets: taken from systemd socket activation when `LISTEN_FDS`/`LISTEN_PID`
 //! say so (the PID is checked and `LISTEN_FDNAMES` honoured), else a TCP socket bound on
 //! 127.0.0.1. Opened by the supervisor and inherited by the worker across fork.
+//!
+//! Uses: `crate::contract` and listenfd.
 
 use std::fmt;
 use std::net::TcpListener;

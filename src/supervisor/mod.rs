@@ -1,6 +1,9 @@
 //! The root side: hardening, key intake, the listening sockets, the fork of one worker, and
 //! then a small loop that waits on the worker's pipe and on signals. The supervisor never
 //! reads client input; it only learns "serving" and "shut down, please" from the worker.
+//!
+//! Uses: `crate::atomic_file`, `crate::cli`, `crate::contract`, `crate::logging`, `crate::sandbox`
+//! and nix, secrecy, tracing.
 
 pub(crate) mod hardening;
 pub mod key;

@@ -1,5 +1,7 @@
 //! The systemd readiness protocol (`sd_notify`): one datagram to `$NOTIFY_SOCKET`, which may be
 //! a filesystem path or an abstract socket (`@name`).
+//!
+//! Uses: nothing else of the crate.
 
 use std::io;
 use std::os::linux::net::SocketAddrExt;

@@ -7,6 +7,8 @@
 //! rebuilt from the usage store at worker start ([`LimitState::seed_from`]), which is how
 //! limits survive a restart. A request that is already running can take a user past the
 //! daily limit; the next one is refused.
+//!
+//! Uses: nothing else of the crate and openai_wire.
 
 use super::store::UsageRecord;
 use std::collections::{HashMap, VecDeque};

@@ -6,6 +6,8 @@
 //! - [`limits`]: per-user requests-per-minute and tokens-per-day limits, rebuilt from the
 //!   store when the worker starts.
 //! - [`report`]: per-user totals for a time range, as a table or JSON (the `usage` subcommand).
+//!
+//! Uses: `crate::clock` and tracing.
 
 pub(crate) mod limits;
 pub(crate) mod report;

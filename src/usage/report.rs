@@ -2,6 +2,8 @@
 //! records and shown as an aligned table or as JSON. Also parses the subcommand's time
 //! arguments (`--since`/`--until`): RFC 3339 timestamps, plain dates (UTC midnight),
 //! relative times like `-24h`, `now`, and `@<unix seconds>`. The calendar is `crate::clock`'s.
+//!
+//! Uses: `crate::clock` and serde, serde_json.
 
 use super::store::{for_each_in_range, UsageRecord};
 use serde::Serialize;

@@ -5,6 +5,8 @@
 //!
 //! Lines start with `{"ts":` so that a reader can skip records outside its range without
 //! parsing them.
+//!
+//! Uses: nothing else of the crate and serde, serde_json.
 
 use super::tap::TokenUsage;
 use serde::{Deserialize, Serialize};

@@ -1,5 +1,8 @@
 //! The unprivileged side: a tokio runtime serving HTTP/1.1 on the inherited listeners. It
 //! starts only after the privilege drop and owns everything that touches client input.
+//!
+//! Uses: `crate::cli`, `crate::contract`, `crate::logging`, `crate::usage` and bytes, hyper,
+//! hyper_util, openai_wire, reqwest, tokio, tracing.
 
 pub(crate) mod config;
 pub(crate) mod conversation;

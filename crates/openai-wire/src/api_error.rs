@@ -1,5 +1,7 @@
 //! OpenAI-style error bodies: `{"error":{"message","type","param","code"}}`, the shape every
 //! OpenAI client library knows how to read and show to its user.
+//!
+//! Uses: nothing else of this crate and serde, serde_json.
 
 use serde::Serialize;
 

@@ -5,6 +5,8 @@
 //! length of the stream. It follows the WHATWG event-stream rules that matter to API streams:
 //! `\n`, `\r\n` and `\r` line ends, `data:` lines joined with `\n`, `event:` names, comments
 //! (`:`) ignored, an optional single space after the colon, and a bound on the size of one event.
+//!
+//! Uses: nothing else of this crate and memchr, serde, serde_json.
 
 use std::fmt;
 

@@ -3,6 +3,8 @@
 //! `*_details`, and DeepSeek's `prompt_cache_hit_tokens`), and the counts taken from either.
 //! The bridge, the wrapper and the proxy's usage tap all read usage through this one type, so
 //! they count alike.
+//!
+//! Uses: nothing else of this crate and serde.
 
 use serde::Deserialize;
 

@@ -13,6 +13,8 @@
 //! A lookup that fails is an error for the caller to log; the identity is then "unknown"
 //! (`uid: None`), never root. User names come from the passwd database (NSS) through a small
 //! bounded cache.
+//!
+//! Uses: nothing else of the crate and libc, nix, tokio, tracing.
 
 use std::collections::HashMap;
 use std::fmt;

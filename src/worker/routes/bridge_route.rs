@@ -3,6 +3,9 @@
 //! request and stream conversions are the pure functions in `openai_wire::bridge`; this module
 //! only moves bytes between them, the network, the response store
 //! ([`crate::worker::conversation::response_store`]) and the compaction seal ([`crate::worker::conversation::compaction_seal`]).
+//!
+//! Uses: `crate::clock`, `crate::worker::conversation`, `crate::worker::server`,
+//! `crate::worker::upstream` and hyper, openai_wire, reqwest, serde_json, tracing.
 
 use crate::worker::conversation::response_store::{Owner, ResponseStore, StoredResponse};
 use crate::worker::routes::translate::{self, Flow, StreamConverter};

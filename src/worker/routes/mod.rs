@@ -1,6 +1,8 @@
 //! Which request goes where. Only origin-form targets with an exact path and no query string
 //! match a route (the Ollama pass-through alone keeps its query); everything else is refused
 //! with 403 before any body is read.
+//!
+//! Uses: `crate::contract`, `crate::worker::server` and hyper, tracing.
 
 pub(crate) mod bridge_route;
 pub(crate) mod strict;

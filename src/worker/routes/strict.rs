@@ -1,5 +1,8 @@
 //! The strict proxy route: `POST /v1/responses` forwarded byte for byte to the upstream with
 //! the key, the response streamed back as it arrives.
+//!
+//! Uses: `crate::worker::server`, `crate::worker::upstream` and http_body_util, hyper, reqwest,
+//! tracing.
 
 use crate::worker::server::http::{Body, CoalescingBody, UpstreamStatus};
 use crate::worker::upstream::headers;

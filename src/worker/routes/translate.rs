@@ -3,6 +3,9 @@
 //! goes to the client as soon as it exists. Upstream failures and cuts become the converter's
 //! own terminal error, so a client never sees a stream end without one. Shared by the bridge
 //! and the wrapper routes.
+//!
+//! Uses: `crate::worker::server`, `crate::worker::upstream` and bytes, futures_util,
+//! http_body_util, hyper, openai_wire, reqwest.
 
 use crate::worker::server::http::{Body, BoxError};
 use bytes::Bytes;

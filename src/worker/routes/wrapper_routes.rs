@@ -2,6 +2,9 @@
 //! Ollama clients served from this proxy's upstream. The conversions are the pure functions in
 //! `openai_wire::wrapper` (and `openai_wire::bridge` when the upstream speaks Chat Completions); this module
 //! does routing, the client access key, CORS and the upstream calls.
+//!
+//! Uses: `crate::worker::server`, `crate::worker::upstream` and hyper, openai_wire, reqwest,
+//! secrecy, serde_json, subtle, tracing.
 
 use crate::worker::routes::bridge_route;
 use crate::worker::routes::strict;

@@ -3,6 +3,8 @@
 //! out the connection's one tokio timer instead, moved to the new deadline. Moving a registered
 //! tokio timer later is an atomic store, where a new timer costs a trip to the runtime's timer
 //! wheel and its removal again (and often a wake-up of the runtime's event loop) per request.
+//!
+//! Uses: nothing else of the crate and hyper, tokio.
 
 use std::future::Future;
 use std::pin::Pin;

@@ -17,6 +17,8 @@
 //! cannot follow the bytes (a framing hyper will refuse, a `Content-Length` it cannot read) it
 //! refuses the request it is in, or the next one when it is past a head, rather than stop
 //! judging.
+//!
+//! Uses: nothing else of the crate and memchr, tokio.
 
 use crate::worker::server::http1_syntax::{hex_value, trim_ows};
 use std::io;

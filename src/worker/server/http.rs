@@ -1,6 +1,9 @@
 //! The worker's HTTP vocabulary: the response body type every route returns, OpenAI-style
 //! error responses, a body that coalesces what the upstream already delivered into one write,
 //! and the one log line per request (written when the response body is finished or dropped).
+//!
+//! Uses: `crate::logging`, `crate::usage`, `crate::worker::identity` and bytes, futures_util,
+//! http_body_util, hyper, itoa, openai_wire, tokio, tracing.
 
 use crate::usage::TokenUsage;
 use bytes::{Bytes, BytesMut};

@@ -1,6 +1,8 @@
 //! Small pieces of HTTP/1.1 syntax (RFC 9112) read the same way by the two parsers of raw
 //! HTTP/1.1 in the worker: the framing guard in front of hyper (client requests) and the
 //! direct upstream client (upstream responses).
+//!
+//! Uses: nothing else of the crate.
 
 /// `bytes` without the optional whitespace (spaces and tabs) around it.
 pub(crate) fn trim_ows(bytes: &[u8]) -> &[u8] {

@@ -2,6 +2,8 @@
 //! behind it) forever: hyper only polls a response body when the socket takes more bytes, so
 //! no body-side timer runs while a client is stalled. This wrapper fails a write that has been
 //! pending for the whole idle timeout, which closes the connection and drops the upstream.
+//!
+//! Uses: nothing else of the crate and hyper, tokio.
 
 use hyper::rt::{Read, ReadBufCursor, Write};
 use std::future::Future;

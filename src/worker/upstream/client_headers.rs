@@ -1,6 +1,8 @@
 //! Which of a wrapper client's own headers reach the upstream (`FORWARD_CLIENT_HEADERS_MODE`).
 //! Whatever the mode, the client's `Authorization`, hop-by-hop headers and the headers the
 //! proxy sets itself never pass.
+//!
+//! Uses: nothing else of the crate and hyper, serde_json.
 
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 

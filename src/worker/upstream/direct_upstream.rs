@@ -5,6 +5,8 @@
 //! is handed to the client as one frame: one write for a burst of SSE events, where reqwest's
 //! separately spawned connection task gives one write per event. HTTPS upstreams and
 //! refreshable credentials go through the general client (`upstream.rs`).
+//!
+//! Uses: `crate::worker::server` and bytes, http_body_util, hyper, reqwest, tokio, zeroize.
 
 use crate::worker::server::http::{
     Body, BoxError, FrameGate, Gathered, UpstreamStatus, FRAME_LIMIT,

@@ -4,6 +4,8 @@
 //! one); `Expect` is answered by the proxy and never forwarded; the billing headers
 //! (`OpenAI-Organization`, `OpenAI-Project`) follow the admin's [`UpstreamRequestPolicy`];
 //! everything else is end-to-end and passes.
+//!
+//! Uses: nothing else of the crate and hyper.
 
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 

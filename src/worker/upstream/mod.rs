@@ -1,5 +1,7 @@
 //! The one upstream client: adds the key, applies the connect and idle timeouts, never follows
 //! redirects, and turns transport failures into clear 502/504 answers.
+//!
+//! Uses: `crate::worker::server` and bytes, futures_util, hyper, reqwest, serde_json, tracing.
 
 pub(crate) mod client_headers;
 pub(crate) mod direct_upstream;

@@ -8,6 +8,8 @@
 //!
 //! Owns only pure text functions and the one step that applies them to a response; it uses
 //! the credential a request was sent with (`upstream::SentCredential`), never stores it.
+//!
+//! Uses: `crate::worker::server` and bytes, http_body_util, hyper, memchr.
 
 use crate::worker::server::http::{full, Body};
 use crate::worker::upstream::SentCredential;

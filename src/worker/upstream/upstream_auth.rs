@@ -20,6 +20,9 @@
 //! `codex-auth` or a file), never from plain environment variables. Tokens are held as
 //! [`SecretString`]s and sent as sensitive header values; no error message, log line or
 //! `Debug` output of this module contains a token or key.
+//!
+//! Uses: `crate::atomic_file`, `crate::clock` and base64, bytes, hyper, openai_wire, reqwest,
+//! secrecy, serde, serde_json, tokio, tracing.
 
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use secrecy::{ExposeSecret, SecretSlice, SecretString};

@@ -6,6 +6,8 @@
 //! The parser is strict where leniency could let an upstream desynchronise a reused connection
 //! (conflicting lengths, malformed chunk lines) and bounded everywhere (head, chunk line and
 //! trailer sizes), so a hostile or broken upstream gets a clear error, never a hang or a panic.
+//!
+//! Uses: `crate::worker::server` and bytes, httparse, hyper, itoa.
 
 use crate::worker::server::http1_syntax::{chunk_size, hex_value, trim_ows, MAX_CHUNK_SIZE_DIGITS};
 use crate::worker::upstream::headers::is_hop_by_hop;

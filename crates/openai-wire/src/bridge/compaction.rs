@@ -13,6 +13,8 @@
 //!   it silently.
 //!
 //! No I/O, no clocks, no keys here.
+//!
+//! Uses: nothing else of this crate and serde_json.
 
 use serde_json::{json, Value};
 

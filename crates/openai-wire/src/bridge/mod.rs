@@ -10,6 +10,8 @@
 //! - [`stored`] expands `previous_response_id` and `item_reference` from stored responses that
 //!   the caller looks up.
 //! - [`compaction`] answers Codex's remote compaction with a summary from the chat model.
+//!
+//! Uses: nothing else of this crate.
 
 pub mod compaction;
 pub mod request;

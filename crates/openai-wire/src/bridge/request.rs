@@ -27,6 +27,8 @@
 //!   ([`super::compaction::restore_compaction_items`]); any left here, and `conversation`,
 //!   `prompt`, `background: true`, need server-side state the bridge does not have: 400,
 //!   never silently ignored.
+//!
+//! Uses: `api_error` and serde_json.
 
 use std::collections::HashMap;
 use std::fmt;

@@ -10,6 +10,8 @@
 //! - `{"type":"item_reference","id":…}` → the item with that id, wherever it is stored;
 //! - an unknown response id is a 404 `previous_response_not_found`, an unknown item id a 404
 //!   naming the item; nothing is silently dropped.
+//!
+//! Uses: nothing else of this crate and serde_json.
 
 use serde_json::{json, Map, Value};
 

@@ -24,6 +24,8 @@
 //! - `usage.total_tokens` is always `input_tokens + output_tokens`; missing counts are 0.
 //! - Failure codes: what Codex acts on (`rate_limit_exceeded`, `context_length_exceeded`,
 //!   `insufficient_quota`) when the upstream says so, else `server_error`.
+//!
+//! Uses: `sse`, `usage` and itoa, memchr, serde, serde_json.
 
 use std::borrow::Cow;
 use std::cell::Cell;

@@ -17,6 +17,8 @@
 //! - Reasoning: settings < model-name suffix < `reasoning_effort` < `reasoning` object.
 //!   Effort strings from the body pass verbatim (the upstream knows which it supports);
 //!   a summary of `"none"` leaves the key out.
+//!
+//! Uses: nothing else of this crate and serde_json.
 
 use serde_json::{json, Map, Value};
 

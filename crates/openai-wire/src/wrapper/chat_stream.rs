@@ -27,6 +27,8 @@
 //! `data: {"error":{"message","type":"server_error","param":null,"code"}}` chunk followed by
 //! `data: [DONE]` (the SDKs raise on the error chunk; line-oriented clients still see a clean
 //! end). [`ChatStream::outcome`] tells a non-streaming caller to answer 502 instead.
+//!
+//! Uses: `sse`, `usage` and serde, serde_json.
 
 use std::borrow::Cow;
 

@@ -12,6 +12,8 @@
 //!   refusals are rendered as text; tool calls cannot happen (no tools are sent).
 //! - Streams end like chat streams: a finish chunk (`text: ""`), the usage chunk when
 //!   `stream_options.include_usage`, `[DONE]`; failures as an error chunk then `[DONE]`.
+//!
+//! Uses: `sse` and serde, serde_json.
 
 use serde::Serialize;
 use serde_json::{json, Value};

@@ -13,6 +13,8 @@
 //! SSE event's `data` goes to `push_event`; when the upstream body ends, `finish`. A streaming
 //! client receives the bytes written to `out`; a non-streaming client receives
 //! `final_completion()` when `outcome()` is `Completed`, or a 502 with the failure otherwise.
+//!
+//! Uses: `api_error` and serde_json.
 
 pub mod chat_request;
 pub mod chat_stream;

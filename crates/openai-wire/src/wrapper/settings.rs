@@ -5,6 +5,8 @@
 //! Everything here is parsed from plain strings so that the caller decides where they come
 //! from (environment, flags, tests); [`WrapperSettings::from_lookup`] reads the documented
 //! variable names through a lookup function.
+//!
+//! Uses: nothing else of this crate and serde, serde_json.
 
 use std::fmt;
 use std::str::FromStr;
