@@ -41,7 +41,18 @@ pub async fn serve(
         Ok(body) => body,
         Err(response) => return response,
     };
-    let json: serde_json::Value = match serde_json::from_slice(&body) {
+    serve_body(state, upstream, &parts.headers, &body).await
+}
+
+/// Serves a request body already read (a POST's, or a WebSocket message's) with the
+/// client's `headers`.
+pub async fn serve_body(
+    state: &State,
+    upstream: &UpstreamClient,
+    client_headers: &hyper::HeaderMap,
+    body: &[u8],
+) -> Response<Body> {
+    let json: serde_json::Value = match serde_json::from_slice(body) {
         Ok(json) => json,
         Err(e) => {
             return error_response(
@@ -66,7 +77,7 @@ pub async fn serve(
     for note in &plan.notes {
         debug!("bridge: {note}");
     }
-    let mut upstream_headers = headers::for_upstream(&parts.headers);
+    let mut upstream_headers = headers::for_upstream(client_headers);
     upstream_headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     upstream_headers.insert(ACCEPT, HeaderValue::from_static("text/event-stream"));
     upstream_headers.remove(hyper::header::ACCEPT_ENCODING);

@@ -12,8 +12,11 @@
 //!
 //! The rule holds for every request on a connection, whatever came before it. Numbers are read
 //! as hyper reads them (any count of leading zeros, a chunk line of any length), and an
-//! `Upgrade` header changes nothing (this server never switches protocols: hyper answers such
-//! a request like any other and keeps reading requests after it). Where the scanner still
+//! `Upgrade` header changes nothing (hyper answers such a request like any other and keeps
+//! reading requests after it, unless the server answered 101). Only once the server has
+//! actually switched the connection to WebSocket (the WebSocket route calls
+//! [`FramingVerdicts::protocol_switched`] when hyper hands it the upgraded connection, after
+//! the 101 was written) are the bytes no longer requests, and the scanner stops reading them. Where the scanner still
 //! cannot follow the bytes (a framing hyper will refuse, a `Content-Length` it cannot read) it
 //! refuses the request it is in, or the next one when it is past a head, rather than stop
 //! judging.
@@ -21,7 +24,7 @@
 use super::http1_syntax::{hex_value, trim_ows};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -453,6 +456,8 @@ fn note_header(facts: &mut HeadFacts, line: &Line) {
 pub struct FramingVerdicts {
     /// 0: none; else (request number << 8) | fault code.
     refused: AtomicU64,
+    /// The server switched this connection to another protocol (a 101 was written).
+    switched: AtomicBool,
 }
 
 impl FramingVerdicts {
@@ -463,6 +468,12 @@ impl FramingVerdicts {
             return None;
         }
         FramingFault::from_code(packed & 0xff)
+    }
+
+    /// Called by the server, never on a client's word, once it has written a 101 and owns the
+    /// upgraded connection: the bytes that follow are frames, not requests.
+    pub fn protocol_switched(&self) {
+        self.switched.store(true, Ordering::Release);
     }
 
     fn record(&self, index: u64, fault: FramingFault) {
@@ -498,7 +509,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for FramingWatch<T> {
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
             let this = &mut *self;
-            if this.scanner.refused.is_none() {
+            if this.scanner.refused.is_none() && !this.verdicts.switched.load(Ordering::Acquire) {
                 this.scanner.feed(&buf.filled()[before..]);
                 if let Some((index, fault)) = this.scanner.refused {
                     this.verdicts.record(index, fault);

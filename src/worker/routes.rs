@@ -4,7 +4,7 @@
 
 use super::http::{error_response, json_response, Body};
 use super::wrapper_routes::{self, WrapperRoute};
-use super::{bridge_route, strict, State};
+use super::{bridge_route, strict, websocket, State};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use std::sync::Arc;
@@ -15,6 +15,8 @@ use std::sync::Arc;
 pub enum Route {
     /// `POST /v1/responses`, forwarded (strict) or bridged to a chat upstream.
     Responses,
+    /// `GET /v1/responses` asking for a WebSocket (`super::websocket`).
+    WebSocket,
     /// `GET /shutdown` with `--http-shutdown`.
     Shutdown,
     /// A wrapper route (`--wrapper-routes`).
@@ -79,6 +81,12 @@ pub fn classify<B>(state: &State, request: &Request<B>) -> Route {
         (&Method::GET, "/shutdown") if state.http_shutdown => Route::Shutdown,
         _ if state.upstream.is_none() => Route::Refused(not_configured()),
         (&Method::POST, "/v1/responses") => Route::Responses,
+        (&Method::GET, "/v1/responses") if websocket::asks_for_websocket(request.headers()) => {
+            match state.websockets {
+                Some(_) => Route::WebSocket,
+                None => Route::Refused(websocket::refused_while_off()),
+            }
+        }
         _ => Route::Refused(forbidden(state)),
     }
 }
@@ -118,6 +126,23 @@ pub async fn handle(state: Arc<State>, route: Route, request: Request<Incoming>)
             Some(upstream) => strict::forward(&state, upstream, request).await,
             None => not_configured(),
         },
+        Route::WebSocket => websocket::accept(state, request).await,
+    }
+}
+
+/// A Responses request body already read (a WebSocket turn's), served as `POST
+/// /v1/responses` is: forwarded (strict) or bridged, with the client's `headers`.
+pub(crate) async fn responses_from_body(
+    state: &State,
+    headers: &hyper::HeaderMap,
+    body: bytes::Bytes,
+) -> Response<Body> {
+    match &state.upstream {
+        Some(upstream) if state.bridge_to_chat => {
+            bridge_route::serve_body(state, upstream, headers, &body).await
+        }
+        Some(upstream) => strict::forward_body(state, upstream, headers, body).await,
+        None => not_configured(),
     }
 }
 

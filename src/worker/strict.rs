@@ -19,8 +19,19 @@ pub async fn forward(
         Ok(body) => body,
         Err(response) => return response,
     };
+    forward_body(state, upstream, &parts.headers, body).await
+}
+
+/// Forwards a request body already read (a POST's, or a WebSocket message's) with the
+/// client's `headers`.
+pub async fn forward_body(
+    state: &State,
+    upstream: &UpstreamClient,
+    client_headers: &hyper::HeaderMap,
+    body: bytes::Bytes,
+) -> Response<Body> {
     if let Some(direct) = &state.direct {
-        return match direct.post(&parts.headers, body).await {
+        return match direct.post(client_headers, body).await {
             Ok(response) => super::redact::upstream_answer(response).await,
             Err(error) => {
                 tracing::warn!("{error}");
@@ -28,7 +39,7 @@ pub async fn forward(
             }
         };
     }
-    let upstream_headers = headers::for_upstream(&parts.headers);
+    let upstream_headers = headers::for_upstream(client_headers);
     let upstream = match upstream
         .post_or_answer(&state.upstream_url, upstream_headers, body)
         .await
