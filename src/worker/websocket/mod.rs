@@ -84,7 +84,11 @@ pub(crate) struct SocketSlot {
 
 impl Drop for SocketSlot {
     fn drop(&mut self) {
-        let mut counts = self.sockets.per_user.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counts = self
+            .sockets
+            .per_user
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         if let Some(count) = counts.get_mut(&self.user) {
             *count = count.saturating_sub(1);
             if *count == 0 {
@@ -151,7 +155,9 @@ pub async fn accept(state: Arc<State>, mut request: Request<Incoming>) -> Respon
         .get(header::SEC_WEBSOCKET_KEY)
         .filter(|k| k.len() == 24)
     else {
-        return bad_handshake("A WebSocket handshake needs a `Sec-WebSocket-Key` of 16 bytes in base64.");
+        return bad_handshake(
+            "A WebSocket handshake needs a `Sec-WebSocket-Key` of 16 bytes in base64.",
+        );
     };
     let accept_key = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let Some(context) = request.extensions().get::<ConnectionContext>().cloned() else {
@@ -247,7 +253,10 @@ fn headers_for_turns(handshake: &HeaderMap) -> HeaderMap {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    headers.insert(header::ACCEPT, HeaderValue::from_static("text/event-stream"));
+    headers.insert(
+        header::ACCEPT,
+        HeaderValue::from_static("text/event-stream"),
+    );
     headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::TRANSFER_ENCODING);
     headers

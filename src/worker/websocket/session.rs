@@ -81,7 +81,11 @@ struct Conversation {
     turn: Option<Turn>,
 }
 
-pub(crate) async fn serve(state: Arc<State>, upgraded: hyper::upgrade::Upgraded, parts: SocketParts) {
+pub(crate) async fn serve(
+    state: Arc<State>,
+    upgraded: hyper::upgrade::Upgraded,
+    parts: SocketParts,
+) {
     let limit = state.max_request_body;
     let config = WebSocketConfig::default()
         .max_message_size(Some(limit))
@@ -188,8 +192,11 @@ pub(crate) async fn serve(state: Arc<State>, upgraded: hyper::upgrade::Upgraded,
             code,
             reason: reason.into(),
         };
-        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame))))
-            .await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(1),
+            sink.send(Message::Close(Some(frame))),
+        )
+        .await;
     }
 }
 
@@ -205,15 +212,13 @@ impl Conversation {
     fn on_text(&mut self, text: &str) -> Vec<String> {
         let mut fields = match serde_json::from_str::<Value>(text) {
             Ok(Value::Object(fields)) => fields,
-            Ok(_) | Err(_) => {
-                return vec![error_event(
-                    400,
-                    "invalid_request_error",
-                    "invalid_json",
-                    "Each message must be a JSON object such as {\"type\":\"response.create\", ...}.",
-                    None,
-                )]
-            }
+            Ok(_) | Err(_) => return vec![error_event(
+                400,
+                "invalid_request_error",
+                "invalid_json",
+                "Each message must be a JSON object such as {\"type\":\"response.create\", ...}.",
+                None,
+            )],
         };
         match fields.remove("type") {
             Some(Value::String(kind)) if kind == "response.create" => {}
@@ -319,7 +324,8 @@ impl Conversation {
             "output": [],
             "usage": null,
         });
-        let created = json!({"type": "response.created", "sequence_number": 0, "response": response});
+        let created =
+            json!({"type": "response.created", "sequence_number": 0, "response": response});
         response["status"] = "completed".into();
         response["usage"] = json!({
             "input_tokens": 0,
@@ -366,10 +372,7 @@ impl Conversation {
 
 /// An id as it may appear in a message: printable, at most 100 characters.
 fn printable(text: &str) -> String {
-    text.chars()
-        .filter(|c| !c.is_control())
-        .take(100)
-        .collect()
+    text.chars().filter(|c| !c.is_control()).take(100).collect()
 }
 
 /// An `error` event as OpenAI sends it on a WebSocket.
@@ -460,8 +463,7 @@ async fn run_turn(
         return;
     }
     log.accounted = true;
-    let response =
-        crate::worker::routes::responses_from_body(&state, &headers, body).await;
+    let response = crate::worker::routes::responses_from_body(&state, &headers, body).await;
     log.record.status = response.status().as_u16();
     log.record.upstream_status = response.extensions().get::<UpstreamStatus>().map(|s| s.0);
     if !response.status().is_success() {
@@ -519,7 +521,8 @@ async fn run_turn(
         log.outcome = "complete";
         return;
     }
-    let reason = fault.unwrap_or_else(|| "the upstream stream ended before the response was complete".to_owned());
+    let reason = fault
+        .unwrap_or_else(|| "the upstream stream ended before the response was complete".to_owned());
     finish_failed(&mut log, &mut turn, &messages, &reason).await;
 }
 
@@ -681,20 +684,38 @@ mod tests {
         assert_eq!(id, "resp_1");
         assert_eq!(items.len(), 2);
         assert!(items[1].contains("\"id\":\"m\""));
-        assert!(turn.event(created, &input).is_none(), "nothing after the end");
+        assert!(
+            turn.event(created, &input).is_none(),
+            "nothing after the end"
+        );
     }
 
     #[test]
     fn a_failed_turn_is_not_remembered() {
         let mut turn = TurnEvents::default();
         let failed = r#"{"type":"response.failed","response":{"id":"r"}}"#;
-        assert!(turn.event(failed, &[]).unwrap().end.unwrap().remember.is_none());
+        assert!(turn
+            .event(failed, &[])
+            .unwrap()
+            .end
+            .unwrap()
+            .remember
+            .is_none());
     }
 
     #[test]
     fn pings_come_well_within_the_idle_timeout() {
-        assert_eq!(ping_interval(Duration::from_secs(300)), Duration::from_secs(30));
-        assert_eq!(ping_interval(Duration::from_secs(10)), Duration::from_secs(5));
-        assert_eq!(ping_interval(Duration::from_secs(1)), Duration::from_secs(1));
+        assert_eq!(
+            ping_interval(Duration::from_secs(300)),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            ping_interval(Duration::from_secs(10)),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            ping_interval(Duration::from_secs(1)),
+            Duration::from_secs(1)
+        );
     }
 }
