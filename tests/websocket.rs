@@ -566,7 +566,7 @@ async fn a_refused_upgrade_leaves_the_framing_check_on() {
         ),
     ];
     for (name, opener, status) in &refused {
-        let answer = exchange(proxy.port, format!("{opener}{smuggled}").as_bytes());
+        let answer = exchange_in_two(proxy.port, opener.as_bytes(), smuggled.as_bytes());
         assert_eq!(status_of(&answer), *status, "{name}: {answer}");
         let second = answer
             .match_indices("HTTP/1.1 ")
@@ -579,16 +579,38 @@ async fn a_refused_upgrade_leaves_the_framing_check_on() {
     assert!(mock.seen().is_empty());
 }
 
-/// Writes `request` on a new connection and reads until the proxy closes it (or 5 s pass).
-fn exchange(port: u16, request: &[u8]) -> String {
+/// Writes `opener` on a new connection, waits for its whole answer, then writes `then` and
+/// reads until the proxy closes the connection (or 5 s pass): everything answered.
+fn exchange_in_two(port: u16, opener: &[u8], then: &[u8]) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream
         .set_read_timeout(Some(Duration::from_secs(5)))
         .unwrap();
-    let _ = stream.write_all(request);
+    stream.write_all(opener).unwrap();
     let mut answer = Vec::new();
     let mut buf = [0u8; 4096];
+    // The first answer is complete once its head and Content-Length bytes are in.
+    loop {
+        let n = stream.read(&mut buf).unwrap();
+        assert!(n > 0, "closed after the opener");
+        answer.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&answer);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if answer.len() >= end + 4 + length {
+                break;
+            }
+        }
+    }
+    let _ = stream.write_all(then);
     while let Ok(n) = stream.read(&mut buf) {
         if n == 0 {
             break;

@@ -212,13 +212,15 @@ impl Conversation {
     fn on_text(&mut self, text: &str) -> Vec<String> {
         let mut fields = match serde_json::from_str::<Value>(text) {
             Ok(Value::Object(fields)) => fields,
-            Ok(_) | Err(_) => return vec![error_event(
+            Ok(_) | Err(_) => {
+                return vec![error_event(
                 400,
                 "invalid_request_error",
                 "invalid_json",
                 "Each message must be a JSON object such as {\"type\":\"response.create\", ...}.",
                 None,
-            )],
+            )]
+            }
         };
         match fields.remove("type") {
             Some(Value::String(kind)) if kind == "response.create" => {}
