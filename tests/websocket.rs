@@ -619,3 +619,35 @@ fn exchange_in_two(port: u16, opener: &[u8], then: &[u8]) -> String {
     }
     String::from_utf8_lossy(&answer).into_owned()
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_that_vanishes_mid_turn_is_charged_when_usage_is_recorded() {
+    // With a usage store, the upstream stream is read on for its usage (so that leaving
+    // early does not dodge --tokens-per-day), then closed, as for a POST.
+    let (mock, chunks) = MockUpstream::streaming().await;
+    let state = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(
+        &mock.url("/v1/responses"),
+        &["--state-directory", state.path().to_str().unwrap()],
+    );
+    let mut socket = connect(&proxy).await;
+    send(&mut socket, create(json!({"input": "one"}))).await;
+    let whole = responses_stream("resp_drained", "the rest");
+    let (first, rest) = whole.split_at(whole.find("event: response.output_item.added").unwrap());
+    chunks.send(first.to_owned().into()).await.unwrap();
+    assert_eq!(next_event(&mut socket).await["type"], "response.created");
+    drop(socket);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        mock.stream_closed.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the upstream was dropped before its usage came"
+    );
+    chunks.send(rest.to_owned().into()).await.unwrap();
+    drop(chunks);
+    let log = proxy.stderr_once_it_has("WS /v1/responses", Duration::from_secs(10));
+    assert!(log.contains("outcome=\"client_gone\""), "{log}");
+    assert!(log.contains("input_tokens=11"), "{log}");
+    let records = std::fs::read_to_string(state.path().join("usage.jsonl")).unwrap();
+    assert!(records.contains("\"input_tokens\":11"), "{records}");
+}

@@ -10,7 +10,8 @@
 //! `response.failed`; the server pings every [`ping_interval`] and closes (1008) a socket it
 //! has heard nothing from, between turns, for `--idle-timeout`; a client that vanishes (or
 //! closes) mid-turn cancels its upstream request at once (the upstream connection is
-//! dropped, not read on for its usage); an internal fault closes with 1011.
+//! dropped), unless usage is recorded or limited, when the upstream stream is read on for its
+//! usage first, as for a POST whose client left (see [`Outbox`]); an internal fault closes with 1011.
 //!
 //! Each turn is accounted (usage.jsonl, the token limit) and logged as one request line
 //! (`WS /v1/responses`), like a POST.
@@ -18,7 +19,9 @@
 use super::history::{body_with_input, input_items, Item, SocketHistory};
 use crate::usage::UsageTap;
 use crate::worker::fair_share::{BodyReservation, ConnectionSlot};
-use crate::worker::http::{log_request, RequestRecord, UpstreamStatus};
+use crate::worker::http::{
+    log_request, RequestRecord, UpstreamStatus, DRAIN_BYTE_LIMIT, DRAIN_TIME_LIMIT,
+};
 use crate::worker::peer_identity::PeerIdentity;
 use crate::worker::State;
 use bytes::Bytes;
@@ -185,7 +188,12 @@ pub(crate) async fn serve(
     };
     // A client that left (or is being closed) mid-turn: its upstream request goes now.
     if let Some(turn) = conversation.turn.take() {
-        turn.task.abort();
+        if conversation.state.accounting.keeps_records() {
+            // The turn sees the socket gone and reads on for its usage (bounded), alone.
+            drop(turn.messages);
+        } else {
+            turn.task.abort();
+        }
     }
     if let Some((code, reason)) = close {
         let frame = CloseFrame {
@@ -477,6 +485,12 @@ async fn run_turn(
     let mut upstream = response.into_body();
     let mut reader = SseReader::new(DEFAULT_MAX_EVENT_BYTES);
     let mut turn = TurnEvents::default();
+    let mut outbox = Outbox {
+        messages: &messages,
+        drain_for_usage: state.accounting.keeps_records(),
+        gone: None,
+        drained: 0,
+    };
     let fault = loop {
         match upstream.frame().await {
             Some(Ok(frame)) => {
@@ -485,12 +499,15 @@ async fn run_turn(
                 };
                 log.record.bytes += data.len() as u64;
                 log.tap.observe(&data);
+                if !outbox.may_read_on(data.len()) {
+                    return;
+                }
                 reader.push(&data);
                 loop {
                     match reader.next_event() {
                         Ok(Some(event)) => {
                             if let Some(message) = turn.event(event.data, &input) {
-                                if messages.send(message).await.is_err() {
+                                if !outbox.send(message).await {
                                     return;
                                 }
                             }
@@ -510,7 +527,7 @@ async fn run_turn(
             None => {
                 if let Ok(Some(event)) = reader.finish() {
                     if let Some(message) = turn.event(event.data, &input) {
-                        if messages.send(message).await.is_err() {
+                        if !outbox.send(message).await {
                             return;
                         }
                     }
@@ -519,6 +536,10 @@ async fn run_turn(
             }
         }
     };
+    if outbox.gone.is_some() {
+        // Read on for its usage only: logged as `client_gone`.
+        return;
+    }
     if turn.ended {
         log.outcome = "complete";
         return;
@@ -526,6 +547,42 @@ async fn run_turn(
     let reason = fault
         .unwrap_or_else(|| "the upstream stream ended before the response was complete".to_owned());
     finish_failed(&mut log, &mut turn, &messages, &reason).await;
+}
+
+/// Where a turn's messages go, and what happens once the socket is gone: the turn stops at
+/// once, unless usage is recorded or limited (a state directory or `--tokens-per-day`), in
+/// which case the upstream stream is read on for the usage at its end, as for a POST whose
+/// client left (at most [`DRAIN_BYTE_LIMIT`] bytes and [`DRAIN_TIME_LIMIT`]; an upstream
+/// silent for `--idle-timeout` ends it too), so that leaving early does not dodge
+/// `--tokens-per-day`.
+struct Outbox<'a> {
+    messages: &'a mpsc::Sender<TurnMessage>,
+    drain_for_usage: bool,
+    gone: Option<Instant>,
+    drained: usize,
+}
+
+impl Outbox<'_> {
+    /// Hands `message` to the socket; false when the turn should stop now.
+    async fn send(&mut self, message: TurnMessage) -> bool {
+        if self.gone.is_some() {
+            return true;
+        }
+        if self.messages.send(message).await.is_ok() {
+            return true;
+        }
+        self.gone = Some(Instant::now());
+        self.drain_for_usage
+    }
+
+    /// Whether `bytes` more may be read from the upstream (always, while the client is there).
+    fn may_read_on(&mut self, bytes: usize) -> bool {
+        let Some(gone) = self.gone else {
+            return true;
+        };
+        self.drained += bytes;
+        self.drained < DRAIN_BYTE_LIMIT && gone.elapsed() < DRAIN_TIME_LIMIT
+    }
 }
 
 /// Ends a turn whose upstream failed mid-stream with a `response.failed` event.
@@ -617,10 +674,8 @@ impl TurnEvents {
             .unwrap_or_default();
         let mut end = None;
         match kind.as_ref() {
-            "response.created" | "response.in_progress" => {
-                if self.id.is_none() {
-                    self.id = response_id(data);
-                }
+            "response.created" | "response.in_progress" if self.id.is_none() => {
+                self.id = response_id(data);
             }
             "response.output_item.done" => {
                 if let Ok(mut event) = serde_json::from_str::<Value>(data) {
