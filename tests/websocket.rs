@@ -651,3 +651,42 @@ async fn a_client_that_vanishes_mid_turn_is_charged_when_usage_is_recorded() {
     let records = std::fs::read_to_string(state.path().join("usage.jsonl")).unwrap();
     assert!(records.contains("\"input_tokens\":11"), "{records}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_open_websocket_holds_one_of_its_users_connections() {
+    let mock = responses_mock().await;
+    let proxy = Proxy::start(
+        &mock.url("/v1/responses"),
+        &["--max-connections-per-user", "2"],
+    );
+    let first = connect(&proxy).await;
+    let mut second = connect(&proxy).await;
+    // Both sockets hold a connection after their upgrade: a third connection is refused.
+    let refused = raw_request(
+        proxy.port,
+        b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    );
+    assert_eq!(status_of(&refused), 429, "{refused}");
+    assert!(refused.contains("too_many_connections"), "{refused}");
+    send(&mut second, create(json!({"input": "still served"}))).await;
+    assert_eq!(
+        turn_events(&mut second).await.last().unwrap()["type"],
+        "response.completed"
+    );
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = raw_request(
+            proxy.port,
+            b"POST /v1/responses HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+        );
+        if status_of(&answer) == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the socket's connection was not given back: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -252,6 +252,8 @@ impl Conversation {
             )];
         }
         let generate = !matches!(fields.remove("generate"), Some(Value::Bool(false)));
+        // WebSocket-only envelope fields, not part of `POST /v1/responses`.
+        fields.remove("stream_id");
         let mut items: Vec<Item> = match fields.remove("previous_response_id") {
             None | Some(Value::Null) => Vec::new(),
             Some(Value::String(id)) => match self.history.conversation(&id) {
