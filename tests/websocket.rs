@@ -690,3 +690,35 @@ async fn an_open_websocket_holds_one_of_its_users_connections() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_draining_worker_finishes_the_turn_then_closes_its_sockets_with_1001() {
+    let (mock, chunks) = MockUpstream::streaming().await;
+    let mut proxy = Proxy::start(&mock.url("/v1/responses"), &["--shutdown-grace", "5"]);
+    let mut socket = connect(&proxy).await;
+    send(&mut socket, create(json!({"input": "one"}))).await;
+    let whole = responses_stream("resp_drain", "done");
+    let (first, rest) = whole.split_at(whole.find("event: response.output_item.added").unwrap());
+    chunks.send(first.to_owned().into()).await.unwrap();
+    assert_eq!(next_event(&mut socket).await["type"], "response.created");
+    proxy.signal(libc::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The turn in progress is finished before the socket closes.
+    chunks.send(rest.to_owned().into()).await.unwrap();
+    drop(chunks);
+    let events = turn_events(&mut socket).await;
+    assert_eq!(events.last().unwrap()["response"]["id"], "resp_drain");
+    let close = loop {
+        match tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("closed in time")
+        {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    };
+    assert_eq!(close.unwrap().code, CloseCode::Away);
+    let status = proxy.wait_exit(Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+}
