@@ -157,6 +157,8 @@ pub(crate) async fn serve(
                     Some(message) => {
                         if let Some(end) = message.end {
                             conversation.turn = None;
+                            // The idle timeout counts from the end of the turn.
+                            last_heard = tokio::time::Instant::now();
                             if let Some((id, items)) = end.remember {
                                 conversation.remember(id, items);
                             }
@@ -520,9 +522,6 @@ async fn run_turn(
                                 .await
                         }
                     }
-                }
-                if turn.ended {
-                    break None;
                 }
             }
             Some(Err(e)) => break Some(format!("the upstream stream failed: {e}")),
