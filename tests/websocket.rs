@@ -722,3 +722,40 @@ async fn a_draining_worker_finishes_the_turn_then_closes_its_sockets_with_1001()
     let status = proxy.wait_exit(Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_conversation_past_the_body_limit_is_refused_and_the_socket_goes_on() {
+    let mock = responses_mock().await;
+    let proxy = Proxy::start(&mock.url("/v1/responses"), &["--max-request-body", "4000"]);
+    let mut socket = connect(&proxy).await;
+    let mut previous: Option<String> = None;
+    let mut refused_at = None;
+    for turn in 1..=4 {
+        let mut message = create(json!({"input": [user(&"x".repeat(1200))]}));
+        if let Some(id) = &previous {
+            message["previous_response_id"] = json!(id);
+        }
+        send(&mut socket, message).await;
+        let last = turn_events(&mut socket).await.pop().unwrap();
+        if last["type"] == "error" {
+            assert_eq!(last["error"]["code"], "request_too_large", "{last}");
+            refused_at = Some(turn);
+            break;
+        }
+        previous = last["response"]["id"].as_str().map(str::to_owned);
+    }
+    assert_eq!(
+        refused_at,
+        Some(3),
+        "two turns fit in 4,000 bytes, the third does not"
+    );
+    let seen = mock.seen();
+    assert_eq!(seen.len(), 2);
+    assert!(seen.iter().all(|s| s.body.len() <= 4000));
+    // The socket still serves a request that fits.
+    send(&mut socket, create(json!({"input": "short"}))).await;
+    assert_eq!(
+        turn_events(&mut socket).await.last().unwrap()["type"],
+        "response.completed"
+    );
+}

@@ -293,9 +293,6 @@ impl Conversation {
             )];
         };
         items.extend(new_items);
-        if !generate {
-            return self.prewarm(&fields, items);
-        }
         fields.insert("stream".into(), Value::Bool(true));
         let body = body_with_input(&fields, &items);
         let limit = self.state.max_request_body;
@@ -307,6 +304,9 @@ impl Conversation {
                 &format!("The request with its previous responses is larger than the proxy's limit of {limit} bytes."),
                 None,
             )];
+        }
+        if !generate {
+            return self.prewarm(&fields, items);
         }
         let (sender, messages) = mpsc::channel(32);
         let task = tokio::spawn(run_turn(
