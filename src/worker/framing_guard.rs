@@ -708,4 +708,34 @@ mod tests {
         assert_eq!(verdicts.fault_of(2), None);
         assert_eq!(verdicts.fault_of(3), Some(FramingFault::BareLineFeed));
     }
+
+    /// Bytes read through a watch with the given verdicts, as hyper would read them.
+    fn read_through(verdicts: &Arc<FramingVerdicts>, bytes: &'static [u8]) {
+        use tokio::io::AsyncReadExt;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut watch = FramingWatch::new(bytes, verdicts.clone());
+            let mut sink = Vec::new();
+            watch.read_to_end(&mut sink).await.unwrap();
+        });
+    }
+
+    #[test]
+    fn only_the_server_switching_protocols_stops_the_judging() {
+        let smuggling: &[u8] = b"GET /v1/responses HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        // A client asking to upgrade changes nothing.
+        let asked = Arc::new(FramingVerdicts::default());
+        read_through(&asked, smuggling);
+        assert_eq!(asked.fault_of(1), Some(CL_TE));
+        // Once the server has switched, the bytes are frames, not requests.
+        let switched = Arc::new(FramingVerdicts::default());
+        switched.protocol_switched();
+        read_through(
+            &switched,
+            b"POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        assert_eq!(switched.fault_of(0), None);
+    }
 }
