@@ -650,7 +650,9 @@ fn spawn_connection<S>(
     };
     let requests_seen = AtomicU64::new(0);
     let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
-        request.extensions_mut().insert(context.clone());
+        if request.headers().contains_key(hyper::header::UPGRADE) {
+            request.extensions_mut().insert(context.clone());
+        }
         let state = state.clone();
         let identity = identity.clone();
         let number = requests_seen.fetch_add(1, Ordering::Relaxed);
