@@ -759,3 +759,20 @@ async fn a_conversation_past_the_body_limit_is_refused_and_the_socket_goes_on() 
         "response.completed"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_allow_list_applies_to_the_handshake() {
+    let mock = responses_mock().await;
+    let proxy = Proxy::start(&mock.url("/v1/responses"), &["--allow-users", "4242"]);
+    let url = format!("ws://127.0.0.1:{}/v1/responses", proxy.port);
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 403);
+            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default())
+                .into_owned();
+            assert!(body.contains("user_not_allowed"), "{body}");
+        }
+        other => panic!("expected 403, got {other:?}"),
+    }
+    assert!(mock.seen().is_empty());
+}
