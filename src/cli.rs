@@ -88,6 +88,12 @@ pub struct Cli {
     )]
     pub response_store_max_age: u64,
 
+    /// Refuse WebSocket upgrades of GET /v1/responses with 426 (clients such as Codex then
+    /// use HTTP POST at once). By default the proxy serves the WebSocket mode itself over the
+    /// HTTP upstream.
+    #[arg(long, env = "CODEX_PROXY_NO_WEBSOCKET")]
+    pub no_websocket: bool,
+
     /// User the worker runs as when started as root (default: the `codex-responses-api-proxy`
     /// system user if it exists, else `nobody`).
     #[arg(long, env = "CODEX_PROXY_USER", value_name = "NAME")]
@@ -368,6 +374,17 @@ pub struct Cli {
         help_heading = "Who is calling"
     )]
     pub max_buffered_bodies_per_user: Option<usize>,
+
+    /// Most WebSockets (GET /v1/responses upgraded) one local user may hold open at once
+    /// (more are answered 429); each also counts as one of their connections.
+    #[arg(
+        long,
+        env = "CODEX_PROXY_MAX_WEBSOCKETS_PER_USER",
+        default_value_t = 16,
+        value_name = "N",
+        help_heading = "Who is calling"
+    )]
+    pub max_websockets_per_user: usize,
 
     /// Send `OpenAI-Organization: VALUE` upstream with every request (a client's own value
     /// is dropped).

@@ -333,3 +333,151 @@ async fn codex_tool_call_round_trip_through_the_proxy() {
     );
     eprintln!("codex exec (tool round trip) took {:?}", run.elapsed);
 }
+
+/// How users point Codex at the proxy (`openai_base_url` in config.toml, the built-in
+/// provider): Codex opens a WebSocket on `GET /v1/responses`, which the proxy serves itself
+/// over its HTTP upstream. The text turn completes with no retry or fallback line, and the
+/// upstream gets one ordinary POST with the key (Codex sends no Authorization header).
+#[tokio::test(flavor = "multi_thread")]
+async fn codex_over_websocket_text_turn_through_the_proxy() {
+    let Some(codex) = codex_bin() else { return };
+    let mock = MockUpstream::start(|_| {
+        Reply::sse(
+            &ResponsesStream::new("resp_ws_text_1")
+                .message("msg_ws_text_1", &["Hello ", "over the ", "socket."])
+                .completed(120, 7),
+        )
+    })
+    .await;
+    let proxy = Proxy::start(&mock.url("/v1/responses"), &[]);
+    let workdir = scratch_dir();
+
+    let run = run_codex_builtin(
+        &codex,
+        &proxy.url("/v1"),
+        workdir.path(),
+        "Say hello, please.",
+    )
+    .await;
+    run.assert_success(&proxy);
+    run.assert_no_websocket_fallback();
+    assert_eq!(
+        run.stdout.trim_end(),
+        "Hello over the socket.",
+        "stderr:\n{}",
+        run.stderr
+    );
+
+    let seen = mock.seen();
+    assert_eq!(
+        seen.len(),
+        1,
+        "the prewarm stays in the proxy; one turn, one POST: {seen:?}"
+    );
+    assert_eq!(seen[0].method, "POST");
+    assert_eq!(
+        seen[0].header("authorization").as_deref(),
+        Some(format!("Bearer {TEST_KEY}").as_str())
+    );
+    let body = seen[0].json();
+    assert_eq!(body["model"], MODEL);
+    assert_eq!(body["stream"], true);
+    assert!(body.get("previous_response_id").is_none() && body.get("type").is_none());
+    assert_eq!(last_user_text(&body), "Say hello, please.");
+    assert_eq!(
+        items_of_type(&body, "message")[0]["role"],
+        "developer",
+        "the prewarm's instructions come first: {body:#}"
+    );
+    let log = proxy.stderr_once_it_has("WS /v1/responses 200", std::time::Duration::from_secs(5));
+    assert!(log.contains("GET /v1/responses 101"), "{log}");
+    assert!(
+        !log.contains("POST /v1/responses"),
+        "Codex fell back to HTTP: {log}"
+    );
+    eprintln!(
+        "codex exec (text turn over WebSocket) took {:?}",
+        run.elapsed
+    );
+}
+
+/// An `exec_command` round trip over Codex's WebSocket: the second turn names the first
+/// response as `previous_response_id` and sends only the call's output; the upstream gets the
+/// whole conversation (developer and user messages, the call, its output).
+#[tokio::test(flavor = "multi_thread")]
+async fn codex_over_websocket_tool_call_round_trip_through_the_proxy() {
+    let Some(codex) = codex_bin() else { return };
+    let command = "echo ran > ws-proof.txt && echo codex-ws-$((6*7))";
+    let mock = MockUpstream::start(move |seen| {
+        let body = seen.json();
+        let answered = !items_of_type(&body, "function_call_output").is_empty();
+        let stream = if answered {
+            ResponsesStream::new("resp_ws_tool_2")
+                .message("msg_ws_tool_2", &["The command ", "ran."])
+        } else {
+            ResponsesStream::new("resp_ws_tool_1").function_call(
+                "fc_ws_tool_1",
+                "call_ws_tool_1",
+                "exec_command",
+                &json!({"cmd": command}),
+            )
+        };
+        Reply::sse(&stream.completed(300, 20))
+    })
+    .await;
+    let proxy = Proxy::start(&mock.url("/v1/responses"), &[]);
+    let workdir = scratch_dir();
+
+    let run = run_codex_builtin(
+        &codex,
+        &proxy.url("/v1"),
+        workdir.path(),
+        "Run the proof command.",
+    )
+    .await;
+    run.assert_success(&proxy);
+    run.assert_no_websocket_fallback();
+    assert_eq!(
+        run.stdout.trim_end(),
+        "The command ran.",
+        "stderr:\n{}",
+        run.stderr
+    );
+
+    let seen = mock.seen();
+    assert_eq!(seen.len(), 2, "the call, then its output: {seen:?}");
+    let first = seen[0].json();
+    let second = seen[1].json();
+    assert!(second.get("previous_response_id").is_none());
+    // The second POST carries the first one's input, then the call, then its output.
+    let first_input = first["input"].as_array().unwrap();
+    let second_input = second["input"].as_array().unwrap();
+    assert_eq!(
+        &second_input[..first_input.len()],
+        &first_input[..],
+        "{second:#}"
+    );
+    let calls = items_of_type(&second, "function_call");
+    assert_eq!(calls.len(), 1, "{second:#}");
+    assert_eq!(calls[0]["call_id"], "call_ws_tool_1");
+    let outputs = items_of_type(&second, "function_call_output");
+    assert_eq!(outputs.len(), 1, "{second:#}");
+    let output = outputs[0]["output"].as_str().expect("output is a string");
+    assert!(
+        output.contains("codex-ws-42"),
+        "function_call_output: {output}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(workdir.path().join("ws-proof.txt")).unwrap(),
+        "ran\n"
+    );
+    let log = proxy.stderr_once_it_has("WS /v1/responses 200", std::time::Duration::from_secs(5));
+    assert!(
+        !log.contains("POST /v1/responses"),
+        "Codex fell back to HTTP: {log}"
+    );
+    eprintln!(
+        "codex exec (tool round trip over WebSocket) took {:?}",
+        run.elapsed
+    );
+}

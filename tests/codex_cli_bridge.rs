@@ -626,3 +626,88 @@ async fn codex_remote_compaction_through_the_bridge() {
         run.elapsed
     );
 }
+
+/// Codex configured the usual way (`openai_base_url`, the built-in provider) opens a
+/// WebSocket; in bridge mode the proxy serves it from the chat upstream. A text turn and an
+/// `exec_command` round trip complete with no retry or fallback line, and the second chat
+/// request carries the whole conversation (the socket's `previous_response_id` expanded).
+#[tokio::test(flavor = "multi_thread")]
+async fn codex_over_websocket_through_the_bridge() {
+    let Some(codex) = codex_bin() else { return };
+    let command = "echo ran > bridge-ws-proof.txt && echo bridge-ws-$((6*7))";
+    let arguments = json!({"cmd": command}).to_string();
+    let mock = MockUpstream::start(move |seen| {
+        let body = seen.json();
+        let asks_for_tool = text_of(messages_with_role(&body, "user").last().unwrap())
+            .contains("Run the proof command.");
+        let stream = if !asks_for_tool {
+            ChatStream::new("chatcmpl-ws-text")
+                .content(&["Hello ", "over the bridge."])
+                .finish("stop", 100, 5)
+        } else if has_tool_message(&body) {
+            ChatStream::new("chatcmpl-ws-tool-2")
+                .content(&["The command ", "ran."])
+                .finish("stop", 400, 5)
+        } else {
+            ChatStream::new("chatcmpl-ws-tool-1")
+                .tool_call("call_bridge_ws_1", "exec_command", &split_in(&arguments, 3))
+                .finish("tool_calls", 300, 20)
+        };
+        Reply::sse(&stream)
+    })
+    .await;
+    let proxy = start_bridge(&mock);
+
+    let workdir = scratch_dir();
+    let run = run_codex_builtin(&codex, &proxy.url("/v1"), workdir.path(), "Say hello.").await;
+    run.assert_success(&proxy);
+    run.assert_no_websocket_fallback();
+    assert_eq!(
+        run.stdout, "Hello over the bridge.\n",
+        "stderr:\n{}",
+        run.stderr
+    );
+    eprintln!(
+        "codex exec (bridge text turn over WebSocket) took {:?}",
+        run.elapsed
+    );
+
+    let workdir = scratch_dir();
+    let run = run_codex_builtin(
+        &codex,
+        &proxy.url("/v1"),
+        workdir.path(),
+        "Run the proof command.",
+    )
+    .await;
+    run.assert_success(&proxy);
+    run.assert_no_websocket_fallback();
+    assert_eq!(run.stdout, "The command ran.\n", "stderr:\n{}", run.stderr);
+    eprintln!(
+        "codex exec (bridge exec_command round trip over WebSocket) took {:?}",
+        run.elapsed
+    );
+
+    let seen = mock.seen();
+    assert_eq!(seen.len(), 3, "one text turn, then the call and its output");
+    for request in &seen {
+        assert_chat_request_from_codex(request);
+    }
+    let second = seen[2].json();
+    let (call, tool) = answered_call(&second);
+    assert_eq!(call["id"], "call_bridge_ws_1");
+    assert!(text_of(&tool).contains("bridge-ws-42"), "{second:#}");
+    assert_eq!(
+        text_of(messages_with_role(&second, "user").last().unwrap()),
+        "Run the proof command."
+    );
+    assert_eq!(
+        std::fs::read_to_string(workdir.path().join("bridge-ws-proof.txt")).unwrap(),
+        "ran\n"
+    );
+    let log = proxy.stderr_once_it_has("WS /v1/responses 200", std::time::Duration::from_secs(5));
+    assert!(
+        !log.contains("POST /v1/responses"),
+        "Codex fell back to HTTP: {log}"
+    );
+}

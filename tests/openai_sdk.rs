@@ -76,3 +76,25 @@ async fn sdk_responses_through_the_bridge() {
     let proxy = Proxy::start(&upstream.url("/v1/chat/completions"), &["--bridge-to-chat"]);
     run_scenario(&python, "responses-bridge", proxy.url("/v1")).await;
 }
+
+/// The SDK's WebSocket mode (`client.responses.connect()`, extra `openai[realtime]`): two
+/// responses on one socket, the second naming the first as `previous_response_id`, which
+/// the proxy expands into the whole conversation for the chat upstream.
+#[tokio::test(flavor = "multi_thread")]
+async fn sdk_responses_over_a_websocket_through_the_bridge() {
+    let Some(python) = sdk_python() else { return };
+    let body = fixture("chat-streams/text.sse");
+    let upstream = MockUpstream::start(move |_| Reply::sse(&body)).await;
+    let proxy = Proxy::start(&upstream.url("/v1/chat/completions"), &["--bridge-to-chat"]);
+    run_scenario(&python, "responses-websocket", proxy.url("/v1")).await;
+    let seen = upstream.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let second: serde_json::Value = seen[1].json();
+    let roles: Vec<&str> = second["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["user", "assistant", "user"], "{second}");
+}

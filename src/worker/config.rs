@@ -23,6 +23,8 @@ pub(crate) struct WorkerConfig {
     pub key: KeySource,
     pub upstream_url: reqwest::Url,
     pub bridge_to_chat: bool,
+    /// WebSocket mode on `GET /v1/responses`: `None` when refused (`--no-websocket`).
+    pub websocket: Option<crate::worker::websocket::WebSocketSettings>,
     pub http_shutdown: bool,
     pub connect_timeout: Duration,
     pub header_read_timeout: Duration,
@@ -81,6 +83,9 @@ impl WorkerConfig {
             key,
             upstream_url,
             bridge_to_chat: cli.bridge_to_chat,
+            websocket: (!cli.no_websocket).then(|| crate::worker::websocket::WebSocketSettings {
+                per_user: cli.max_websockets_per_user.max(1),
+            }),
             http_shutdown: cli.http_shutdown,
             connect_timeout: cli.connect_timeout(),
             header_read_timeout: cli.header_read_timeout(),

@@ -10,6 +10,7 @@ pub(crate) mod identity;
 pub(crate) mod routes;
 pub(crate) mod server;
 pub(crate) mod upstream;
+pub(crate) mod websocket;
 
 use conversation::{compaction_seal, response_store};
 use identity::{access_control, peer_identity};
@@ -25,7 +26,6 @@ use fair_share::FairShare;
 use framing_guard::{FramingVerdicts, FramingWatch};
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use peer_identity::PeerIdentity;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,6 +49,8 @@ pub(crate) struct State {
     pub direct: Option<Arc<direct_upstream::DirectUpstream>>,
     pub upstream_url: reqwest::Url,
     pub bridge_to_chat: bool,
+    /// WebSocket mode on `GET /v1/responses` (None: upgrades get 426).
+    pub websockets: Option<Arc<websocket::OpenSockets>>,
     pub http_shutdown: bool,
     pub max_request_body: usize,
     /// Longest silence of a client (sending its body, reading the response) or the upstream.
@@ -74,6 +76,18 @@ impl State {
     pub(crate) fn caller(&self) -> fair_share::UserKey {
         CALLER.try_with(|user| *user).unwrap_or(None)
     }
+}
+
+/// Spawns `future` on this shard as the current request's caller: task-locals do not cross
+/// `spawn`, and a WebSocket's turns must still count against, and own what they store for, the
+/// user who opened it.
+pub(crate) fn spawn_as_caller<F>(future: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let caller = CALLER.try_with(|user| *user).unwrap_or(None);
+    tokio::spawn(CALLER.scope(caller, future))
 }
 
 tokio::task_local! {
@@ -439,6 +453,7 @@ fn shared_state(config: &mut WorkerConfig, supervisor_pipe: WorkerPipe) -> Optio
         direct: None,
         upstream_url: config.upstream_url.clone(),
         bridge_to_chat: config.bridge_to_chat,
+        websockets: config.websocket.map(websocket::OpenSockets::new),
         http_shutdown: config.http_shutdown,
         max_request_body: config.max_request_body,
         idle_timeout: config.idle_timeout,
@@ -486,7 +501,9 @@ impl Shard {
     /// Serves the connections it is dealt until the dealer stops, then drains them for at
     /// most the grace period.
     async fn serve(mut self) {
-        let graceful = GracefulShutdown::new();
+        // Every connection (and every WebSocket it became) holds a receiver until it ends:
+        // sending `true` asks them to finish, and the sender is closed once all have.
+        let (stop, graceful) = watch::channel(false);
         while let Some(accepted) = self.accepted.recv().await {
             let state = self.state.clone();
             let timeout = self.header_timeout;
@@ -500,9 +517,11 @@ impl Shard {
                 warn!("worker: cannot serve an accepted connection: {e}");
             }
         }
-        let in_flight = graceful.count();
+        drop(graceful);
+        let in_flight = stop.receiver_count();
+        stop.send_replace(true);
         tokio::select! {
-            _ = graceful.shutdown() => {
+            _ = stop.closed() => {
                 if in_flight > 0 {
                     info!("worker: drained {in_flight} connection(s)");
                 }
@@ -643,7 +662,7 @@ async fn accept_failed(error: std::io::Error) {
 fn spawn_connection<S>(
     stream: S,
     state: Arc<State>,
-    graceful: &GracefulShutdown,
+    graceful: &watch::Receiver<bool>,
     header_timeout: Duration,
     identity: PeerIdentity,
 ) where
@@ -663,8 +682,20 @@ fn spawn_connection<S>(
         state.idle_timeout,
     );
     let identity = Arc::new(identity);
+    let slot = Arc::new(slot);
+    // A route that takes the connection over (WebSocket) keeps its slot and tells its
+    // framing guard when the protocol switched.
+    let context = websocket::ConnectionContext {
+        identity: identity.clone(),
+        slot: slot.clone(),
+        verdicts: verdicts.clone(),
+        shutdown: graceful.clone(),
+    };
     let requests_seen = AtomicU64::new(0);
-    let service = service_fn(move |request| {
+    let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        if request.headers().contains_key(hyper::header::UPGRADE) {
+            request.extensions_mut().insert(context.clone());
+        }
         let state = state.clone();
         let identity = identity.clone();
         let number = requests_seen.fetch_add(1, Ordering::Relaxed);
@@ -715,14 +746,29 @@ fn spawn_connection<S>(
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(connection_timer::ConnectionTimer::default())
         .header_read_timeout(header_timeout)
-        .serve_connection(io, service);
-    let connection = graceful.watch(connection);
+        .serve_connection(io, service)
+        .with_upgrades();
+    let mut shutdown = graceful.clone();
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
+        let mut connection = std::pin::pin!(connection);
+        let ended = tokio::select! {
+            ended = connection.as_mut() => ended,
+            () = stop_requested(&mut shutdown) => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(e) = ended {
             debug!("connection ended with an error: {e}");
         }
         drop(slot);
+        drop(shutdown);
     });
+}
+
+/// Resolves once the shard is asked to drain (or its sender is gone).
+pub(crate) async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
 }
 
 /// A connection over its user's cap: a 429 written at once if the socket takes it, then

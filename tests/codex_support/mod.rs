@@ -141,11 +141,50 @@ pub async fn run_codex_with(
     for setting in config {
         command.args(["-c", setting]);
     }
+    command.env("CODEX_TEST_PROVIDER_KEY", CODEX_SIDE_KEY);
+    finish_codex(command, home.path(), workdir, prompt, sandbox).await
+}
+
+/// Runs `codex exec PROMPT` configured the way users point Codex at the proxy: the built-in
+/// `openai` provider with `openai_base_url = "{base_url}"` in `$CODEX_HOME/config.toml`. That
+/// provider sends no `Authorization` header and tries a WebSocket on `GET /v1/responses`
+/// first, then HTTP POST.
+pub async fn run_codex_builtin(
+    codex: &Path,
+    base_url: &str,
+    workdir: &Path,
+    prompt: &str,
+) -> CodexRun {
+    let home = scratch_dir();
+    std::fs::write(
+        home.path().join("config.toml"),
+        format!("openai_base_url = \"{base_url}\"\nmodel = \"{MODEL}\"\n"),
+    )
+    .unwrap();
+    let sandbox = choose_sandbox(codex, home.path(), workdir);
+    let mut command = tokio::process::Command::new(codex);
+    command
+        .arg("exec")
+        .args(["--skip-git-repo-check", "--ephemeral"])
+        .args(sandbox.flags())
+        .arg("-C")
+        .arg(workdir);
+    finish_codex(command, home.path(), workdir, prompt, sandbox).await
+}
+
+/// Adds the prompt and a clean environment to a `codex exec` command, runs it with the hard
+/// timeout and collects what it printed.
+async fn finish_codex(
+    mut command: tokio::process::Command,
+    home: &Path,
+    workdir: &Path,
+    prompt: &str,
+    sandbox: Sandbox,
+) -> CodexRun {
     command
         .arg(prompt)
         .current_dir(workdir)
-        .env("CODEX_HOME", home.path())
-        .env("CODEX_TEST_PROVIDER_KEY", CODEX_SIDE_KEY)
+        .env("CODEX_HOME", home)
         .env_remove("OPENAI_API_KEY")
         .env_remove("OPENAI_BASE_URL")
         .env_remove("CODEX_API_KEY")
@@ -195,5 +234,27 @@ impl CodexRun {
             self.stderr,
             proxy.stderr()
         );
+    }
+}
+
+/// Lines Codex prints when its WebSocket failed and it went back to HTTP.
+pub const WEBSOCKET_FALLBACK_SIGNS: [&str; 4] = [
+    "Falling back",
+    "Reconnecting",
+    "failed to connect to Responses WebSocket",
+    "ERROR",
+];
+
+impl CodexRun {
+    /// Codex used its WebSocket throughout: none of its fallback or retry lines were printed.
+    pub fn assert_no_websocket_fallback(&self) {
+        for sign in WEBSOCKET_FALLBACK_SIGNS {
+            for (stream, text) in [("stdout", &self.stdout), ("stderr", &self.stderr)] {
+                assert!(
+                    !text.contains(sign),
+                    "Codex printed {sign:?} on {stream}:\n{text}"
+                );
+            }
+        }
     }
 }

@@ -3,7 +3,8 @@ response validation, so every body and stream event must match the SDK's own mod
 
 Usage: openai_client.py SCENARIO BASE_URL
 Scenarios: chat-tools, completions (wrapper routes on a Responses upstream that replays a
-recorded parallel-tool-call / text stream), responses-bridge (bridge mode on a chat upstream).
+recorded parallel-tool-call / text stream), responses-bridge (bridge mode on a chat upstream),
+responses-websocket (`client.responses.connect()`, WebSocket mode, needs `openai[realtime]`).
 Exits 0 and prints "ok: …" lines when every check holds.
 """
 import json
@@ -118,7 +119,42 @@ def responses_bridge(base_url):
     check(whole.status == "completed" and whole.output_text == final.output_text, "stream:false gives the same answer")
 
 
-SCENARIOS = {"chat-tools": chat_tools, "completions": completions, "responses-bridge": responses_bridge}
+def one_websocket_response(connection):
+    """The events of one response on `connection`, up to its last; the final response."""
+    kinds = []
+    for event in connection:
+        kinds.append(event.type)
+        if event.type in ("error", "response.failed"):
+            check(False, f"the response failed: {event}")
+        if event.type == "response.completed":
+            return kinds, event.response
+    check(False, f"the socket closed mid-response after {kinds}")
+
+
+def responses_websocket(base_url):
+    c = client(base_url)
+    with c.responses.connect() as connection:
+        connection.response.create(model="gpt-4.1", input="Say hello")
+        kinds, first = one_websocket_response(connection)
+        check(kinds[0] == "response.created", "the socket's stream starts with response.created")
+        check(first.output_text.strip() != "", f"final output text over the socket ({first.output_text!r})")
+        connection.response.create(model="gpt-4.1", previous_response_id=first.id, input="Again")
+        _, second = one_websocket_response(connection)
+        check(second.id != first.id, "a second response on the same socket, after the first")
+        connection.response.create(model="gpt-4.1", previous_response_id="resp_unknown", input="x")
+        error = connection.recv()
+        check(
+            error.type == "error" and error.error.code == "previous_response_not_found",
+            f"an unknown previous_response_id is an error event ({error})",
+        )
+
+
+SCENARIOS = {
+    "chat-tools": chat_tools,
+    "completions": completions,
+    "responses-bridge": responses_bridge,
+    "responses-websocket": responses_websocket,
+}
 
 if __name__ == "__main__":
     SCENARIOS[sys.argv[1]](sys.argv[2])

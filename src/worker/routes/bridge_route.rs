@@ -164,7 +164,19 @@ pub(crate) async fn serve(
         Ok(body) => body,
         Err(response) => return response,
     };
-    let mut json: Value = match serde_json::from_slice(&body) {
+    serve_body(state, upstream, &parts.headers, &body, route).await
+}
+
+/// Serves a request body already read (a POST's, or a WebSocket message's) with the client's
+/// `client_headers`.
+pub(crate) async fn serve_body(
+    state: &State,
+    upstream: &UpstreamClient,
+    client_headers: &hyper::HeaderMap,
+    body: &[u8],
+    route: BridgeRoute,
+) -> Response<Body> {
+    let mut json: Value = match serde_json::from_slice(body) {
         Ok(json) => json,
         Err(e) => {
             return error_response(
@@ -234,7 +246,7 @@ pub(crate) async fn serve(
             previous_id.map_or(Value::Null, Value::String),
         );
     }
-    let answer = match send(state, upstream, &parts.headers, &plan).await {
+    let answer = match send(state, upstream, client_headers, &plan).await {
         Ok(answer) => answer,
         Err(response) => return response,
     };

@@ -10,6 +10,7 @@ pub(crate) mod translate;
 pub(crate) mod wrapper_routes;
 
 use crate::worker::server::http::{error_response, json_response, Body};
+use crate::worker::websocket;
 use crate::worker::State;
 use bridge_route::BridgeRoute;
 use hyper::body::Incoming;
@@ -27,6 +28,8 @@ pub(crate) enum Route {
     Compact,
     /// `GET /v1/responses/{id}` in bridge mode: the caller's stored response.
     StoredResponse(String),
+    /// `GET /v1/responses` asking for a WebSocket (`crate::worker::websocket`).
+    WebSocket,
     /// `GET /shutdown` with `--http-shutdown`.
     Shutdown,
     /// A wrapper route (`--wrapper-routes`).
@@ -93,6 +96,12 @@ pub(crate) fn classify<B>(state: &State, request: &Request<B>) -> Route {
         _ if state.upstream.is_none() => Route::Refused(not_configured()),
         (&Method::POST, "/v1/responses") => Route::Responses,
         (&Method::POST, "/v1/responses/compact") => Route::Compact,
+        (&Method::GET, "/v1/responses") if websocket::asks_for_websocket(request.headers()) => {
+            match state.websockets {
+                Some(_) => Route::WebSocket,
+                None => Route::Refused(websocket::refused_while_off()),
+            }
+        }
         (&Method::GET, path) if state.bridge_to_chat => match stored_response_id(path) {
             Some(id) => Route::StoredResponse(id.to_string()),
             None => Route::Refused(forbidden(state)),
@@ -159,6 +168,23 @@ pub(crate) async fn handle(
             None => not_configured(),
         },
         Route::StoredResponse(id) => bridge_route::stored_response(&state, &id),
+        Route::WebSocket => websocket::accept(state, request).await,
+    }
+}
+
+/// A Responses request body already read (a WebSocket turn's), served as `POST
+/// /v1/responses` is: forwarded (strict) or bridged, with the client's `headers`.
+pub(crate) async fn responses_from_body(
+    state: &State,
+    headers: &hyper::HeaderMap,
+    body: bytes::Bytes,
+) -> Response<Body> {
+    match &state.upstream {
+        Some(upstream) if state.bridge_to_chat => {
+            bridge_route::serve_body(state, upstream, headers, &body, BridgeRoute::Responses).await
+        }
+        Some(upstream) => strict::forward_body(state, upstream, headers, body).await,
+        None => not_configured(),
     }
 }
 

@@ -22,8 +22,19 @@ pub(crate) async fn forward(
         Ok(body) => body,
         Err(response) => return response,
     };
+    forward_body(state, upstream, &parts.headers, body).await
+}
+
+/// Forwards a request body already read (a POST's, or a WebSocket message's) with the
+/// client's `headers`.
+pub(crate) async fn forward_body(
+    state: &State,
+    upstream: &UpstreamClient,
+    client_headers: &hyper::HeaderMap,
+    body: bytes::Bytes,
+) -> Response<Body> {
     if let Some(direct) = &state.direct {
-        return match direct.post(&parts.headers, body).await {
+        return match direct.post(client_headers, body).await {
             Ok(response) => crate::worker::upstream::redact::upstream_answer(response).await,
             Err(error) => {
                 tracing::warn!("{error}");
@@ -31,7 +42,7 @@ pub(crate) async fn forward(
             }
         };
     }
-    let upstream_headers = headers::for_upstream(&parts.headers);
+    let upstream_headers = headers::for_upstream(client_headers);
     let upstream = match upstream
         .post_or_answer(&state.upstream_url, upstream_headers, body)
         .await

@@ -12,8 +12,11 @@
 //!
 //! The rule holds for every request on a connection, whatever came before it. Numbers are read
 //! as hyper reads them (any count of leading zeros, a chunk line of any length), and an
-//! `Upgrade` header changes nothing (this server never switches protocols: hyper answers such
-//! a request like any other and keeps reading requests after it). Where the scanner still
+//! `Upgrade` header changes nothing (hyper answers such a request like any other and keeps
+//! reading requests after it, unless the server answered 101). Only once the server has
+//! actually switched the connection to WebSocket (the WebSocket route calls
+//! [`FramingVerdicts::protocol_switched`] when hyper hands it the upgraded connection, after
+//! the 101 was written) are the bytes no longer requests, and the scanner stops reading them. Where the scanner still
 //! cannot follow the bytes (a framing hyper will refuse, a `Content-Length` it cannot read) it
 //! refuses the request it is in, or the next one when it is past a head, rather than stop
 //! judging.
@@ -23,7 +26,7 @@
 use crate::worker::server::http1_syntax::{hex_value, trim_ows};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -455,6 +458,8 @@ fn note_header(facts: &mut HeadFacts, line: &Line) {
 pub(crate) struct FramingVerdicts {
     /// 0: none; else (request number << 8) | fault code.
     refused: AtomicU64,
+    /// The server switched this connection to another protocol (a 101 was written).
+    switched: AtomicBool,
 }
 
 impl FramingVerdicts {
@@ -465,6 +470,12 @@ impl FramingVerdicts {
             return None;
         }
         FramingFault::from_code(packed & 0xff)
+    }
+
+    /// Called by the server, never on a client's word, once it has written a 101 and owns the
+    /// upgraded connection: the bytes that follow are frames, not requests.
+    pub(crate) fn protocol_switched(&self) {
+        self.switched.store(true, Ordering::Release);
     }
 
     fn record(&self, index: u64, fault: FramingFault) {
@@ -500,7 +511,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for FramingWatch<T> {
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
             let this = &mut *self;
-            if this.scanner.refused.is_none() {
+            if this.scanner.refused.is_none() && !this.verdicts.switched.load(Ordering::Acquire) {
                 this.scanner.feed(&buf.filled()[before..]);
                 if let Some((index, fault)) = this.scanner.refused {
                     this.verdicts.record(index, fault);
@@ -698,5 +709,35 @@ mod tests {
         verdicts.record(3, FramingFault::BareLineFeed);
         assert_eq!(verdicts.fault_of(2), None);
         assert_eq!(verdicts.fault_of(3), Some(FramingFault::BareLineFeed));
+    }
+
+    /// Bytes read through a watch with the given verdicts, as hyper would read them.
+    fn read_through(verdicts: &Arc<FramingVerdicts>, bytes: &'static [u8]) {
+        use tokio::io::AsyncReadExt;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let mut watch = FramingWatch::new(bytes, verdicts.clone());
+            let mut sink = Vec::new();
+            watch.read_to_end(&mut sink).await.unwrap();
+        });
+    }
+
+    #[test]
+    fn only_the_server_switching_protocols_stops_the_judging() {
+        let smuggling: &[u8] = b"GET /v1/responses HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nPOST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
+        // A client asking to upgrade changes nothing.
+        let asked = Arc::new(FramingVerdicts::default());
+        read_through(&asked, smuggling);
+        assert_eq!(asked.fault_of(1), Some(CL_TE));
+        // Once the server has switched, the bytes are frames, not requests.
+        let switched = Arc::new(FramingVerdicts::default());
+        switched.protocol_switched();
+        read_through(
+            &switched,
+            b"POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+        );
+        assert_eq!(switched.fault_of(0), None);
     }
 }

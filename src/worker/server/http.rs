@@ -513,7 +513,12 @@ async fn drain_for_usage(
 
 /// The one log line of a finished request: on stderr written straight into the batch, else
 /// (journald) through tracing with the same fields.
-fn log_request(r: &RequestRecord, tokens: Option<&TokenUsage>, outcome: &str, duration_ms: u64) {
+pub(crate) fn log_request(
+    r: &RequestRecord,
+    tokens: Option<&TokenUsage>,
+    outcome: &str,
+    duration_ms: u64,
+) {
     if !tracing::enabled!(tracing::Level::INFO) {
         return;
     }

@@ -1,0 +1,263 @@
+//! WebSocket mode of `GET /v1/responses` (what Codex and the SDKs' `responses.connect()` try
+//! first), served by the proxy itself over the HTTP upstream: the handshake and the per-user
+//! cap on open sockets live here, the socket's life in [`session`], and what a socket
+//! remembers of its responses (`previous_response_id`) in [`history`].
+//!
+//! The handshake is an ordinary request to hyper: this module checks it, answers 101 with
+//! the accept key (RFC 6455 §4.2.2; no extension is negotiated, so permessage-deflate is
+//! declined), and hands the connection hyper gives back after the 101 to a task of its own.
+//! That connection keeps the client's connection slot (it still holds a descriptor) and
+//! tells the framing guard that its bytes are now frames. With `--no-websocket`, an upgrade
+//! is answered 426, on which Codex falls back to HTTP at once.
+//!
+//! Uses: the worker's HTTP vocabulary (`http`), its routes' upstream paths (through
+//! `routes::responses_from_body`), admission and accounting, the framing guard and the fair
+//! share; tokio-tungstenite for the frames.
+
+pub(crate) mod history;
+mod session;
+
+use crate::worker::identity::peer_identity::PeerIdentity;
+use crate::worker::server::fair_share::{ConnectionSlot, UserKey};
+use crate::worker::server::framing_guard::FramingVerdicts;
+use crate::worker::server::http::{error_response, Body};
+use crate::worker::State;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Request, Response, StatusCode};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// The settings of WebSocket mode, when it is on.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WebSocketSettings {
+    /// Most WebSockets one user may hold open.
+    pub per_user: usize,
+}
+
+/// What the connection's service puts in each request for a route that may take the
+/// connection over: who is calling, the connection's slot in the fair share, and its framing
+/// guard.
+#[derive(Clone)]
+pub(crate) struct ConnectionContext {
+    pub identity: Arc<PeerIdentity>,
+    pub slot: Arc<ConnectionSlot>,
+    pub verdicts: Arc<FramingVerdicts>,
+    /// Becomes `true` when the shard drains; held (and so counted) until the socket ends.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+/// The open WebSockets of every user (shared by every shard).
+pub(crate) struct OpenSockets {
+    settings: WebSocketSettings,
+    per_user: Mutex<HashMap<UserKey, usize>>,
+}
+
+impl OpenSockets {
+    pub(crate) fn new(settings: WebSocketSettings) -> Arc<Self> {
+        Arc::new(OpenSockets {
+            settings,
+            per_user: Mutex::default(),
+        })
+    }
+
+    /// One more socket of `user`, counted until the slot is dropped; `None` past the cap.
+    fn open(self: &Arc<Self>, user: UserKey) -> Option<SocketSlot> {
+        let mut counts = self.per_user.lock().unwrap_or_else(|e| e.into_inner());
+        let count = counts.entry(user).or_default();
+        if *count >= self.settings.per_user {
+            return None;
+        }
+        *count += 1;
+        Some(SocketSlot {
+            sockets: self.clone(),
+            user,
+        })
+    }
+}
+
+/// One open WebSocket of a user.
+pub(crate) struct SocketSlot {
+    sockets: Arc<OpenSockets>,
+    user: UserKey,
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .sockets
+            .per_user
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = counts.get_mut(&self.user) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.user);
+            }
+        }
+    }
+}
+
+/// Whether a request asks to switch to WebSocket (`Upgrade: websocket`).
+pub(crate) fn asks_for_websocket(headers: &HeaderMap) -> bool {
+    has_token(headers, header::UPGRADE, "websocket")
+}
+
+fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(token))
+}
+
+/// The answer to an upgrade when WebSocket mode is off: 426, which makes Codex use HTTP POST
+/// after one attempt.
+pub(crate) fn refused_while_off() -> Response<Body> {
+    error_response(
+        StatusCode::UPGRADE_REQUIRED,
+        "WebSocket mode is turned off on this proxy (--no-websocket); use POST /v1/responses.",
+        "invalid_request_error",
+        Some("websocket_disabled"),
+    )
+}
+
+/// Checks the handshake, answers 101 and serves the socket on a task of its own once hyper
+/// hands the connection over; or the refusal (400, 426, 429, 500).
+pub(crate) async fn accept(state: Arc<State>, mut request: Request<Incoming>) -> Response<Body> {
+    let Some(sockets) = state.websockets.clone() else {
+        return refused_while_off();
+    };
+    let headers = request.headers();
+    if request.version() != hyper::Version::HTTP_11
+        || !has_token(headers, header::CONNECTION, "upgrade")
+    {
+        return bad_handshake("A WebSocket handshake needs HTTP/1.1 and `Connection: Upgrade`.");
+    }
+    if headers
+        .get(header::SEC_WEBSOCKET_VERSION)
+        .is_none_or(|v| v.as_bytes() != b"13")
+    {
+        let mut response = error_response(
+            StatusCode::UPGRADE_REQUIRED,
+            "Only WebSocket version 13 is served.",
+            "invalid_request_error",
+            Some("websocket_version"),
+        );
+        response.headers_mut().insert(
+            header::SEC_WEBSOCKET_VERSION,
+            HeaderValue::from_static("13"),
+        );
+        return response;
+    }
+    let Some(key) = headers
+        .get(header::SEC_WEBSOCKET_KEY)
+        .filter(|k| k.len() == 24)
+    else {
+        return bad_handshake(
+            "A WebSocket handshake needs a `Sec-WebSocket-Key` of 16 bytes in base64.",
+        );
+    };
+    let accept_key = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let Some(context) = request.extensions().get::<ConnectionContext>().cloned() else {
+        return error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "This connection cannot be switched to WebSocket.",
+            "server_error",
+            None,
+        );
+    };
+    let Some(socket_slot) = sockets.open(context.identity.uid) else {
+        tracing::info!(client_user = %context.identity.display_name(), "refused: too many open WebSockets");
+        let mut response = error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!(
+                "You have as many WebSockets open as one user may ({}); close one first.",
+                sockets.settings.per_user
+            ),
+            "requests",
+            Some("too_many_websockets"),
+        );
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(1));
+        return response;
+    };
+    let upstream_headers = headers_for_turns(request.headers());
+    let on_upgrade = hyper::upgrade::on(&mut request);
+    drop(request);
+    crate::worker::spawn_as_caller(async move {
+        let upgraded = match on_upgrade.await {
+            Ok(upgraded) => upgraded,
+            Err(e) => {
+                tracing::debug!("websocket: the upgrade did not happen: {e}");
+                return;
+            }
+        };
+        // hyper wrote the 101 and handed the connection over: from here on its bytes are
+        // WebSocket frames, which the framing guard must not read as requests.
+        context.verdicts.protocol_switched();
+        session::serve(
+            state,
+            upgraded,
+            session::SocketParts {
+                identity: context.identity,
+                upstream_headers,
+                shutdown: context.shutdown,
+                _connection: context.slot,
+                _socket: socket_slot,
+            },
+        )
+        .await;
+    });
+    let mut response = Response::new(crate::worker::server::http::full(bytes::Bytes::new()));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let headers = response.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    if let Ok(value) = HeaderValue::from_str(&accept_key) {
+        headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
+    }
+    response
+}
+
+fn bad_handshake(message: &str) -> Response<Body> {
+    error_response(
+        StatusCode::BAD_REQUEST,
+        message,
+        "invalid_request_error",
+        Some("bad_websocket_handshake"),
+    )
+}
+
+/// The handshake's headers that each turn's POST carries (the client's own, as a POST
+/// would): the WebSocket ones and the WebSocket beta flag are left out.
+fn headers_for_turns(handshake: &HeaderMap) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in handshake {
+        let name_text = name.as_str();
+        if name_text.starts_with("sec-websocket-") {
+            continue;
+        }
+        if name_text == "openai-beta"
+            && value
+                .to_str()
+                .is_ok_and(|v| v.contains("responses_websockets"))
+        {
+            continue;
+        }
+        headers.append(name.clone(), value.clone());
+    }
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        header::ACCEPT,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::TRANSFER_ENCODING);
+    headers
+}
