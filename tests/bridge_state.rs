@@ -11,8 +11,6 @@ use common::*;
 use openai_conformance::responses::{check_response_object, check_responses_stream};
 use openai_wire::sse::SseReader;
 use serde_json::{json, Value};
-use std::os::unix::process::CommandExt;
-use std::process::Command;
 use std::time::Duration;
 
 /// A chat stream answering `text`.
@@ -314,56 +312,14 @@ async fn the_store_is_bounded_by_count_bytes_and_age() {
     assert_eq!(get(&proxy, id).await.0, 404);
 }
 
-/// A system user that exists for the duration of a test.
-struct TestUser {
-    name: String,
-    uid: u32,
-}
-
-impl TestUser {
-    fn create(tag: &str) -> TestUser {
-        let name = format!("cxs{tag}{}", std::process::id() % 100_000);
-        let status = Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-            ])
-            .arg(&name)
-            .status()
-            .expect("useradd");
-        assert!(status.success(), "useradd {name}");
-        let uid = nix::unistd::User::from_name(&name)
-            .unwrap()
-            .unwrap()
-            .uid
-            .as_raw();
-        TestUser { name, uid }
-    }
-}
-
-impl Drop for TestUser {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.name).status();
-    }
-}
-
-/// `curl` run as `uid`; returns (status code, body as JSON).
-fn curl_as(uid: u32, args: &[&str]) -> (u16, Value) {
-    let output = Command::new("curl")
-        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--noproxy", "*"])
-        .args(["-H", "content-type: application/json"])
-        .args(args)
-        .uid(uid)
-        .gid(65534)
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+/// `curl` run as `uid` with a JSON body type; returns (status code, body as JSON).
+fn curl_json_as(uid: u32, args: &[&str]) -> (u16, Value) {
+    let mut all = vec!["-H", "content-type: application/json"];
+    all.extend_from_slice(args);
+    let (status, body) = curl_as(uid, &all);
     (
-        code.trim().parse().unwrap_or(0),
-        serde_json::from_str(body).unwrap_or(Value::String(body.to_string())),
+        status,
+        serde_json::from_str(&body).unwrap_or(Value::String(body)),
     )
 }
 
@@ -375,7 +331,7 @@ async fn another_local_user_can_neither_read_nor_continue_a_response() {
     let mock = chat_upstream().await;
     let proxy = bridge(&mock, &[]);
     let url = proxy.url("/v1/responses");
-    let (status, first) = curl_as(
+    let (status, first) = curl_json_as(
         alice.uid,
         &[
             "-d",
@@ -393,7 +349,7 @@ async fn another_local_user_can_neither_read_nor_continue_a_response() {
 
     // Bob, and root (this test process), get the 404 an unknown id gets.
     for uid in [bob.uid, 0] {
-        let (status, body) = curl_as(uid, &["-d", &continuation, &url]);
+        let (status, body) = curl_json_as(uid, &["-d", &continuation, &url]);
         assert_eq!(status, 404, "uid {uid}: {body}");
         assert_eq!(
             body,
@@ -401,9 +357,9 @@ async fn another_local_user_can_neither_read_nor_continue_a_response() {
                 "type": "invalid_request_error", "param": "previous_response_id",
                 "code": "previous_response_not_found"}})
         );
-        let (status, body) = curl_as(uid, &["-d", &reference, &url]);
+        let (status, body) = curl_json_as(uid, &["-d", &reference, &url]);
         assert_eq!(status, 404, "uid {uid}: {body}");
-        let (status, body) = curl_as(uid, &[&get_url]);
+        let (status, body) = curl_json_as(uid, &[&get_url]);
         assert_eq!(status, 404, "uid {uid}: {body}");
     }
     assert_eq!(
@@ -413,10 +369,10 @@ async fn another_local_user_can_neither_read_nor_continue_a_response() {
     );
 
     // Alice can.
-    let (status, body) = curl_as(alice.uid, &[&get_url]);
+    let (status, body) = curl_json_as(alice.uid, &[&get_url]);
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["id"], id.as_str());
-    let (status, body) = curl_as(alice.uid, &["-d", &continuation, &url]);
+    let (status, body) = curl_json_as(alice.uid, &["-d", &continuation, &url]);
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         chat_messages(&mock, 1),

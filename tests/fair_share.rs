@@ -197,59 +197,6 @@ async fn a_users_share_of_body_memory_is_answered_503_when_full_and_413_when_exc
     assert_eq!(ok.status(), 200);
 }
 
-/// A system user that exists for the duration of a test (as in tests/who_is_calling.rs).
-struct TestUser {
-    name: String,
-    uid: u32,
-}
-
-impl TestUser {
-    fn create(tag: &str) -> TestUser {
-        let name = format!("cxf{tag}{}", std::process::id() % 100_000);
-        let status = std::process::Command::new("useradd")
-            .args([
-                "--system",
-                "--no-create-home",
-                "--shell",
-                "/usr/sbin/nologin",
-            ])
-            .arg(&name)
-            .status()
-            .expect("useradd");
-        assert!(status.success(), "useradd {name}");
-        let uid = nix::unistd::User::from_name(&name)
-            .unwrap()
-            .unwrap()
-            .uid
-            .as_raw();
-        TestUser { name, uid }
-    }
-}
-
-impl Drop for TestUser {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("userdel")
-            .arg(&self.name)
-            .status();
-    }
-}
-
-/// `curl` run as `uid`; returns (status code, body).
-fn curl_as(uid: u32, args: &[&str]) -> (u16, String) {
-    use std::os::unix::process::CommandExt;
-    let output = std::process::Command::new("curl")
-        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--noproxy", "*"])
-        .args(["--max-time", "10"])
-        .args(args)
-        .uid(uid)
-        .gid(65534)
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
-}
-
 /// What the attacker's connections came to, as its child process counted them.
 #[derive(Debug)]
 struct AttackCounts {

@@ -11,87 +11,14 @@ use common::*;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-/// A system user that exists for the duration of a test.
-struct TestUser {
-    name: String,
-    uid: u32,
-}
-
-impl TestUser {
-    fn create(tag: &str, group: Option<&str>) -> TestUser {
-        let name = format!("cxp{tag}{}", std::process::id() % 100_000);
-        let mut useradd = Command::new("useradd");
-        useradd.args([
-            "--system",
-            "--no-create-home",
-            "--shell",
-            "/usr/sbin/nologin",
-        ]);
-        if let Some(group) = group {
-            useradd.args(["--groups", group]);
-        }
-        let status = useradd.arg(&name).status().expect("useradd");
-        assert!(status.success(), "useradd {name}");
-        let uid = nix::unistd::User::from_name(&name)
-            .unwrap()
-            .unwrap()
-            .uid
-            .as_raw();
-        TestUser { name, uid }
-    }
-}
-
-impl Drop for TestUser {
-    fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.name).status();
-    }
-}
-
-struct TestGroup(String);
-
-impl TestGroup {
-    fn create() -> TestGroup {
-        let name = format!("cxpgroup{}", std::process::id() % 100_000);
-        assert!(Command::new("groupadd")
-            .args(["--system", &name])
-            .status()
-            .unwrap()
-            .success());
-        TestGroup(name)
-    }
-}
-
-impl Drop for TestGroup {
-    fn drop(&mut self) {
-        let _ = Command::new("groupdel").arg(&self.0).status();
-    }
-}
-
-/// `curl` run as `uid`; returns (status code, body).
-fn curl_as(uid: u32, args: &[&str]) -> (u16, String) {
-    let output = Command::new("curl")
-        .args(["-s", "-o", "-", "-w", "\n%{http_code}", "--noproxy", "*"])
-        .args(args)
-        .uid(uid)
-        .gid(65534)
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-    (code.trim().parse().unwrap_or(0), body.to_string())
-}
-
 const COMPLETED: &str = "event: response.completed\ndata: {\"type\":\"response.completed\",\"sequence_number\":3,\"response\":{\"id\":\"resp_1\",\"object\":\"response\",\"model\":\"gpt-test\",\"status\":\"completed\",\"output\":[],\"usage\":{\"input_tokens\":100,\"input_tokens_details\":{\"cached_tokens\":40},\"output_tokens\":20,\"output_tokens_details\":{\"reasoning_tokens\":5},\"total_tokens\":120}}}\n\n";
 
 #[tokio::test(flavor = "multi_thread")]
 async fn identity_allow_list_accounting_and_limits_with_two_real_users() {
-    if !is_root() {
-        eprintln!("skipped: creating users needs root");
-        return;
-    }
+    require_root("creating users");
     let group = TestGroup::create();
-    let alice = TestUser::create("a", Some(&group.0));
-    let bob = TestUser::create("b", None);
+    let alice = TestUser::create_in("a", Some(&group.0));
+    let bob = TestUser::create("b");
     let mock = MockUpstream::start(|_| Reply::sse(COMPLETED)).await;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
@@ -332,7 +259,7 @@ async fn every_loopback_address_form_counts_for_the_caller() {
         is_root(),
         "this test creates a user: run it as root (CI does)"
     );
-    let carol = TestUser::create("c", None);
+    let carol = TestUser::create("c");
     let mock = MockUpstream::start(|_| Reply::sse(COMPLETED)).await;
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
@@ -413,7 +340,7 @@ async fn an_unidentifiable_caller_is_the_shared_unknown_user_and_limited() {
         is_root(),
         "this test creates a user and stops the worker: run it as root (CI does)"
     );
-    let dave = TestUser::create("d", None);
+    let dave = TestUser::create("d");
     let mock = MockUpstream::start(|_| Reply::sse(COMPLETED)).await;
     let proxy = Proxy::start_with(ProxyOptions {
         args: vec![

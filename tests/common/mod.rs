@@ -3,6 +3,10 @@
 //! client for request targets that ordinary clients refuse to send.
 #![allow(dead_code)]
 
+pub mod users;
+#[allow(unused_imports)]
+pub use users::{curl_as, TestGroup, TestUser};
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Frame;
