@@ -15,6 +15,7 @@
 
 pub mod api_error;
 pub mod bridge;
+mod chat;
 pub mod sse;
 pub mod usage;
 pub mod wrapper;

@@ -32,6 +32,7 @@
 
 use std::borrow::Cow;
 
+use crate::chat::{FunctionDelta, Text, ToolCallDelta};
 use crate::usage::WireUsage;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -647,23 +648,6 @@ struct O3Text<'a> {
     text: &'a str,
 }
 
-#[derive(Serialize)]
-struct ToolCallDelta<'a> {
-    index: usize,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a str>,
-    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
-    kind: Option<&'static str>,
-    function: FunctionDelta<'a>,
-}
-
-#[derive(Serialize)]
-struct FunctionDelta<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    name: Option<&'a str>,
-    arguments: &'a str,
-}
-
 /// A tool call as accumulated for the non-streaming body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct AccumulatedCall {
@@ -837,13 +821,13 @@ impl ChatRenderer {
         out: &mut Vec<u8>,
     ) {
         let call = ToolCallDelta {
-            index,
-            id: first.map(|(id, _)| id),
-            kind: first.map(|_| "function"),
-            function: FunctionDelta {
-                name: first.map(|(_, name)| name),
-                arguments,
-            },
+            index: Some(index as u64),
+            id: first.map(|(id, _)| Text::borrowed(id)),
+            kind: first.map(|_| Text::borrowed("function")),
+            function: Some(FunctionDelta {
+                name: first.map(|(_, name)| Text::borrowed(name)),
+                arguments: Some(Text::borrowed(arguments)),
+            }),
         };
         self.send(
             ChatDelta {
