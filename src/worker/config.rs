@@ -37,6 +37,8 @@ pub(crate) struct WorkerConfig {
     pub limits: Limits,
     /// Per-user caps on connections and buffered request bodies.
     pub fair_share: FairShareLimits,
+    /// Trust, client certificate and egress proxy of every upstream connection.
+    pub connection: crate::worker::upstream::connection::UpstreamConnection,
     /// Billing headers and the encoding asked of the upstream.
     pub upstream_policy: crate::worker::upstream::headers::UpstreamRequestPolicy,
 }
@@ -74,6 +76,10 @@ impl WorkerConfig {
         if let Some(allow) = &allow {
             info!("access limited to {}", allow.describe());
         }
+        let connection = crate::worker::upstream::connection::UpstreamConnection::new(
+            &mut handover.upstream_tls,
+            cli.upstream_proxy.as_ref().map(|url| url.as_str()),
+        )?;
         let key = std::mem::replace(&mut handover.key, KeySource::NotConfigured);
         Ok(WorkerConfig {
             key,
@@ -112,6 +118,7 @@ impl WorkerConfig {
                 forward_client_billing: cli.forward_billing_headers,
             },
             auth,
+            connection,
         })
     }
 }
