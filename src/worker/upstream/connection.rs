@@ -195,15 +195,14 @@ pub(crate) fn tls_failure(error: &(dyn std::error::Error + 'static)) -> Option<S
         if let Some(tls) = current.downcast_ref::<rustls::Error>() {
             return Some(describe(tls));
         }
-        // An io::Error hides the error it wraps from `source()`.
-        if let Some(tls) = current
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        {
-            return Some(describe(tls));
-        }
-        cause = current.source();
+        // An io::Error hides the error it wraps from `source()` (and may wrap another one).
+        cause = match current.downcast_ref::<std::io::Error>() {
+            Some(io) => match io.get_ref() {
+                Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+                None => current.source(),
+            },
+            None => current.source(),
+        };
     }
     None
 }
