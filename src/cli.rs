@@ -258,6 +258,7 @@ pub struct Cli {
     #[arg(
         long,
         env = "CODEX_PROXY_UPSTREAM_PROXY",
+        hide_env_values = true,
         value_name = "URL",
         value_parser = upstream_proxy_url,
         help_heading = "Upstream connection"

@@ -181,11 +181,14 @@ impl TlsUpstream {
     }
 }
 
+/// A request line the egress proxy saw, with its `Proxy-Authorization` value.
+type ProxiedRequest = (String, Option<String>);
+
 /// An egress proxy of the tests' own: CONNECT tunnels and absolute-form HTTP requests, each
 /// recorded as its request line plus its `Proxy-Authorization` value.
 struct EgressProxy {
     addr: SocketAddr,
-    seen: Arc<Mutex<Vec<(String, Option<String>)>>>,
+    seen: Arc<Mutex<Vec<ProxiedRequest>>>,
 }
 
 impl EgressProxy {
@@ -250,7 +253,7 @@ impl EgressProxy {
         format!("http://puser:proxy-SECRET-pw@{}", self.addr)
     }
 
-    fn seen(&self) -> Vec<(String, Option<String>)> {
+    fn seen(&self) -> Vec<ProxiedRequest> {
         self.seen.lock().unwrap().clone()
     }
 }
