@@ -470,6 +470,13 @@ async fn https_proxy_carries_an_https_upstream_through_connect() {
     );
     assert_eq!(upstream.mock.seen().len(), 1);
     let log = proxy.stderr_once_it_has("POST /v1/responses", Duration::from_secs(5));
+    assert!(
+        log.contains(&format!(
+            "the upstream is reached through the proxy at 127.0.0.1:{}",
+            egress.addr.port()
+        )),
+        "{log}"
+    );
     assert!(!log.contains("proxy-SECRET-pw"), "{log}");
 }
 

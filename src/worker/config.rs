@@ -80,6 +80,9 @@ impl WorkerConfig {
             &mut handover.upstream_tls,
             cli.upstream_proxy.as_ref().map(|url| url.as_str()),
         )?;
+        if let Some(proxy) = connection.proxy_for(&upstream_url) {
+            info!("the upstream is reached through the proxy at {proxy}");
+        }
         let key = std::mem::replace(&mut handover.key, KeySource::NotConfigured);
         Ok(WorkerConfig {
             key,

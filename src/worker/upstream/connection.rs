@@ -74,10 +74,19 @@ impl UpstreamConnection {
     /// Whether requests to `url` go through an egress proxy (the plain-HTTP fast path then
     /// steps aside: reqwest sends the absolute-form request to the proxy).
     pub(crate) fn proxied(&self, url: &reqwest::Url) -> bool {
-        let Ok(uri) = url.as_str().parse::<hyper::Uri>() else {
-            return false;
-        };
-        self.proxy.matcher.intercept(&uri).is_some()
+        self.proxy_for(url).is_some()
+    }
+
+    /// `host:port` of the egress proxy requests to `url` go through (no credentials).
+    pub(crate) fn proxy_for(&self, url: &reqwest::Url) -> Option<String> {
+        let uri = url.as_str().parse::<hyper::Uri>().ok()?;
+        let intercept = self.proxy.matcher.intercept(&uri)?;
+        let proxy = intercept.uri();
+        Some(format!(
+            "{}:{}",
+            proxy.host().unwrap_or_default(),
+            proxy.port_u16().unwrap_or(80)
+        ))
     }
 }
 
