@@ -594,6 +594,7 @@ fi
 # 14b. An HTTPS upstream whose CA is installed in the system store
 # --------------------------------------------------------------------------
 log "HTTPS upstream, company CA installed with update-ca-certificates"
+# By address: the minimal image has no /etc/hosts and the container no DNS.
 TLS_PORT=$((MOCK_PORT + 1))
 ct sh -c 'cd /root && openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=systest company CA" \
       -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
@@ -609,7 +610,7 @@ for _ in $(seq 1 50); do
     ct curl -sk -o /dev/null "https://127.0.0.1:$TLS_PORT/ready" && break
     sleep 0.2
 done
-ct sed -i "s|^CODEX_PROXY_UPSTREAM_URL=.*|CODEX_PROXY_UPSTREAM_URL=https://localhost:$TLS_PORT/v1/responses|" /etc/default/$PKG
+ct sed -i "s|^CODEX_PROXY_UPSTREAM_URL=.*|CODEX_PROXY_UPSTREAM_URL=https://127.0.0.1:$TLS_PORT/v1/responses|" /etc/default/$PKG
 ct systemctl stop "$PKG.service"
 before=$(mock_count)
 req POST /v1/responses "$RESPONSES_BODY"
