@@ -779,3 +779,43 @@ fn bad_tls_settings_stop_the_service_with_a_clear_message() {
         );
     }
 }
+
+/// The Ollama pass-through uses the same trust and the same egress proxy.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ollama_pass_through_uses_the_same_trust_and_proxy() {
+    let ca = Pki::new("CA");
+    let ollama = TlsUpstream::start(server_config(&ca.server(), None), |_| {
+        Reply::json(200, r#"{"models":[]}"#)
+    })
+    .await;
+    let upstream = MockUpstream::start(|_| Reply::json(200, "{}")).await;
+    let egress = EgressProxy::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = root_only(dir.path(), "ca.pem", &ca.pem());
+    let proxy = start(
+        vec![
+            "--upstream-url".into(),
+            upstream.url("/v1/responses"),
+            "--wrapper-routes".into(),
+            "--upstream-ca-file".into(),
+            ca_file.display().to_string(),
+        ],
+        vec![
+            ("OLLAMA_API_URL", ollama.url("")),
+            ("HTTPS_PROXY", egress.url_with_credentials()),
+        ],
+    );
+    let response = http_client()
+        .get(proxy.url("/api/tags"))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let body = response.text().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(ollama.mock.seen()[0].uri, "/api/tags");
+    assert_eq!(
+        egress.seen()[0].0,
+        format!("CONNECT localhost:{} HTTP/1.1", ollama.addr.port())
+    );
+}
