@@ -287,6 +287,49 @@ pub struct Cli {
     )]
     pub token_refresh_days: u64,
 
+    /// Also trust the CA certificates in this PEM file for the upstream (added to the system
+    /// store; read as root).
+    #[arg(
+        long,
+        env = "CODEX_PROXY_UPSTREAM_CA_FILE",
+        value_name = "FILE",
+        help_heading = "Upstream connection"
+    )]
+    pub upstream_ca_file: Option<PathBuf>,
+
+    /// Reach the upstream (and the token endpoint, and Ollama) through this HTTP proxy,
+    /// e.g. http://user:pass@proxy:3128 (default: HTTPS_PROXY / HTTP_PROXY; NO_PROXY is
+    /// honoured either way). Its credentials are never logged.
+    #[arg(
+        long,
+        env = "CODEX_PROXY_UPSTREAM_PROXY",
+        hide_env_values = true,
+        value_name = "URL",
+        value_parser = upstream_proxy_url,
+        help_heading = "Upstream connection"
+    )]
+    pub upstream_proxy: Option<UpstreamProxyUrl>,
+
+    /// Client certificate chain (PEM) for upstreams that require one (mTLS; the systemd
+    /// credential `upstream-client-cert` wins).
+    #[arg(
+        long,
+        env = "CODEX_PROXY_UPSTREAM_CLIENT_CERT",
+        value_name = "FILE",
+        help_heading = "Upstream connection"
+    )]
+    pub upstream_client_cert: Option<PathBuf>,
+
+    /// The client certificate's private key (PEM), read as root and never logged (the systemd
+    /// credential `upstream-client-key` wins).
+    #[arg(
+        long,
+        env = "CODEX_PROXY_UPSTREAM_CLIENT_KEY",
+        value_name = "FILE",
+        help_heading = "Upstream connection"
+    )]
+    pub upstream_client_key: Option<PathBuf>,
+
     /// Do not install the worker's seccomp filter (for diagnosing a system call it refuses;
     /// the refusal shows as EPERM in `strace -f`).
     #[arg(long, env = "CODEX_PROXY_NO_SYSCALL_FILTER")]
@@ -440,6 +483,31 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// An egress proxy URL. It may carry credentials, so `Debug` shows none of it.
+#[derive(Clone)]
+pub struct UpstreamProxyUrl(String);
+
+impl UpstreamProxyUrl {
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for UpstreamProxyUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UpstreamProxyUrl(..)")
+    }
+}
+
+/// Accepts any non-empty value; the worker checks it and never repeats it in an error.
+fn upstream_proxy_url(text: &str) -> Result<UpstreamProxyUrl, String> {
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err("must not be empty".into());
+    }
+    Ok(UpstreamProxyUrl(trimmed.to_owned()))
 }
 
 /// A header value the flags may pin: visible ASCII and spaces, not empty.

@@ -28,10 +28,25 @@ pub struct Handover {
     pub(crate) auth_json: Option<secrecy::SecretSlice<u8>>,
     /// The wrapper routes' client access key, read as root when configured.
     pub(crate) client_api_key: Option<secrecy::SecretString>,
+    /// The upstream TLS files, read as root (the worker user may not be able to read them).
+    pub(crate) upstream_tls: UpstreamTlsFiles,
     /// The listening sockets, already bound (or inherited from systemd).
     pub(crate) listeners: Vec<Listener>,
     /// The worker's end of the worker→supervisor pipe.
     pub(crate) to_supervisor: WorkerPipe,
     /// Readable (end of file) once the supervisor wants the worker to drain and exit.
     pub(crate) stop_requested: OwnedFd,
+}
+
+/// The files of `--upstream-ca-file`, `--upstream-client-cert` and `--upstream-client-key` (or
+/// the credentials `upstream-client-cert` / `upstream-client-key`), as root read them. The
+/// worker parses them; the client key stays a secret (`Debug` shows no byte of it).
+#[derive(Default)]
+pub(crate) struct UpstreamTlsFiles {
+    /// Extra CA certificates (PEM) trusted for the upstream, in addition to the system store.
+    pub(crate) ca_pem: Option<Vec<u8>>,
+    /// The client certificate chain (PEM) for upstreams that ask for one.
+    pub(crate) client_cert_pem: Option<Vec<u8>>,
+    /// Its private key (PEM).
+    pub(crate) client_key_pem: Option<secrecy::SecretSlice<u8>>,
 }

@@ -231,6 +231,41 @@ pub fn read_secret(
     Ok(Some(secrecy::SecretString::from(text)))
 }
 
+/// The upstream TLS files, read as root before the worker exists (the worker user may not be
+/// able to read them): the CA bundle of `--upstream-ca-file`, and the client certificate and
+/// key (the credentials `upstream-client-cert` / `upstream-client-key` win over the flags).
+/// The key is read like the other secrets; errors name files, never content.
+pub(crate) fn read_upstream_tls(
+    credentials_directory: Option<&Path>,
+    cli: &crate::cli::Cli,
+) -> Result<crate::contract::UpstreamTlsFiles, String> {
+    use secrecy::ExposeSecret;
+    let ca_pem = match &cli.upstream_ca_file {
+        Some(path) => Some(
+            std::fs::read(path)
+                .map_err(|e| format!("cannot read --upstream-ca-file {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    let client_cert_pem = read_secret(
+        credentials_directory,
+        "upstream-client-cert",
+        cli.upstream_client_cert.as_deref(),
+    )?
+    .map(|pem| pem.expose_secret().as_bytes().to_vec());
+    let client_key_pem = read_secret(
+        credentials_directory,
+        "upstream-client-key",
+        cli.upstream_client_key.as_deref(),
+    )?
+    .map(|pem| secrecy::SecretSlice::from(pem.expose_secret().as_bytes().to_vec()));
+    Ok(crate::contract::UpstreamTlsFiles {
+        ca_pem,
+        client_cert_pem,
+        client_key_pem,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

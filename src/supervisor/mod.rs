@@ -99,6 +99,7 @@ pub fn prepare(cli: &Cli) -> Result<Prepared, ExitCode> {
     } else {
         None
     };
+    let upstream_tls = key::read_upstream_tls(credentials, cli).map_err(fail)?;
     let mut listeners = listener::open(cli.port).map_err(fail)?;
     if let Some(path) = &cli.unix_socket {
         listeners.push(listener::bind_unix(path).map_err(fail)?);
@@ -133,6 +134,7 @@ pub fn prepare(cli: &Cli) -> Result<Prepared, ExitCode> {
             key,
             auth_json,
             client_api_key,
+            upstream_tls,
             listeners,
             to_supervisor: WorkerPipe::new(to_supervisor),
             stop_requested,

@@ -39,6 +39,8 @@ pub(crate) struct WorkerConfig {
     pub limits: Limits,
     /// Per-user caps on connections and buffered request bodies.
     pub fair_share: FairShareLimits,
+    /// Trust, client certificate and egress proxy of every upstream connection.
+    pub connection: crate::worker::upstream::connection::UpstreamConnection,
     /// Billing headers and the encoding asked of the upstream.
     pub upstream_policy: crate::worker::upstream::headers::UpstreamRequestPolicy,
     /// Bounds of bridge mode's stored responses.
@@ -77,6 +79,13 @@ impl WorkerConfig {
         let allow = AllowList::from_config(&cli.allow_users, &cli.allow_groups)?;
         if let Some(allow) = &allow {
             info!("access limited to {}", allow.describe());
+        }
+        let connection = crate::worker::upstream::connection::UpstreamConnection::new(
+            &mut handover.upstream_tls,
+            cli.upstream_proxy.as_ref().map(|url| url.as_str()),
+        )?;
+        if let Some(proxy) = connection.proxy_for(&upstream_url) {
+            info!("the upstream is reached through the proxy at {proxy}");
         }
         let key = std::mem::replace(&mut handover.key, KeySource::NotConfigured);
         Ok(WorkerConfig {
@@ -125,6 +134,7 @@ impl WorkerConfig {
                 max_age: Duration::from_secs(cli.response_store_max_age),
             },
             auth,
+            connection,
         })
     }
 }

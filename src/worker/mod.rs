@@ -212,7 +212,11 @@ async fn serve(
         // keeps the clients built with the shared state; every other one builds its own.
         if index > 0 {
             match (
-                upstream::build_http_client(config.connect_timeout, config.idle_timeout),
+                upstream::build_http_client(
+                    &config.connection,
+                    config.connect_timeout,
+                    config.idle_timeout,
+                ),
                 plain_http_client(&config),
             ) {
                 (Ok(http), Ok(plain)) => {
@@ -323,8 +327,12 @@ async fn serve(
     0
 }
 
-/// The upstream connection pool of one shard (None unless the strict fast path applies).
+/// The upstream connection pool of one shard (None unless the strict fast path applies; it
+/// does not when an egress proxy applies to the upstream: reqwest then talks to the proxy).
 fn direct_upstream_for(config: &WorkerConfig) -> Option<Arc<direct_upstream::DirectUpstream>> {
+    if config.connection.proxied(&config.upstream_url) {
+        return None;
+    }
     match (&config.auth.mode, &config.key) {
         (AuthMode::ApiKey, KeySource::Key(header)) => direct_upstream::DirectUpstream::new(
             &config.upstream_url,
@@ -349,10 +357,9 @@ fn key_header_value(header: &ApiKeyHeader) -> hyper::header::HeaderValue {
 
 /// A client with no credentials, for pass-through to servers that need none (Ollama).
 fn plain_http_client(config: &WorkerConfig) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .connect_timeout(config.connect_timeout)
-        .read_timeout(config.idle_timeout)
-        .redirect(reqwest::redirect::Policy::none())
+    config
+        .connection
+        .client_builder(config.connect_timeout, config.idle_timeout)
         .build()
         .map_err(|e| format!("cannot build the HTTP client: {e}"))
 }
@@ -360,7 +367,11 @@ fn plain_http_client(config: &WorkerConfig) -> Result<reqwest::Client, String> {
 /// What every shard shares: clients, credentials, settings, usage records. `None` after
 /// logging why the worker cannot start.
 fn shared_state(config: &mut WorkerConfig, supervisor_pipe: WorkerPipe) -> Option<Arc<State>> {
-    let http = match upstream::build_http_client(config.connect_timeout, config.idle_timeout) {
+    let http = match upstream::build_http_client(
+        &config.connection,
+        config.connect_timeout,
+        config.idle_timeout,
+    ) {
         Ok(http) => http,
         Err(e) => {
             error!("worker: {e}");

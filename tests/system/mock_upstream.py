@@ -117,11 +117,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--port", type=int, default=18080)
     ap.add_argument("--record", required=True)
+    ap.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM)")
+    ap.add_argument("--tls-key", help="the certificate's key (PEM)")
     args = ap.parse_args()
     Handler.record_path = args.record
     open(args.record, "a", encoding="utf-8").close()
     server = ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     server.daemon_threads = True
+    if args.tls_cert:
+        import ssl
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     sys.stderr.write(f"mock-upstream: listening on 127.0.0.1:{args.port}\n")
     server.serve_forever()
 

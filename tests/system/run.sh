@@ -591,6 +591,50 @@ else
 fi
 
 # --------------------------------------------------------------------------
+# 14b. An HTTPS upstream whose CA is installed in the system store
+# --------------------------------------------------------------------------
+log "HTTPS upstream, company CA installed with update-ca-certificates"
+# By address: the minimal image has no /etc/hosts and the container no DNS.
+TLS_PORT=$((MOCK_PORT + 1))
+ct sh -c 'cd /root && openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=systest company CA" \
+      -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+      -keyout ca.key -out ca.crt \
+  && openssl req -newkey rsa:2048 -nodes -subj /CN=localhost -keyout server.key -out server.csr \
+  && printf "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n" >server.ext \
+  && openssl x509 -req -in server.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 \
+      -extfile server.ext -out server.crt' >/dev/null 2>&1 || fail "make a CA and a server certificate with openssl"
+ct systemd-run --quiet --unit=mock-upstream-tls --property=Type=simple \
+    python3 /root/mock_upstream.py --port "$TLS_PORT" --record /run/mock-upstream/requests.jsonl \
+    --tls-cert /root/server.crt --tls-key /root/server.key
+for _ in $(seq 1 50); do
+    ct curl -sk -o /dev/null "https://127.0.0.1:$TLS_PORT/ready" && break
+    sleep 0.2
+done
+ct sed -i "s|^CODEX_PROXY_UPSTREAM_URL=.*|CODEX_PROXY_UPSTREAM_URL=https://127.0.0.1:$TLS_PORT/v1/responses|" /etc/default/$PKG
+ct systemctl stop "$PKG.service"
+before=$(mock_count)
+req POST /v1/responses "$RESPONSES_BODY"
+if [ "$RESP_STATUS" = 502 ] && printf '%s' "$RESP_BODY" | grep -q 'issuer is unknown' && [ "$(mock_count)" = "$before" ]; then
+    pass "an HTTPS upstream from an unknown CA: 502 saying the issuer is unknown"
+else
+    fail "an HTTPS upstream from an unknown CA: 502 saying the issuer is unknown" "status=$RESP_STATUS body=$RESP_BODY"
+fi
+ct cp /root/ca.crt /usr/local/share/ca-certificates/systest-company-ca.crt
+ct update-ca-certificates >/dev/null 2>&1 || fail "update-ca-certificates"
+ct systemctl stop "$PKG.service"
+before=$(mock_count)
+req POST /v1/responses "$RESPONSES_BODY"
+auth=$(mock_field authorization)
+if [ "$RESP_STATUS" = 200 ] && [ "$(mock_count)" -gt "$before" ] && [ "$auth" = "Bearer $KEY" ]; then
+    pass "after update-ca-certificates the HTTPS upstream is trusted (200, with the key)"
+else
+    fail "after update-ca-certificates the HTTPS upstream is trusted" "status=$RESP_STATUS body=$RESP_BODY"
+fi
+# Back to the plain-HTTP mock for the checks below.
+ct sed -i "s|^CODEX_PROXY_UPSTREAM_URL=.*|CODEX_PROXY_UPSTREAM_URL=http://127.0.0.1:$MOCK_PORT/v1/responses|" /etc/default/$PKG
+ct systemctl stop "$PKG.service" mock-upstream-tls.service
+
+# --------------------------------------------------------------------------
 # 15. --plain and --remove
 # --------------------------------------------------------------------------
 KEY2="sk-plain-$(od -An -tx1 -N8 /dev/urandom | tr -d ' \n')"

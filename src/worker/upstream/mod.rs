@@ -4,6 +4,7 @@
 //! Uses: `crate::worker::server` and bytes, futures_util, hyper, reqwest, serde_json, tracing.
 
 pub(crate) mod client_headers;
+pub(crate) mod connection;
 pub(crate) mod direct_upstream;
 pub(crate) mod headers;
 pub(crate) mod redact;
@@ -75,9 +76,13 @@ impl UpstreamError {
     }
 }
 
-/// What a transport error says at its root ("Connection refused", "dns error", …): no URL
-/// (which could carry credentials an admin put there) and no headers, so no key.
+/// What a transport error says at its root ("Connection refused", "dns error", why a TLS
+/// certificate was refused, …): no URL (which could carry credentials an admin put there) and
+/// no headers, so no key.
 pub(crate) fn innermost_cause(error: &reqwest::Error) -> String {
+    if let Some(why) = connection::tls_failure(error) {
+        return why;
+    }
     let mut cause: &dyn std::error::Error = error;
     while let Some(next) = cause.source() {
         cause = next;
@@ -122,13 +127,12 @@ impl std::fmt::Display for UpstreamError {
 /// The HTTP client every upstream request (and token refresh) goes through. `idle_timeout`
 /// bounds every wait for the upstream: for its headers and between any two reads of its body.
 pub(crate) fn build_http_client(
+    connection: &connection::UpstreamConnection,
     connect_timeout: Duration,
     idle_timeout: Duration,
 ) -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .connect_timeout(connect_timeout)
-        .read_timeout(idle_timeout)
-        .redirect(reqwest::redirect::Policy::none())
+    connection
+        .client_builder(connect_timeout, idle_timeout)
         .pool_idle_timeout(Duration::from_secs(60))
         .tcp_nodelay(true)
         .build()
