@@ -240,7 +240,12 @@ mod tests {
                 parts.push(KEY[start..end].to_vec());
             }
         }
-        parts.extend([b"zzzz".to_vec(), b"sk-proj-Ab-".to_vec(), KEY.repeat(2), b"d".to_vec()]);
+        parts.extend([
+            b"zzzz".to_vec(),
+            b"sk-proj-Ab-".to_vec(),
+            KEY.repeat(2),
+            b"d".to_vec(),
+        ]);
         for part in &parts {
             assert_eq!(
                 in_secret(KEY, part),
