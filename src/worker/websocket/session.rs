@@ -15,6 +15,11 @@
 //!
 //! Each turn is accounted (usage.jsonl, the token limit) and logged as one request line
 //! (`WS /v1/responses`), like a POST.
+//!
+//! Uses: `crate::clock`, `crate::logging`, `crate::usage`, `crate::worker::admission`,
+//! `crate::worker::identity`, `crate::worker::routes`, `crate::worker::server`,
+//! `crate::worker::spawn_as_caller`, `crate::worker::stop_requested` and bytes, futures_util,
+//! http_body_util, hyper, hyper_util, openai_wire, serde, serde_json, tokio, tracing.
 
 use super::history::{body_with_input, input_items, Item, SocketHistory};
 use crate::usage::UsageTap;
