@@ -20,6 +20,8 @@
 //!   `{"good":G,"bad":B,"other":O}` (requests with the right key, with a wrong or missing key,
 //!   and to other paths); the same line is printed on SIGTERM/SIGINT before exiting.
 //! - `--threads N`: tokio worker threads (default 2).
+//! - `--tls CERT KEY`: serve HTTPS with this PEM certificate chain and key (rustls), for the
+//!   HTTPS benchmark (`bench/https.sh`).
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -44,6 +46,7 @@ struct Config {
     hold: Option<Duration>,
     threads: usize,
     events: Arc<[Bytes]>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 #[derive(Default)]
@@ -286,7 +289,7 @@ async fn handle(
 fn parse_args() -> Result<Config, String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let usage =
-        "usage: bench_mock_upstream PORT KEY EVENTS [--chat] [--paced] [--hold SECS] [--threads N]";
+        "usage: bench_mock_upstream PORT KEY EVENTS [--chat] [--paced] [--hold SECS] [--threads N] [--tls CERT KEY]";
     if args.len() < 3 {
         return Err(usage.into());
     }
@@ -297,7 +300,7 @@ fn parse_args() -> Result<Config, String> {
     let port = number(&args[0])? as u16;
     let key = &args[1];
     let events = number(&args[2])? as usize;
-    let (mut chat, mut paced, mut hold, mut threads) = (false, false, None, 2);
+    let (mut chat, mut paced, mut hold, mut threads, mut tls) = (false, false, None, 2, None);
     let mut rest = args[3..].iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
@@ -305,6 +308,11 @@ fn parse_args() -> Result<Config, String> {
             "--paced" => paced = true,
             "--hold" => hold = Some(Duration::from_secs(number(rest.next().ok_or(usage)?)?)),
             "--threads" => threads = number(rest.next().ok_or(usage)?)?.max(1) as usize,
+            "--tls" => {
+                let cert = rest.next().ok_or(usage)?;
+                let key = rest.next().ok_or(usage)?;
+                tls = Some(tls_acceptor(cert, key)?);
+            }
             other => return Err(format!("unknown argument {other}\n{usage}")),
         }
     }
@@ -321,7 +329,27 @@ fn parse_args() -> Result<Config, String> {
         hold,
         threads,
         events: events.into(),
+        tls,
     })
+}
+
+/// A rustls server configuration from PEM files.
+fn tls_acceptor(cert: &str, key: &str) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("{cert}: {e}"))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{key}: {e}"))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .map_err(|e| e.to_string())?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
 fn main() {
@@ -365,10 +393,19 @@ async fn serve(config: Arc<Config>) {
         let _ = stream.set_nodelay(true);
         let (config, stats) = (config.clone(), stats.clone());
         tokio::spawn(async move {
+            let tls = config.tls.clone();
             let service = service_fn(move |request| handle(config.clone(), stats.clone(), request));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let http = hyper::server::conn::http1::Builder::new();
+            match tls {
+                None => {
+                    let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                }
+                Some(acceptor) => {
+                    if let Ok(stream) = acceptor.accept(stream).await {
+                        let _ = http.serve_connection(TokioIo::new(stream), service).await;
+                    }
+                }
+            }
         });
     }
     println!("{}", stats.line());

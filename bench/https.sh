@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# The strict proxy in front of an HTTPS upstream, side by side with nginx doing the same job over
+# TLS (proxy_ssl_verify on, the same throw-away CA, upstream keep-alive, TLS session reuse), and
+# with our proxy in front of the same mock over plain HTTP for comparison. The CA is trusted the
+# way an admin trusts a company CA: ours through the system store (SSL_CERT_FILE, which the
+# proxy's rustls-native-certs reads), nginx through proxy_ssl_trusted_certificate.
+# Usage: bash bench/https.sh [ROUNDS]   (default 3; BENCH_SECONDS per wrk run, default 3)
+# Needs release builds (cargo build --release --bins --examples), wrk, nginx-light and openssl
+# (bench/run.sh installs the first two). Ports 19400-19412. Run as root (the proxy's
+# supervisor drops privileges for its worker).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROUNDS=${1:-3}
+SECS=${BENCH_SECONDS:-3}
+BIN=${CARGO_TARGET_DIR:-target}/release/codex-responses-api-proxy
+MOCK=${CARGO_TARGET_DIR:-target}/release/examples/bench_mock_upstream
+KEY=sk-bench-key-0123456789
+TLS_MOCK=19400 NGINX=19401 PLAIN_MOCK=19402 OURS=19410 OURS_PLAIN=19411
+for tool in wrk nginx openssl; do
+	command -v $tool >/dev/null || { echo "bench/https.sh needs $tool" >&2; exit 1; }
+done
+[ -x "$BIN" ] && [ -x "$MOCK" ] || { echo "build first: cargo build --release --bins --examples" >&2; exit 1; }
+
+WORK=$(mktemp -d)
+chmod 755 "$WORK"
+PIDS=()
+trap 'kill "${PIDS[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
+
+# A throw-away CA, and a certificate for localhost and 127.0.0.1 issued by it.
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=bench-ca \
+	-keyout "$WORK/ca.key" -out "$WORK/ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+	-keyout "$WORK/server.key" -out "$WORK/server.csr" 2>/dev/null
+printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$WORK/ext"
+openssl x509 -req -in "$WORK/server.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" \
+	-CAcreateserial -days 1 -extfile "$WORK/ext" -out "$WORK/server.pem" 2>/dev/null
+chmod 644 "$WORK/ca.pem"
+
+"$MOCK" $TLS_MOCK "$KEY" 9 --tls "$WORK/server.pem" "$WORK/server.key" 2>/dev/null &
+PIDS+=($!)
+"$MOCK" $PLAIN_MOCK "$KEY" 9 2>/dev/null &
+PIDS+=($!)
+
+# nginx: the strict proxy of bench/nginx.conf.template, its upstream over verified TLS.
+sed -e "s|@DIR@|$WORK|g" -e "s|@PORT@|$NGINX|g" -e "s|@UPSTREAM_PORT@|$TLS_MOCK|g" \
+	-e "s|@KEY@|$KEY|g" -e "s|proxy_pass http://mock;|proxy_pass https://mock;\n            proxy_ssl_verify on;\n            proxy_ssl_trusted_certificate $WORK/ca.pem;\n            proxy_ssl_name localhost;\n            proxy_ssl_session_reuse on;|" \
+	bench/nginx.conf.template >"$WORK/nginx.conf"
+nginx -c "$WORK/nginx.conf" -p "$WORK" 2>/dev/null &
+PIDS+=($!)
+
+printf '%s\n' "$KEY" | SSL_CERT_FILE="$WORK/ca.pem" "$BIN" --port $OURS \
+	--upstream-url "https://127.0.0.1:$TLS_MOCK/v1/responses" 2>"$WORK/ours.log" &
+PIDS+=($!)
+printf '%s\n' "$KEY" | "$BIN" --port $OURS_PLAIN \
+	--upstream-url "http://127.0.0.1:$PLAIN_MOCK/v1/responses" 2>"$WORK/ours-plain.log" &
+PIDS+=($!)
+sleep 1
+
+declare -A PORT=([nginx-tls]=$NGINX [ours-tls]=$OURS [ours-plain]=$OURS_PLAIN)
+NAMES=(nginx-tls ours-tls ours-plain)
+BODY='{"model":"gpt-bench","input":"hello","stream":true}'
+for name in "${NAMES[@]}"; do
+	status=$(curl -s -o /dev/null -w '%{http_code}' --noproxy '*' -X POST -d "$BODY" \
+		"http://127.0.0.1:${PORT[$name]}/v1/responses")
+	[ "$status" = 200 ] || { echo "$name answered $status; logs in $WORK" >&2; cat "$WORK"/*.log >&2; exit 1; }
+	BENCH_BODY=$BODY wrk -t2 -c64 -d1s -s bench/wrk.lua "http://127.0.0.1:${PORT[$name]}/v1/responses" >/dev/null
+done
+summary() { sed -n 's/^WRKJSON //p' | python3 -c 'import json,sys; d=json.load(sys.stdin); print("%6.0f req/s p50 %.3f ms p99 %.2f ms non2xx %d" % (d["rps"], d["p50_us"]/1e3, d["p99_us"]/1e3, d["non2xx"]))'; }
+for round in $(seq 1 "$ROUNDS"); do
+	for name in "${NAMES[@]}"; do
+		url="http://127.0.0.1:${PORT[$name]}/v1/responses"
+		c64=$(BENCH_BODY=$BODY wrk -t2 -c64 -d"${SECS}s" -s bench/wrk.lua "$url" | summary)
+		c1=$(BENCH_BODY=$BODY wrk -t1 -c1 -d"${SECS}s" -s bench/wrk.lua "$url" | summary)
+		printf 'round %s %-11s c64 %s | c1 %s\n' "$round" "$name" "$c64" "$c1"
+	done
+	NAMES=("${NAMES[@]:1}" "${NAMES[0]}")
+done
