@@ -94,6 +94,20 @@ pub struct Cli {
     #[arg(long, env = "CODEX_PROXY_NO_WEBSOCKET")]
     pub no_websocket: bool,
 
+    /// Strict mode: how a WebSocket on GET /v1/responses reaches the upstream. `auto` (the
+    /// default) relays it to a WebSocket of the upstream (same host and path, ws/wss scheme)
+    /// and serves it locally over HTTP when the upstream refuses the upgrade (remembered for an
+    /// hour); `relay` always relays (502 when the upstream refuses); `serve` always serves it
+    /// locally over the HTTP upstream. Bridge mode always serves locally.
+    #[arg(
+        long,
+        env = "CODEX_PROXY_WEBSOCKET_UPSTREAM",
+        default_value = "auto",
+        value_parser = ["auto", "relay", "serve"],
+        value_name = "MODE"
+    )]
+    pub websocket_upstream: String,
+
     /// User the worker runs as when started as root (default: the `codex-responses-api-proxy`
     /// system user if it exists, else `nobody`).
     #[arg(long, env = "CODEX_PROXY_USER", value_name = "NAME")]

@@ -25,6 +25,8 @@ pub(crate) struct WorkerConfig {
     pub bridge_to_chat: bool,
     /// WebSocket mode on `GET /v1/responses`: `None` when refused (`--no-websocket`).
     pub websocket: Option<crate::worker::websocket::WebSocketSettings>,
+    /// Strict mode's relay to the upstream's WebSocket (`None`: sockets are served locally).
+    pub websocket_relay: Option<crate::worker::websocket::relay::RelayMode>,
     pub http_shutdown: bool,
     pub connect_timeout: Duration,
     pub header_read_timeout: Duration,
@@ -87,6 +89,7 @@ impl WorkerConfig {
         if let Some(proxy) = connection.proxy_for(&upstream_url) {
             info!("the upstream is reached through the proxy at {proxy}");
         }
+        let websocket_relay = websocket_relay(cli, &auth, &connection, &upstream_url)?;
         let key = std::mem::replace(&mut handover.key, KeySource::NotConfigured);
         Ok(WorkerConfig {
             key,
@@ -95,6 +98,7 @@ impl WorkerConfig {
             websocket: (!cli.no_websocket).then(|| crate::worker::websocket::WebSocketSettings {
                 per_user: cli.max_websockets_per_user.max(1),
             }),
+            websocket_relay,
             http_shutdown: cli.http_shutdown,
             connect_timeout: cli.connect_timeout(),
             header_read_timeout: cli.header_read_timeout(),
@@ -136,6 +140,44 @@ impl WorkerConfig {
             auth,
             connection,
         })
+    }
+}
+
+/// `--websocket-upstream`: whether strict mode relays WebSockets to the upstream's own. Only
+/// strict mode with a key (static or from auth.json) relays; `relay` where it cannot is an
+/// error, `auto` then serves locally.
+fn websocket_relay(
+    cli: &Cli,
+    auth: &AuthConfig,
+    connection: &crate::worker::upstream::connection::UpstreamConnection,
+    upstream_url: &reqwest::Url,
+) -> Result<Option<crate::worker::websocket::relay::RelayMode>, String> {
+    use crate::worker::websocket::relay::RelayMode;
+    let mode = match cli.websocket_upstream.as_str() {
+        "relay" => RelayMode::Always,
+        "auto" => RelayMode::Auto,
+        _ => return Ok(None),
+    };
+    let obstacle = if cli.no_websocket {
+        Some("WebSocket mode is off (--no-websocket)")
+    } else if cli.bridge_to_chat {
+        Some("bridge mode serves WebSockets itself")
+    } else if auth.mode == AuthMode::ChatGptToken {
+        Some("the relay needs an API key (UPSTREAM_AUTH_MODE apikey_env or apikey_auth_json)")
+    } else if connection.proxied(upstream_url) {
+        Some("the upstream is reached through an egress proxy, which the relay does not use")
+    } else {
+        None
+    };
+    match (obstacle, mode) {
+        (None, _) => {
+            info!("WebSockets are relayed to the upstream's own (--websocket-upstream {})", cli.websocket_upstream);
+            Ok(Some(mode))
+        }
+        (Some(why), RelayMode::Always) => Err(format!(
+            "--websocket-upstream relay (CODEX_PROXY_WEBSOCKET_UPSTREAM) cannot apply: {why}; use auto or serve"
+        )),
+        (Some(_), RelayMode::Auto) => Ok(None),
     }
 }
 

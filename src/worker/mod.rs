@@ -51,6 +51,8 @@ pub(crate) struct State {
     pub bridge_to_chat: bool,
     /// WebSocket mode on `GET /v1/responses` (None: upgrades get 426).
     pub websockets: Option<Arc<websocket::OpenSockets>>,
+    /// Strict mode's relay to the upstream's own WebSocket (`--websocket-upstream`).
+    pub websocket_relay: Option<Arc<websocket::relay::UpstreamWebSocket>>,
     pub http_shutdown: bool,
     pub max_request_body: usize,
     /// Longest silence of a client (sending its body, reading the response) or the upstream.
@@ -447,6 +449,22 @@ fn shared_state(config: &mut WorkerConfig, supervisor_pipe: WorkerPipe) -> Optio
     } else {
         None
     };
+    let websocket_relay = match config.websocket_relay {
+        Some(mode) if config.websocket.is_some() => match websocket::relay::UpstreamWebSocket::new(
+            mode,
+            &config.upstream_url,
+            &config.connection,
+            config.connect_timeout,
+            config.idle_timeout,
+        ) {
+            Ok(relay) => Some(Arc::new(relay)),
+            Err(e) => {
+                error!("worker: --websocket-upstream: {e}");
+                return None;
+            }
+        },
+        _ => None,
+    };
     let store = config.response_store;
     if config.bridge_to_chat {
         info!(
@@ -465,6 +483,7 @@ fn shared_state(config: &mut WorkerConfig, supervisor_pipe: WorkerPipe) -> Optio
         upstream_url: config.upstream_url.clone(),
         bridge_to_chat: config.bridge_to_chat,
         websockets: config.websocket.map(websocket::OpenSockets::new),
+        websocket_relay,
         http_shutdown: config.http_shutdown,
         max_request_body: config.max_request_body,
         idle_timeout: config.idle_timeout,

@@ -84,6 +84,8 @@ pub struct MockUpstream {
     seen: Arc<Mutex<Vec<Seen>>>,
     /// Incremented when a streamed response body is dropped by hyper (client side gone).
     pub stream_closed: Arc<std::sync::atomic::AtomicUsize>,
+    /// WebSocket upgrades asked of this HTTP-only mock (answered 404, not in `seen`).
+    pub upgrades_refused: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl MockUpstream {
@@ -93,18 +95,41 @@ impl MockUpstream {
         let seen = Arc::new(Mutex::new(Vec::new()));
         let stream_closed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let handler: Arc<Handler> = Arc::new(handler);
-        let (seen2, closed2) = (seen.clone(), stream_closed.clone());
+        let upgrades_refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (seen2, closed2, upgrades2) = (
+            seen.clone(),
+            stream_closed.clone(),
+            upgrades_refused.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (seen, handler, closed) = (seen2.clone(), handler.clone(), closed2.clone());
+                let (seen, handler, closed, upgrades) = (
+                    seen2.clone(),
+                    handler.clone(),
+                    closed2.clone(),
+                    upgrades2.clone(),
+                );
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let (seen, handler, closed) =
-                            (seen.clone(), handler.clone(), closed.clone());
+                        let (seen, handler, closed, upgrades) = (
+                            seen.clone(),
+                            handler.clone(),
+                            closed.clone(),
+                            upgrades.clone(),
+                        );
                         async move {
+                            // An HTTP-only server: a WebSocket upgrade is not one of its routes.
+                            if req.headers().contains_key(hyper::header::UPGRADE) {
+                                upgrades.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                return Ok(build_reply(
+                                    Reply::json(404, r#"{"error":{"message":"Not found","type":"invalid_request_error"}}"#),
+                                    closed,
+                                )
+                                .await);
+                            }
                             let (parts, body) = req.into_parts();
                             let body = body
                                 .collect()
@@ -132,6 +157,7 @@ impl MockUpstream {
             addr,
             seen,
             stream_closed,
+            upgrades_refused,
         }
     }
 

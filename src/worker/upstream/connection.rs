@@ -71,6 +71,14 @@ impl UpstreamConnection {
         }
     }
 
+    /// The one TLS configuration for an HTTP/1.1-only connection (the upstream WebSocket
+    /// relay: a WebSocket handshake is an HTTP/1.1 request, so only `http/1.1` is offered).
+    pub(crate) fn http1_tls(&self) -> Arc<rustls::ClientConfig> {
+        let mut config = (*self.tls).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+
     /// Whether requests to `url` go through an egress proxy (the plain-HTTP fast path then
     /// steps aside: reqwest sends the absolute-form request to the proxy).
     pub(crate) fn proxied(&self, url: &reqwest::Url) -> bool {

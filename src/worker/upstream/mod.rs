@@ -183,6 +183,31 @@ impl UpstreamClient {
         Ok(response)
     }
 
+    /// The headers of an upstream WebSocket handshake: the client's end-to-end ones (the same
+    /// header policy as a POST: no client `Authorization`, billing headers as configured)
+    /// plus the credentials. The caller adds the WebSocket fields; `Sec-WebSocket-*` of the
+    /// client are left out (no extension is negotiated on the client's behalf).
+    pub(crate) async fn websocket_handshake_headers(
+        &self,
+        client_headers: &HeaderMap,
+    ) -> Result<HeaderMap, UpstreamError> {
+        let mut headers = headers::for_upstream(client_headers);
+        let websocket_fields: Vec<_> = headers
+            .keys()
+            .filter(|name| name.as_str().starts_with("sec-websocket-"))
+            .cloned()
+            .collect();
+        for name in websocket_fields {
+            headers.remove(name);
+        }
+        self.policy.apply(&mut headers);
+        self.auth
+            .authorize(&mut headers)
+            .await
+            .map_err(UpstreamError::Auth)?;
+        Ok(headers)
+    }
+
     /// [`UpstreamClient::post`] for a route handler: a failure is logged and becomes the
     /// error response to send.
     pub(crate) async fn post_or_answer(

@@ -15,6 +15,7 @@
 //! share; tokio-tungstenite for the frames.
 
 pub(crate) mod history;
+pub(crate) mod relay;
 mod session;
 
 use crate::worker::identity::peer_identity::PeerIdentity;
@@ -184,6 +185,33 @@ pub(crate) async fn accept(state: Arc<State>, mut request: Request<Incoming>) ->
             .insert(header::RETRY_AFTER, HeaderValue::from(1));
         return response;
     };
+    // Strict mode with an upstream that may speak WebSocket itself: relay to it.
+    let mut relayed = None;
+    if let (Some(relay), Some(upstream)) = (
+        state.websocket_relay.clone().filter(|r| r.worth_trying()),
+        state.upstream.as_ref(),
+    ) {
+        match open_upstream_socket(&relay, upstream, request.headers()).await {
+            Ok(socket) => relayed = Some(socket),
+            Err(failure) => {
+                if relay.mode() == relay::RelayMode::Always {
+                    tracing::warn!(client_user = %context.identity.display_name(), "websocket relay refused: {failure}");
+                    return error_response(
+                        StatusCode::BAD_GATEWAY,
+                        &format!("The proxy relays WebSockets to the upstream (--websocket-upstream relay), and {failure}."),
+                        "upstream_error",
+                        Some("upstream_websocket_refused"),
+                    );
+                }
+                if let relay::OpenFailure::Refused(_) = failure {
+                    relay.remember_http_only();
+                    tracing::info!("websocket: {failure}; serving WebSockets locally over HTTP for {} s", relay::HTTP_ONLY_MEMORY.as_secs());
+                } else {
+                    tracing::warn!("websocket: {failure}; serving this socket locally over HTTP");
+                }
+            }
+        }
+    }
     let upstream_headers = headers_for_turns(request.headers());
     let on_upgrade = hyper::upgrade::on(&mut request);
     drop(request);
@@ -198,16 +226,20 @@ pub(crate) async fn accept(state: Arc<State>, mut request: Request<Incoming>) ->
         // hyper wrote the 101 and handed the connection over: from here on its bytes are
         // WebSocket frames, which the framing guard must not read as requests.
         context.verdicts.protocol_switched();
+        let parts = session::SocketParts {
+            identity: context.identity,
+            upstream_headers,
+            shutdown: context.shutdown,
+            _connection: context.slot,
+            _socket: socket_slot,
+        };
+        if let Some(upstream) = relayed {
+            return relay::serve(state, upgraded, upstream, parts).await;
+        }
         session::serve(
             state,
             upgraded,
-            session::SocketParts {
-                identity: context.identity,
-                upstream_headers,
-                shutdown: context.shutdown,
-                _connection: context.slot,
-                _socket: socket_slot,
-            },
+            parts,
         )
         .await;
     });
@@ -220,6 +252,19 @@ pub(crate) async fn accept(state: Arc<State>, mut request: Request<Incoming>) ->
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
     }
     response
+}
+
+/// The upstream WebSocket for this client's handshake, its credentials added.
+async fn open_upstream_socket(
+    relay: &relay::UpstreamWebSocket,
+    upstream: &crate::worker::upstream::UpstreamClient,
+    client_headers: &HeaderMap,
+) -> Result<relay::UpstreamSocket, relay::OpenFailure> {
+    let headers = upstream
+        .websocket_handshake_headers(client_headers)
+        .await
+        .map_err(|e| relay::OpenFailure::Failed(e.to_string()))?;
+    relay.open(headers).await
 }
 
 fn bad_handshake(message: &str) -> Response<Body> {

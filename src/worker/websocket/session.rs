@@ -406,13 +406,13 @@ fn error_event(status: u16, kind: &str, code: &str, message: &str, param: Option
 
 /// The one log line and usage record of a turn, written when the turn ends however it ends
 /// (a turn cancelled because its client left is logged `client_gone`).
-struct TurnRecord {
-    record: RequestRecord,
-    tap: UsageTap,
+pub(super) struct TurnRecord {
+    pub(super) record: RequestRecord,
+    pub(super) tap: UsageTap,
     /// Whether the turn's usage is recorded (not for refused turns).
-    accounted: bool,
-    outcome: &'static str,
-    state: Arc<State>,
+    pub(super) accounted: bool,
+    pub(super) outcome: &'static str,
+    pub(super) state: Arc<State>,
 }
 
 impl Drop for TurnRecord {
@@ -623,7 +623,7 @@ async fn finish_failed(
 }
 
 /// The `error` event for a refusal or an upstream error answer (its OpenAI-style body).
-async fn error_answer_event(
+pub(super) async fn error_answer_event(
     response: hyper::Response<crate::worker::server::http::Body>,
 ) -> String {
     let status = response.status().as_u16();

@@ -1,0 +1,430 @@
+//! Strict mode's WebSocket relay (`--websocket-upstream auto|relay`): a client's socket on
+//! `GET /v1/responses` joined to a WebSocket of the upstream itself (api.openai.com serves
+//! one), so that the upstream's own state over one socket (`previous_response_id` with
+//! `store: false`, its compaction) is used as the upstream intends; nothing is expanded here.
+//!
+//! The upstream handshake is made before the client's 101: the same host and path as
+//! `--upstream-url` with the `ws`/`wss` scheme, over the one TLS configuration
+//! (`upstream::connection`, `http/1.1` only), carrying the client's end-to-end headers under
+//! the same policy as a POST and the key in `Authorization` — the only place the key goes:
+//! never in a frame, a log line or an error. An upstream that answers the upgrade with
+//! anything but 101 is HTTP-only: with `auto` that is remembered (for [`HTTP_ONLY_MEMORY`])
+//! and the socket is served locally (`session`); with `relay` the client gets 502.
+//!
+//! Then messages pass both ways, one at a time, each sent before the next is read (so a slow
+//! reader on either side holds the other back: backpressure), text and binary, pings and
+//! pongs, close frames with their codes. Each client `response.create` is admitted like a POST
+//! (a refusal is an `error` event, and nothing is forwarded) and is one log line and usage
+//! record, finished by the upstream's terminal event of that response (`response.completed`,
+//! `response.incomplete`, `response.failed`, `error`), whose usage it reads. Either side
+//! gone closes the other at once; silence both ways for `--idle-timeout` closes both (1008);
+//! a client message larger than the request-body limit closes both (1009).
+//!
+//! Uses: `crate::usage`, `crate::worker::{admission, State, stop_requested}`,
+//! `crate::worker::upstream` (handshake headers, TLS), `crate::worker::server::http` and the
+//! turn record of `session`; tokio-tungstenite, tokio-rustls.
+
+use super::session::{error_answer_event, SocketParts, TurnRecord};
+use crate::usage::UsageTap;
+use crate::worker::server::http::RequestRecord;
+use crate::worker::upstream::connection::UpstreamConnection;
+use crate::worker::State;
+use futures_util::{SinkExt, StreamExt};
+use hyper::HeaderMap;
+use hyper_util::rt::TokioIo;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+/// How long `auto` remembers that the upstream refused the upgrade.
+pub(crate) const HTTP_ONLY_MEMORY: Duration = Duration::from_secs(3600);
+
+/// Largest upstream message relayed (an upstream event, e.g. a `response.completed` that
+/// repeats the whole output).
+const MAX_UPSTREAM_MESSAGE: usize = 64 << 20;
+
+/// What `--websocket-upstream` asks for, when a relay may be tried at all.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RelayMode {
+    /// Try the upstream's WebSocket; serve locally when it refuses the upgrade.
+    Auto,
+    /// Always relay; 502 when the upstream refuses.
+    Always,
+}
+
+/// The upstream WebSocket of strict mode, shared by every shard.
+pub(crate) struct UpstreamWebSocket {
+    mode: RelayMode,
+    url: String,
+    host: String,
+    port: u16,
+    /// `Some` for `wss`: the one TLS configuration and the name to verify.
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
+    connect_timeout: Duration,
+    handshake_timeout: Duration,
+    /// Unix time until which the upstream is taken for HTTP-only (0: not known to be).
+    http_only_until: AtomicU64,
+}
+
+/// Why the upstream WebSocket could not be opened.
+pub(crate) enum OpenFailure {
+    /// The upstream answered the upgrade with this status: it does not serve WebSocket here.
+    Refused(u16),
+    /// No answer (connection, TLS, timeout, a broken handshake): said in words without URL
+    /// or key.
+    Failed(String),
+}
+
+impl std::fmt::Display for OpenFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenFailure::Refused(status) => {
+                write!(f, "the upstream answered the WebSocket upgrade with {status}")
+            }
+            OpenFailure::Failed(why) => write!(f, "the upstream WebSocket failed: {why}"),
+        }
+    }
+}
+
+pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
+/// An open upstream WebSocket.
+pub(crate) type UpstreamSocket = WebSocketStream<Box<dyn Io>>;
+
+type ClientSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+impl UpstreamWebSocket {
+    /// The relay to `upstream_url`'s WebSocket (`http`→`ws`, `https`→`wss`); an error when
+    /// the URL has no host.
+    pub(crate) fn new(
+        mode: RelayMode,
+        upstream_url: &reqwest::Url,
+        connection: &UpstreamConnection,
+        connect_timeout: Duration,
+        handshake_timeout: Duration,
+    ) -> Result<UpstreamWebSocket, String> {
+        let mut url = upstream_url.clone();
+        let secure = url.scheme() == "https";
+        url.set_scheme(if secure { "wss" } else { "ws" })
+            .map_err(|()| "the upstream URL cannot take a ws/wss scheme".to_string())?;
+        let host = url
+            .host_str()
+            .ok_or_else(|| "the upstream URL has no host".to_string())?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = url.port_or_known_default().unwrap_or(if secure { 443 } else { 80 });
+        let tls = if secure {
+            let name = rustls::pki_types::ServerName::try_from(host.clone())
+                .map_err(|_| "the upstream host is not a valid TLS server name".to_string())?;
+            Some((connection.http1_tls(), name))
+        } else {
+            None
+        };
+        Ok(UpstreamWebSocket {
+            mode,
+            url: url.to_string(),
+            host,
+            port,
+            tls,
+            connect_timeout,
+            handshake_timeout,
+            http_only_until: AtomicU64::new(0),
+        })
+    }
+
+    pub(crate) fn mode(&self) -> RelayMode {
+        self.mode
+    }
+
+    /// Whether a relay is worth trying now (not with `auto` while the upstream is known to
+    /// be HTTP-only).
+    pub(crate) fn worth_trying(&self) -> bool {
+        self.mode == RelayMode::Always
+            || self.http_only_until.load(Ordering::Relaxed) <= crate::clock::unix_now()
+    }
+
+    /// Remembers that the upstream refused the upgrade (for [`HTTP_ONLY_MEMORY`]).
+    pub(crate) fn remember_http_only(&self) {
+        self.http_only_until.store(
+            crate::clock::unix_now() + HTTP_ONLY_MEMORY.as_secs(),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Opens the upstream WebSocket with `headers` (the credentials among them).
+    pub(crate) async fn open(&self, headers: HeaderMap) -> Result<UpstreamSocket, OpenFailure> {
+        let mut request = self
+            .url
+            .as_str()
+            .into_client_request()
+            .map_err(|_| OpenFailure::Failed("the upstream URL is not a WebSocket URL".into()))?;
+        for (name, value) in &headers {
+            request.headers_mut().append(name.clone(), value.clone());
+        }
+        drop(headers);
+        let tcp = tokio::time::timeout(
+            self.connect_timeout,
+            tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| OpenFailure::Failed("timed out connecting".into()))?
+        .map_err(|e| OpenFailure::Failed(format!("could not connect: {e}")))?;
+        let _ = tcp.set_nodelay(true);
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_UPSTREAM_MESSAGE))
+            .max_frame_size(Some(MAX_UPSTREAM_MESSAGE));
+        let handshake = async {
+            let stream: Box<dyn Io> = match &self.tls {
+                Some((tls, name)) => {
+                    let connector = tokio_rustls::TlsConnector::from(tls.clone());
+                    let stream = connector.connect(name.clone(), tcp).await.map_err(|e| {
+                        OpenFailure::Failed(
+                            crate::worker::upstream::connection::tls_failure(&e)
+                                .unwrap_or_else(|| format!("TLS failed: {e}")),
+                        )
+                    })?;
+                    Box::new(stream)
+                }
+                None => Box::new(tcp),
+            };
+            match tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await
+            {
+                Ok((socket, _response)) => Ok(socket),
+                Err(WsError::Http(response)) => {
+                    Err(OpenFailure::Refused(response.status().as_u16()))
+                }
+                // The error names neither the request nor its headers.
+                Err(e) => Err(OpenFailure::Failed(format!("handshake failed: {e}"))),
+            }
+        };
+        tokio::time::timeout(self.handshake_timeout, handshake)
+            .await
+            .map_err(|_| OpenFailure::Failed("the handshake timed out".into()))?
+    }
+}
+
+/// What a client message is, as far as the relay cares.
+#[derive(serde::Deserialize)]
+struct EventType<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+}
+
+fn event_type(text: &str) -> String {
+    serde_json::from_str::<EventType<'_>>(text)
+        .ok()
+        .and_then(|e| e.kind)
+        .map(|k| k.into_owned())
+        .unwrap_or_default()
+}
+
+/// Relays the client's socket to `upstream` until either side closes.
+pub(crate) async fn serve(
+    state: Arc<State>,
+    upgraded: hyper::upgrade::Upgraded,
+    upstream: UpstreamSocket,
+    parts: SocketParts,
+) {
+    let limit = state.max_request_body;
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(limit))
+        .max_frame_size(Some(limit));
+    let client: ClientSocket =
+        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+    let (mut client_sink, mut client_stream) = client.split();
+    let (mut upstream_sink, mut upstream_stream) = upstream.split();
+    let idle_timeout = state.idle_timeout;
+    let identity = parts.identity.clone();
+    let mut shutdown = parts.shutdown.clone();
+    let mut last_heard = tokio::time::Instant::now();
+    // The responses asked for and not finished yet, oldest first.
+    let mut pending: VecDeque<TurnRecord> = VecDeque::new();
+    // What to send each side when the relay ends (`None`: just drop that side).
+    let (to_client, to_upstream): (Option<CloseFrame>, Option<CloseFrame>) = loop {
+        let idle_deadline = last_heard + idle_timeout;
+        tokio::select! {
+            incoming = client_stream.next() => {
+                last_heard = tokio::time::Instant::now();
+                let message = match incoming {
+                    Some(Ok(message)) => message,
+                    Some(Err(WsError::Capacity(e))) => {
+                        tracing::info!(client_user = %identity.display_name(), "websocket relay closed: {e}");
+                        let frame = close(CloseCode::Size, &format!("message larger than the proxy's limit of {limit} bytes"));
+                        break (Some(frame), Some(close(CloseCode::Away, "the client left")));
+                    }
+                    Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_))) | None => {
+                        break (None, Some(close(CloseCode::Away, "the client left")));
+                    }
+                    Some(Err(e)) => {
+                        tracing::info!(client_user = %identity.display_name(), "websocket relay closed: {e}");
+                        break (Some(close(CloseCode::Protocol, "protocol error")), Some(close(CloseCode::Away, "the client left")));
+                    }
+                };
+                match message {
+                    Message::Text(text) => {
+                        if event_type(text.as_str()) == "response.create" {
+                            let mut record = turn_record(&state, &parts);
+                            if let Some(refusal) = crate::worker::admission(&state, &identity, true) {
+                                record.record.status = refusal.status().as_u16();
+                                record.outcome = "complete";
+                                drop(record);
+                                let event = error_answer_event(refusal).await;
+                                if client_sink.send(Message::text(event)).await.is_err() {
+                                    break (None, Some(close(CloseCode::Away, "the client left")));
+                                }
+                                continue;
+                            }
+                            record.accounted = true;
+                            pending.push_back(record);
+                        }
+                        if upstream_sink.send(Message::Text(text)).await.is_err() {
+                            break (Some(upstream_failed()), None);
+                        }
+                    }
+                    Message::Close(frame) => break (None, Some(frame.unwrap_or_else(|| close(CloseCode::Normal, "")))),
+                    Message::Frame(_) => {}
+                    other => {
+                        if upstream_sink.send(other).await.is_err() {
+                            break (Some(upstream_failed()), None);
+                        }
+                    }
+                }
+            }
+            incoming = upstream_stream.next() => {
+                last_heard = tokio::time::Instant::now();
+                let message = match incoming {
+                    Some(Ok(message)) => message,
+                    Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) | None => {
+                        break (Some(upstream_failed()), None);
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!("websocket relay: the upstream socket failed: {e}");
+                        break (Some(upstream_failed()), None);
+                    }
+                };
+                match message {
+                    Message::Text(text) => {
+                        if let Some(turn) = pending.front_mut() {
+                            turn.record.bytes += text.len() as u64;
+                            let kind = event_type(text.as_str());
+                            if let Some(status) = terminal_status(&kind, text.as_str()) {
+                                turn.tap.observe_event(&kind, text.as_str());
+                                turn.record.status = status;
+                                turn.record.upstream_status = Some(status);
+                                turn.record.failed = kind == "response.failed";
+                                turn.outcome = "complete";
+                                pending.pop_front();
+                            }
+                        }
+                        if client_sink.send(Message::Text(text)).await.is_err() {
+                            break (None, Some(close(CloseCode::Away, "the client left")));
+                        }
+                    }
+                    Message::Close(frame) => break (Some(frame.unwrap_or_else(|| close(CloseCode::Normal, ""))), None),
+                    Message::Frame(_) => {}
+                    other => {
+                        if client_sink.send(other).await.is_err() {
+                            break (None, Some(close(CloseCode::Away, "the client left")));
+                        }
+                    }
+                }
+            }
+            () = crate::worker::stop_requested(&mut shutdown), if pending.is_empty() => {
+                let frame = close(CloseCode::Away, "the proxy is shutting down");
+                break (Some(frame.clone()), Some(frame));
+            }
+            _ = tokio::time::sleep_until(idle_deadline) => {
+                tracing::info!(client_user = %identity.display_name(), "websocket relay closed: idle for {} s", idle_timeout.as_secs());
+                let frame = close(CloseCode::Policy, &format!("idle for {} s", idle_timeout.as_secs()));
+                break (Some(frame.clone()), Some(frame));
+            }
+        }
+    };
+    // Unfinished responses are logged `client_gone` (or as the upstream's failure).
+    drop(pending);
+    let goodbye = async {
+        if let Some(frame) = to_upstream {
+            let _ = upstream_sink.send(Message::Close(Some(frame))).await;
+        }
+        if let Some(frame) = to_client {
+            let _ = client_sink.send(Message::Close(Some(frame))).await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), goodbye).await;
+}
+
+fn close(code: CloseCode, reason: &str) -> CloseFrame {
+    CloseFrame {
+        code,
+        reason: reason.to_owned().into(),
+    }
+}
+
+fn upstream_failed() -> CloseFrame {
+    close(CloseCode::Error, "the upstream connection failed")
+}
+
+/// The status a response's terminal event stands for, `None` for any other event.
+fn terminal_status(kind: &str, text: &str) -> Option<u16> {
+    match kind {
+        "response.completed" | "response.incomplete" | "response.failed" | "response.done" => {
+            Some(200)
+        }
+        "error" => Some(
+            serde_json::from_str::<serde_json::Value>(text)
+                .ok()
+                .and_then(|v| v["status"].as_u64())
+                .and_then(|s| u16::try_from(s).ok())
+                .unwrap_or(500),
+        ),
+        _ => None,
+    }
+}
+
+fn turn_record(state: &Arc<State>, parts: &SocketParts) -> TurnRecord {
+    TurnRecord {
+        record: RequestRecord {
+            identity: parts.identity.clone(),
+            method: "WS".to_owned(),
+            path: "/v1/responses".to_owned(),
+            status: 0,
+            upstream_status: None,
+            started: Instant::now(),
+            bytes: 0,
+            failed: false,
+        },
+        tap: UsageTap::new(),
+        accounted: false,
+        outcome: "client_gone",
+        state: state.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_events_end_a_response() {
+        assert_eq!(terminal_status("response.completed", "{}"), Some(200));
+        assert_eq!(
+            terminal_status("error", r#"{"type":"error","status":429}"#),
+            Some(429)
+        );
+        assert_eq!(terminal_status("response.output_text.delta", "{}"), None);
+        assert_eq!(event_type(r#"{"type":"response.create"}"#), "response.create");
+        assert_eq!(event_type("not json"), "");
+    }
+}

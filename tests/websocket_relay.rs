@@ -1,0 +1,358 @@
+//! Black-box tests of strict mode's WebSocket relay (`--websocket-upstream`): a WebSocket
+//! client → the real binary → the tests' own WebSocket Responses upstream (a small
+//! tokio-tungstenite server that checks the handshake's `Authorization` and keeps its own
+//! `previous_response_id` state), or an HTTP-only mock for the fallback and the 502.
+
+mod common;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::Message;
+
+type Client =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// What the WebSocket upstream saw.
+#[derive(Default)]
+struct Seen {
+    /// The `Authorization` of each accepted handshake.
+    authorizations: Vec<String>,
+    /// Every handshake's headers, as `name: value` lines.
+    handshake_headers: Vec<String>,
+    /// Every text message received, as received.
+    messages: Vec<String>,
+}
+
+/// A WebSocket Responses upstream: a handshake without `Authorization: Bearer TEST_KEY` is
+/// refused 401; each `response.create` is answered with created / delta / completed (with
+/// usage), and a `previous_response_id` it did not make on this socket gets an `error`.
+struct WsUpstream {
+    addr: SocketAddr,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl WsUpstream {
+    async fn start() -> WsUpstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Seen::default()));
+        let seen2 = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let seen = seen2.clone();
+                tokio::spawn(async move {
+                    let seen_hs = seen.clone();
+                    let check = move |request: &Request,
+                                      response: Response|
+                          -> Result<Response, ErrorResponse> {
+                        let mut seen = seen_hs.lock().unwrap();
+                        for (name, value) in request.headers() {
+                            seen.handshake_headers.push(format!(
+                                "{name}: {}",
+                                value.to_str().unwrap_or("?")
+                            ));
+                        }
+                        let auth = request
+                            .headers()
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("")
+                            .to_owned();
+                        if auth != format!("Bearer {TEST_KEY}") {
+                            let mut refusal = ErrorResponse::new(Some("bad key".into()));
+                            *refusal.status_mut() = 401.try_into().unwrap();
+                            return Err(refusal);
+                        }
+                        seen.authorizations.push(auth);
+                        Ok(response)
+                    };
+                    let Ok(mut socket) = tokio_tungstenite::accept_hdr_async(stream, check).await
+                    else {
+                        return;
+                    };
+                    let mut made: HashSet<String> = HashSet::new();
+                    let mut n = 0;
+                    while let Some(Ok(message)) = socket.next().await {
+                        let Message::Text(text) = message else {
+                            continue;
+                        };
+                        seen.lock().unwrap().messages.push(text.to_string());
+                        let request: Value = serde_json::from_str(text.as_str()).unwrap();
+                        if let Some(previous) = request["previous_response_id"].as_str() {
+                            if !made.contains(previous) {
+                                let error = json!({"type": "error", "status": 400, "error": {
+                                    "type": "invalid_request_error", "code": "previous_response_not_found",
+                                    "message": format!("Previous response with id '{previous}' not found.")}});
+                                let _ = socket.send(Message::text(error.to_string())).await;
+                                continue;
+                            }
+                        }
+                        n += 1;
+                        let id = format!("resp_ws_{n}");
+                        made.insert(id.clone());
+                        let events = [
+                            json!({"type": "response.created", "response": {"id": id, "status": "in_progress", "output": []}}),
+                            json!({"type": "response.output_text.delta", "delta": format!("answer {n}")}),
+                            json!({"type": "response.completed", "response": {"id": id, "status": "completed", "model": "gpt-ws",
+                                "output": [], "usage": {"input_tokens": 7, "output_tokens": 3, "total_tokens": 10}}}),
+                        ];
+                        for event in events {
+                            if socket.send(Message::text(event.to_string())).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        WsUpstream { addr, seen }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/v1/responses", self.addr)
+    }
+}
+
+/// Opens a socket to the proxy, sending a client `Authorization` of its own (which must not
+/// go upstream) and Codex's headers (which must).
+async fn connect(proxy: &Proxy) -> Result<Client, tokio_tungstenite::tungstenite::Error> {
+    let mut request = format!("ws://127.0.0.1:{}/v1/responses", proxy.port)
+        .into_client_request()
+        .unwrap();
+    let headers = request.headers_mut();
+    headers.insert("authorization", "Bearer client-own-token".parse().unwrap());
+    headers.insert(
+        "openai-beta",
+        "responses_websockets=2026-02-06".parse().unwrap(),
+    );
+    headers.insert("originator", "codex_cli_rs".parse().unwrap());
+    headers.insert("session-id", "sess-1".parse().unwrap());
+    headers.insert("openai-organization", "org-client".parse().unwrap());
+    tokio_tungstenite::connect_async(request)
+        .await
+        .map(|(socket, _)| socket)
+}
+
+/// The next text message as JSON.
+async fn next_event(socket: &mut Client) -> Value {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(20), socket.next())
+            .await
+            .expect("an event in time")
+            .expect("the socket is open")
+            .expect("a message");
+        match message {
+            Message::Text(text) => return serde_json::from_str(text.as_str()).unwrap(),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected message {other:?}"),
+        }
+    }
+}
+
+async fn turn(socket: &mut Client, message: &str) -> Vec<Value> {
+    socket.send(Message::text(message.to_owned())).await.unwrap();
+    let mut events = Vec::new();
+    loop {
+        let event = next_event(socket).await;
+        let last = matches!(
+            event["type"].as_str(),
+            Some("response.completed" | "response.failed" | "error")
+        );
+        events.push(event);
+        if last {
+            return events;
+        }
+    }
+}
+
+fn usage_records(state: &std::path::Path) -> Vec<Value> {
+    std::fs::read_to_string(state.join("usage.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn strict_mode_relays_messages_unchanged_with_the_key_only_in_the_handshake() {
+    let upstream = WsUpstream::start().await;
+    let state = tempfile::tempdir().unwrap();
+    // The default (`auto`) relays to an upstream that speaks WebSocket.
+    let proxy = Proxy::start(
+        &upstream.url(),
+        &[
+            "--state-directory",
+            state.path().to_str().unwrap(),
+            "--log-level",
+            "trace",
+        ],
+    );
+    let mut socket = connect(&proxy).await.expect("the relayed handshake");
+
+    let first = r#"{"type":"response.create","model":"gpt-ws","store":false,"input":"hi"}"#;
+    let events = turn(&mut socket, first).await;
+    assert_eq!(events.len(), 3, "{events:?}");
+    assert_eq!(events[1]["delta"], "answer 1");
+    let id = events[2]["response"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(id, "resp_ws_1");
+
+    // The upstream's own state: the proxy passes previous_response_id on, unexpanded.
+    let second = format!(
+        r#"{{"type":"response.create","model":"gpt-ws","store":false,"previous_response_id":"{id}","input":"again"}}"#
+    );
+    let events = turn(&mut socket, &second).await;
+    assert_eq!(
+        events.last().unwrap()["type"],
+        "response.completed",
+        "{events:?}"
+    );
+    // One the upstream does not know is its error, passed back as it is.
+    let unknown = r#"{"type":"response.create","previous_response_id":"resp_nope","input":"x"}"#;
+    let events = turn(&mut socket, unknown).await;
+    assert_eq!(events[0]["error"]["code"], "previous_response_not_found");
+
+    {
+        let seen = upstream.seen.lock().unwrap();
+        assert_eq!(seen.messages, [first, second.as_str(), unknown]);
+        assert_eq!(seen.authorizations, [format!("Bearer {TEST_KEY}")]);
+        let headers = seen.handshake_headers.join("\n");
+        assert!(headers.contains("originator: codex_cli_rs"), "{headers}");
+        assert!(headers.contains("session-id: sess-1"), "{headers}");
+        assert!(
+            headers.contains("openai-beta: responses_websockets=2026-02-06"),
+            "{headers}"
+        );
+        assert!(!headers.contains("client-own-token"), "{headers}");
+        assert!(!headers.contains("org-client"), "{headers}");
+    }
+    socket.close(None).await.unwrap();
+
+    // Usage from the upstream's response.completed, one record per response (the third
+    // ended with the upstream's error and carries none).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let records = loop {
+        let records = usage_records(state.path());
+        if records.len() >= 3 || std::time::Instant::now() > deadline {
+            break records;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(records.len(), 3, "{records:?}");
+    let with_tokens = records
+        .iter()
+        .filter(|r| r.to_string().contains("\"input_tokens\":7"))
+        .count();
+    assert_eq!(with_tokens, 2, "{records:?}");
+
+    let log = proxy.stderr_once_it_has("WS /v1/responses", Duration::from_secs(5));
+    assert!(log.contains("WS /v1/responses"), "{log}");
+    assert!(log.contains("TRACE") || log.contains("DEBUG"), "{log}");
+    assert!(!log.contains(TEST_KEY), "the key is in the log:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn relayed_requests_count_against_the_limit_and_a_refused_one_is_not_forwarded() {
+    let upstream = WsUpstream::start().await;
+    let proxy = Proxy::start(
+        &upstream.url(),
+        &[
+            "--websocket-upstream",
+            "relay",
+            "--requests-per-minute",
+            "1",
+        ],
+    );
+    let mut socket = connect(&proxy).await.expect("the relayed handshake");
+    let one = r#"{"type":"response.create","input":"one"}"#;
+    let events = turn(&mut socket, one).await;
+    assert_eq!(events.last().unwrap()["type"], "response.completed");
+    let events = turn(&mut socket, r#"{"type":"response.create","input":"two"}"#).await;
+    assert_eq!(events[0]["type"], "error", "{events:?}");
+    assert_eq!(events[0]["status"], 429, "{events:?}");
+    // Other messages still pass; the refused one never reached the upstream.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(upstream.seen.lock().unwrap().messages, [one]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auto_falls_back_to_serving_locally_and_remembers_an_http_only_upstream() {
+    let mock = MockUpstream::start(|_| {
+        Reply::sse(concat!(
+            "event: response.created\ndata: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_http\",\"output\":[]}}\n\n",
+            "event: response.completed\ndata: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_http\",\"output\":[]}}\n\n",
+        ))
+    })
+    .await;
+    let proxy = Proxy::start(&mock.url("/v1/responses"), &[]);
+    for round in 1..=2 {
+        let mut socket = connect(&proxy).await.expect("served locally");
+        let events = turn(&mut socket, r#"{"type":"response.create","input":"hi"}"#).await;
+        assert_eq!(events.last().unwrap()["type"], "response.completed");
+        assert_eq!(mock.seen().len(), round, "served over HTTP POST");
+        assert_eq!(mock.seen()[round - 1].method, "POST");
+        // Only the first socket asked the upstream for a WebSocket.
+        assert_eq!(
+            mock.upgrades_refused
+                .load(std::sync::atomic::Ordering::SeqCst),
+            1
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn relay_mode_answers_502_when_the_upstream_refuses_the_upgrade() {
+    let mock = MockUpstream::start(|_| Reply::sse("")).await;
+    let proxy = Proxy::start(&mock.url("/v1/responses"), &["--websocket-upstream", "relay"]);
+    match connect(&proxy).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 502);
+            let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default())
+                .into_owned();
+            assert!(body.contains("upstream_websocket_refused"), "{body}");
+            assert!(body.contains("404"), "{body}");
+        }
+        other => panic!("expected 502, got {other:?}"),
+    }
+    assert!(mock.seen().is_empty());
+}
+
+#[test]
+fn relay_mode_where_it_cannot_apply_is_refused_at_start() {
+    use std::io::Write;
+    let mut child = std::process::Command::new(binary())
+        .args([
+            "--upstream-url",
+            "http://127.0.0.1:9/v1/chat/completions",
+            "--bridge-to-chat",
+            "--websocket-upstream",
+            "relay",
+            "--server-info",
+            "/nonexistent/server-info.json",
+        ])
+        .env_remove("CREDENTIALS_DIRECTORY")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _ = child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{TEST_KEY}\n").as_bytes());
+    let output = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains("--websocket-upstream relay"), "{stderr}");
+    assert!(stderr.contains("bridge mode"), "{stderr}");
+}
