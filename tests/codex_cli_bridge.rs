@@ -456,6 +456,25 @@ async fn codex_exec_command_round_trip_through_the_bridge() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn codex_apply_patch_round_trip_through_the_bridge() {
+    apply_patch_through_the_bridge(Transport::Http).await;
+}
+
+/// The same `apply_patch` round trip with Codex configured the usual way (`openai_base_url`):
+/// over its WebSocket, which the bridge serves from the chat upstream, with no fallback line.
+#[tokio::test(flavor = "multi_thread")]
+async fn codex_apply_patch_over_websocket_through_the_bridge() {
+    apply_patch_through_the_bridge(Transport::WebSocket).await;
+}
+
+/// How Codex reaches the proxy: a custom provider over HTTP POST, or the built-in provider
+/// (`openai_base_url`), which opens a WebSocket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Transport {
+    Http,
+    WebSocket,
+}
+
+async fn apply_patch_through_the_bridge(transport: Transport) {
     let Some(codex) = codex_bin() else { return };
     let patch = "*** Begin Patch\n*** Add File: hello.txt\n+hello from bridge\n*** End Patch\n";
     let mock = MockUpstream::start(move |seen| {
@@ -481,14 +500,34 @@ async fn codex_apply_patch_round_trip_through_the_bridge() {
     let proxy = start_bridge(&mock);
     let workdir = scratch_dir();
 
-    let run = run_codex(
-        &codex,
-        &proxy.url("/v1"),
-        workdir.path(),
-        "Create hello.txt.",
-    )
-    .await;
+    let run = match transport {
+        Transport::Http => {
+            run_codex(
+                &codex,
+                &proxy.url("/v1"),
+                workdir.path(),
+                "Create hello.txt.",
+            )
+            .await
+        }
+        Transport::WebSocket => {
+            run_codex_builtin(
+                &codex,
+                &proxy.url("/v1"),
+                workdir.path(),
+                "Create hello.txt.",
+            )
+            .await
+        }
+    };
     run.assert_success(&proxy);
+    if transport == Transport::WebSocket {
+        run.assert_no_websocket_fallback();
+        let log =
+            proxy.stderr_once_it_has("WS /v1/responses 200", std::time::Duration::from_secs(5));
+        assert!(log.contains("GET /v1/responses 101"), "{log}");
+        assert!(!log.contains("POST /v1/responses"), "fell back: {log}");
+    }
     assert_eq!(
         run.stdout, "Patched hello.txt.\n",
         "stderr:\n{}",
@@ -528,13 +567,13 @@ async fn codex_apply_patch_round_trip_through_the_bridge() {
         "tool message: {output}"
     );
     eprintln!(
-        "codex exec (bridge apply_patch round trip, {:?}) took {:?}",
+        "codex exec (bridge apply_patch round trip over {transport:?}, {:?}) took {:?}",
         run.sandbox, run.elapsed
     );
 }
 
 /// Remote compaction through the bridge: Codex's built-in provider (pointed at the proxy with
-/// `openai_base_url`; it falls back from WebSockets to HTTP) sends a `compaction_trigger` once
+/// `openai_base_url`, over its WebSocket, which the bridge serves) sends a `compaction_trigger` once
 /// its context passes `model_auto_compact_token_limit`; the bridge asks the chat upstream for
 /// a summary, answers with one sealed `compaction` item, and the next request carries the
 /// summary to the chat upstream. Before, the trigger got a 400 and Codex exited 1.
@@ -586,6 +625,7 @@ async fn codex_remote_compaction_through_the_bridge() {
     )
     .await;
     run.assert_success(&proxy);
+    run.assert_no_websocket_fallback();
     assert_eq!(run.stdout, "All done.\n", "stderr:\n{}", run.stderr);
     assert!(
         run.stderr.contains("context compacted"),

@@ -1,126 +1,32 @@
 //! Black-box tests of strict mode's WebSocket relay (`--websocket-upstream`): a WebSocket
-//! client → the real binary → the tests' own WebSocket Responses upstream (a small
-//! tokio-tungstenite server that checks the handshake's `Authorization` and keeps its own
-//! `previous_response_id` state), or an HTTP-only mock for the fallback and the 502.
+//! client → the real binary → the tests' own WebSocket Responses upstream
+//! (`tests/common/ws_upstream.rs`: checks the handshake's `Authorization` and keeps its own
+//! `previous_response_id` state per socket), or an HTTP-only mock for the fallback and the 502.
 
 mod common;
 
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use std::collections::HashSet;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::Message;
 
 type Client =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// What the WebSocket upstream saw.
-#[derive(Default)]
-struct Seen {
-    /// The `Authorization` of each accepted handshake.
-    authorizations: Vec<String>,
-    /// Every handshake's headers, as `name: value` lines.
-    handshake_headers: Vec<String>,
-    /// Every text message received, as received.
-    messages: Vec<String>,
-}
-
-/// A WebSocket Responses upstream: a handshake without `Authorization: Bearer TEST_KEY` is
-/// refused 401; each `response.create` is answered with created / delta / completed (with
-/// usage), and a `previous_response_id` it did not make on this socket gets an `error`.
-struct WsUpstream {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Seen>>,
-}
-
-impl WsUpstream {
-    async fn start() -> WsUpstream {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Seen::default()));
-        let seen2 = seen.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let seen = seen2.clone();
-                tokio::spawn(async move {
-                    let seen_hs = seen.clone();
-                    let check = move |request: &Request,
-                                      response: Response|
-                          -> Result<Response, ErrorResponse> {
-                        let mut seen = seen_hs.lock().unwrap();
-                        for (name, value) in request.headers() {
-                            seen.handshake_headers.push(format!(
-                                "{name}: {}",
-                                value.to_str().unwrap_or("?")
-                            ));
-                        }
-                        let auth = request
-                            .headers()
-                            .get("authorization")
-                            .and_then(|v| v.to_str().ok())
-                            .unwrap_or("")
-                            .to_owned();
-                        if auth != format!("Bearer {TEST_KEY}") {
-                            let mut refusal = ErrorResponse::new(Some("bad key".into()));
-                            *refusal.status_mut() = 401.try_into().unwrap();
-                            return Err(refusal);
-                        }
-                        seen.authorizations.push(auth);
-                        Ok(response)
-                    };
-                    let Ok(mut socket) = tokio_tungstenite::accept_hdr_async(stream, check).await
-                    else {
-                        return;
-                    };
-                    let mut made: HashSet<String> = HashSet::new();
-                    let mut n = 0;
-                    while let Some(Ok(message)) = socket.next().await {
-                        let Message::Text(text) = message else {
-                            continue;
-                        };
-                        seen.lock().unwrap().messages.push(text.to_string());
-                        let request: Value = serde_json::from_str(text.as_str()).unwrap();
-                        if let Some(previous) = request["previous_response_id"].as_str() {
-                            if !made.contains(previous) {
-                                let error = json!({"type": "error", "status": 400, "error": {
-                                    "type": "invalid_request_error", "code": "previous_response_not_found",
-                                    "message": format!("Previous response with id '{previous}' not found.")}});
-                                let _ = socket.send(Message::text(error.to_string())).await;
-                                continue;
-                            }
-                        }
-                        n += 1;
-                        let id = format!("resp_ws_{n}");
-                        made.insert(id.clone());
-                        let events = [
-                            json!({"type": "response.created", "response": {"id": id, "status": "in_progress", "output": []}}),
-                            json!({"type": "response.output_text.delta", "delta": format!("answer {n}")}),
-                            json!({"type": "response.completed", "response": {"id": id, "status": "completed", "model": "gpt-ws",
-                                "output": [], "usage": {"input_tokens": 7, "output_tokens": 3, "total_tokens": 10}}}),
-                        ];
-                        for event in events {
-                            if socket.send(Message::text(event.to_string())).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                });
-            }
-        });
-        WsUpstream { addr, seen }
-    }
-
-    fn url(&self) -> String {
-        format!("http://{}/v1/responses", self.addr)
-    }
+/// The WebSocket upstream of these tests: each response is created / one delta / completed
+/// with usage (7 in, 3 out).
+async fn ws_upstream() -> WsUpstream {
+    WsUpstream::start(|_request, id| {
+        vec![
+            json!({"type": "response.created", "response": {"id": id, "status": "in_progress", "output": []}}),
+            json!({"type": "response.output_text.delta", "delta": format!("answer from {id}")}),
+            json!({"type": "response.completed", "response": {"id": id, "status": "completed", "model": "gpt-ws",
+                "output": [], "usage": {"input_tokens": 7, "output_tokens": 3, "total_tokens": 10}}}),
+        ]
+    })
+    .await
 }
 
 /// Opens a socket to the proxy, sending a client `Authorization` of its own (which must not
@@ -160,7 +66,10 @@ async fn next_event(socket: &mut Client) -> Value {
 }
 
 async fn turn(socket: &mut Client, message: &str) -> Vec<Value> {
-    socket.send(Message::text(message.to_owned())).await.unwrap();
+    socket
+        .send(Message::text(message.to_owned()))
+        .await
+        .unwrap();
     let mut events = Vec::new();
     loop {
         let event = next_event(socket).await;
@@ -185,7 +94,7 @@ fn usage_records(state: &std::path::Path) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn strict_mode_relays_messages_unchanged_with_the_key_only_in_the_handshake() {
-    let upstream = WsUpstream::start().await;
+    let upstream = ws_upstream().await;
     let state = tempfile::tempdir().unwrap();
     // The default (`auto`) relays to an upstream that speaks WebSocket.
     let proxy = Proxy::start(
@@ -202,9 +111,9 @@ async fn strict_mode_relays_messages_unchanged_with_the_key_only_in_the_handshak
     let first = r#"{"type":"response.create","model":"gpt-ws","store":false,"input":"hi"}"#;
     let events = turn(&mut socket, first).await;
     assert_eq!(events.len(), 3, "{events:?}");
-    assert_eq!(events[1]["delta"], "answer 1");
     let id = events[2]["response"]["id"].as_str().unwrap().to_owned();
-    assert_eq!(id, "resp_ws_1");
+    assert_eq!(events[1]["delta"], format!("answer from {id}"));
+    assert!(id.starts_with("resp_ws_"), "{id}");
 
     // The upstream's own state: the proxy passes previous_response_id on, unexpanded.
     let second = format!(
@@ -262,7 +171,7 @@ async fn strict_mode_relays_messages_unchanged_with_the_key_only_in_the_handshak
 
 #[tokio::test(flavor = "multi_thread")]
 async fn relayed_requests_count_against_the_limit_and_a_refused_one_is_not_forwarded() {
-    let upstream = WsUpstream::start().await;
+    let upstream = ws_upstream().await;
     let proxy = Proxy::start(
         &upstream.url(),
         &[
@@ -312,7 +221,10 @@ async fn auto_falls_back_to_serving_locally_and_remembers_an_http_only_upstream(
 #[tokio::test(flavor = "multi_thread")]
 async fn relay_mode_answers_502_when_the_upstream_refuses_the_upgrade() {
     let mock = MockUpstream::start(|_| Reply::sse("")).await;
-    let proxy = Proxy::start(&mock.url("/v1/responses"), &["--websocket-upstream", "relay"]);
+    let proxy = Proxy::start(
+        &mock.url("/v1/responses"),
+        &["--websocket-upstream", "relay"],
+    );
     match connect(&proxy).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), 502);

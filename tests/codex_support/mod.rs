@@ -7,6 +7,10 @@
 //! (env `CI` set) where they fail. Test crates using this module also declare `mod common;`.
 #![allow(dead_code)]
 
+mod responses_stream;
+#[allow(unused_imports)]
+pub use responses_stream::ResponsesStream;
+
 use crate::common::Proxy;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -155,6 +159,17 @@ pub async fn run_codex_builtin(
     workdir: &Path,
     prompt: &str,
 ) -> CodexRun {
+    run_codex_builtin_with(codex, base_url, workdir, prompt, &[]).await
+}
+
+/// [`run_codex_builtin`] with extra `-c key=value` config overrides.
+pub async fn run_codex_builtin_with(
+    codex: &Path,
+    base_url: &str,
+    workdir: &Path,
+    prompt: &str,
+    config: &[&str],
+) -> CodexRun {
     let home = scratch_dir();
     std::fs::write(
         home.path().join("config.toml"),
@@ -169,6 +184,9 @@ pub async fn run_codex_builtin(
         .args(sandbox.flags())
         .arg("-C")
         .arg(workdir);
+    for setting in config {
+        command.args(["-c", setting]);
+    }
     finish_codex(command, home.path(), workdir, prompt, sandbox).await
 }
 

@@ -4,8 +4,11 @@
 #![allow(dead_code)]
 
 pub mod users;
+pub mod ws_upstream;
 #[allow(unused_imports)]
 pub use users::{curl_as, TestGroup, TestUser};
+#[allow(unused_imports)]
+pub use ws_upstream::{WsSeen, WsUpstream};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody};

@@ -4,7 +4,8 @@ response validation, so every body and stream event must match the SDK's own mod
 Usage: openai_client.py SCENARIO BASE_URL
 Scenarios: chat-tools, completions (wrapper routes on a Responses upstream that replays a
 recorded parallel-tool-call / text stream), responses-bridge (bridge mode on a chat upstream),
-responses-websocket (`client.responses.connect()`, WebSocket mode, needs `openai[realtime]`).
+responses-websocket (`client.responses.connect()`, WebSocket mode, needs `openai[realtime]`),
+responses-previous (two stored responses chained by previous_response_id, the first read back).
 Exits 0 and prints "ok: …" lines when every check holds.
 """
 import json
@@ -149,11 +150,25 @@ def responses_websocket(base_url):
         )
 
 
+def responses_previous(base_url):
+    """Two stored responses over HTTP, the second continuing the first by
+    previous_response_id (the SDK's default store: true); prints the first id."""
+    c = client(base_url)
+    first = c.responses.create(model="gpt-4.1", input="My name is Ada.")
+    check(first.status == "completed" and first.output_text.strip() != "", "a first stored response")
+    second = c.responses.create(model="gpt-4.1", previous_response_id=first.id, input="What is my name?")
+    check(second.status == "completed" and second.id != first.id, "a second response continuing the first")
+    fetched = c.responses.retrieve(first.id)
+    check(fetched.id == first.id and fetched.output_text == first.output_text, "the first response read back by id")
+    print(f"first-id: {first.id}")
+
+
 SCENARIOS = {
     "chat-tools": chat_tools,
     "completions": completions,
     "responses-bridge": responses_bridge,
     "responses-websocket": responses_websocket,
+    "responses-previous": responses_previous,
 }
 
 if __name__ == "__main__":
