@@ -938,8 +938,11 @@ mod tests {
             convert_with(json!({"model": "gpt-5", "messages": [user("x")]}), &debug).unwrap();
         assert_eq!(plan.upstream_body["model"], "codex-mini-latest");
         assert_eq!(plan.client.model, "codex-mini-latest");
-        let plan =
-            convert_with(json!({"model": "gpt-5_high", "messages": [user("x")]}), &debug).unwrap();
+        let plan = convert_with(
+            json!({"model": "gpt-5_high", "messages": [user("x")]}),
+            &debug,
+        )
+        .unwrap();
         assert_eq!(plan.client.model, "codex-mini-latest");
         assert_eq!(plan.upstream_body["reasoning"]["effort"], "high");
     }

@@ -1190,7 +1190,10 @@ mod tests {
                 body["model"].as_str().unwrap().to_string(),
             )
         };
-        let reported = ("gpt-5-2025-08-07".to_string(), "gpt-5-2025-08-07".to_string());
+        let reported = (
+            "gpt-5-2025-08-07".to_string(),
+            "gpt-5-2025-08-07".to_string(),
+        );
         assert_eq!(first_model(TEXT), reported);
         // Without `response.created`, `response.completed` names it for the body only if no
         // chunk went out yet: streams keep one model throughout.

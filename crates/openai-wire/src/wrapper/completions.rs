@@ -515,8 +515,10 @@ mod tests {
 
     #[test]
     fn several_prompts_become_one_plan_each_in_order() {
-        let plans = convert_all(json!({"model": "gpt-5_high", "prompt": ["one", "two", "three"],
-            "stream": true}))
+        let plans = convert_all(
+            json!({"model": "gpt-5_high", "prompt": ["one", "two", "three"],
+            "stream": true}),
+        )
         .unwrap();
         assert_eq!(plans.len(), 3);
         for (plan, prompt) in plans.iter().zip(["one", "two", "three"]) {

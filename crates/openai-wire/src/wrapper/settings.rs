@@ -292,10 +292,7 @@ pub struct ResolvedModel {
 fn split_effort_suffix(name: &str) -> (&str, Option<ReasoningEffort>) {
     for (suffix, effort) in ReasoningEffort::CHOICES {
         if let Some(base) = name.strip_suffix(suffix) {
-            if let Some(base) = base
-                .strip_suffix(['-', '_'])
-                .filter(|b| !b.is_empty())
-            {
+            if let Some(base) = base.strip_suffix(['-', '_']).filter(|b| !b.is_empty()) {
                 return (base, Some(effort));
             }
         }
@@ -429,7 +426,11 @@ mod tests {
             ("gpt-5_high", "gpt-5", ReasoningEffort::High),
             ("gpt5_high", "gpt-5", ReasoningEffort::High),
             ("gpt-5-codex_medium", "gpt-5-codex", ReasoningEffort::Medium),
-            ("codex-mini_minimal", "codex-mini-latest", ReasoningEffort::Minimal),
+            (
+                "codex-mini_minimal",
+                "codex-mini-latest",
+                ReasoningEffort::Minimal,
+            ),
         ] {
             let resolved = r(name);
             assert_eq!(resolved.upstream, base, "{name}");
