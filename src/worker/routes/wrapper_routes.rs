@@ -1,10 +1,11 @@
 //! The wrapper routes (`--wrapper-routes`): Chat Completions, legacy Completions, Models and
 //! Ollama clients served from this proxy's upstream. The conversions are the pure functions in
 //! `openai_wire::wrapper` (and `openai_wire::bridge` when the upstream speaks Chat Completions); this module
-//! does routing, the client access key, CORS and the upstream calls.
+//! does routing, the client access key, CORS and the upstream calls (for a legacy Completions
+//! prompt array, one per prompt, sent together and read in prompt order).
 //!
-//! Uses: `crate::worker::server`, `crate::worker::upstream` and hyper, openai_wire, reqwest,
-//! secrecy, serde_json, subtle, tracing.
+//! Uses: `crate::worker::server`, `crate::worker::upstream` and futures_util, hyper, openai_wire,
+//! reqwest, secrecy, serde_json, subtle, tracing.
 
 use crate::worker::routes::bridge_route;
 use crate::worker::routes::strict;
@@ -324,14 +325,13 @@ async fn post_all(
         .collect()
 }
 
-/// The JSON bytes of each upstream body, or the error to answer.
+/// The JSON bytes of each upstream body.
 fn serialize_all<'a>(
     bodies: impl Iterator<Item = &'a serde_json::Value>,
-) -> Result<Vec<Vec<u8>>, Response<Body>> {
+) -> Result<Vec<Vec<u8>>, WrapperError> {
     bodies
         .map(|body| {
-            serde_json::to_vec(body)
-                .map_err(|e| wrapper_error(&WrapperError::upstream(e.to_string(), None)))
+            serde_json::to_vec(body).map_err(|e| WrapperError::upstream(e.to_string(), None))
         })
         .collect()
 }
@@ -356,7 +356,7 @@ async fn call_responses_upstream<C: ClientConverter>(
     };
     let bodies = match serialize_all(plans.iter().map(|plan| &plan.upstream_body)) {
         Ok(bodies) => bodies,
-        Err(response) => return response,
+        Err(e) => return wrapper_error(&e),
     };
     let answers = match post_all(state, upstream, bodies, headers).await {
         Ok(answers) => answers,
@@ -390,7 +390,7 @@ async fn call_chat_upstream<C: ClientConverter>(
     }
     let bodies = match serialize_all(chats.iter().map(|chat| &chat.chat_body)) {
         Ok(bodies) => bodies,
-        Err(response) => return response,
+        Err(e) => return wrapper_error(&e),
     };
     // The prompts differ only in their input: the first one's stream settings serve all.
     let meta = chats.swap_remove(0).meta;
