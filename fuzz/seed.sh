@@ -101,13 +101,15 @@ for body in [
      "response_format": {"type": "json_schema", "json_schema": {"name": "s", "schema": {}}}},
     {"model": "gpt-5", "prompt": "Say hi", "max_tokens": 5, "stream": True},
     {"model": "gpt-5", "prompt": ["one"], "temperature": 0.2, "stop": ["\n"]},
+    {"model": "gpt-5_high", "prompt": ["one", "two"], "stream": True},
 ]:
     write("wrapper_request", json.dumps(body).encode())
 
-# wrapper_stream: flags byte (bits 0-2 mode, bit 3 include_usage, bit 4 completions), events.
+# wrapper_stream: flags byte (bits 0-2 mode, bit 3 include_usage, bit 4 completions, bit 5 two
+# prompts), events.
 for path in fixture_files("responses-streams"):
     events = "\0".join(sse_data(path)).encode()
-    for flags in (0, 1, 2, 3, 4, 5, 8 | 3, 16, 16 | 8):
+    for flags in (0, 1, 2, 3, 4, 5, 8 | 3, 16, 16 | 8, 32 | 16, 32 | 16 | 8):
         write("wrapper_stream", bytes([flags]) + events)
 
 # framing_scanner: byte 0 low nibble number of piece sizes, the sizes (+1), then raw requests.

@@ -198,7 +198,9 @@ pub struct Cli {
     #[arg(long, env = "EXPOSE_MODELS", help_heading = "Wrapper routes")]
     pub expose_models: Option<String>,
 
-    /// Send every wrapper request to this model, whatever the client asks.
+    /// Send every wrapper request to this model, whatever the client asks (an effort suffix
+    /// in it, `-high` or `_high`, sets the effort); responses then report this model, or the
+    /// name the upstream gives it.
     #[arg(long, env = "DEBUG_MODEL", help_heading = "Wrapper routes")]
     pub debug_model: Option<String>,
 

@@ -152,6 +152,7 @@ fn wrapper_request_seeds() {
         r#"{"model":"gpt-5-high","messages":[{"role":"user","content":[{"type":"text","text":"hi"}]},{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]},{"role":"tool","tool_call_id":"c1","content":"ok"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}],"stream_options":{"include_usage":true}}"#,
         r#"{"model":"gpt-5","prompt":"Say hi","max_tokens":5,"stream":true}"#,
         r#"{"model":"gpt-5","prompt":["one"],"temperature":0.2,"stop":["\n"]}"#,
+        r#"{"model":"gpt-5_high","prompt":["one","two"],"stream":true}"#,
     ]
     .iter()
     .map(|s| s.as_bytes().to_vec())
@@ -164,7 +165,7 @@ fn wrapper_stream_seeds() {
     let mut inputs = Vec::new();
     for path in files_in("responses-streams") {
         let events = sse_data(&path);
-        for flags in [0, 1, 2, 3, 4, 5, 8 | 3, 16, 16 | 8] {
+        for flags in [0, 1, 2, 3, 4, 5, 8 | 3, 16, 16 | 8, 32 | 16, 32 | 16 | 8] {
             inputs.push(with_flags(flags, &events));
         }
     }

@@ -24,7 +24,7 @@ use openai_wire::bridge::stream::ChatStreamConverter;
 use openai_wire::sse::{SseError, SseReader, DEFAULT_MAX_EVENT_BYTES};
 use openai_wire::wrapper::chat_request::chat_to_responses;
 use openai_wire::wrapper::chat_stream::{ChatStream, StreamOutcome};
-use openai_wire::wrapper::completions::{completion_to_responses, CompletionStream};
+use openai_wire::wrapper::completions::{completion_to_responses, CompletionStream, MAX_PROMPTS};
 use openai_wire::wrapper::settings::{ReasoningOutputMode, WrapperSettings};
 use openai_wire::wrapper::{ClientMeta, ConvertContext};
 use serde_json::{json, Value};
@@ -610,22 +610,35 @@ pub fn check_wrapper_request(data: &[u8]) {
         session_id: Some("s"),
         instructions: None,
     };
+    // A legacy Completions body gives one plan per prompt.
+    let completions = completion_to_responses(&body, &ctx);
+    if let Ok(plans) = &completions {
+        assert!(
+            (1..=MAX_PROMPTS).contains(&plans.len()),
+            "completion_to_responses: {} plans",
+            plans.len()
+        );
+    }
     for (what, result) in [
-        ("chat_to_responses", chat_to_responses(&body, &ctx)),
         (
-            "completion_to_responses",
-            completion_to_responses(&body, &ctx),
+            "chat_to_responses",
+            chat_to_responses(&body, &ctx).map(|plan| vec![plan]),
         ),
+        ("completion_to_responses", completions),
     ] {
         match result {
-            Ok(plan) => {
-                let text = serde_json::to_string(&plan.upstream_body)
-                    .unwrap_or_else(|e| panic!("{what}: upstream body does not serialize: {e}"));
-                let back: Value = serde_json::from_str(&text).expect("upstream body is JSON");
-                assert!(back.is_object(), "{what}: upstream body is not an object");
-                assert!(!plan.client.model.is_empty(), "{what}: empty client model");
-                // Bridge-to-chat mode converts the upstream body once more; it must not panic.
-                let _ = responses_to_chat(&plan.upstream_body);
+            Ok(plans) => {
+                for plan in plans {
+                    let text = serde_json::to_string(&plan.upstream_body).unwrap_or_else(|e| {
+                        panic!("{what}: upstream body does not serialize: {e}")
+                    });
+                    let back: Value = serde_json::from_str(&text).expect("upstream body is JSON");
+                    assert!(back.is_object(), "{what}: upstream body is not an object");
+                    assert!(!plan.client.model.is_empty(), "{what}: empty client model");
+                    // Bridge-to-chat mode converts the upstream body once more; it must not
+                    // panic.
+                    let _ = responses_to_chat(&plan.upstream_body);
+                }
             }
             Err(e) => {
                 assert!(
@@ -646,7 +659,8 @@ pub fn check_wrapper_request(data: &[u8]) {
 // ------------------------------------------------------------------ wrapper: stream side
 
 /// Input: byte 0 = flags (bits 0-2: reasoning output mode, index into openai, r1, o3, tagged,
-/// hidden, all; bit 3: `include_usage`; bit 4: legacy Completions instead of Chat); then the
+/// hidden, all; bit 3: `include_usage`; bit 4: legacy Completions instead of Chat; bit 5 with
+/// bit 4: two prompts, the events fed as each prompt's upstream stream in turn); then the
 /// upstream Responses events' `data` texts separated by NUL bytes. Each is pushed until one
 /// fails, then `finish`.
 ///
@@ -666,13 +680,16 @@ pub fn check_wrapper_stream(data: &[u8]) {
     let completions = flags & 16 != 0;
     let mut out = Vec::new();
     let (outcome, body) = if completions {
-        let mut stream = CompletionStream::new(&meta, 0, "cmpl-x");
-        for event in split_events(rest) {
-            if stream.push_event(&event, &mut out).is_err() {
-                break;
+        let prompts = if flags & 32 != 0 { 2 } else { 1 };
+        let mut stream = CompletionStream::for_prompts(&meta, prompts, 0, "cmpl-x");
+        for _ in 0..prompts {
+            for event in split_events(rest) {
+                if stream.push_event(&event, &mut out).is_err() {
+                    break;
+                }
             }
+            stream.finish(&mut out);
         }
-        stream.finish(&mut out);
         (stream.outcome().clone(), stream.final_completion())
     } else {
         let mut stream = ChatStream::new(&meta, mode, 0, "chatcmpl-x");

@@ -103,6 +103,18 @@ def completions(base_url):
     whole = c.completions.create(model="gpt-5", prompt="Say hi")
     check(whole.choices[0].text.strip() != "", "non-stream completion text")
     check(whole.usage.total_tokens > 0, "completion usage")
+    # Several prompts (and an effort suffix written with `_`): one choice per prompt, in
+    # order, usage summed, the model the upstream reported.
+    several = c.completions.create(model="gpt-5_minimal", prompt=["Say hi", "Say bye"])
+    check([choice.index for choice in several.choices] == [0, 1], "one choice per prompt")
+    check(several.usage.total_tokens == 2 * whole.usage.total_tokens, "usage summed over prompts")
+    check(several.model == "gpt-5-2025-08-07", f"the upstream's model (got {several.model})")
+    indices = []
+    for chunk in client(base_url, strict=False).completions.create(
+        model="gpt-5_minimal", prompt=["Say hi", "Say bye"], stream=True
+    ):
+        indices += [choice.index for choice in chunk.choices if choice.finish_reason is not None]
+    check(indices == [0, 1], f"a finish per prompt, in order (got {indices})")
 
 
 def responses_bridge(base_url):

@@ -2,7 +2,9 @@
 //! the one SSE reader, each event's data into the converter, and whatever the converter wrote
 //! goes to the client as soon as it exists. Upstream failures and cuts become the converter's
 //! own terminal error, so a client never sees a stream end without one. Shared by the bridge
-//! and the wrapper routes.
+//! and the wrapper routes. A converter may take several upstream responses one after the other
+//! (the legacy Completions route, one per prompt): each ends with `upstream_ended`, and the
+//! next is read while the converter is not done.
 //!
 //! Uses: `crate::worker::server`, `crate::worker::upstream` and bytes, futures_util,
 //! http_body_util, hyper, openai_wire, reqwest.
@@ -13,6 +15,7 @@ use futures_util::{Stream, StreamExt};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use openai_wire::sse::SseReader;
+use std::collections::VecDeque;
 use std::pin::Pin;
 
 /// A pure converter from one upstream event stream to the client's wire format.
@@ -50,14 +53,21 @@ type UpstreamBytes = Pin<Box<dyn Stream<Item = Result<Bytes, reqwest::Error>> + 
 
 struct Translation<C> {
     upstream: Option<UpstreamBytes>,
+    /// Upstream responses still to read, in order, after `upstream`.
+    next_upstreams: VecDeque<UpstreamBytes>,
     reader: SseReader,
     converter: C,
 }
 
 impl<C: StreamConverter> Translation<C> {
-    fn new(upstream: reqwest::Response, converter: C) -> Self {
+    fn new(upstreams: Vec<reqwest::Response>, converter: C) -> Self {
+        let mut next_upstreams: VecDeque<UpstreamBytes> = upstreams
+            .into_iter()
+            .map(|upstream| Box::pin(upstream.bytes_stream()) as UpstreamBytes)
+            .collect();
         Translation {
-            upstream: Some(Box::pin(upstream.bytes_stream())),
+            upstream: next_upstreams.pop_front(),
+            next_upstreams,
             reader: SseReader::default(),
             converter,
         }
@@ -90,11 +100,15 @@ impl<C: StreamConverter> Translation<C> {
                         Err(e) => self.converter.upstream_failed(&e.to_string(), &mut out),
                     }
                     self.converter.upstream_ended(&mut out);
+                    // The next upstream response, if the converter wants more.
+                    self.upstream = self.next_upstreams.pop_front();
+                    self.reader = SseReader::default();
                 }
             }
             if self.converter.is_done() {
-                // Stop reading: dropping the upstream body closes its connection.
+                // Stop reading: dropping the upstream bodies closes their connections.
                 self.upstream = None;
+                self.next_upstreams.clear();
             }
         }
         Some(out)
@@ -128,12 +142,10 @@ pub(crate) fn describe(error: &reqwest::Error) -> String {
     }
 }
 
-/// A streaming client body: converted output is sent as soon as it is produced.
-pub(crate) fn streaming_body<C: StreamConverter>(
-    upstream: reqwest::Response,
-    converter: C,
-) -> Body {
-    let translation = Translation::new(upstream, converter);
+/// A streaming client body: converted output is sent as soon as it is produced. The
+/// upstream responses are read one after the other.
+fn streaming_body<C: StreamConverter>(upstreams: Vec<reqwest::Response>, converter: C) -> Body {
+    let translation = Translation::new(upstreams, converter);
     let frames = futures_util::stream::unfold(translation, |mut t| async move {
         t.next_output()
             .await
@@ -142,13 +154,22 @@ pub(crate) fn streaming_body<C: StreamConverter>(
     StreamBody::new(frames).boxed_unsync()
 }
 
-/// A `text/event-stream` response whose body is [`streaming_body`].
+/// A `text/event-stream` response whose body is [`streaming_body`] of one upstream response.
 pub(crate) fn streaming_response<C: StreamConverter>(
     upstream: reqwest::Response,
     converter: C,
 ) -> hyper::Response<Body> {
+    streaming_response_of_all(vec![upstream], converter)
+}
+
+/// A `text/event-stream` response whose body is [`streaming_body`] of several upstream
+/// responses read one after the other.
+pub(crate) fn streaming_response_of_all<C: StreamConverter>(
+    upstreams: Vec<reqwest::Response>,
+    converter: C,
+) -> hyper::Response<Body> {
     use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
-    let mut response = hyper::Response::new(streaming_body(upstream, converter));
+    let mut response = hyper::Response::new(streaming_body(upstreams, converter));
     let headers = response.headers_mut();
     headers.insert(
         CONTENT_TYPE,
@@ -161,7 +182,15 @@ pub(crate) fn streaming_response<C: StreamConverter>(
 /// Runs a whole upstream stream through `converter` (for clients that did not ask to stream)
 /// and returns the converter in its final state.
 pub(crate) async fn run_to_end<C: StreamConverter>(upstream: reqwest::Response, converter: C) -> C {
-    let mut translation = Translation::new(upstream, converter);
+    run_all_to_end(vec![upstream], converter).await
+}
+
+/// [`run_to_end`] over several upstream responses read one after the other.
+pub(crate) async fn run_all_to_end<C: StreamConverter>(
+    upstreams: Vec<reqwest::Response>,
+    converter: C,
+) -> C {
+    let mut translation = Translation::new(upstreams, converter);
     while translation.next_output().await.is_some() {}
     translation.converter
 }

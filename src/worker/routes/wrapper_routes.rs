@@ -1,10 +1,11 @@
 //! The wrapper routes (`--wrapper-routes`): Chat Completions, legacy Completions, Models and
 //! Ollama clients served from this proxy's upstream. The conversions are the pure functions in
 //! `openai_wire::wrapper` (and `openai_wire::bridge` when the upstream speaks Chat Completions); this module
-//! does routing, the client access key, CORS and the upstream calls.
+//! does routing, the client access key, CORS and the upstream calls (for a legacy Completions
+//! prompt array, one per prompt, sent together and read in prompt order).
 //!
-//! Uses: `crate::worker::server`, `crate::worker::upstream` and hyper, openai_wire, reqwest,
-//! secrecy, serde_json, subtle, tracing.
+//! Uses: `crate::worker::server`, `crate::worker::upstream` and futures_util, hyper, openai_wire,
+//! reqwest, secrecy, serde_json, subtle, tracing.
 
 use crate::worker::routes::bridge_route;
 use crate::worker::routes::strict;
@@ -228,22 +229,23 @@ fn upstream_headers(config: &WrapperConfig, client: &HeaderMap, session: &str) -
     headers
 }
 
-/// A wrapper request converted for a Responses upstream: the plan and the headers to send.
-struct Converted {
-    plan: ResponsesPlan,
+/// A wrapper request converted for a Responses upstream: the plan (or plans: one per prompt
+/// of a legacy Completions request) and the headers to send.
+struct Converted<P> {
+    plan: P,
     headers: HeaderMap,
 }
 
-type Conversion = fn(&serde_json::Value, &ConvertContext) -> Result<ResponsesPlan, WrapperError>;
+type Conversion<P> = fn(&serde_json::Value, &ConvertContext) -> Result<P, WrapperError>;
 
 /// Reads the client's JSON body and converts it with `convert` (the session id becomes the
 /// upstream's `prompt_cache_key` and `session_id` header).
-async fn convert_request(
+async fn convert_request<P>(
     state: &State,
     config: &WrapperConfig,
     request: Request<Incoming>,
-    convert: Conversion,
-) -> Result<Converted, Response<Body>> {
+    convert: Conversion<P>,
+) -> Result<Converted<P>, Response<Body>> {
     let (client_headers, body) = json_body(state, request).await?;
     let session = session_id(&client_headers);
     let context = ConvertContext {
@@ -274,26 +276,64 @@ async fn chat_completions(
         };
     let id = bridge_route::new_response_id().replacen("resp_", "chatcmpl-", 1);
     let converter = ChatStream::new(&plan.client, mode, bridge_route::unix_now(), &id);
-    call_responses_upstream(state, upstream, plan, headers, converter).await
+    call_responses_upstream(state, upstream, vec![plan], headers, converter).await
 }
 
+/// Legacy Completions: one upstream request per prompt (see [`post_all`]), rendered as one
+/// choice per prompt by one [`CompletionStream`].
 async fn completions(
     state: &State,
     config: &WrapperConfig,
     upstream: &UpstreamClient,
     request: Request<Incoming>,
 ) -> Response<Body> {
-    let Converted { plan, headers } =
-        match convert_request(state, config, request, completion_to_responses).await {
-            Ok(converted) => converted,
-            Err(response) => return response,
-        };
+    let Converted {
+        plan: plans,
+        headers,
+    } = match convert_request(state, config, request, completion_to_responses).await {
+        Ok(converted) => converted,
+        Err(response) => return response,
+    };
+    let Some(first) = plans.first() else {
+        return wrapper_error(&WrapperError::invalid("prompt", "`prompt` is required"));
+    };
     let id = bridge_route::new_response_id().replacen("resp_", "cmpl-", 1);
-    let converter = CompletionStream::new(&plan.client, bridge_route::unix_now(), &id);
+    let converter =
+        CompletionStream::for_prompts(&first.client, plans.len(), bridge_route::unix_now(), &id);
     if state.bridge_to_chat {
-        return call_chat_upstream(state, upstream, plan, headers, converter).await;
+        return call_chat_upstream(state, upstream, plans, headers, converter).await;
     }
-    call_responses_upstream(state, upstream, plan, headers, converter).await
+    call_responses_upstream(state, upstream, plans, headers, converter).await
+}
+
+/// Sends one upstream request per body, all at once (so that the upstream works on the
+/// prompts of one request together), and returns the answers in the bodies' order once every
+/// head arrived; their bodies are then read one after the other. A transport failure answers
+/// the client instead (the first in order); the other answers are dropped, which closes them.
+async fn post_all(
+    state: &State,
+    upstream: &UpstreamClient,
+    bodies: Vec<Vec<u8>>,
+    headers: HeaderMap,
+) -> Result<Vec<reqwest::Response>, Response<Body>> {
+    let calls = bodies
+        .into_iter()
+        .map(|body| upstream.post_or_answer(&state.upstream_url, headers.clone(), body.into()));
+    futures_util::future::join_all(calls)
+        .await
+        .into_iter()
+        .collect()
+}
+
+/// The JSON bytes of each upstream body.
+fn serialize_all<'a>(
+    bodies: impl Iterator<Item = &'a serde_json::Value>,
+) -> Result<Vec<Vec<u8>>, WrapperError> {
+    bodies
+        .map(|body| {
+            serde_json::to_vec(body).map_err(|e| WrapperError::upstream(e.to_string(), None))
+        })
+        .collect()
 }
 
 /// A converter whose final state answers a client that did not ask to stream.
@@ -302,75 +342,89 @@ pub(crate) trait ClientConverter: StreamConverter {
     fn final_body(&self) -> serde_json::Value;
 }
 
+/// The plans' requests on a Responses upstream (one plan, or one per prompt), their answers
+/// read in order through `converter`.
 async fn call_responses_upstream<C: ClientConverter>(
     state: &State,
     upstream: &UpstreamClient,
-    plan: ResponsesPlan,
+    plans: Vec<ResponsesPlan>,
     headers: HeaderMap,
     converter: C,
 ) -> Response<Body> {
-    let body = match serde_json::to_vec(&plan.upstream_body) {
-        Ok(body) => body,
-        Err(e) => return wrapper_error(&WrapperError::upstream(e.to_string(), None)),
+    let Some(client) = plans.first().map(|plan| plan.client.clone()) else {
+        return wrapper_error(&WrapperError::upstream("no upstream request", None));
     };
-    let answer = match upstream
-        .post_or_answer(&state.upstream_url, headers, body.into())
-        .await
-    {
-        Ok(answer) => answer,
+    let bodies = match serialize_all(plans.iter().map(|plan| &plan.upstream_body)) {
+        Ok(bodies) => bodies,
+        Err(e) => return wrapper_error(&e),
+    };
+    let answers = match post_all(state, upstream, bodies, headers).await {
+        Ok(answers) => answers,
         Err(response) => return response,
     };
-    respond(answer, &plan.client, converter).await
+    respond(answers, &client, converter).await
 }
 
-/// Completions on a Chat Completions upstream: the client's request goes through the
-/// Responses form to chat, and the chat stream comes back through Responses events.
+/// Completions on a Chat Completions upstream: each prompt's request goes through the
+/// Responses form to chat, and each chat stream comes back through Responses events (a new
+/// bridge converter per prompt) into the one client converter.
 async fn call_chat_upstream<C: ClientConverter>(
     state: &State,
     upstream: &UpstreamClient,
-    plan: ResponsesPlan,
+    plans: Vec<ResponsesPlan>,
     headers: HeaderMap,
     converter: C,
 ) -> Response<Body> {
-    let chat = match responses_to_chat(&plan.upstream_body) {
-        Ok(chat) => chat,
-        Err(e) => {
-            let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
-            return json_response(status, e.to_body());
+    let Some(client) = plans.first().map(|plan| plan.client.clone()) else {
+        return wrapper_error(&WrapperError::upstream("no upstream request", None));
+    };
+    let mut chats = Vec::with_capacity(plans.len());
+    for plan in &plans {
+        match responses_to_chat(&plan.upstream_body) {
+            Ok(chat) => chats.push(chat),
+            Err(e) => {
+                let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
+                return json_response(status, e.to_body());
+            }
         }
+    }
+    let bodies = match serialize_all(chats.iter().map(|chat| &chat.chat_body)) {
+        Ok(bodies) => bodies,
+        Err(e) => return wrapper_error(&e),
     };
-    let body = match serde_json::to_vec(&chat.chat_body) {
-        Ok(body) => body,
-        Err(e) => return wrapper_error(&WrapperError::upstream(e.to_string(), None)),
-    };
-    let answer = match upstream
-        .post_or_answer(&state.upstream_url, headers, body.into())
-        .await
-    {
-        Ok(answer) => answer,
+    // The prompts differ only in their input: the first one's stream settings serve all.
+    let meta = chats.swap_remove(0).meta;
+    let answers = match post_all(state, upstream, bodies, headers).await {
+        Ok(answers) => answers,
         Err(response) => return response,
     };
-    let bridge = ChatStreamConverter::new(
-        chat.meta,
-        &bridge_route::new_response_id(),
-        bridge_route::unix_now(),
-    );
-    respond(answer, &plan.client, Chained::new(bridge, converter)).await
+    let bridge = move || {
+        ChatStreamConverter::new(
+            meta.clone(),
+            &bridge_route::new_response_id(),
+            bridge_route::unix_now(),
+        )
+    };
+    respond(answers, &client, Chained::per_upstream(bridge, converter)).await
 }
 
+/// Answers the client from the upstream responses (one, or one per prompt in prompt order):
+/// the first upstream error is mirrored, else the converted stream or body.
 async fn respond<C: ClientConverter>(
-    answer: reqwest::Response,
+    mut answers: Vec<reqwest::Response>,
     client: &ClientMeta,
     converter: C,
 ) -> Response<Body> {
-    let upstream_status = answer.status();
-    if !upstream_status.is_success() {
-        return mirror_error(answer).await;
+    if let Some(failed) = answers.iter().position(|a| !a.status().is_success()) {
+        return mirror_error(answers.swap_remove(failed)).await;
     }
+    let Some(upstream_status) = answers.first().map(reqwest::Response::status) else {
+        return wrapper_error(&WrapperError::upstream("no upstream response", None));
+    };
     let mut response = if client.stream {
-        translate::streaming_response(answer, converter)
+        translate::streaming_response_of_all(answers, converter)
     } else {
-        let converter = translate::run_to_end(answer, converter).await;
+        let converter = translate::run_all_to_end(answers, converter).await;
         match converter.outcome().error() {
             Some(error) => wrapper_error(&error),
             None => json_response(
@@ -425,12 +479,18 @@ macro_rules! wrapper_converter {
 wrapper_converter!(ChatStream);
 wrapper_converter!(CompletionStream);
 
-/// Two converters in a row: `first`'s SSE output is parsed and fed to `second`.
+/// Makes a fresh first converter of a [`Chained`] pair for the next upstream response.
+type Renew<A> = Box<dyn FnMut() -> A + Send>;
+
+/// Two converters in a row: `first`'s SSE output is parsed and fed to `second`. With several
+/// upstream responses ([`Chained::per_upstream`]), each gets a fresh `first`, and `second`
+/// sees their outputs one after the other.
 pub(crate) struct Chained<A, B> {
     first: A,
     second: B,
     between: SseReader,
     buffer: Vec<u8>,
+    renew: Option<Renew<A>>,
 }
 
 impl<A: StreamConverter, B: StreamConverter> Chained<A, B> {
@@ -440,7 +500,15 @@ impl<A: StreamConverter, B: StreamConverter> Chained<A, B> {
             second,
             between: SseReader::default(),
             buffer: Vec::new(),
+            renew: None,
         }
+    }
+
+    /// A pair whose `first` is made by `make`, again for each upstream response.
+    pub(crate) fn per_upstream(mut make: impl FnMut() -> A + Send + 'static, second: B) -> Self {
+        let mut chained = Chained::new(make(), second);
+        chained.renew = Some(Box::new(make));
+        chained
     }
 
     fn pass_on(&mut self, out: &mut Vec<u8>) {
@@ -469,6 +537,14 @@ impl<A: StreamConverter, B: StreamConverter> StreamConverter for Chained<A, B> {
         self.first.upstream_ended(&mut self.buffer);
         self.pass_on(out);
         self.second.upstream_ended(out);
+        if !self.second.is_done() {
+            if let Some(make) = self.renew.as_mut() {
+                // The next upstream response starts from a clean first converter.
+                self.first = make();
+                self.between = SseReader::default();
+                self.buffer.clear();
+            }
+        }
     }
     fn upstream_failed(&mut self, message: &str, out: &mut Vec<u8>) {
         self.first.upstream_failed(message, &mut self.buffer);

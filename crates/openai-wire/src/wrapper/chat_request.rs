@@ -22,7 +22,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::settings::{resolve_model, DEFAULT_MODEL};
+use super::settings::resolve_model;
 use super::{ClientMeta, ConvertContext, ResponsesPlan, WrapperError};
 
 type Object = Map<String, Value>;
@@ -74,7 +74,7 @@ pub(crate) fn base_request(
     reject_stop(body)?;
 
     let mut upstream = Object::new();
-    upstream.insert("model".into(), Value::String(resolved.upstream));
+    upstream.insert("model".into(), Value::String(resolved.upstream.clone()));
     if let Some(instructions) = ctx.instructions {
         upstream.insert("instructions".into(), instructions.into());
     }
@@ -108,11 +108,7 @@ pub(crate) fn base_request(
     let client = ClientMeta {
         stream: client_wants_stream(body)?,
         include_usage: include_usage(body)?,
-        model: if requested_model.is_empty() {
-            DEFAULT_MODEL.to_string()
-        } else {
-            requested_model.to_string()
-        },
+        model: resolved.upstream,
     };
     Ok((upstream, client))
 }
@@ -921,7 +917,7 @@ mod tests {
             ClientMeta {
                 stream: true,
                 include_usage: true,
-                model: "gpt5-high".into()
+                model: "gpt-5".into()
             }
         );
         assert_eq!(plan.upstream_body["model"], "gpt-5");
@@ -941,7 +937,14 @@ mod tests {
         let plan =
             convert_with(json!({"model": "gpt-5", "messages": [user("x")]}), &debug).unwrap();
         assert_eq!(plan.upstream_body["model"], "codex-mini-latest");
-        assert_eq!(plan.client.model, "gpt-5");
+        assert_eq!(plan.client.model, "codex-mini-latest");
+        let plan = convert_with(
+            json!({"model": "gpt-5_high", "messages": [user("x")]}),
+            &debug,
+        )
+        .unwrap();
+        assert_eq!(plan.client.model, "codex-mini-latest");
+        assert_eq!(plan.upstream_body["reasoning"]["effort"], "high");
     }
 
     #[test]

@@ -92,6 +92,8 @@ struct UpstreamItem<'a> {
 
 #[derive(Deserialize)]
 struct UpstreamResponse<'a> {
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
     #[serde(default)]
     incomplete_details: Option<IncompleteDetails<'a>>,
     #[serde(default)]
@@ -199,6 +201,9 @@ impl StreamOutcome {
 /// What one upstream event means for the client.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Signal<'e> {
+    /// The model the upstream says it used (`response.model` of a lifecycle event), sent
+    /// before the `Started` or `Finished` signal of the same event.
+    Model(&'e str),
     /// The upstream accepted the request (`response.created`/`in_progress`).
     Started,
     Text(&'e str),
@@ -279,6 +284,9 @@ impl UpstreamInterpreter {
         // type leads the object, as it does on every upstream we know.
         match leading_type(data) {
             Some("response.created" | "response.in_progress") => {
+                if let Some(model) = lifecycle_model(data) {
+                    emit(Signal::Model(&model));
+                }
                 emit(Signal::Started);
                 return Ok(());
             }
@@ -377,7 +385,12 @@ impl UpstreamInterpreter {
             }
             "response.output_item.added" => self.item_added(event, emit),
             "response.output_item.done" => self.item_done(event, emit),
-            "response.created" | "response.in_progress" => emit(Signal::Started),
+            "response.created" | "response.in_progress" => {
+                if let Some(model) = event.response.as_ref().and_then(|r| non_empty(&r.model)) {
+                    emit(Signal::Model(model));
+                }
+                emit(Signal::Started);
+            }
             "response.completed" | "response.incomplete" => self.finished(event, emit),
             "response.failed" => {
                 let error = event.response.as_ref().and_then(|r| r.error.as_ref());
@@ -424,6 +437,9 @@ impl UpstreamInterpreter {
         let usage = response
             .and_then(|r| r.usage.as_ref())
             .map(Usage::from_upstream);
+        if let Some(model) = response.and_then(|r| non_empty(&r.model)) {
+            emit(Signal::Model(model));
+        }
         self.outcome = StreamOutcome::Completed;
         emit(Signal::Finished { reason, usage });
     }
@@ -516,6 +532,25 @@ fn leading_type(data: &str) -> Option<&str> {
     let rest = data.strip_prefix(r#"{"type":""#)?;
     let end = memchr::memchr2(b'"', b'\\', rest.as_bytes())?;
     (rest.as_bytes()[end] == b'"').then(|| &rest[..end])
+}
+
+/// `response.model` of a lifecycle event (`response.created`/`in_progress`), when it has one.
+fn lifecycle_model(data: &str) -> Option<Cow<'_, str>> {
+    #[derive(Deserialize)]
+    struct Lifecycle<'a> {
+        #[serde(borrow, default)]
+        response: Option<ModelOnly<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct ModelOnly<'a> {
+        #[serde(borrow, default)]
+        model: Option<Cow<'a, str>>,
+    }
+    serde_json::from_str::<Lifecycle<'_>>(data)
+        .ok()?
+        .response?
+        .model
+        .filter(|m| !m.is_empty())
 }
 
 fn non_empty<'a>(s: &'a Option<Cow<'_, str>>) -> Option<&'a str> {
@@ -679,6 +714,14 @@ struct ChatRenderer {
 impl ChatRenderer {
     fn render(&mut self, signal: Signal<'_>, out: &mut Vec<u8>) {
         match signal {
+            Signal::Model(model) => {
+                // The model is part of every chunk: it can change only before the first one.
+                if !self.started {
+                    self.frame =
+                        ChunkFrame::new("chat.completion.chunk", &self.id, self.created, model);
+                    self.model = model.to_string();
+                }
+            }
             Signal::Started => self.ensure_started(out),
             Signal::Text(text) => {
                 self.close_think(out);
@@ -1115,7 +1158,8 @@ mod tests {
     #[test]
     fn text_stream_exact_chunks() {
         let (_, out) = translate(TEXT, ReasoningOutputMode::OpenAi, true, usize::MAX);
-        let head = r#"data: {"id":"chatcmpl-test","object":"chat.completion.chunk","created":1700000000,"model":"gpt-5","choices":"#;
+        // The model is the one the upstream reported in `response.created`, not the name sent.
+        let head = r#"data: {"id":"chatcmpl-test","object":"chat.completion.chunk","created":1700000000,"model":"gpt-5-2025-08-07","choices":"#;
         let expected = [
             r#"[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}"#,
             r#"[{"index":0,"delta":{"content":"Hello"},"logprobs":null,"finish_reason":null}]}"#,
@@ -1133,6 +1177,42 @@ mod tests {
         }
         want.push_str("data: [DONE]\n\n");
         assert_eq!(String::from_utf8(out).unwrap(), want);
+    }
+
+    #[test]
+    fn the_model_is_the_upstream_one_else_the_one_sent() {
+        let first_model = |fixture: &str| -> (String, String) {
+            let (stream, out) = translate(fixture, ReasoningOutputMode::OpenAi, false, 3);
+            let first: Value = serde_json::from_str(&sse_data(&out, usize::MAX)[0]).unwrap();
+            let body = stream.final_completion();
+            (
+                first["model"].as_str().unwrap().to_string(),
+                body["model"].as_str().unwrap().to_string(),
+            )
+        };
+        let reported = (
+            "gpt-5-2025-08-07".to_string(),
+            "gpt-5-2025-08-07".to_string(),
+        );
+        assert_eq!(first_model(TEXT), reported);
+        // Without `response.created`, `response.completed` names it for the body only if no
+        // chunk went out yet: streams keep one model throughout.
+        let no_created: String = TEXT
+            .split("\n\n")
+            .filter(|e| !e.contains("response.created") && !e.contains("response.in_progress"))
+            .map(|e| format!("{e}\n\n"))
+            .collect();
+        assert_eq!(
+            first_model(&no_created),
+            ("gpt-5".to_string(), "gpt-5".to_string())
+        );
+        // No model anywhere: the model sent upstream.
+        let anonymous = TEXT.replace(r#""model":"gpt-5-2025-08-07","#, "");
+        assert!(!anonymous.contains("gpt-5-2025"));
+        assert_eq!(
+            first_model(&anonymous),
+            ("gpt-5".to_string(), "gpt-5".to_string())
+        );
     }
 
     #[test]

@@ -3,9 +3,16 @@
 //!
 //! The event interpretation is the chat route's [`UpstreamInterpreter`]; only the rendering
 //! differs. Decisions:
-//! - `prompt` is a string or an array of exactly one string; several prompts, token arrays,
-//!   `suffix`, `echo: true`, `best_of` > 1, `logprobs`, `n` > 1 and non-empty `stop` are 400s
-//!   (the Responses API has no equivalent, and silently ignoring them changes the answer).
+//! - `prompt` is a string or an array of 1 to [`MAX_PROMPTS`] strings. As on the OpenAI API,
+//!   each prompt gets its own choice, `index` 0..n in prompt order: one upstream request per
+//!   prompt ([`completion_to_responses`] gives one plan each), and one [`CompletionStream`]
+//!   renders them all in prompt order — every chunk of prompt 0 (ending with its finish
+//!   chunk), then prompt 1's, … — with one usage chunk (the sum) and one `[DONE]` at the end.
+//!   A failed prompt ends the whole stream with the error chunk. An empty array, more than
+//!   [`MAX_PROMPTS`] prompts and token arrays (integers: the Responses API takes text) are
+//!   400s, as are `suffix`, `echo: true`, `best_of` > 1, `logprobs`, `n` > 1 and non-empty
+//!   `stop` (the Responses API has no equivalent, and silently ignoring them changes the
+//!   answer).
 //! - `max_tokens` is passed only when given: the legacy default of 16 would starve a reasoning
 //!   model.
 //! - Reasoning is requested as on the chat route (the model needs it) but never shown;
@@ -24,46 +31,78 @@ use super::chat_stream::{
 };
 use super::{ClientMeta, ConvertContext, ResponsesPlan, WrapperError};
 
-/// Converts a legacy Completions request body into the upstream Responses request.
+/// The most prompts one request may carry: each becomes an upstream request, so one client
+/// request cannot fan out without limit.
+pub const MAX_PROMPTS: usize = 16;
+
+/// Converts a legacy Completions request body into the upstream Responses requests: one
+/// plan per prompt, in prompt order (choice `index` = position in the list).
 pub fn completion_to_responses(
     body: &Value,
     ctx: &ConvertContext,
-) -> Result<ResponsesPlan, WrapperError> {
+) -> Result<Vec<ResponsesPlan>, WrapperError> {
     let body = body
         .as_object()
         .ok_or_else(|| WrapperError::invalid("body", "the request body must be a JSON object"))?;
-    let prompt = single_prompt(present(body, "prompt"))?;
+    let prompts = prompts(present(body, "prompt"))?;
     reject_unsupported(body)?;
-    let input = vec![json!({
-        "type": "message",
-        "role": "user",
-        "content": [{"type": "input_text", "text": prompt}],
-    })];
-    let (upstream, client) = base_request(body, ctx, input)?;
-    Ok(ResponsesPlan {
-        upstream_body: Value::Object(upstream),
-        client,
-    })
+    prompts
+        .into_iter()
+        .map(|prompt| {
+            let input = vec![json!({
+                "type": "message",
+                "role": "user",
+                "content": [{"type": "input_text", "text": prompt}],
+            })];
+            let (upstream, client) = base_request(body, ctx, input)?;
+            Ok(ResponsesPlan {
+                upstream_body: Value::Object(upstream),
+                client,
+            })
+        })
+        .collect()
 }
 
-fn single_prompt(prompt: Option<&Value>) -> Result<&str, WrapperError> {
+/// The prompts of a request: a string, or an array of 1 to [`MAX_PROMPTS`] strings.
+fn prompts(prompt: Option<&Value>) -> Result<Vec<&str>, WrapperError> {
+    const TOKENS: &str = "token prompts (arrays of integers) are not supported: the Responses API takes text; send the prompt as a string";
     match prompt {
-        Some(Value::String(s)) => Ok(s),
-        Some(Value::Array(items)) => match items.as_slice() {
-            [Value::String(s)] => Ok(s),
-            [_] | [] => Err(WrapperError::invalid(
-                "prompt",
-                "`prompt` must be a string or an array of one string (token arrays are not supported)",
-            )),
-            _ => Err(WrapperError::invalid(
-                "prompt",
-                "only one prompt per request is supported",
-            )),
-        },
+        Some(Value::String(s)) => Ok(vec![s]),
+        Some(Value::Array(items)) => {
+            if items.is_empty() {
+                return Err(WrapperError::invalid(
+                    "prompt",
+                    "`prompt` must not be an empty array",
+                ));
+            }
+            if items.len() > MAX_PROMPTS {
+                return Err(WrapperError::invalid(
+                    "prompt",
+                    format!(
+                        "`prompt` holds {} prompts; at most {MAX_PROMPTS} are allowed per request",
+                        items.len()
+                    ),
+                ));
+            }
+            items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| match item {
+                    Value::String(s) => Ok(s.as_str()),
+                    Value::Number(_) | Value::Array(_) => {
+                        Err(WrapperError::invalid(format!("prompt[{i}]"), TOKENS))
+                    }
+                    _ => Err(WrapperError::invalid(
+                        format!("prompt[{i}]"),
+                        "each prompt must be a string",
+                    )),
+                })
+                .collect()
+        }
         None => Err(WrapperError::invalid("prompt", "`prompt` is required")),
         Some(_) => Err(WrapperError::invalid(
             "prompt",
-            "`prompt` must be a string or an array of one string",
+            "`prompt` must be a string or an array of strings",
         )),
     }
 }
@@ -107,20 +146,44 @@ fn completion_reason(reason: FinishReason) -> &'static str {
     }
 }
 
+/// Renders one prompt's signals as `text_completion` chunks with that prompt's `index`.
+/// The usage chunk and `[DONE]` belong to the whole request ([`CompletionStream`]).
 struct TextRenderer {
     frame: ChunkFrame,
-    include_usage: bool,
+    index: u32,
     id: String,
     created: u64,
     model: String,
+    /// A chunk was written: the model can no longer change.
+    wrote_chunk: bool,
     text: String,
     finish: Option<FinishReason>,
     usage: Option<Usage>,
 }
 
 impl TextRenderer {
+    fn new(meta: &ClientMeta, index: u32, created: u64, id: &str) -> Self {
+        TextRenderer {
+            frame: ChunkFrame::new("text_completion", id, created, &meta.model),
+            index,
+            id: id.to_string(),
+            created,
+            model: meta.model.clone(),
+            wrote_chunk: false,
+            text: String::new(),
+            finish: None,
+            usage: None,
+        }
+    }
+
     fn render(&mut self, signal: Signal<'_>, out: &mut Vec<u8>) {
         match signal {
+            Signal::Model(model) => {
+                if !self.wrote_chunk {
+                    self.frame = ChunkFrame::new("text_completion", &self.id, self.created, model);
+                    self.model = model.to_string();
+                }
+            }
             Signal::Text(text) | Signal::Refusal(text) => {
                 self.text.push_str(text);
                 self.write(text, None, out);
@@ -129,10 +192,6 @@ impl TextRenderer {
                 self.finish = Some(reason);
                 self.usage = usage;
                 self.write("", Some(completion_reason(reason)), out);
-                if self.include_usage {
-                    self.frame.write_usage(out, usage.unwrap_or_default());
-                }
-                crate::sse::write_done(out);
             }
             Signal::Failed { message, code } => write_failure(out, message, code),
             Signal::Started
@@ -142,79 +201,148 @@ impl TextRenderer {
         }
     }
 
-    fn write(&self, text: &str, finish_reason: Option<&'static str>, out: &mut Vec<u8>) {
+    fn write(&mut self, text: &str, finish_reason: Option<&'static str>, out: &mut Vec<u8>) {
         let choice = TextChoice {
-            index: 0,
+            index: self.index,
             text,
             logprobs: None,
             finish_reason,
         };
         self.frame.write_choice(out, &choice);
+        self.wrote_chunk = true;
     }
 
-    fn final_completion(&self) -> Value {
+    fn choice(&self) -> Value {
         json!({
-            "id": self.id,
-            "object": "text_completion",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{
-                "index": 0,
-                "text": self.text,
-                "logprobs": null,
-                "finish_reason": completion_reason(self.finish.unwrap_or(FinishReason::Stop)),
-            }],
-            "usage": self.usage.unwrap_or_default().to_json(),
+            "index": self.index,
+            "text": self.text,
+            "logprobs": null,
+            "finish_reason": completion_reason(self.finish.unwrap_or(FinishReason::Stop)),
         })
     }
 }
 
-/// Translates one upstream Responses stream for one legacy Completions client.
-pub struct CompletionStream {
+/// One prompt's upstream stream and its rendering.
+struct PromptPart {
     interpreter: UpstreamInterpreter,
     renderer: TextRenderer,
 }
 
+/// Translates the upstream Responses streams of one legacy Completions request (one per
+/// prompt, fed one after the other in prompt order) for its client.
+pub struct CompletionStream {
+    parts: Vec<PromptPart>,
+    /// The part whose upstream events arrive now.
+    current: usize,
+    include_usage: bool,
+    outcome: StreamOutcome,
+}
+
 impl CompletionStream {
-    /// `id` is the `cmpl-…` id every chunk carries; `created` is Unix seconds.
+    /// One prompt. `id` is the `cmpl-…` id every chunk carries; `created` is Unix seconds.
     pub fn new(meta: &ClientMeta, created: u64, id: &str) -> Self {
+        Self::for_prompts(meta, 1, created, id)
+    }
+
+    /// `prompts` prompts (at least one), whose upstream streams are fed in prompt order:
+    /// [`Self::push_event`] for the current prompt's events, [`Self::finish`] when its
+    /// upstream body ended, which moves on to the next prompt.
+    pub fn for_prompts(meta: &ClientMeta, prompts: usize, created: u64, id: &str) -> Self {
+        let parts = (0..prompts.max(1))
+            .map(|index| PromptPart {
+                interpreter: UpstreamInterpreter::new(),
+                renderer: TextRenderer::new(meta, index as u32, created, id),
+            })
+            .collect();
         CompletionStream {
-            interpreter: UpstreamInterpreter::new(),
-            renderer: TextRenderer {
-                frame: ChunkFrame::new("text_completion", id, created, &meta.model),
-                include_usage: meta.include_usage,
-                id: id.to_string(),
-                created,
-                model: meta.model.clone(),
-                text: String::new(),
-                finish: None,
-                usage: None,
-            },
+            parts,
+            current: 0,
+            include_usage: meta.include_usage,
+            outcome: StreamOutcome::InProgress,
         }
     }
 
-    /// Feeds one upstream event's `data`; appends SSE bytes to `out`. See
-    /// [`super::chat_stream::ChatStream::push_event`].
+    /// Feeds one upstream event's `data` of the current prompt; appends SSE bytes to `out`.
+    /// See [`super::chat_stream::ChatStream::push_event`].
     pub fn push_event(&mut self, data: &str, out: &mut Vec<u8>) -> Result<(), WrapperError> {
-        let renderer = &mut self.renderer;
-        self.interpreter
-            .interpret(data, &mut |signal| renderer.render(signal, out))
+        if self.outcome != StreamOutcome::InProgress {
+            return Ok(());
+        }
+        let part = &mut self.parts[self.current];
+        let renderer = &mut part.renderer;
+        let result = part
+            .interpreter
+            .interpret(data, &mut |signal| renderer.render(signal, out));
+        self.after_part_signal(out);
+        result
     }
 
-    /// The upstream body ended. Writes the error chunk if no terminal event came.
+    /// The current prompt's upstream body ended: writes the error chunk if no terminal event
+    /// came, else moves on to the next prompt.
     pub fn finish(&mut self, out: &mut Vec<u8>) {
-        let renderer = &mut self.renderer;
-        self.interpreter
+        if self.outcome != StreamOutcome::InProgress {
+            return;
+        }
+        let part = &mut self.parts[self.current];
+        let renderer = &mut part.renderer;
+        part.interpreter
             .finish(&mut |signal| renderer.render(signal, out));
+        self.after_part_signal(out);
+        if self.outcome == StreamOutcome::InProgress
+            && *self.parts[self.current].interpreter.outcome() == StreamOutcome::Completed
+        {
+            self.current += 1;
+        }
     }
 
+    /// Ends the request after a failed prompt, or after the last prompt completed (the
+    /// usage chunk, the sum over the prompts, and `[DONE]`).
+    fn after_part_signal(&mut self, out: &mut Vec<u8>) {
+        match self.parts[self.current].interpreter.outcome() {
+            StreamOutcome::InProgress => {}
+            failed @ StreamOutcome::Failed { .. } => self.outcome = failed.clone(),
+            StreamOutcome::Completed => {
+                if self.current + 1 == self.parts.len() {
+                    if self.include_usage {
+                        let last = &self.parts[self.current].renderer;
+                        last.frame.write_usage(out, self.usage());
+                    }
+                    crate::sse::write_done(out);
+                    self.outcome = StreamOutcome::Completed;
+                }
+            }
+        }
+    }
+
+    /// The token counts of every prompt, summed.
+    fn usage(&self) -> Usage {
+        self.parts
+            .iter()
+            .filter_map(|p| p.renderer.usage)
+            .fold(Usage::default(), |sum, u| Usage {
+                prompt_tokens: sum.prompt_tokens + u.prompt_tokens,
+                completion_tokens: sum.completion_tokens + u.completion_tokens,
+                cached_tokens: sum.cached_tokens + u.cached_tokens,
+                reasoning_tokens: sum.reasoning_tokens + u.reasoning_tokens,
+            })
+    }
+
+    /// `Completed` once every prompt completed; `Failed` as soon as one failed.
     pub fn outcome(&self) -> &StreamOutcome {
-        self.interpreter.outcome()
+        &self.outcome
     }
 
-    /// The complete `text_completion` body for non-streaming clients.
+    /// The complete `text_completion` body for non-streaming clients: one choice per prompt.
     pub fn final_completion(&self) -> Value {
-        self.renderer.final_completion()
+        let first = &self.parts[0].renderer;
+        json!({
+            "id": first.id,
+            "object": "text_completion",
+            "created": first.created,
+            "model": first.model,
+            "choices": self.parts.iter().map(|p| p.renderer.choice()).collect::<Vec<_>>(),
+            "usage": self.usage().to_json(),
+        })
     }
 }
 
@@ -226,6 +354,13 @@ mod tests {
     use openai_conformance::chat::{check_completion, check_completions_stream};
 
     fn convert(body: Value) -> Result<ResponsesPlan, WrapperError> {
+        convert_all(body).map(|mut plans| {
+            assert_eq!(plans.len(), 1);
+            plans.remove(0)
+        })
+    }
+
+    fn convert_all(body: Value) -> Result<Vec<ResponsesPlan>, WrapperError> {
         let settings = WrapperSettings::default();
         let ctx = ConvertContext {
             settings: &settings,
@@ -280,9 +415,13 @@ mod tests {
     fn unsupported_completion_fields_are_400() {
         let cases = [
             (json!({}), "prompt"),
-            (json!({"prompt": ["a", "b"]}), "prompt"),
-            (json!({"prompt": [[1, 2, 3]]}), "prompt"),
+            (json!({"prompt": [[1, 2, 3]]}), "prompt[0]"),
+            (json!({"prompt": [1, 2, 3]}), "prompt[0]"),
+            (json!({"prompt": ["a", [1, 2]]}), "prompt[1]"),
+            (json!({"prompt": ["a", null]}), "prompt[1]"),
             (json!({"prompt": []}), "prompt"),
+            (json!({"prompt": vec!["a"; MAX_PROMPTS + 1]}), "prompt"),
+            (json!({"prompt": ["a", "b"], "n": 2}), "n"),
             (json!({"prompt": 5}), "prompt"),
             (json!({"prompt": "x", "suffix": "y"}), "suffix"),
             (json!({"prompt": "x", "echo": true}), "echo"),
@@ -294,7 +433,7 @@ mod tests {
             (json!("x"), "body"),
         ];
         for (body, param) in cases {
-            let err = convert(body.clone()).unwrap_err();
+            let err = convert_all(body.clone()).unwrap_err();
             assert_eq!(
                 (err.status, err.param.as_deref()),
                 (400, Some(param)),
@@ -335,7 +474,8 @@ mod tests {
     #[test]
     fn text_stream_exact_chunks_and_body() {
         let (stream, out) = translate(REASONING, true, usize::MAX);
-        let head = r#"data: {"id":"cmpl-test","object":"text_completion","created":1700000000,"model":"gpt-5","choices":"#;
+        // The model is the one the upstream reported (`response.model`), as on the OpenAI API.
+        let head = r#"data: {"id":"cmpl-test","object":"text_completion","created":1700000000,"model":"gpt-5-2025-08-07","choices":"#;
         let tails = [
             r#"[{"index":0,"text":"The answer","logprobs":null,"finish_reason":null}]}"#,
             r#"[{"index":0,"text":" is 4.","logprobs":null,"finish_reason":null}]}"#,
@@ -346,6 +486,7 @@ mod tests {
         want.push_str("data: [DONE]\n\n");
         assert_eq!(String::from_utf8(out).unwrap(), want);
         let body = stream.final_completion();
+        assert_eq!(body["model"], "gpt-5-2025-08-07");
         assert_eq!(body["choices"][0]["text"], "The answer is 4.");
         assert_eq!(body["usage"]["total_tokens"], 68);
     }
@@ -369,6 +510,113 @@ mod tests {
         let (stream, out) = translate(FAILED, false, usize::MAX);
         let events = sse_data(&out, usize::MAX);
         assert!(events[events.len() - 2].starts_with(r#"{"error":"#));
+        assert_eq!(stream.outcome().error().unwrap().status, 502);
+    }
+
+    #[test]
+    fn several_prompts_become_one_plan_each_in_order() {
+        let plans = convert_all(
+            json!({"model": "gpt-5_high", "prompt": ["one", "two", "three"],
+            "stream": true}),
+        )
+        .unwrap();
+        assert_eq!(plans.len(), 3);
+        for (plan, prompt) in plans.iter().zip(["one", "two", "three"]) {
+            assert_eq!(plan.upstream_body["input"][0]["content"][0]["text"], prompt);
+            assert_eq!(plan.upstream_body["model"], "gpt-5");
+            assert_eq!(plan.upstream_body["reasoning"]["effort"], "high");
+            assert_eq!(plan.client.model, "gpt-5");
+            assert!(plan.client.stream);
+        }
+        assert_eq!(
+            convert_all(json!({"prompt": vec!["a"; MAX_PROMPTS]}))
+                .unwrap()
+                .len(),
+            MAX_PROMPTS
+        );
+    }
+
+    /// Feeds `fixtures` one after the other as the upstream streams of one request.
+    fn translate_prompts(fixtures: &[&str], include_usage: bool) -> (CompletionStream, Vec<u8>) {
+        let meta = ClientMeta {
+            stream: true,
+            include_usage,
+            model: "gpt-5".into(),
+        };
+        let mut stream =
+            CompletionStream::for_prompts(&meta, fixtures.len(), 1_700_000_000, "cmpl-test");
+        let mut out = Vec::new();
+        for fixture in fixtures {
+            for data in sse_data(fixture.as_bytes(), usize::MAX) {
+                let _ = stream.push_event(&data, &mut out);
+            }
+            stream.finish(&mut out);
+        }
+        (stream, out)
+    }
+
+    #[test]
+    fn several_prompts_stream_in_order_with_summed_usage() {
+        let (stream, out) = translate_prompts(&[TEXT, REASONING, TEXT], true);
+        let events = sse_data(&out, usize::MAX);
+        check_completions_stream(&events).unwrap();
+        let chunks: Vec<Value> = events[..events.len() - 1]
+            .iter()
+            .map(|e| serde_json::from_str(e).unwrap())
+            .collect();
+        let indices: Vec<u64> = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["index"].as_u64())
+            .collect();
+        assert!(indices.windows(2).all(|w| w[0] <= w[1]), "{indices:?}");
+        assert_eq!(indices.first(), Some(&0));
+        assert_eq!(indices.last(), Some(&2));
+        let finishes = chunks
+            .iter()
+            .filter(|c| c["choices"][0]["finish_reason"].is_string())
+            .count();
+        assert_eq!(finishes, 3);
+        assert_eq!(events.iter().filter(|e| *e == "[DONE]").count(), 1);
+        assert_eq!(events.last().unwrap(), "[DONE]");
+        let usage_chunks: Vec<&Value> = chunks.iter().filter(|c| c["usage"].is_object()).collect();
+        assert_eq!(usage_chunks.len(), 1);
+        let (_, one_text) = translate(TEXT, true, usize::MAX);
+        let (_, one_reasoning) = translate(REASONING, true, usize::MAX);
+        let usage_of = |out: &[u8]| -> u64 {
+            let events = sse_data(out, usize::MAX);
+            let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
+            usage["usage"]["total_tokens"].as_u64().unwrap()
+        };
+        let sum = 2 * usage_of(&one_text) + usage_of(&one_reasoning);
+        assert_eq!(usage_chunks[0]["usage"]["total_tokens"], sum);
+        assert_eq!(*stream.outcome(), StreamOutcome::Completed);
+        let body = stream.final_completion();
+        check_completion(&body).unwrap();
+        let choices = body["choices"].as_array().unwrap();
+        assert_eq!(choices.len(), 3);
+        for (i, choice) in choices.iter().enumerate() {
+            assert_eq!(choice["index"], i);
+        }
+        assert_eq!(choices[1]["text"], "The answer is 4.");
+        assert_eq!(body["usage"]["total_tokens"], sum);
+        let (_, without_usage) = translate_prompts(&[TEXT, TEXT], false);
+        let events = sse_data(&without_usage, usize::MAX);
+        check_completions_stream(&events).unwrap();
+        assert!(!events.iter().any(|e| e.contains("\"usage\"")));
+    }
+
+    #[test]
+    fn a_failed_prompt_ends_the_whole_request() {
+        let (stream, out) = translate_prompts(&[TEXT, FAILED, TEXT], true);
+        let events = sse_data(&out, usize::MAX);
+        assert_eq!(events.last().unwrap(), "[DONE]");
+        assert!(events[events.len() - 2].starts_with(r#"{"error":"#));
+        assert_eq!(events.iter().filter(|e| *e == "[DONE]").count(), 1);
+        assert!(!events.iter().any(|e| e.contains(r#""index":2"#)));
+        assert_eq!(stream.outcome().error().unwrap().status, 502);
+        // An upstream that ends without a terminal event fails the request too.
+        let cut = &TEXT[..TEXT.find("response.completed").unwrap()];
+        let (stream, _) = translate_prompts(&[cut, TEXT], false);
         assert_eq!(stream.outcome().error().unwrap().status, 502);
     }
 }

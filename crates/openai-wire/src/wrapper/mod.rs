@@ -103,8 +103,9 @@ pub struct ClientMeta {
     pub stream: bool,
     /// `stream_options.include_usage`.
     pub include_usage: bool,
-    /// The model name echoed back in every chunk/body: the name the client sent (or the
-    /// default model when it sent none), not the resolved upstream name.
+    /// The model name reported in every chunk/body until the upstream names the model it
+    /// used (`response.model`, which then wins, as on the OpenAI API): the model sent
+    /// upstream, after aliases, effort suffixes and `DEBUG_MODEL` (`gpt-5-high` → `gpt-5`).
     pub model: String,
 }
 

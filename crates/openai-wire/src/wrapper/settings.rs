@@ -1,5 +1,5 @@
 //! Wrapper settings: reasoning effort/summary, the reasoning output mode, model naming
-//! (aliases, `-high`-style effort suffixes, the `DEBUG_MODEL` override) and the model list
+//! (aliases, `-high`/`_high`-style effort suffixes, the `DEBUG_MODEL` override) and the model list
 //! served on `/v1/models`.
 //!
 //! Everything here is parsed from plain strings so that the caller decides where they come
@@ -287,11 +287,12 @@ pub struct ResolvedModel {
     pub effort_from_name: Option<ReasoningEffort>,
 }
 
-/// Splits a `-minimal`/`-low`/`-medium`/`-high` suffix off a model name.
+/// Splits a `-minimal`/`-low`/`-medium`/`-high` suffix off a model name; the TypeScript
+/// wrapper's clients also write it with an underscore (`gpt-5_high`), which counts the same.
 fn split_effort_suffix(name: &str) -> (&str, Option<ReasoningEffort>) {
     for (suffix, effort) in ReasoningEffort::CHOICES {
         if let Some(base) = name.strip_suffix(suffix) {
-            if let Some(base) = base.strip_suffix('-').filter(|b| !b.is_empty()) {
+            if let Some(base) = base.strip_suffix(['-', '_']).filter(|b| !b.is_empty()) {
                 return (base, Some(effort));
             }
         }
@@ -418,6 +419,29 @@ mod tests {
         assert_eq!(codex.upstream, "gpt-5-codex");
         assert_eq!(codex.effort_from_name, Some(ReasoningEffort::Minimal));
         assert_eq!(r("-high").upstream, "-high");
+        for (name, base, effort) in [
+            ("gpt-5_minimal", "gpt-5", ReasoningEffort::Minimal),
+            ("gpt-5_low", "gpt-5", ReasoningEffort::Low),
+            ("gpt-5_medium", "gpt-5", ReasoningEffort::Medium),
+            ("gpt-5_high", "gpt-5", ReasoningEffort::High),
+            ("gpt5_high", "gpt-5", ReasoningEffort::High),
+            ("gpt-5-codex_medium", "gpt-5-codex", ReasoningEffort::Medium),
+            (
+                "codex-mini_minimal",
+                "codex-mini-latest",
+                ReasoningEffort::Minimal,
+            ),
+        ] {
+            let resolved = r(name);
+            assert_eq!(resolved.upstream, base, "{name}");
+            assert_eq!(resolved.effort_from_name, Some(effort), "{name}");
+        }
+        assert_eq!(r("_high").upstream, "_high");
+        assert_eq!(r("gpt-5_mini").effort_from_name, None);
+        assert_eq!(r("gpt-5high").effort_from_name, None);
+        let forced = resolve_model("gpt-5", Some("gpt-5-codex_high"));
+        assert_eq!(forced.upstream, "gpt-5-codex");
+        assert_eq!(forced.effort_from_name, Some(ReasoningEffort::High));
         assert_eq!(r("gpt-5-mini").effort_from_name, None);
         let forced = resolve_model("gpt-5-high", Some("codex"));
         assert_eq!(forced.upstream, "codex-mini-latest");
