@@ -524,3 +524,60 @@ async fn every_response_a_client_saw_end_is_recorded_even_if_the_worker_is_kille
         assert!(lines.iter().all(|l| l["input_tokens"] == 149000));
     }
 }
+
+/// The wrapper routes answer in another wire format than the upstream's: a client that does not
+/// ask for usage in its stream (no `stream_options.include_usage`, the default of Chat
+/// Completions; legacy Completions streams never carry it) still has the upstream's tokens
+/// recorded and counted against its limit — the tokens are read from the upstream's stream,
+/// not from what the client chose to receive.
+#[tokio::test(flavor = "multi_thread")]
+async fn wrapper_streams_without_usage_are_still_counted() {
+    let body = std::fs::read_to_string(format!(
+        "{}/tests/fixtures/responses-streams/text.sse",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let upstream = MockUpstream::start(move |_| Reply::sse(&body)).await;
+    let (proxy, _dir, state) = start_with_state(
+        &upstream.url("/v1/responses"),
+        &["--wrapper-routes", "--tokens-per-day", "30"],
+    );
+    let client = reqwest::Client::new();
+    let requests = [
+        (
+            "/v1/chat/completions",
+            serde_json::json!({"model": "gpt-5", "stream": true,
+                "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        (
+            "/v1/completions",
+            serde_json::json!({"model": "gpt-5", "stream": true, "prompt": "hi"}),
+        ),
+    ];
+    for (n, (path, body)) in requests.iter().enumerate() {
+        let response = client
+            .post(proxy.url(path))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{path}");
+        let text = response.text().await.unwrap();
+        assert!(!text.contains("\"usage\""), "{path} sent no usage: {text}");
+        let records = wait_for_records(&state, n + 1);
+        let record = &records[n];
+        assert!(
+            record.to_string().contains("\"input_tokens\":12"),
+            "{path}: the upstream's tokens are recorded: {record}"
+        );
+    }
+    // Two responses of the fixture's size are past the 30-token day: the next is refused.
+    let (path, body) = &requests[0];
+    let response = client
+        .post(proxy.url(path))
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+}

@@ -16,7 +16,7 @@ pub(crate) mod tap;
 
 pub(crate) use limits::{LimitState, Limits, RetryAfter};
 pub(crate) use store::{UsageRecord, UsageStore};
-pub(crate) use tap::{TokenUsage, UsageTap};
+pub(crate) use tap::{TokenUsage, UpstreamUsage, UsageTap};
 
 /// Seconds since the Unix epoch, now.
 pub(crate) fn unix_now() -> u64 {

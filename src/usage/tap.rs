@@ -56,6 +56,44 @@ impl TokenUsage {
     }
 }
 
+impl TokenUsage {
+    /// The usage of several responses answering one request (the legacy Completions route
+    /// sends one upstream request per prompt): counts added, the first model named.
+    pub(crate) fn sum(all: impl IntoIterator<Item = TokenUsage>) -> Option<TokenUsage> {
+        all.into_iter().reduce(|mut total, usage| {
+            total.input_tokens = total.input_tokens.saturating_add(usage.input_tokens);
+            total.output_tokens = total.output_tokens.saturating_add(usage.output_tokens);
+            total.cached_tokens = total.cached_tokens.saturating_add(usage.cached_tokens);
+            total.reasoning_tokens = total
+                .reasoning_tokens
+                .saturating_add(usage.reasoning_tokens);
+            total.model = total.model.or(usage.model);
+            total
+        })
+    }
+}
+
+/// The usage a route read from the upstream's own stream, for the response body to record in
+/// place of what its tap saw: a route that converts the stream (wrapper, bridge) answers in
+/// another format, whose usage the client may have chosen not to receive (a Chat
+/// Completions stream without `stream_options.include_usage`), so what passes to the client
+/// is no measure of what the key spent. Set by the route once the upstream is read; taken
+/// once by the body when it records.
+#[derive(Clone, Default)]
+pub(crate) struct UpstreamUsage(std::sync::Arc<std::sync::Mutex<Option<TokenUsage>>>);
+
+impl UpstreamUsage {
+    pub(crate) fn set(&self, usage: Option<TokenUsage>) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = usage;
+        }
+    }
+
+    pub(crate) fn take(&self) -> Option<TokenUsage> {
+        self.0.lock().ok().and_then(|mut slot| slot.take())
+    }
+}
+
 /// Token counts from a usage object of either API (read by `openai_wire::usage`).
 fn token_usage(usage: WireUsage, model: Option<String>) -> TokenUsage {
     let counts = usage.counts();

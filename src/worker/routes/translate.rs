@@ -9,6 +9,7 @@
 //! Uses: `crate::worker::server`, `crate::worker::upstream` and bytes, futures_util,
 //! http_body_util, hyper, openai_wire, reqwest.
 
+use crate::usage::{TokenUsage, UpstreamUsage, UsageTap};
 use crate::worker::server::http::{Body, BoxError};
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -57,10 +58,26 @@ struct Translation<C> {
     next_upstreams: VecDeque<UpstreamBytes>,
     reader: SseReader,
     converter: C,
+    /// Reads the usage of the upstream response being read, from its own events.
+    tap: UsageTap,
+    /// The usage of the upstream responses read to their end.
+    read_usage: Vec<TokenUsage>,
+    /// Where the upstream's usage goes for the response's record.
+    report: UpstreamUsage,
+}
+
+impl<C> Translation<C> {
+    /// Hands the usage read so far (every upstream response's, summed) to the record.
+    fn report_usage(&mut self) {
+        let current = std::mem::take(&mut self.tap).finish();
+        self.read_usage.extend(current);
+        self.report
+            .set(TokenUsage::sum(std::mem::take(&mut self.read_usage)));
+    }
 }
 
 impl<C: StreamConverter> Translation<C> {
-    fn new(upstreams: Vec<reqwest::Response>, converter: C) -> Self {
+    fn new(upstreams: Vec<reqwest::Response>, converter: C, report: UpstreamUsage) -> Self {
         let mut next_upstreams: VecDeque<UpstreamBytes> = upstreams
             .into_iter()
             .map(|upstream| Box::pin(upstream.bytes_stream()) as UpstreamBytes)
@@ -70,6 +87,9 @@ impl<C: StreamConverter> Translation<C> {
             next_upstreams,
             reader: SseReader::default(),
             converter,
+            tap: UsageTap::new(),
+            read_usage: Vec::new(),
+            report,
         }
     }
 
@@ -81,7 +101,10 @@ impl<C: StreamConverter> Translation<C> {
             self.converter.start(&mut out);
         }
         while out.is_empty() {
-            let upstream = self.upstream.as_mut()?;
+            let Some(upstream) = self.upstream.as_mut() else {
+                self.report_usage();
+                return None;
+            };
             match upstream.next().await {
                 Some(Ok(chunk)) => {
                     self.reader.push(&chunk);
@@ -94,12 +117,15 @@ impl<C: StreamConverter> Translation<C> {
                 None => {
                     match self.reader.finish() {
                         Ok(Some(event)) => {
+                            self.tap.observe_event(event.event, event.data);
                             let _ = self.converter.push_event(event.data, &mut out);
                         }
                         Ok(None) => {}
                         Err(e) => self.converter.upstream_failed(&e.to_string(), &mut out),
                     }
                     self.converter.upstream_ended(&mut out);
+                    let usage = std::mem::take(&mut self.tap).finish();
+                    self.read_usage.extend(usage);
                     // The next upstream response, if the converter wants more.
                     self.upstream = self.next_upstreams.pop_front();
                     self.reader = SseReader::default();
@@ -118,6 +144,7 @@ impl<C: StreamConverter> Translation<C> {
         loop {
             match self.reader.next_event() {
                 Ok(Some(event)) => {
+                    self.tap.observe_event(event.event, event.data);
                     if self.converter.push_event(event.data, out) == Flow::Stop {
                         return;
                     }
@@ -144,8 +171,12 @@ pub(crate) fn describe(error: &reqwest::Error) -> String {
 
 /// A streaming client body: converted output is sent as soon as it is produced. The
 /// upstream responses are read one after the other.
-fn streaming_body<C: StreamConverter>(upstreams: Vec<reqwest::Response>, converter: C) -> Body {
-    let translation = Translation::new(upstreams, converter);
+fn streaming_body<C: StreamConverter>(
+    upstreams: Vec<reqwest::Response>,
+    converter: C,
+    report: UpstreamUsage,
+) -> Body {
+    let translation = Translation::new(upstreams, converter, report);
     let frames = futures_util::stream::unfold(translation, |mut t| async move {
         t.next_output()
             .await
@@ -169,7 +200,10 @@ pub(crate) fn streaming_response_of_all<C: StreamConverter>(
     converter: C,
 ) -> hyper::Response<Body> {
     use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
-    let mut response = hyper::Response::new(streaming_body(upstreams, converter));
+    let report = UpstreamUsage::default();
+    let mut response = hyper::Response::new(streaming_body(upstreams, converter, report.clone()));
+    // The record takes the usage from the upstream's events, not from the converted body.
+    response.extensions_mut().insert(report);
     let headers = response.headers_mut();
     headers.insert(
         CONTENT_TYPE,
@@ -190,7 +224,8 @@ pub(crate) async fn run_all_to_end<C: StreamConverter>(
     upstreams: Vec<reqwest::Response>,
     converter: C,
 ) -> C {
-    let mut translation = Translation::new(upstreams, converter);
+    // The converted body is whole and carries the usage: the response's tap reads it there.
+    let mut translation = Translation::new(upstreams, converter, UpstreamUsage::default());
     while translation.next_output().await.is_some() {}
     translation.converter
 }

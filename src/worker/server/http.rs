@@ -5,7 +5,6 @@
 //! Uses: `crate::logging`, `crate::usage`, `crate::worker::identity` and bytes, futures_util,
 //! http_body_util, hyper, itoa, openai_wire, tokio, tracing.
 
-use crate::usage::TokenUsage;
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
@@ -18,7 +17,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use crate::usage::{Accounting, UsageTap};
+use crate::usage::{Accounting, TokenUsage, UpstreamUsage, UsageTap};
 use crate::worker::identity::peer_identity::PeerIdentity;
 use crate::worker::server::fair_share::{
     FairShare, FairShareLimits, Refusal, ReservedBody, UnfinishedSlot, UserKey,
@@ -300,11 +299,23 @@ pub(crate) struct LoggedBody {
     recorded: Option<Option<TokenUsage>>,
     /// Whether the tap can read this body (a body it cannot read is not drained).
     readable: bool,
+    /// For a converted stream, the usage its route read from the upstream's own events,
+    /// recorded instead of what the tap would see.
+    upstream_usage: Option<UpstreamUsage>,
+}
+
+/// The usage to record: the upstream's as its route read it when there is one, else what
+/// the tap read in the body.
+fn usage_of(tap: UsageTap, upstream_usage: Option<&UpstreamUsage>) -> Option<TokenUsage> {
+    match upstream_usage {
+        Some(report) => report.take(),
+        None => tap.finish(),
+    }
 }
 
 impl LoggedBody {
     pub(crate) fn wrap(
-        response: Response<Body>,
+        mut response: Response<Body>,
         mut record: RequestRecord,
         accounting: Option<Arc<Accounting>>,
     ) -> Response<LoggedBody> {
@@ -316,7 +327,8 @@ impl LoggedBody {
             .headers()
             .get(header::CONTENT_ENCODING)
             .is_none_or(|e| e.as_bytes().eq_ignore_ascii_case(b"identity"));
-        let tap = if accounting.is_some() && readable {
+        let upstream_usage = response.extensions_mut().remove::<UpstreamUsage>();
+        let tap = if accounting.is_some() && readable && upstream_usage.is_none() {
             UsageTap::new()
         } else {
             UsageTap::disabled()
@@ -329,6 +341,7 @@ impl LoggedBody {
             accounting,
             recorded: None,
             readable,
+            upstream_usage,
         })
     }
 
@@ -344,7 +357,7 @@ impl LoggedBody {
         if !accounting.keeps_records() {
             return;
         }
-        let usage = std::mem::take(&mut self.tap).finish();
+        let usage = usage_of(std::mem::take(&mut self.tap), self.upstream_usage.as_ref());
         let r = &self.record;
         accounting.finish(
             r.identity.uid,
@@ -441,7 +454,14 @@ impl Drop for LoggedBody {
             if (200..300).contains(&record.status) && accounting.keeps_records() {
                 if let Ok(runtime) = tokio::runtime::Handle::try_current() {
                     let inner = std::mem::replace(&mut self.inner, full(Bytes::new()));
-                    runtime.spawn(drain_for_usage(inner, tap, accounting.clone(), record));
+                    let upstream_usage = self.upstream_usage.take();
+                    runtime.spawn(drain_for_usage(
+                        inner,
+                        tap,
+                        upstream_usage,
+                        accounting.clone(),
+                        record,
+                    ));
                     return;
                 }
             }
@@ -459,8 +479,9 @@ impl Drop for LoggedBody {
         // accounting for it and formatting the line wait until this thread's event loop is
         // done with the response (on a thread that stays busy, at most 50 ms or 64 requests
         // later), and then run on the worker's after-response thread (see `logging::defer`).
+        let upstream_usage = self.upstream_usage.take();
         crate::logging::defer(move || {
-            let usage = tap.finish();
+            let usage = usage_of(tap, upstream_usage.as_ref());
             if let Some(accounting) = &accounting {
                 accounting.finish(
                     record.identity.uid,
@@ -482,6 +503,7 @@ impl Drop for LoggedBody {
 async fn drain_for_usage(
     mut inner: Body,
     mut tap: UsageTap,
+    upstream_usage: Option<UpstreamUsage>,
     accounting: Arc<Accounting>,
     record: RequestRecord,
 ) {
@@ -499,7 +521,7 @@ async fn drain_for_usage(
     };
     let _ = tokio::time::timeout(DRAIN_TIME_LIMIT, reading).await;
     drop(inner);
-    let usage = tap.finish();
+    let usage = usage_of(tap, upstream_usage.as_ref());
     accounting.finish(
         record.identity.uid,
         record.identity.user.as_deref(),
