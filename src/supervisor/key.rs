@@ -8,6 +8,10 @@
 //! must match `^[A-Za-z0-9_-]+$`. The stack buffer is zeroized whatever happens. No error message
 //! ever contains the bytes that were read.
 //!
+//! With `--github-oidc`, standard input holds the GitHub OIDC request token instead; it is read
+//! the same way into a 4096-byte buffer (JWT characters allowed) and kept in the same kind of
+//! page ([`load_github_request_token`]).
+//!
 //! Uses: `crate::contract` and memchr, secrecy, zeroize.
 
 use std::fmt;
