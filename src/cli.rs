@@ -16,6 +16,9 @@ pub const DEFAULT_STATE_DIRECTORY: &str = "/var/lib/codex-responses-api-proxy";
 
 pub(crate) const DEFAULT_UPSTREAM_URL: &str = "https://api.openai.com/v1/responses";
 
+/// OpenAI's workload identity federation token exchange endpoint.
+pub(crate) const DEFAULT_OIDC_TOKEN_URL: &str = "https://auth.openai.com/oauth/token";
+
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "codex-responses-api-proxy",
@@ -302,6 +305,70 @@ pub struct Cli {
         help_heading = "Upstream authentication"
     )]
     pub token_refresh_days: u64,
+
+    /// Authenticate to the OpenAI API using GitHub Actions workload identity. In this mode
+    /// standard input supplies the GitHub OIDC request token (ACTIONS_ID_TOKEN_REQUEST_TOKEN),
+    /// not an API key; it is exchanged for short-lived OpenAI access tokens.
+    #[arg(
+        long,
+        env = "CODEX_PROXY_GITHUB_OIDC",
+        requires_all = ["oidc_audience", "identity_provider_id", "service_account_id", "github_oidc_request_url"],
+        help_heading = "Workload identity"
+    )]
+    pub github_oidc: bool,
+
+    /// Audience configured on the OpenAI workload identity provider.
+    #[arg(
+        long,
+        env = "CODEX_PROXY_OIDC_AUDIENCE",
+        value_name = "AUDIENCE",
+        requires = "github_oidc",
+        help_heading = "Workload identity"
+    )]
+    pub oidc_audience: Option<String>,
+
+    /// OpenAI workload identity provider ID.
+    #[arg(
+        long,
+        env = "CODEX_PROXY_IDENTITY_PROVIDER_ID",
+        value_name = "ID",
+        requires = "github_oidc",
+        help_heading = "Workload identity"
+    )]
+    pub identity_provider_id: Option<String>,
+
+    /// OpenAI service account ID selected by the provider mapping.
+    #[arg(
+        long,
+        env = "CODEX_PROXY_SERVICE_ACCOUNT_ID",
+        value_name = "ID",
+        requires = "github_oidc",
+        help_heading = "Workload identity"
+    )]
+    pub service_account_id: Option<String>,
+
+    /// HTTPS token-request URL from GitHub's runner-provided ACTIONS_ID_TOKEN_REQUEST_URL. Use
+    /// the value directly from the trusted runner environment, never from a workflow input or
+    /// repository content: the proxy sends the GitHub request token to this URL.
+    #[arg(
+        long,
+        env = "CODEX_PROXY_GITHUB_OIDC_REQUEST_URL",
+        value_name = "URL",
+        requires = "github_oidc",
+        help_heading = "Workload identity"
+    )]
+    pub github_oidc_request_url: Option<String>,
+
+    /// OpenAI's workload identity token exchange endpoint (HTTPS; plain HTTP only on loopback,
+    /// for tests).
+    #[arg(
+        long,
+        env = "CODEX_PROXY_OIDC_TOKEN_URL",
+        value_name = "URL",
+        default_value = DEFAULT_OIDC_TOKEN_URL,
+        help_heading = "Workload identity"
+    )]
+    pub oidc_token_url: String,
 
     /// Also trust the CA certificates in this PEM file for the upstream (added to the system
     /// store; read as root).

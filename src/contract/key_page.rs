@@ -3,6 +3,9 @@
 //! written. Key intake (`supervisor::key`) fills it as root; the worker re-locks it after fork
 //! (locks are not inherited) and reads it. Its `Debug` never shows the key.
 //!
+//! Also [`LockedBytes`]: the same kind of page for secrets the worker obtains at run time (the
+//! short-lived workload-identity access token), wiped and unmapped when dropped.
+//!
 //! Uses: nothing else of the crate and libc.
 
 use std::fmt;
@@ -80,6 +83,82 @@ impl ApiKeyHeader {
     /// puts it in a header marks that header sensitive and makes no copy that outlives it.
     pub fn bytes(&self) -> &'static [u8] {
         self.bytes
+    }
+}
+
+/// A secret the worker obtained at run time, in pages of its own: locked in RAM, excluded from
+/// core dumps, zeroed and unmapped on drop. It can back a `bytes::Bytes` (it is `AsRef<[u8]>`
+/// and `Send`), so a header value can point at it without another copy.
+pub(crate) struct LockedBytes {
+    ptr: *mut u8,
+    mapped: usize,
+    len: usize,
+}
+
+// SAFETY: the mapping is owned by this value alone and is only read after construction.
+unsafe impl Send for LockedBytes {}
+// SAFETY: shared access only reads.
+unsafe impl Sync for LockedBytes {}
+
+impl LockedBytes {
+    /// Copies `secret` into fresh locked pages.
+    pub(crate) fn copy_of(secret: &[u8]) -> io::Result<LockedBytes> {
+        let page = page_size();
+        let mapped = secret.len().max(1).div_ceil(page) * page;
+        // SAFETY: an anonymous private mapping; we check the result.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                mapped,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: ptr points at `mapped` writable bytes that nothing else references.
+        unsafe {
+            libc::madvise(ptr, mapped, libc::MADV_DONTDUMP);
+            if libc::mlock(ptr, mapped) != 0 {
+                let error = io::Error::last_os_error();
+                libc::munmap(ptr, mapped);
+                return Err(error);
+            }
+            std::ptr::copy_nonoverlapping(secret.as_ptr(), ptr.cast::<u8>(), secret.len());
+        }
+        Ok(LockedBytes {
+            ptr: ptr.cast::<u8>(),
+            mapped,
+            len: secret.len(),
+        })
+    }
+}
+
+impl AsRef<[u8]> for LockedBytes {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: the mapping lives as long as self and holds `len` initialised bytes.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for LockedBytes {
+    fn drop(&mut self) {
+        // SAFETY: we own the mapping; volatile writes keep the wipe from being optimised away.
+        unsafe {
+            for i in 0..self.mapped {
+                std::ptr::write_volatile(self.ptr.add(i), 0);
+            }
+            libc::munmap(self.ptr.cast::<libc::c_void>(), self.mapped);
+        }
+    }
+}
+
+impl fmt::Debug for LockedBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LockedBytes([REDACTED])")
     }
 }
 

@@ -15,6 +15,7 @@ pub(crate) mod pipe;
 
 use std::os::fd::OwnedFd;
 
+pub(crate) use key_page::LockedBytes;
 pub use key_page::{ApiKeyHeader, KeySource};
 pub(crate) use listener::Listener;
 pub(crate) use pipe::{WorkerMessage, WorkerPipe};
@@ -24,6 +25,9 @@ pub(crate) use pipe::{WorkerMessage, WorkerPipe};
 pub struct Handover {
     /// The upstream key (`Bearer <key>` in a locked page), or "none installed yet".
     pub(crate) key: KeySource,
+    /// `--github-oidc`: the GitHub OIDC request token from standard input, as `Bearer <token>`
+    /// in a locked page like the key.
+    pub(crate) github_oidc_request: Option<ApiKeyHeader>,
     /// The Codex `auth.json`, read as root when the auth mode needs it.
     pub(crate) auth_json: Option<secrecy::SecretSlice<u8>>,
     /// The wrapper routes' client access key, read as root when configured.

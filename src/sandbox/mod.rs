@@ -37,6 +37,11 @@ impl Sandbox {
                 format!("worker: cannot lock the key in memory: {e}; raise LimitMEMLOCK=")
             })?;
         }
+        if let Some(header) = &handover.github_oidc_request {
+            header.lock_in_memory().map_err(|e| {
+                format!("worker: cannot lock the GitHub OIDC request token in memory: {e}; raise LimitMEMLOCK=")
+            })?;
+        }
         if self.syscall_filter {
             syscall_filter::install().map_err(|e| {
                 format!("worker: cannot install the seccomp filter: {e}; --no-syscall-filter disables it")

@@ -8,6 +8,10 @@
 //! must match `^[A-Za-z0-9_-]+$`. The stack buffer is zeroized whatever happens. No error message
 //! ever contains the bytes that were read.
 //!
+//! With `--github-oidc`, standard input holds the GitHub OIDC request token instead; it is read
+//! the same way into a 4096-byte buffer (JWT characters allowed) and kept in the same kind of
+//! page ([`load_github_request_token`]).
+//!
 //! Uses: `crate::contract` and memchr, secrecy, zeroize.
 
 use std::fmt;
@@ -126,14 +130,11 @@ fn read_key_into(
 }
 
 /// Fills `buffer` after the prefix up to the first newline or EOF; returns the end offset.
-fn read_first_line(
-    source: &mut impl Read,
-    buffer: &mut [u8; BUFFER_LEN],
-) -> Result<usize, KeyError> {
+fn read_first_line(source: &mut impl Read, buffer: &mut [u8]) -> Result<usize, KeyError> {
     let mut len = HEADER_PREFIX.len();
     let mut read_any = false;
     loop {
-        if len == BUFFER_LEN {
+        if len == buffer.len() {
             // The buffer is full: the key fits only if the line ends right here (carriage
             // returns may precede the newline, nothing else may).
             return if line_ends_next(source)? {
@@ -199,6 +200,85 @@ fn validate(key: &[u8]) -> Result<(), KeyError> {
         return Err(KeyError::InvalidCharacters);
     }
     Ok(())
+}
+
+/// Size of the stack buffer (and at most of the page) for the GitHub OIDC request token.
+pub const REQUEST_TOKEN_BUFFER_LEN: usize = 4096;
+/// The longest GitHub OIDC request token accepted.
+pub const MAX_REQUEST_TOKEN_LEN: usize = REQUEST_TOKEN_BUFFER_LEN - HEADER_PREFIX.len();
+
+/// Why the GitHub OIDC request token (`--github-oidc`) could not be read. Never shows its bytes.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RequestTokenError(KeyError);
+
+impl fmt::Display for RequestTokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const HOW: &str = "with --github-oidc, pipe the GitHub OIDC request token on standard input, e.g. `printenv ACTIONS_ID_TOKEN_REQUEST_TOKEN | codex-responses-api-proxy --github-oidc ...`";
+        match &self.0 {
+            KeyError::NoInput => write!(f, "no GitHub OIDC request token was given: {HOW}"),
+            KeyError::Empty => write!(f, "the GitHub OIDC request token is empty: {HOW}"),
+            KeyError::InvalidUtf8 | KeyError::InvalidCharacters => write!(
+                f,
+                "the GitHub OIDC request token contains characters a token cannot have (a stray quote or space?)"
+            ),
+            KeyError::TooLong => write!(
+                f,
+                "the GitHub OIDC request token is longer than {MAX_REQUEST_TOKEN_LEN} bytes"
+            ),
+            KeyError::Read(kind) => write!(
+                f,
+                "could not read the GitHub OIDC request token from standard input: {kind}"
+            ),
+            KeyError::Lock(kind) => write!(
+                f,
+                "could not lock the GitHub OIDC request token in memory ({kind}); raise the memlock limit (LimitMEMLOCK=)"
+            ),
+            KeyError::Credential { .. } => write!(f, "could not read the GitHub OIDC request token"),
+        }
+    }
+}
+
+impl std::error::Error for RequestTokenError {}
+
+/// Reads the GitHub OIDC request token (`--github-oidc`) from standard input, the way the key
+/// is read: raw reads into a stack buffer that starts with `Bearer `, the first line only, then
+/// one locked, never-dumped, read-only page; the stack buffer is zeroized.
+pub fn load_github_request_token() -> Result<ApiKeyHeader, RequestTokenError> {
+    // SAFETY: fd 0 stays open; ManuallyDrop keeps us from closing it.
+    let mut stdin = ManuallyDrop::new(unsafe { File::from_raw_fd(0) });
+    read_request_token(&mut *stdin)
+}
+
+/// [`load_github_request_token`] from any reader.
+pub fn read_request_token(source: &mut impl Read) -> Result<ApiKeyHeader, RequestTokenError> {
+    let mut buffer = [0u8; REQUEST_TOKEN_BUFFER_LEN];
+    let result = read_request_token_into(source, &mut buffer);
+    buffer.zeroize();
+    result.map_err(RequestTokenError)
+}
+
+fn read_request_token_into(
+    source: &mut impl Read,
+    buffer: &mut [u8; REQUEST_TOKEN_BUFFER_LEN],
+) -> Result<ApiKeyHeader, KeyError> {
+    buffer[..HEADER_PREFIX.len()].copy_from_slice(HEADER_PREFIX);
+    let end = read_first_line(source, buffer)?;
+    let mut token = &buffer[HEADER_PREFIX.len()..end];
+    while let [rest @ .., b'\r' | b'\n'] = token {
+        token = rest;
+    }
+    if token.is_empty() {
+        return Err(KeyError::Empty);
+    }
+    // GitHub's request tokens are JWTs: base64url segments joined by dots (the standard
+    // base64 alphabet is accepted too).
+    if !token.iter().all(|b| {
+        b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b'+' | b'/' | b'=' | b'~')
+    }) {
+        return Err(KeyError::InvalidCharacters);
+    }
+    let header_len = HEADER_PREFIX.len() + token.len();
+    ApiKeyHeader::store(&buffer[..header_len]).map_err(|e| KeyError::Lock(e.kind()))
 }
 
 /// Reads a secondary secret (the wrapper's client access key, a Codex `auth.json`): the systemd
@@ -435,6 +515,40 @@ mod tests {
             panic!()
         };
         assert!(!format!("{h:?}").contains("SECRETVALUE"));
+    }
+
+    #[test]
+    fn github_request_tokens_are_read_like_keys() {
+        let jwt = b"eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJyZXBvIn0.c2lnbmF0dXJl-_x";
+        for piece in [1, 5, 4096] {
+            let mut input = jwt.to_vec();
+            input.extend_from_slice(b"\r\nsecond line\n");
+            let header = read_request_token(&mut Pieces::new(&input, piece)).unwrap();
+            assert_eq!(header.bytes(), header_of_token(jwt));
+        }
+        let long = vec![b'a'; MAX_REQUEST_TOKEN_LEN];
+        assert_eq!(
+            read_request_token(&mut Pieces::new(&long, 512))
+                .unwrap()
+                .bytes(),
+            header_of_token(&long)
+        );
+        let too_long = vec![b'a'; MAX_REQUEST_TOKEN_LEN + 1];
+        assert_eq!(
+            read_request_token(&mut Pieces::new(&too_long, 512)).unwrap_err(),
+            RequestTokenError(KeyError::TooLong)
+        );
+        assert_eq!(
+            read_request_token(&mut Pieces::new(b"", 1)).unwrap_err(),
+            RequestTokenError(KeyError::NoInput)
+        );
+        let bad = read_request_token(&mut Pieces::new(b"ey.SECRETPART with space", 3)).unwrap_err();
+        assert_eq!(bad, RequestTokenError(KeyError::InvalidCharacters));
+        assert!(!format!("{bad} {bad:?}").contains("SECRETPART"));
+    }
+
+    fn header_of_token(token: &[u8]) -> Vec<u8> {
+        [HEADER_PREFIX, token].concat()
     }
 
     #[test]

@@ -73,7 +73,17 @@ pub fn prepare(cli: &Cli) -> Result<Prepared, ExitCode> {
     let credentials = credentials.as_deref();
     // The static key is read only where it is used; the auth.json modes take auth.json. An
     // unknown mode reads neither: the worker refuses it with a message that names it safely.
-    let secret = crate::cli::upstream_secret(&cli.upstream_auth_mode);
+    // With --github-oidc, standard input holds the GitHub OIDC request token instead of a key.
+    let secret = if cli.github_oidc {
+        None
+    } else {
+        crate::cli::upstream_secret(&cli.upstream_auth_mode)
+    };
+    let github_oidc_request = if cli.github_oidc {
+        Some(key::load_github_request_token().map_err(fail)?)
+    } else {
+        None
+    };
     let key = if secret == Some(crate::cli::UpstreamSecret::StaticKey) {
         key::load(credentials).map_err(fail)?
     } else {
@@ -132,6 +142,7 @@ pub fn prepare(cli: &Cli) -> Result<Prepared, ExitCode> {
     Ok(Prepared {
         handover: Handover {
             key,
+            github_oidc_request,
             auth_json,
             client_api_key,
             upstream_tls,

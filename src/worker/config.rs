@@ -58,6 +58,8 @@ pub(crate) struct AuthConfig {
     pub token_url: String,
     pub client_id: Option<String>,
     pub refresh_after: Duration,
+    /// `--github-oidc`: how short-lived tokens are obtained.
+    pub workload: Option<crate::worker::upstream::workload_identity::WorkloadIdentitySettings>,
 }
 
 impl WorkerConfig {
@@ -72,7 +74,15 @@ impl WorkerConfig {
                 )
             }
         };
-        let auth = auth_config(cli, handover.auth_json.take())?;
+        let mut auth = auth_config(cli, handover.auth_json.take())?;
+        if cli.github_oidc {
+            auth.mode = AuthMode::WorkloadIdentity;
+            auth.workload = Some(workload_config(
+                cli,
+                &upstream_url,
+                handover.github_oidc_request.take(),
+            )?);
+        }
         let wrapper = if cli.wrapper_routes {
             Some(wrapper_config(cli, handover.client_api_key.take())?)
         } else {
@@ -186,6 +196,24 @@ fn auth_config(
     cli: &Cli,
     auth_json: Option<secrecy::SecretSlice<u8>>,
 ) -> Result<AuthConfig, String> {
+    if cli.github_oidc {
+        if crate::cli::upstream_secret(&cli.upstream_auth_mode)
+            != Some(crate::cli::UpstreamSecret::StaticKey)
+        {
+            return Err(
+                "--github-oidc replaces the upstream auth mode: leave UPSTREAM_AUTH_MODE (--upstream-auth-mode) unset".into(),
+            );
+        }
+        return Ok(AuthConfig {
+            mode: AuthMode::WorkloadIdentity,
+            auth_json: None,
+            state_dir: cli.state_directory.clone(),
+            token_url: cli.token_url.clone(),
+            client_id: None,
+            refresh_after: Duration::ZERO,
+            workload: None,
+        });
+    }
     let mut mode: AuthMode = cli
         .upstream_auth_mode
         .parse()
@@ -206,7 +234,60 @@ fn auth_config(
         token_url: cli.token_url.clone(),
         client_id: cli.oauth_client_id.clone(),
         refresh_after: Duration::from_secs(cli.token_refresh_days.saturating_mul(24 * 60 * 60)),
+        workload: None,
     })
+}
+
+/// `--github-oidc`: the settings of workload identity federation. Like the reference proxy,
+/// the short-lived token only goes to OpenAI's Responses endpoint (or a loopback upstream, for
+/// tests); the two token endpoints must be HTTPS (or loopback HTTP).
+fn workload_config(
+    cli: &Cli,
+    upstream_url: &reqwest::Url,
+    request_token: Option<crate::contract::ApiKeyHeader>,
+) -> Result<crate::worker::upstream::workload_identity::WorkloadIdentitySettings, String> {
+    use crate::worker::upstream::workload_identity::{is_loopback, secret_endpoint};
+    let openai =
+        upstream_url.scheme() == "https" && upstream_url.host_str() == Some("api.openai.com");
+    if !openai && !is_loopback(upstream_url) {
+        return Err(
+            "--github-oidc sends OpenAI access tokens only to https://api.openai.com (or a loopback upstream): remove --upstream-url".into(),
+        );
+    }
+    let Some(request_token) = request_token else {
+        return Err("--github-oidc needs the GitHub OIDC request token on standard input".into());
+    };
+    let required = |value: &Option<String>, flag: &str| -> Result<String, String> {
+        match value.as_deref().map(str::trim) {
+            Some(v) if !v.is_empty() => Ok(v.to_owned()),
+            _ => Err(format!("--github-oidc needs {flag}")),
+        }
+    };
+    let request_url = secret_endpoint(
+        &required(&cli.github_oidc_request_url, "--github-oidc-request-url")?,
+        "--github-oidc-request-url",
+    )?;
+    let token_url = secret_endpoint(&cli.oidc_token_url, "--oidc-token-url")?;
+    let mut request_token_value = hyper::header::HeaderValue::from_maybe_shared(
+        bytes::Bytes::from_static(request_token.bytes()),
+    )
+    .map_err(|_| "the GitHub OIDC request token is not a valid header value".to_owned())?;
+    request_token_value.set_sensitive(true);
+    info!(
+        "upstream authentication: GitHub OIDC workload identity (provider {}, service account {})",
+        required(&cli.identity_provider_id, "--identity-provider-id")?,
+        required(&cli.service_account_id, "--service-account-id")?
+    );
+    Ok(
+        crate::worker::upstream::workload_identity::WorkloadIdentitySettings {
+            request_url,
+            request_token: request_token_value,
+            audience: required(&cli.oidc_audience, "--oidc-audience")?,
+            identity_provider_id: required(&cli.identity_provider_id, "--identity-provider-id")?,
+            service_account_id: required(&cli.service_account_id, "--service-account-id")?,
+            token_url,
+        },
+    )
 }
 
 /// The wrapper routes' settings.

@@ -388,7 +388,7 @@ fn shared_state(config: &mut WorkerConfig, supervisor_pipe: WorkerPipe) -> Optio
         warn!("no API key is installed: every request will get 503 until one is; as root run `codex-responses-api-proxy-install-key`");
         None
     } else {
-        let auth = &config.auth;
+        let auth = &mut config.auth;
         let mut settings = UpstreamAuthSettings::new(auth.mode.clone(), http.clone());
         settings.static_key = static_key;
         settings.auth_json = auth.auth_json.clone();
@@ -396,6 +396,7 @@ fn shared_state(config: &mut WorkerConfig, supervisor_pipe: WorkerPipe) -> Optio
         settings.token_url = auth.token_url.clone();
         settings.client_id = auth.client_id.clone();
         settings.refresh_after = auth.refresh_after;
+        settings.workload = auth.workload.take();
         match UpstreamAuth::new(settings) {
             Ok(auth) => Some(UpstreamClient::new(
                 http,

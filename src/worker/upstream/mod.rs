@@ -10,6 +10,7 @@ pub(crate) mod headers;
 pub(crate) mod redact;
 pub(crate) mod upstream_auth;
 pub mod upstream_wire;
+pub(crate) mod workload_identity;
 
 use crate::worker::server::http::{error_response, json_response, Body};
 use crate::worker::upstream::headers::UpstreamRequestPolicy;

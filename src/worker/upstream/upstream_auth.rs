@@ -16,12 +16,21 @@
 //!   the credential is newer. (The wrapper's Node runtime never saves them: after one refresh
 //!   its next restart fails.)
 //!
+//! * `--github-oidc` ([`AuthMode::WorkloadIdentity`]): no long-lived key at all; short-lived
+//!   OpenAI access tokens obtained through workload identity federation
+//!   (`crate::worker::upstream::workload_identity`), renewed before they expire and after an
+//!   upstream 401.
+//!
+//! Both refreshable kinds share one [`RefreshGate`]: a single refresh at a time, however many
+//! requests need one, skipped when another request already replaced the credential, and a
+//! failed refresh remembered for a few seconds instead of retried by every request.
+//!
 //! The `auth.json` bytes come from the supervisor (read as root from the systemd credential
 //! `codex-auth` or a file), never from plain environment variables. Tokens are held as
 //! [`SecretString`]s and sent as sensitive header values; no error message, log line or
 //! `Debug` output of this module contains a token or key.
 //!
-//! Uses: `crate::atomic_file`, `crate::clock` and base64, bytes, hyper, openai_wire, reqwest,
+//! Uses: `crate::atomic_file`, `crate::clock`, `crate::worker::upstream::workload_identity` and base64, bytes, hyper, openai_wire, reqwest,
 //! secrecy, serde, serde_json, tokio, tracing.
 
 use hyper::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
@@ -34,6 +43,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
+
+use super::workload_identity::{self, WorkloadCredential, WorkloadIdentitySettings};
 
 /// The OAuth token endpoint the Codex CLI refreshes its ChatGPT tokens at.
 pub(crate) const DEFAULT_TOKEN_URL: &str = "https://auth.openai.com/oauth/token";
@@ -65,6 +76,8 @@ pub(crate) enum AuthMode {
     ApiKeyFromAuthJson { field: String },
     /// `chatgpt_token`: ChatGPT OAuth tokens from the Codex `auth.json`, refreshed as needed.
     ChatGptToken,
+    /// `--github-oidc`: short-lived tokens from OpenAI's workload identity federation.
+    WorkloadIdentity,
 }
 
 impl AuthMode {
@@ -74,6 +87,7 @@ impl AuthMode {
             AuthMode::ApiKey => "apikey_env",
             AuthMode::ApiKeyFromAuthJson { .. } => "apikey_auth_json",
             AuthMode::ChatGptToken => "chatgpt_token",
+            AuthMode::WorkloadIdentity => "github_oidc",
         }
     }
 }
@@ -123,6 +137,8 @@ pub(crate) enum AuthError {
     Config(String),
     /// The token endpoint could not be reached or refused the refresh (502).
     TokenEndpoint(String),
+    /// No workload identity token could be obtained (502).
+    WorkloadIdentity(String),
 }
 
 impl fmt::Display for AuthError {
@@ -130,6 +146,10 @@ impl fmt::Display for AuthError {
         match self {
             AuthError::Config(m) => write!(f, "upstream authentication is misconfigured: {m}"),
             AuthError::TokenEndpoint(m) => write!(f, "could not refresh the ChatGPT tokens: {m}"),
+            AuthError::WorkloadIdentity(m) => write!(
+                f,
+                "could not obtain an OpenAI access token through workload identity federation: {m}"
+            ),
         }
     }
 }
@@ -158,6 +178,15 @@ impl AuthError {
                     None,
                 ),
             ),
+            AuthError::WorkloadIdentity(_) => (
+                502,
+                openai_wire::api_error::error_body(
+                    &self.to_string(),
+                    "upstream_error",
+                    Some("workload_identity_exchange_failed"),
+                    None,
+                ),
+            ),
         }
     }
 }
@@ -181,6 +210,8 @@ pub(crate) struct UpstreamAuthSettings {
     pub refresh_after: Duration,
     /// The client used for the token endpoint (the upstream client may be shared).
     pub http: reqwest::Client,
+    /// `--github-oidc`: where and how short-lived tokens are obtained.
+    pub workload: Option<WorkloadIdentitySettings>,
 }
 
 impl UpstreamAuthSettings {
@@ -194,6 +225,7 @@ impl UpstreamAuthSettings {
             client_id: None,
             refresh_after: DEFAULT_REFRESH_AFTER,
             http,
+            workload: None,
         }
     }
 }
@@ -211,6 +243,7 @@ impl fmt::Debug for UpstreamAuthSettings {
             .field("token_url", &self.token_url)
             .field("client_id", &self.client_id)
             .field("refresh_after", &self.refresh_after)
+            .field("workload", &self.workload)
             .finish()
     }
 }
@@ -230,12 +263,62 @@ enum Kind {
     /// `Bearer <key>`, sensitive.
     Static(HeaderValue),
     ChatGpt(Box<ChatGpt>),
+    Workload(Box<Workload>),
+}
+
+/// The one single-flight refresh of every refreshable credential.
+#[derive(Default)]
+struct RefreshGate {
+    /// Held while a refresh runs, so only one runs at a time; remembers the last failure.
+    memo: tokio::sync::Mutex<RefreshMemo>,
+}
+
+#[derive(Default)]
+struct RefreshMemo {
+    /// When a refresh of the credential in the `HeaderValue` (`None`: no credential yet)
+    /// failed, and how.
+    failed: Option<(Instant, Option<HeaderValue>, AuthError)>,
+}
+
+impl RefreshGate {
+    /// Runs `refresh` unless the credential is no longer `expected` once the gate is ours
+    /// (`current` reads it: someone else refreshed while we waited). A refresh that failed
+    /// moments ago for the same credential is not retried: its error is returned again.
+    async fn refresh_unless_replaced<Fut>(
+        &self,
+        expected: Option<&HeaderValue>,
+        current: impl Fn() -> Option<HeaderValue>,
+        refresh: impl FnOnce() -> Fut,
+    ) -> Result<(), AuthError>
+    where
+        Fut: std::future::Future<Output = Result<(), AuthError>>,
+    {
+        let mut memo = self.memo.lock().await;
+        if current().as_ref() != expected {
+            return Ok(());
+        }
+        if let Some((when, credential, failure)) = &memo.failed {
+            if credential.as_ref() == expected && when.elapsed() < FAILED_REFRESH_COOLDOWN {
+                return Err(failure.clone());
+            }
+        }
+        match refresh().await {
+            Ok(()) => {
+                memo.failed = None;
+                Ok(())
+            }
+            Err(e) => {
+                error!("{e}");
+                memo.failed = Some((Instant::now(), expected.cloned(), e.clone()));
+                Err(e)
+            }
+        }
+    }
 }
 
 struct ChatGpt {
     current: RwLock<Arc<Tokens>>,
-    /// Held while a refresh runs, so only one runs at a time; remembers the last failure.
-    refresh: tokio::sync::Mutex<RefreshMemo>,
+    refresh: RefreshGate,
     token_url: reqwest::Url,
     client_id: String,
     state_dir: Option<PathBuf>,
@@ -244,10 +327,72 @@ struct ChatGpt {
     warned_unsaved: AtomicBool,
 }
 
-#[derive(Default)]
-struct RefreshMemo {
-    /// When a refresh of the token in the `HeaderValue` failed, and how.
-    failed: Option<(Instant, HeaderValue, AuthError)>,
+/// `--github-oidc`: the current short-lived token (none before the first exchange).
+struct Workload {
+    settings: WorkloadIdentitySettings,
+    current: RwLock<Option<Arc<WorkloadCredential>>>,
+    refresh: RefreshGate,
+    http: reqwest::Client,
+}
+
+impl Workload {
+    fn current(&self) -> Option<Arc<WorkloadCredential>> {
+        self.current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn current_bearer(&self) -> Option<HeaderValue> {
+        self.current().map(|c| c.bearer.clone())
+    }
+
+    /// Obtains a new token unless another request replaced `expected` meanwhile.
+    async fn refresh_unless_replaced(
+        &self,
+        expected: Option<&HeaderValue>,
+    ) -> Result<(), AuthError> {
+        self.refresh
+            .refresh_unless_replaced(
+                expected,
+                || self.current_bearer(),
+                || async {
+                    let fresh = workload_identity::obtain(&self.settings, &self.http)
+                        .await
+                        .map_err(AuthError::WorkloadIdentity)?;
+                    *self.current.write().unwrap_or_else(PoisonError::into_inner) =
+                        Some(Arc::new(fresh));
+                    info!("obtained a short-lived OpenAI access token through workload identity federation");
+                    Ok(())
+                },
+            )
+            .await
+    }
+
+    /// The token to send now: the current one while it is not due for renewal, else a new
+    /// one. A failed renewal falls back to the current token while it has not expired.
+    async fn bearer_for_use(&self) -> Result<HeaderValue, AuthError> {
+        let held = self.current();
+        if let Some(credential) = &held {
+            if Instant::now() < credential.renew_at {
+                return Ok(credential.bearer.clone());
+            }
+        }
+        let expected = held.as_ref().map(|c| c.bearer.clone());
+        match self.refresh_unless_replaced(expected.as_ref()).await {
+            Ok(()) => match self.current() {
+                Some(credential) => Ok(credential.bearer.clone()),
+                None => Err(AuthError::WorkloadIdentity("no token is available".into())),
+            },
+            Err(e) => match held {
+                Some(credential) if Instant::now() < credential.expires_at => {
+                    warn!("renewing the workload identity token failed; using the current one until it expires: {e}");
+                    Ok(credential.bearer.clone())
+                }
+                _ => Err(e),
+            },
+        }
+    }
 }
 
 /// One generation of ChatGPT tokens.
@@ -310,6 +455,19 @@ impl UpstreamAuth {
                 Kind::Static(api_key_from_auth_json(document.expose_secret(), field)?)
             }
             AuthMode::ChatGptToken => Kind::ChatGpt(Box::new(ChatGpt::new(&settings)?)),
+            AuthMode::WorkloadIdentity => {
+                let Some(workload) = settings.workload else {
+                    return Err(AuthError::Config(
+                        "--github-oidc needs its request URL, audience, provider and service account settings".into(),
+                    ));
+                };
+                Kind::Workload(Box::new(Workload {
+                    settings: workload,
+                    current: RwLock::new(None),
+                    refresh: RefreshGate::default(),
+                    http: settings.http.clone(),
+                }))
+            }
         };
         Ok(UpstreamAuth {
             inner: Arc::new(Inner {
@@ -344,6 +502,9 @@ impl UpstreamAuth {
                     tokens.account_header.clone(),
                 );
             }
+            Kind::Workload(workload) => {
+                headers.insert(AUTHORIZATION, workload.bearer_for_use().await?);
+            }
         }
         Ok(())
     }
@@ -360,6 +521,10 @@ impl UpstreamAuth {
             Kind::Static(_) => Ok(false),
             Kind::ChatGpt(chatgpt) => {
                 chatgpt.refresh_unless_replaced(rejected).await?;
+                Ok(true)
+            }
+            Kind::Workload(workload) => {
+                workload.refresh_unless_replaced(Some(rejected)).await?;
                 Ok(true)
             }
         }
@@ -421,7 +586,7 @@ impl ChatGpt {
         };
         Ok(ChatGpt {
             current: RwLock::new(Arc::new(tokens)),
-            refresh: tokio::sync::Mutex::new(RefreshMemo::default()),
+            refresh: RefreshGate::default(),
             token_url,
             client_id,
             state_dir: settings.state_dir.clone(),
@@ -452,30 +617,19 @@ impl ChatGpt {
     /// we waited for the lock). A refresh that failed moments ago for the same token is not
     /// retried: its error is returned again.
     async fn refresh_unless_replaced(&self, expected: &HeaderValue) -> Result<(), AuthError> {
-        let mut memo = self.refresh.lock().await;
-        let tokens = self.current();
-        if tokens.bearer != *expected {
-            return Ok(());
-        }
-        if let Some((when, token, failure)) = &memo.failed {
-            if token == expected && when.elapsed() < FAILED_REFRESH_COOLDOWN {
-                return Err(failure.clone());
-            }
-        }
-        match self.refresh_now(&tokens).await {
-            Ok(fresh) => {
-                memo.failed = None;
-                self.save(&fresh).await;
-                *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
-                info!("refreshed the ChatGPT tokens");
-                Ok(())
-            }
-            Err(e) => {
-                error!("{e}");
-                memo.failed = Some((Instant::now(), expected.clone(), e.clone()));
-                Err(e)
-            }
-        }
+        self.refresh
+            .refresh_unless_replaced(
+                Some(expected),
+                || Some(self.current().bearer.clone()),
+                || async {
+                    let fresh = self.refresh_now(&self.current()).await?;
+                    self.save(&fresh).await;
+                    *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(fresh);
+                    info!("refreshed the ChatGPT tokens");
+                    Ok(())
+                },
+            )
+            .await
     }
 
     async fn refresh_now(&self, old: &Tokens) -> Result<Tokens, AuthError> {
@@ -851,7 +1005,7 @@ fn base64url_decode(text: &str) -> Option<Vec<u8>> {
 
 /// An error code from a token endpoint error answer (`{"error":"invalid_grant"}` or
 /// `{"error":{"code":"…"}}`), only when it looks like an identifier.
-fn error_code(answer: &[u8]) -> Option<String> {
+pub(super) fn error_code(answer: &[u8]) -> Option<String> {
     let value: serde_json::Value = serde_json::from_slice(answer).ok()?;
     let error = value.get("error")?;
     let code = match error {
@@ -1641,5 +1795,118 @@ mod tests {
             let data: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
             assert_eq!(base64url_decode(&base64url_encode(&data)).unwrap(), data);
         }
+    }
+
+    // --- workload identity -------------------------------------------------------------------
+
+    /// GitHub's ID-token endpoint (GET) and OpenAI's exchange (POST) on one loopback port; each
+    /// answer waits `delay`, so concurrent callers overlap. Returns the base URL and the
+    /// number of GETs and POSTs.
+    async fn workload_endpoints(
+        delay: Duration,
+        exchange_status: u16,
+    ) -> (String, Arc<(AtomicUsize, AtomicUsize)>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let counts = Arc::new((AtomicUsize::new(0), AtomicUsize::new(0)));
+        let shared = counts.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let counts = shared.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                        let counts = counts.clone();
+                        async move {
+                            tokio::time::sleep(delay).await;
+                            let (status, body) = if request.method() == hyper::Method::GET {
+                                let n = counts.0.fetch_add(1, Ordering::SeqCst) + 1;
+                                (200, serde_json::json!({"value": format!("id-{n}")}))
+                            } else {
+                                let n = counts.1.fetch_add(1, Ordering::SeqCst) + 1;
+                                (
+                                    exchange_status,
+                                    serde_json::json!({"access_token": format!("wif-{n}"), "token_type": "Bearer", "expires_in": 3600}),
+                                )
+                            };
+                            Ok::<_, Infallible>(
+                                Response::builder()
+                                    .status(status)
+                                    .header(CONTENT_TYPE, "application/json")
+                                    .body(Full::new(Bytes::from(body.to_string())))
+                                    .unwrap(),
+                            )
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        (format!("http://{address}"), counts)
+    }
+
+    fn workload_auth(base: &str) -> UpstreamAuth {
+        let mut settings =
+            UpstreamAuthSettings::new(AuthMode::WorkloadIdentity, reqwest::Client::new());
+        settings.workload = Some(WorkloadIdentitySettings {
+            request_url: format!("{base}/idtoken").parse().unwrap(),
+            request_token: HeaderValue::from_static("Bearer request-token"),
+            audience: "aud".into(),
+            identity_provider_id: "wip".into(),
+            service_account_id: "svc".into(),
+            token_url: format!("{base}/oauth/token").parse().unwrap(),
+        });
+        UpstreamAuth::new(settings).unwrap()
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_uses_and_401s_share_one_workload_exchange() {
+        let (base, counts) = workload_endpoints(Duration::from_millis(100), 200).await;
+        let auth = workload_auth(&base);
+        let mut tasks = Vec::new();
+        for _ in 0..12 {
+            let auth = auth.clone();
+            tasks.push(tokio::spawn(async move {
+                headers_of(&auth).await[AUTHORIZATION].clone()
+            }));
+        }
+        for task in tasks {
+            assert_eq!(task.await.unwrap(), "Bearer wif-1");
+        }
+        assert_eq!(counts.0.load(Ordering::SeqCst), 1);
+        assert_eq!(counts.1.load(Ordering::SeqCst), 1);
+        let mut tasks = Vec::new();
+        for _ in 0..12 {
+            let auth = auth.clone();
+            tasks.push(tokio::spawn(async move {
+                auth.refresh_after_unauthorized(&HeaderValue::from_static("Bearer wif-1"))
+                    .await
+                    .unwrap()
+            }));
+        }
+        for task in tasks {
+            assert!(task.await.unwrap());
+        }
+        assert_eq!(
+            counts.1.load(Ordering::SeqCst),
+            2,
+            "one exchange for all the 401s"
+        );
+        assert_eq!(headers_of(&auth).await[AUTHORIZATION], "Bearer wif-2");
+    }
+
+    #[tokio::test]
+    async fn a_failed_workload_exchange_is_remembered_not_repeated_by_every_request() {
+        let (base, counts) = workload_endpoints(Duration::ZERO, 403).await;
+        let auth = workload_auth(&base);
+        for _ in 0..3 {
+            let mut headers = HeaderMap::new();
+            let error = auth.authorize(&mut headers).await.unwrap_err();
+            assert!(matches!(error, AuthError::WorkloadIdentity(_)), "{error:?}");
+            assert!(error.to_string().contains("403"), "{error}");
+            assert_eq!(error.to_response_parts().0, 502);
+        }
+        assert_eq!(counts.1.load(Ordering::SeqCst), 1);
     }
 }

@@ -1,0 +1,393 @@
+//! Workload identity (`--github-oidc`): how one short-lived OpenAI access token is obtained
+//! without any long-lived API key, as the reference proxy does it.
+//!
+//! 1. A GitHub Actions ID token is asked of the runner's token-request URL
+//!    (`ACTIONS_ID_TOKEN_REQUEST_URL`, given as `--github-oidc-request-url`) with the query
+//!    parameter `audience=<--oidc-audience>` and `Authorization: Bearer <request token>`; the
+//!    answer is `{"value": "<JWT>"}`. The request token came from standard input and lives in a
+//!    locked page (`crate::contract::ApiKeyHeader`).
+//! 2. That JWT is exchanged at OpenAI's workload identity federation token endpoint
+//!    (`https://auth.openai.com/oauth/token`) by a JSON POST of `grant_type`
+//!    (`urn:ietf:params:oauth:grant-type:token-exchange`), `subject_token_type`
+//!    (`urn:ietf:params:oauth:token-type:jwt`), `subject_token`, `identity_provider_id` and
+//!    `service_account_id`. The answer carries `access_token`, `token_type` (`Bearer`),
+//!    `expires_in` and `issued_token_type`.
+//!
+//! The result is a [`WorkloadCredential`]: `Bearer <access token>` as a sensitive header value
+//! backed by locked, never-dumped memory that is wiped when the credential is dropped, with the
+//! instants it is due for renewal and it expires. When and how often this runs (single flight,
+//! before expiry, after a 401) is `upstream_auth`'s business. No message built here contains a
+//! token: errors name the endpoint (without its query) and the status or safe error code.
+//!
+//! Uses: `crate::contract` (locked memory) and bytes, hyper, reqwest, secrecy, serde,
+//! serde_json, tracing.
+
+use crate::contract::LockedBytes;
+use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use secrecy::{ExposeSecret, SecretSlice, SecretString};
+use std::fmt;
+use std::time::{Duration, Instant};
+
+/// The RFC 8693 grant the exchange uses.
+pub(crate) const TOKEN_EXCHANGE_GRANT_TYPE: &str =
+    "urn:ietf:params:oauth:grant-type:token-exchange";
+/// The type of the GitHub ID token presented.
+pub(crate) const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+/// The type of token the exchange issues.
+pub(crate) const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// Bound on each of the two calls, whatever the shared client's timeouts are.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most bytes of an answer that are read.
+const ANSWER_LIMIT: usize = 1024 * 1024;
+/// A token is renewed this long before it expires (a tenth of its lifetime, at least one
+/// second, at most five minutes).
+const MAX_RENEWAL_LEAD: Duration = Duration::from_secs(300);
+
+/// The settings of `--github-oidc`, checked by the worker's configuration.
+pub(crate) struct WorkloadIdentitySettings {
+    /// `--github-oidc-request-url` (HTTPS, or HTTP on loopback).
+    pub request_url: reqwest::Url,
+    /// `Bearer <request token>`, sensitive, pointing at the locked page.
+    pub request_token: HeaderValue,
+    pub audience: String,
+    pub identity_provider_id: String,
+    pub service_account_id: String,
+    /// `--oidc-token-url` (HTTPS, or HTTP on loopback).
+    pub token_url: reqwest::Url,
+}
+
+impl fmt::Debug for WorkloadIdentitySettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkloadIdentitySettings")
+            .field("request_url", &endpoint_for_messages(&self.request_url))
+            .field("request_token", &"[REDACTED]")
+            .field("audience", &self.audience)
+            .field("identity_provider_id", &self.identity_provider_id)
+            .field("service_account_id", &self.service_account_id)
+            .field("token_url", &endpoint_for_messages(&self.token_url))
+            .finish()
+    }
+}
+
+/// Checks a URL the proxy sends a secret to: HTTPS, or plain HTTP to a loopback address (a
+/// test's mock); no user info, no fragment. `what` names the flag in the error.
+pub(crate) fn secret_endpoint(text: &str, what: &str) -> Result<reqwest::Url, String> {
+    let url = reqwest::Url::parse(text.trim()).map_err(|_| format!("{what} is not a valid URL"))?;
+    if !url.username().is_empty() || url.password().is_some() || url.fragment().is_some() {
+        return Err(format!("{what} must not carry user info or a fragment"));
+    }
+    match url.scheme() {
+        "https" if url.has_host() => Ok(url),
+        "http" if is_loopback(&url) => Ok(url),
+        _ => Err(format!(
+            "{what} must be an https:// URL (plain http:// only to a loopback address)"
+        )),
+    }
+}
+
+/// Whether the URL's host is a loopback address or `localhost`.
+pub(crate) fn is_loopback(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// One short-lived OpenAI access token.
+pub(crate) struct WorkloadCredential {
+    /// `Bearer <access token>`, sensitive, backed by locked memory.
+    pub bearer: HeaderValue,
+    /// From then on the token is renewed before use.
+    pub renew_at: Instant,
+    /// From then on the token is not used at all.
+    pub expires_at: Instant,
+}
+
+impl fmt::Debug for WorkloadCredential {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkloadCredential")
+            .field("bearer", &"[REDACTED]")
+            .field("renew_at", &self.renew_at)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// Fetches a fresh GitHub ID token and exchanges it. The error says which step failed and why,
+/// without a token.
+pub(crate) async fn obtain(
+    settings: &WorkloadIdentitySettings,
+    http: &reqwest::Client,
+) -> Result<WorkloadCredential, String> {
+    let id_token = github_id_token(settings, http).await?;
+    exchange(settings, http, &id_token).await
+}
+
+/// Step 1: the GitHub Actions ID token for the audience.
+async fn github_id_token(
+    settings: &WorkloadIdentitySettings,
+    http: &reqwest::Client,
+) -> Result<SecretString, String> {
+    let mut url = settings.request_url.clone();
+    url.query_pairs_mut()
+        .append_pair("audience", &settings.audience);
+    let where_ = endpoint_for_messages(&settings.request_url);
+    tracing::debug!(
+        "asking {where_} for a GitHub OIDC ID token (audience {})",
+        settings.audience
+    );
+    let response = http
+        .get(url)
+        .header(AUTHORIZATION, settings.request_token.clone())
+        .header(ACCEPT, "application/json")
+        .timeout(REQUEST_TIMEOUT)
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "the GitHub OIDC token request to {where_} failed: {}",
+                cause(&e)
+            )
+        })?;
+    let status = response.status();
+    let answer = read_answer(response)
+        .await
+        .map_err(|m| format!("the GitHub OIDC token endpoint {where_} answered {status} {m}"))?;
+    if !status.is_success() {
+        let hint = if matches!(status.as_u16(), 401 | 403) {
+            " (is the request token the job's ACTIONS_ID_TOKEN_REQUEST_TOKEN, and does the job have `permissions: id-token: write`?)"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "the GitHub OIDC token endpoint {where_} answered {status}{hint}"
+        ));
+    }
+    #[derive(serde::Deserialize)]
+    struct GithubAnswer {
+        #[serde(deserialize_with = "secret_string")]
+        value: SecretString,
+    }
+    let parsed: GithubAnswer = serde_json::from_slice(answer.expose_secret()).map_err(|_| {
+        format!("the GitHub OIDC token endpoint {where_} answered without a token (`value`)")
+    })?;
+    let value = parsed.value.expose_secret().trim();
+    if value.is_empty() || value.bytes().any(|b| !b.is_ascii_graphic()) {
+        return Err(format!(
+            "the GitHub OIDC token endpoint {where_} answered with an empty or malformed token"
+        ));
+    }
+    Ok(parsed.value)
+}
+
+/// Step 2: the exchange at OpenAI's token endpoint.
+async fn exchange(
+    settings: &WorkloadIdentitySettings,
+    http: &reqwest::Client,
+    id_token: &SecretString,
+) -> Result<WorkloadCredential, String> {
+    #[derive(serde::Serialize)]
+    struct ExchangeRequest<'a> {
+        grant_type: &'a str,
+        subject_token_type: &'a str,
+        subject_token: &'a str,
+        identity_provider_id: &'a str,
+        service_account_id: &'a str,
+    }
+    let body = SecretSlice::from(
+        serde_json::to_vec(&ExchangeRequest {
+            grant_type: TOKEN_EXCHANGE_GRANT_TYPE,
+            subject_token_type: JWT_TOKEN_TYPE,
+            subject_token: id_token.expose_secret().trim(),
+            identity_provider_id: &settings.identity_provider_id,
+            service_account_id: &settings.service_account_id,
+        })
+        .expect("JSON serialization into memory"),
+    );
+    let where_ = endpoint_for_messages(&settings.token_url);
+    tracing::debug!("exchanging the GitHub ID token at {where_}");
+    let sent_at = Instant::now();
+    let response = http
+        .post(settings.token_url.clone())
+        .header(CONTENT_TYPE, "application/json")
+        .header(ACCEPT, "application/json")
+        .timeout(REQUEST_TIMEOUT)
+        .body(body.expose_secret().to_vec())
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "the workload identity token exchange at {where_} failed: {}",
+                cause(&e)
+            )
+        })?;
+    let status = response.status();
+    let answer = read_answer(response).await.map_err(|m| {
+        format!("the workload identity token exchange at {where_} answered {status} {m}")
+    })?;
+    if !status.is_success() {
+        let request_token = settings.request_token.as_bytes();
+        let request_token = std::str::from_utf8(&request_token["Bearer ".len()..]).unwrap_or("");
+        let code = super::upstream_auth::error_code(answer.expose_secret())
+            .filter(|c| {
+                [id_token.expose_secret(), request_token]
+                    .iter()
+                    .all(|secret| !overlaps(c, secret))
+            })
+            .map(|c| format!(" ({c})"))
+            .unwrap_or_default();
+        return Err(format!(
+            "the workload identity token exchange at {where_} answered {status}{code}; check --identity-provider-id, --service-account-id, --oidc-audience and the provider's service account mapping"
+        ));
+    }
+    #[derive(serde::Deserialize)]
+    struct ExchangeAnswer {
+        #[serde(deserialize_with = "secret_string")]
+        access_token: SecretString,
+        #[serde(default)]
+        token_type: Option<String>,
+        #[serde(default)]
+        issued_token_type: Option<String>,
+        expires_in: u64,
+    }
+    let parsed: ExchangeAnswer = serde_json::from_slice(answer.expose_secret()).map_err(|_| {
+        format!(
+            "the workload identity token exchange at {where_} answered without an access_token and expires_in"
+        )
+    })?;
+    if parsed
+        .token_type
+        .as_deref()
+        .is_some_and(|t| !t.eq_ignore_ascii_case("bearer"))
+        || parsed
+            .issued_token_type
+            .as_deref()
+            .is_some_and(|t| t != ACCESS_TOKEN_TYPE)
+    {
+        return Err(format!(
+            "the workload identity token exchange at {where_} issued an unsupported token type"
+        ));
+    }
+    if parsed.expires_in == 0 {
+        return Err(format!(
+            "the workload identity token exchange at {where_} issued a token with no lifetime"
+        ));
+    }
+    let bearer = locked_bearer(parsed.access_token.expose_secret())
+        .map_err(|m| format!("the workload identity token exchange at {where_} issued {m}"))?;
+    tracing::debug!(
+        "the workload identity token exchange at {where_} issued a token for {} s",
+        parsed.expires_in
+    );
+    let lifetime = Duration::from_secs(parsed.expires_in.min(u64::from(u32::MAX)));
+    let lead = (lifetime / 10).clamp(Duration::from_secs(1), MAX_RENEWAL_LEAD);
+    Ok(WorkloadCredential {
+        bearer,
+        renew_at: sent_at + lifetime.saturating_sub(lead),
+        expires_at: sent_at + lifetime,
+    })
+}
+
+/// Deserializes a string straight into a [`SecretString`] (wiped when dropped).
+fn secret_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
+    <String as serde::Deserialize>::deserialize(d).map(SecretString::from)
+}
+
+/// Whether `shown` would reveal part of `secret` (contains it, or is a long piece of it).
+fn overlaps(shown: &str, secret: &str) -> bool {
+    !secret.is_empty() && (shown.contains(secret) || (shown.len() >= 8 && secret.contains(shown)))
+}
+
+/// `Bearer <token>` in locked memory, as a sensitive header value.
+fn locked_bearer(token: &str) -> Result<HeaderValue, String> {
+    let token = token.trim();
+    if token.is_empty() || token.bytes().any(|b| !b.is_ascii_graphic()) {
+        return Err("an empty or malformed access token".into());
+    }
+    let text = SecretString::from(format!("Bearer {token}"));
+    let locked = LockedBytes::copy_of(text.expose_secret().as_bytes()).map_err(|e| {
+        format!("a token that cannot be locked in memory ({e}); raise LimitMEMLOCK=")
+    })?;
+    let mut value = HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(locked))
+        .map_err(|_| "an access token that is not a valid header value".to_owned())?;
+    value.set_sensitive(true);
+    Ok(value)
+}
+
+/// Reads an answer up to [`ANSWER_LIMIT`]; the bytes are wiped when dropped.
+async fn read_answer(mut response: reqwest::Response) -> Result<SecretSlice<u8>, String> {
+    let mut answer = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if answer.len() + chunk.len() > ANSWER_LIMIT {
+                    let _ = SecretSlice::from(answer);
+                    return Err(format!("with more than {ANSWER_LIMIT} bytes"));
+                }
+                answer.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(SecretSlice::from(answer)),
+            Err(e) => {
+                let _ = SecretSlice::from(answer);
+                return Err(format!("but its body could not be read: {}", cause(&e)));
+            }
+        }
+    }
+}
+
+/// The URL as shown in messages: no user info, query or fragment.
+fn endpoint_for_messages(url: &reqwest::Url) -> String {
+    let mut shown = url.clone();
+    let _ = shown.set_username("");
+    let _ = shown.set_password(None);
+    shown.set_query(None);
+    shown.set_fragment(None);
+    shown.to_string()
+}
+
+/// The transport error's root cause (never the URL), saying when it was a timeout.
+fn cause(error: &reqwest::Error) -> String {
+    let cause = crate::worker::upstream::innermost_cause(error);
+    if error.is_timeout() {
+        format!("timed out ({cause})")
+    } else {
+        cause
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_endpoints_are_https_or_loopback_http() {
+        assert!(secret_endpoint("https://auth.openai.com/oauth/token", "x").is_ok());
+        assert!(secret_endpoint("http://127.0.0.1:9/token", "x").is_ok());
+        assert!(secret_endpoint("http://[::1]:9/token", "x").is_ok());
+        assert!(secret_endpoint("http://localhost:9/token", "x").is_ok());
+        for bad in [
+            "http://example.com/token",
+            "https://user:pw@example.com/",
+            "https://example.com/#frag",
+            "ftp://127.0.0.1/",
+            "not a url",
+        ] {
+            let error = secret_endpoint(bad, "--flag").unwrap_err();
+            assert!(error.contains("--flag"), "{error}");
+            assert!(!error.contains("pw"), "{error}");
+        }
+    }
+
+    #[test]
+    fn the_bearer_lives_in_locked_memory_and_is_sensitive() {
+        let value = locked_bearer("tok-123").unwrap();
+        assert!(value.is_sensitive());
+        assert_eq!(value.as_bytes(), b"Bearer tok-123");
+        assert!(locked_bearer("").is_err());
+        assert!(locked_bearer("a b").is_err());
+    }
+}

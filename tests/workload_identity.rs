@@ -1,0 +1,488 @@
+//! `--github-oidc` end to end: the real binary with a GitHub OIDC request token on standard
+//! input, a mock of GitHub's ID-token endpoint and a mock of OpenAI's workload identity token
+//! exchange (both the tests' own hyper servers on loopback, checking the exact request shape),
+//! and a mock upstream that records which access token reached it.
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const REQUEST_TOKEN: &str = "eyJhbGciOiJub25lIn0.GHREQUESTTOKENSECRET-0123456789_abc.c2ln";
+const AUDIENCE: &str = "https://api.openai.com/v1";
+const PROVIDER: &str = "wip_test123";
+const SERVICE_ACCOUNT: &str = "svc_acct_test456";
+
+fn id_token(n: usize) -> String {
+    format!("eyJhbGciOiJSUzI1NiJ9.GHIDTOKENSECRET{n}.sig")
+}
+
+fn access_token(n: usize) -> String {
+    format!("wif-ACCESSTOKENSECRET-{n}")
+}
+
+/// The two token endpoints of the tests' own, numbering what they hand out.
+struct TokenEndpoints {
+    github: MockUpstream,
+    exchange: MockUpstream,
+}
+
+impl TokenEndpoints {
+    /// `exchange_reply(n)` answers the n-th exchange (1-based); `expires_in` is the lifetime
+    /// every token gets.
+    async fn start(exchange_reply: impl Fn(usize) -> Reply + Send + Sync + 'static) -> Self {
+        let issued = Arc::new(AtomicUsize::new(0));
+        let github = MockUpstream::start(move |_| {
+            let n = issued.fetch_add(1, Ordering::SeqCst) + 1;
+            Reply::json(200, &json!({ "value": id_token(n) }).to_string())
+        })
+        .await;
+        let exchanges = Arc::new(AtomicUsize::new(0));
+        let exchange = MockUpstream::start(move |_| {
+            exchange_reply(exchanges.fetch_add(1, Ordering::SeqCst) + 1)
+        })
+        .await;
+        TokenEndpoints { github, exchange }
+    }
+
+    fn granting(expires_in: u64) -> impl Fn(usize) -> Reply + Send + Sync + 'static {
+        move |n| {
+            Reply::json(
+                200,
+                &json!({
+                    "access_token": access_token(n),
+                    "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+                    "token_type": "Bearer",
+                    "expires_in": expires_in,
+                })
+                .to_string(),
+            )
+        }
+    }
+
+    fn args(&self, upstream_url: &str) -> Vec<String> {
+        [
+            "--upstream-url",
+            upstream_url,
+            "--github-oidc",
+            "--oidc-audience",
+            AUDIENCE,
+            "--identity-provider-id",
+            PROVIDER,
+            "--service-account-id",
+            SERVICE_ACCOUNT,
+            "--github-oidc-request-url",
+            &self.github.url("/_apis/actions/idtoken?api-version=2.0"),
+            "--oidc-token-url",
+            &self.exchange.url("/oauth/token"),
+            "--log-level",
+            "trace",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+}
+
+fn start(args: Vec<String>) -> Proxy {
+    Proxy::start_with(ProxyOptions {
+        args,
+        key: Some(REQUEST_TOKEN),
+        ..Default::default()
+    })
+}
+
+async fn upstream_ok() -> MockUpstream {
+    MockUpstream::start(|_| Reply::json(200, r#"{"id":"resp_1","object":"response"}"#)).await
+}
+
+async fn post(proxy: &Proxy) -> (u16, String) {
+    let response = http_client()
+        .post(proxy.url("/v1/responses"))
+        .header("content-type", "application/json")
+        .body(r#"{"model":"gpt-5","input":"hi"}"#)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+fn authorizations(upstream: &MockUpstream) -> Vec<String> {
+    upstream
+        .seen()
+        .iter()
+        .map(|s| s.header("authorization").unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_exchange_has_the_reference_shape_and_its_token_reaches_the_upstream() {
+    let endpoints = TokenEndpoints::start(TokenEndpoints::granting(3600)).await;
+    let upstream = upstream_ok().await;
+    let proxy = start(endpoints.args(&upstream.url("/v1/responses")));
+
+    let (status, body) = post(&proxy).await;
+    assert_eq!(status, 200, "{body}\n{}", proxy.stderr());
+
+    // GitHub: GET of the runner's URL plus the audience, with the request token as bearer.
+    let github = endpoints.github.seen();
+    assert_eq!(github.len(), 1);
+    assert_eq!(github[0].method, "GET");
+    assert_eq!(
+        github[0].uri,
+        "/_apis/actions/idtoken?api-version=2.0&audience=https%3A%2F%2Fapi.openai.com%2Fv1"
+    );
+    let authorization = github[0].header("authorization").unwrap();
+    let (scheme, token) = authorization.split_once(' ').unwrap();
+    assert!(scheme.eq_ignore_ascii_case("bearer"), "{authorization}");
+    assert_eq!(token, REQUEST_TOKEN);
+
+    // OpenAI: a JSON POST of exactly the documented token-exchange fields.
+    let exchange = endpoints.exchange.seen();
+    assert_eq!(exchange.len(), 1);
+    assert_eq!(exchange[0].method, "POST");
+    assert_eq!(exchange[0].uri, "/oauth/token");
+    assert_eq!(
+        exchange[0].header("content-type").as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(exchange[0].header("authorization"), None);
+    assert_eq!(
+        exchange[0].json(),
+        json!({
+            "grant_type": "urn:ietf:params:oauth:grant-type:token-exchange",
+            "subject_token_type": "urn:ietf:params:oauth:token-type:jwt",
+            "subject_token": id_token(1),
+            "identity_provider_id": PROVIDER,
+            "service_account_id": SERVICE_ACCOUNT,
+        })
+    );
+
+    // The upstream gets the exchanged token; a second request reuses it.
+    let (status, _) = post(&proxy).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        authorizations(&upstream),
+        vec![
+            format!("Bearer {}", access_token(1)),
+            format!("Bearer {}", access_token(1))
+        ]
+    );
+    assert_eq!(endpoints.exchange.seen().len(), 1, "the token is cached");
+    assert_eq!(endpoints.github.seen().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_due_for_renewal_is_replaced_before_it_is_used() {
+    // A one-second token is due for renewal as soon as it is issued (the renewal lead is at
+    // least one second), so each request after the first needs a fresh exchange.
+    let endpoints = TokenEndpoints::start(TokenEndpoints::granting(1)).await;
+    let upstream = upstream_ok().await;
+    let proxy = start(endpoints.args(&upstream.url("/v1/responses")));
+    for _ in 0..3 {
+        let (status, body) = post(&proxy).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(
+        authorizations(&upstream),
+        (1..=3)
+            .map(|n| format!("Bearer {}", access_token(n)))
+            .collect::<Vec<_>>()
+    );
+    // Every exchange presented a GitHub ID token fetched for it.
+    let subjects: Vec<Value> = endpoints
+        .exchange
+        .seen()
+        .iter()
+        .map(|s| s.json()["subject_token"].clone())
+        .collect();
+    assert_eq!(
+        subjects,
+        (1..=3).map(|n| json!(id_token(n))).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_401_gets_one_new_exchange_and_one_retry() {
+    let endpoints = TokenEndpoints::start(TokenEndpoints::granting(3600)).await;
+    let revoked = format!("Bearer {}", access_token(1));
+    let upstream = MockUpstream::start(move |seen| {
+        if seen.header("authorization").as_deref() == Some(revoked.as_str()) {
+            Reply::json(401, r#"{"error":{"message":"token revoked"}}"#)
+        } else {
+            Reply::json(200, r#"{"id":"resp_2"}"#)
+        }
+    })
+    .await;
+    let proxy = start(endpoints.args(&upstream.url("/v1/responses")));
+    let (status, body) = post(&proxy).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        authorizations(&upstream),
+        vec![
+            format!("Bearer {}", access_token(1)),
+            format!("Bearer {}", access_token(2))
+        ]
+    );
+    assert_eq!(endpoints.exchange.seen().len(), 2);
+
+    // An upstream that refuses every token: one renewal, one retry, then its 401 is passed on.
+    let always = MockUpstream::start(|_| Reply::json(401, r#"{"error":{"message":"no"}}"#)).await;
+    let endpoints = TokenEndpoints::start(TokenEndpoints::granting(3600)).await;
+    let proxy = start(endpoints.args(&always.url("/v1/responses")));
+    let (status, _) = post(&proxy).await;
+    assert_eq!(status, 401);
+    assert_eq!(always.seen().len(), 2);
+    assert_eq!(endpoints.exchange.seen().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_exchange_is_a_clear_502_without_secrets() {
+    let endpoints = TokenEndpoints::start(|_| {
+        Reply::json(
+            400,
+            &json!({"error": {"code": "invalid_subject_token", "message": format!("bad token {}", id_token(1))}}).to_string(),
+        )
+    })
+    .await;
+    let upstream = upstream_ok().await;
+    let proxy = start(endpoints.args(&upstream.url("/v1/responses")));
+    let (status, body) = post(&proxy).await;
+    assert_eq!(status, 502, "{body}");
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["error"]["code"], "workload_identity_exchange_failed");
+    assert_eq!(error["error"]["type"], "upstream_error");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("400"), "{message}");
+    assert!(message.contains("invalid_subject_token"), "{message}");
+    for secret in [REQUEST_TOKEN, &id_token(1), "SECRET"] {
+        assert!(!body.contains(secret), "{body}");
+    }
+    assert!(upstream.seen().is_empty(), "nothing went upstream");
+
+    // GitHub refusing the request token is just as clear.
+    let github = MockUpstream::start(|_| Reply::json(403, r#"{"message":"forbidden"}"#)).await;
+    let exchange = MockUpstream::start(|_| Reply::json(500, "{}")).await;
+    let endpoints = TokenEndpoints { github, exchange };
+    let proxy = start(endpoints.args(&upstream.url("/v1/responses")));
+    let (status, body) = post(&proxy).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("GitHub OIDC token endpoint"), "{body}");
+    assert!(body.contains("403"), "{body}");
+    assert!(!body.contains("GHREQUESTTOKENSECRET"), "{body}");
+    assert!(endpoints.exchange.seen().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_never_reach_logs_argv_or_the_environment() {
+    // Renewal before every request and a 401 on the second token, at the most verbose log
+    // level; then a second proxy whose exchanges all fail.
+    let endpoints = TokenEndpoints::start(TokenEndpoints::granting(1)).await;
+    let rejected = format!("Bearer {}", access_token(2));
+    let upstream = MockUpstream::start(move |seen| {
+        if seen.header("authorization").as_deref() == Some(rejected.as_str()) {
+            Reply::json(401, r#"{"error":{"message":"expired"}}"#)
+        } else {
+            Reply::json(200, r#"{"id":"resp_3"}"#)
+        }
+    })
+    .await;
+    let proxy = start(endpoints.args(&upstream.url("/v1/responses")));
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(post(&proxy).await.0);
+    }
+    assert_eq!(statuses, vec![200, 200, 200]);
+    // One-second tokens are renewed before every use: before each of the three requests, after
+    // the 401, and before its retry.
+    assert_eq!(endpoints.exchange.seen().len(), 5);
+
+    let failing = TokenEndpoints::start(|_| {
+        Reply::json(
+            401,
+            &json!({"error": "invalid_grant", "subject": id_token(1)}).to_string(),
+        )
+    })
+    .await;
+    let failing_proxy = start(failing.args(&upstream.url("/v1/responses")));
+    assert_eq!(post(&failing_proxy).await.0, 502);
+
+    let mut places = Vec::new();
+    for (proxy, needle) in [
+        (&proxy, "issued a token for 1 s"),
+        (&failing_proxy, "invalid_grant"),
+    ] {
+        let log = proxy.stderr_once_it_has(needle, Duration::from_secs(5));
+        assert!(log.contains(needle), "{log}");
+        assert!(log.contains("DEBUG"), "verbose: {log}");
+        places.push(("log".to_string(), log));
+        for pid in [proxy.pid, proxy.worker_pid()] {
+            for file in ["cmdline", "environ"] {
+                let bytes = std::fs::read(format!("/proc/{pid}/{file}")).unwrap_or_default();
+                places.push((
+                    format!("/proc/{pid}/{file}"),
+                    String::from_utf8_lossy(&bytes).into_owned(),
+                ));
+            }
+        }
+    }
+    assert!(
+        places[1].1.contains("--github-oidc"),
+        "the supervisor's cmdline was read"
+    );
+    let mut secrets = vec![REQUEST_TOKEN.to_string(), "GHREQUESTTOKENSECRET".into()];
+    for n in 1..=5 {
+        secrets.push(id_token(n));
+        secrets.push(access_token(n));
+    }
+    secrets.push("GHIDTOKENSECRET".into());
+    secrets.push("ACCESSTOKENSECRET".into());
+    for (place, text) in &places {
+        for secret in &secrets {
+            assert!(!text.contains(secret.as_str()), "{secret} found in {place}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_settings_stop_the_service_with_a_clear_message() {
+    let endpoints = TokenEndpoints::start(TokenEndpoints::granting(3600)).await;
+    // Missing flags: clap names them.
+    let output = std::process::Command::new(binary())
+        .args(["--github-oidc", "--oidc-audience", AUDIENCE])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--identity-provider-id"), "{stderr}");
+
+    // A plain-HTTP request URL off loopback, and an upstream other than OpenAI's.
+    for (flag, value, expected) in [
+        (
+            "--github-oidc-request-url",
+            "http://example.com/token",
+            "--github-oidc-request-url must be an https:// URL",
+        ),
+        (
+            "--upstream-url",
+            "https://example.com/v1/responses",
+            "only to https://api.openai.com",
+        ),
+    ] {
+        let mut args = endpoints.args("http://127.0.0.1:9/v1/responses");
+        let at = args.iter().position(|a| a == flag).unwrap();
+        args[at + 1] = value.to_string();
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new(binary())
+            .args(&args)
+            .arg("--server-info")
+            .arg(dir.path().join("info.json"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin
+                .write_all(format!("{REQUEST_TOKEN}\n").as_bytes())
+                .unwrap();
+        }
+        let output = child.wait_with_output().unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(expected), "{stderr}");
+        assert!(!stderr.contains("GHREQUESTTOKENSECRET"), "{stderr}");
+    }
+
+    // No request token on standard input.
+    let output = std::process::Command::new(binary())
+        .args(endpoints.args("http://127.0.0.1:9/v1/responses"))
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no GitHub OIDC request token was given"),
+        "{stderr}"
+    );
+}
+
+/// A forward proxy of the test's own for plain-HTTP destinations: records each request line
+/// (absolute form) and relays the connection to the destination it names.
+async fn egress_proxy() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let recorded = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let recorded = recorded.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if client.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let text = String::from_utf8_lossy(&head).to_string();
+                let line = text.lines().next().unwrap_or_default().to_string();
+                recorded.lock().unwrap().push(line.clone());
+                let authority = line
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|target| target.strip_prefix("http://"))
+                    .and_then(|rest| rest.split('/').next())
+                    .unwrap_or_default()
+                    .to_string();
+                let Ok(mut destination) = tokio::net::TcpStream::connect(authority).await else {
+                    let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
+                    return;
+                };
+                destination.write_all(&head).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut destination).await;
+            });
+        }
+    });
+    (format!("http://{address}"), seen)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn both_token_endpoints_use_the_egress_proxy_like_the_upstream() {
+    let endpoints = TokenEndpoints::start(TokenEndpoints::granting(3600)).await;
+    let upstream = upstream_ok().await;
+    let (proxy_url, through_proxy) = egress_proxy().await;
+    let mut args = endpoints.args(&upstream.url("/v1/responses"));
+    args.extend(["--upstream-proxy".to_string(), proxy_url]);
+    let proxy = start(args);
+    let (status, body) = post(&proxy).await;
+    assert_eq!(status, 200, "{body}");
+    let mut lines = through_proxy.lock().unwrap().clone();
+    lines.sort();
+    let mut expected = vec![
+        format!(
+            "GET {}&audience=https%3A%2F%2Fapi.openai.com%2Fv1 HTTP/1.1",
+            endpoints
+                .github
+                .url("/_apis/actions/idtoken?api-version=2.0")
+        ),
+        format!("POST {} HTTP/1.1", endpoints.exchange.url("/oauth/token")),
+        format!("POST {} HTTP/1.1", upstream.url("/v1/responses")),
+    ];
+    expected.sort();
+    assert_eq!(lines, expected);
+    assert_eq!(
+        upstream.seen()[0].header("authorization").unwrap(),
+        format!("Bearer {}", access_token(1))
+    );
+}
