@@ -160,7 +160,7 @@ pub(crate) async fn serve(
     route: BridgeRoute,
 ) -> Response<Body> {
     let (parts, body) = request.into_parts();
-    let body = match state.read_body(body, &parts.headers).await {
+    let body = match state.read_body(body, &parts).await {
         Ok(body) => body,
         Err(response) => return response,
     };

@@ -195,7 +195,7 @@ async fn json_body(
     request: Request<Incoming>,
 ) -> Result<(HeaderMap, serde_json::Value), Response<Body>> {
     let (parts, body) = request.into_parts();
-    let bytes = state.read_body(body, &parts.headers).await?;
+    let bytes = state.read_body(body, &parts).await?;
     match serde_json::from_slice(&bytes) {
         Ok(json) => Ok((parts.headers, json)),
         Err(e) => Err(error_response(
@@ -578,7 +578,7 @@ async fn ollama(
             );
         }
     };
-    let body = match state.read_body(body, &parts.headers).await {
+    let body = match state.read_body(body, &parts).await {
         Ok(body) => body,
         Err(response) => return response,
     };
