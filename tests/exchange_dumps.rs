@@ -291,6 +291,57 @@ async fn wrapper_exchanges_are_dumped_as_the_client_saw_them() {
     assert_eq!(response["body"], models);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn a_key_from_auth_json_is_cleaned_out_of_bridge_dumps_too() {
+    require_root("the dump directory is given to the worker user");
+    const AUTH_JSON_KEY: &str = "sk-authjson-0123456789abcdefSECRET2";
+    let chat = std::fs::read_to_string(format!(
+        "{}/tests/fixtures/chat-streams/text.sse",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    let mock = MockUpstream::start(move |_| Reply::sse(&chat)).await;
+    let (parent, dir) = dump_location();
+    let auth_json = parent.path().join("auth.json");
+    std::fs::write(
+        &auth_json,
+        json!({"OPENAI_API_KEY": AUTH_JSON_KEY}).to_string(),
+    )
+    .unwrap();
+    let proxy = Proxy::start(
+        &mock.url("/v1/chat/completions"),
+        &[
+            "--bridge-to-chat",
+            "--upstream-auth-mode",
+            "apikey_auth_json",
+            "--codex-auth-file",
+            auth_json.to_str().unwrap(),
+            "--dump-dir",
+            dir.to_str().unwrap(),
+        ],
+    );
+    let body = json!({"model": "gpt-test", "stream": true,
+        "input": format!("is {AUTH_JSON_KEY} the key?")});
+    let response = post_with_credentials(&proxy, &body).await;
+    assert_eq!(response.status(), 200);
+    response.text().await.unwrap();
+    assert_eq!(
+        mock.seen()[0].header("authorization").unwrap(),
+        format!("Bearer {AUTH_JSON_KEY}")
+    );
+    let dumps = dumps_once(&dir, 1);
+    let request = one(&dumps, "-request.json");
+    assert!(request["body"]["input"]
+        .as_str()
+        .unwrap()
+        .starts_with("is "));
+    for name in names(&dir) {
+        let text = std::fs::read_to_string(dir.join(&name)).unwrap();
+        assert!(!text.contains(AUTH_JSON_KEY), "{name}:\n{text}");
+    }
+    assert_no_secrets(&dir);
+}
+
 /// A Responses stream whose one output item is an assistant message saying `text`.
 fn responses_stream(id: &str, text: &str) -> String {
     let item = json!({"type": "message", "id": format!("msg_{id}"), "role": "assistant", "status": "completed",

@@ -1,6 +1,6 @@
 //! Exchange dumps (`--dump-dir`), in the reference proxy's file shape: each exchange becomes
 //! `NNNNNN-MILLIS-request.json` (`method`, `url`, `headers` as `{name, value}` pairs, `body`:
-//! the JSON it held, else its text), written once the request body is read, and
+//! the JSON it held, else its text), written once the response's head is there, and
 //! `NNNNNN-MILLIS-response.json` (`status`, `headers`, `body`, and how the body ended in
 //! `termination`), written once the response body ends or is dropped. Both also carry the
 //! caller's `uid`; a WebSocket turn's request is dumped as the POST it is served as, marked
@@ -131,6 +131,7 @@ impl ExchangeDumps {
                 method: method.to_owned(),
                 url: url.to_owned(),
                 headers: headers.clone(),
+                body: Bytes::new(),
                 websocket,
             })),
         }))
@@ -242,6 +243,7 @@ struct PendingRequest {
     method: String,
     url: String,
     headers: HeaderMap,
+    body: Bytes,
     websocket: bool,
 }
 
@@ -288,23 +290,22 @@ enum Termination {
 }
 
 impl Exchange {
-    /// The request's body is read: its file is written (after this response's bookkeeping).
-    pub(crate) fn request_body(self: &Arc<Self>, body: &Bytes) {
-        let pending = self
+    /// The request's body is read: kept for the request file, written with the response's
+    /// head (when the credential the request went upstream with is known, to clean it out).
+    pub(crate) fn request_body(&self, body: &Bytes) {
+        if let Some(pending) = self
             .request
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(pending) = pending {
-            let exchange = self.clone();
-            let body = body.clone();
-            crate::logging::defer(move || exchange.write_request(pending, &body));
+            .as_mut()
+        {
+            pending.body = body.clone();
         }
     }
 
-    fn write_request(&self, pending: PendingRequest, body: &[u8]) {
-        let secrets = self.dumps.secrets(None);
-        let (body, body_truncated) = cut(body, self.dumps.body_limit);
+    fn write_request(&self, pending: PendingRequest, credential: Option<&HeaderValue>) {
+        let secrets = self.dumps.secrets(credential);
+        let (body, body_truncated) = cut(&pending.body, self.dumps.body_limit);
         let dump = RequestDump {
             method: &pending.method,
             url: text_without(pending.url.as_bytes(), &secrets),
@@ -328,22 +329,22 @@ impl Exchange {
     }
 
     /// The response to send instead of `response`: the same, its body copied into the dump as
-    /// it passes (written when it ends). A request whose body was never read is dumped now,
-    /// with an empty body.
+    /// it passes (written when it ends). The request's file is written now (its body empty
+    /// if it was never read).
     pub(crate) fn response(self: Arc<Self>, response: Response<Body>) -> Response<Body> {
+        let credential = response
+            .extensions()
+            .get::<SentCredential>()
+            .map(|c| c.0.clone());
         let pending = self
             .request
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(pending) = pending {
-            let exchange = self.clone();
-            crate::logging::defer(move || exchange.write_request(pending, &[]));
+            let (exchange, credential) = (self.clone(), credential.clone());
+            crate::logging::defer(move || exchange.write_request(pending, credential.as_ref()));
         }
-        let credential = response
-            .extensions()
-            .get::<SentCredential>()
-            .map(|c| c.0.clone());
         let capture = Capture {
             status: response.status().as_u16(),
             headers: response.headers().clone(),

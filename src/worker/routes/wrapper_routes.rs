@@ -367,6 +367,11 @@ async fn respond<C: ClientConverter>(
     if !upstream_status.is_success() {
         return mirror_error(answer).await;
     }
+    // Kept on the answer for what cleans it of the credential (`--dump-dir`).
+    let credential = answer
+        .extensions()
+        .get::<crate::worker::upstream::SentCredential>()
+        .cloned();
     let mut response = if client.stream {
         translate::streaming_response(answer, converter)
     } else {
@@ -382,6 +387,9 @@ async fn respond<C: ClientConverter>(
     response
         .extensions_mut()
         .insert(UpstreamStatus(upstream_status.as_u16()));
+    if let Some(credential) = credential {
+        response.extensions_mut().insert(credential);
+    }
     response
 }
 
