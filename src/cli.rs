@@ -544,6 +544,50 @@ pub struct Cli {
     )]
     pub forward_billing_headers: bool,
 
+    /// Write every exchange (request, then response once it ends) as JSON files in this
+    /// directory, as the reference proxy's --dump-dir does: for debugging only, since they hold
+    /// users' prompts. Root creates it (its parent must be root's and writable by no one else)
+    /// and gives it to the worker user, mode 0700; credentials are redacted.
+    #[arg(
+        long,
+        env = "CODEX_PROXY_DUMP_DIR",
+        value_name = "DIR",
+        help_heading = "Exchange dumps"
+    )]
+    pub dump_dir: Option<PathBuf>,
+
+    /// Most dump files kept in --dump-dir (two per exchange); the oldest are removed.
+    #[arg(
+        long,
+        env = "CODEX_PROXY_DUMP_MAX_FILES",
+        default_value_t = 1000,
+        value_name = "N",
+        help_heading = "Exchange dumps"
+    )]
+    pub dump_max_files: usize,
+
+    /// Most bytes of dump files kept in --dump-dir; the oldest are removed. A body larger
+    /// than a quarter of this (at most 8 MiB) is cut short in its dump.
+    #[arg(
+        long,
+        env = "CODEX_PROXY_DUMP_MAX_BYTES",
+        default_value_t = 256 << 20,
+        value_name = "BYTES",
+        help_heading = "Exchange dumps"
+    )]
+    pub dump_max_bytes: u64,
+
+    /// Dump only the exchanges of these local users (names or uids; repeatable or comma
+    /// separated). Default: every user.
+    #[arg(
+        long = "dump-user",
+        env = "CODEX_PROXY_DUMP_USERS",
+        value_delimiter = ',',
+        value_name = "USER",
+        help_heading = "Exchange dumps"
+    )]
+    pub dump_users: Vec<String>,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 

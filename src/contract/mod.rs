@@ -34,6 +34,9 @@ pub struct Handover {
     pub(crate) client_api_key: Option<secrecy::SecretString>,
     /// The upstream TLS files, read as root (the worker user may not be able to read them).
     pub(crate) upstream_tls: UpstreamTlsFiles,
+    /// `--dump-dir`, opened by root after it checked it and gave it to the worker user
+    /// (`None`: exchanges are not dumped).
+    pub(crate) dump_directory: Option<OwnedFd>,
     /// The listening sockets, already bound (or inherited from systemd).
     pub(crate) listeners: Vec<Listener>,
     /// The worker's end of the worker→supervisor pipe.

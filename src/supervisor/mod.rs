@@ -5,6 +5,7 @@
 //! Uses: `crate::atomic_file`, `crate::cli`, `crate::contract`, `crate::logging`, `crate::sandbox`
 //! and nix, secrecy, tracing.
 
+pub(crate) mod dump_directory;
 pub(crate) mod hardening;
 pub mod key;
 pub(crate) mod listener;
@@ -139,6 +140,10 @@ pub fn prepare(cli: &Cli) -> Result<Prepared, ExitCode> {
     if let (Some(dir), Some(user)) = (&cli.state_directory, &worker_user) {
         hand_over_state_directory(dir, user).map_err(fail)?;
     }
+    let dump_directory = match &cli.dump_dir {
+        Some(dir) => Some(dump_directory::prepare(dir, worker_user.as_ref()).map_err(fail)?),
+        None => None,
+    };
     Ok(Prepared {
         handover: Handover {
             key,
@@ -146,6 +151,7 @@ pub fn prepare(cli: &Cli) -> Result<Prepared, ExitCode> {
             auth_json,
             client_api_key,
             upstream_tls,
+            dump_directory,
             listeners,
             to_supervisor: WorkerPipe::new(to_supervisor),
             stop_requested,

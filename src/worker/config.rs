@@ -47,6 +47,8 @@ pub(crate) struct WorkerConfig {
     pub upstream_policy: crate::worker::upstream::headers::UpstreamRequestPolicy,
     /// Bounds of bridge mode's stored responses.
     pub(crate) response_store: crate::worker::conversation::response_store::StoreLimits,
+    /// `--dump-dir` and its caps (`None`: no dumps).
+    pub(crate) dumps: Option<crate::worker::exchange_dump::DumpSettings>,
 }
 
 /// How the worker authenticates upstream.
@@ -100,6 +102,7 @@ impl WorkerConfig {
             info!("the upstream is reached through the proxy at {proxy}");
         }
         let websocket_relay = websocket_relay(cli, &auth, &connection, &upstream_url)?;
+        let dumps = dump_settings(cli, handover.dump_directory.take())?;
         let key = std::mem::replace(&mut handover.key, KeySource::NotConfigured);
         Ok(WorkerConfig {
             key,
@@ -149,6 +152,7 @@ impl WorkerConfig {
             },
             auth,
             connection,
+            dumps,
         })
     }
 }
@@ -189,6 +193,50 @@ fn websocket_relay(
         )),
         (Some(_), RelayMode::Auto) => Ok(None),
     }
+}
+
+/// `--dump-dir` (the directory root opened), its caps and `--dump-user` (names or uids).
+fn dump_settings(
+    cli: &Cli,
+    directory: Option<std::os::fd::OwnedFd>,
+) -> Result<Option<crate::worker::exchange_dump::DumpSettings>, String> {
+    let Some(directory) = directory else {
+        if !cli.dump_users.is_empty() {
+            return Err("--dump-user (CODEX_PROXY_DUMP_USERS) needs --dump-dir".into());
+        }
+        return Ok(None);
+    };
+    if cli.dump_max_files < 2 {
+        return Err("--dump-max-files must be at least 2 (one exchange is two files)".into());
+    }
+    let mut users = std::collections::HashSet::new();
+    for item in cli
+        .dump_users
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let uid = match item.parse::<u32>() {
+            Ok(uid) => uid,
+            Err(_) => match nix::unistd::User::from_name(item) {
+                Ok(Some(user)) => user.uid.as_raw(),
+                Ok(None) => {
+                    return Err(format!(
+                        "--dump-user: there is no user named {item:?} on this system"
+                    ))
+                }
+                Err(e) => return Err(format!("--dump-user: cannot look up user {item:?}: {e}")),
+            },
+        };
+        users.insert(uid);
+    }
+    Ok(Some(crate::worker::exchange_dump::DumpSettings {
+        directory,
+        max_files: cli.dump_max_files,
+        max_bytes: cli.dump_max_bytes,
+        users: (!users.is_empty()).then_some(users),
+    }))
 }
 
 /// Upstream authentication settings.

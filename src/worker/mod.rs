@@ -6,6 +6,7 @@
 
 pub(crate) mod config;
 pub(crate) mod conversation;
+pub(crate) mod exchange_dump;
 pub(crate) mod identity;
 pub(crate) mod routes;
 pub(crate) mod server;
@@ -71,6 +72,8 @@ pub(crate) struct State {
     pub response_store: Arc<response_store::ResponseStore>,
     /// Bridge mode's compaction key (`None` in strict mode).
     pub compaction_seal: Option<Arc<compaction_seal::CompactionSeal>>,
+    /// `--dump-dir` (`None`: exchanges are not dumped, and nothing of it runs).
+    pub dumps: Option<Arc<exchange_dump::ExchangeDumps>>,
 }
 
 impl State {
@@ -101,11 +104,11 @@ tokio::task_local! {
 impl State {
     /// The whole request body within this proxy's size limit and idle timeout, and within the
     /// caller's share of body memory and unfinished requests, or the 413/408/429/503 response
-    /// to send instead.
+    /// to send instead. An exchange being dumped gets its request file here.
     pub(crate) async fn read_body(
         &self,
         body: hyper::body::Incoming,
-        headers: &hyper::HeaderMap,
+        request: &hyper::http::request::Parts,
     ) -> Result<bytes::Bytes, hyper::Response<http::Body>> {
         let caller = CALLER.try_with(|user| *user).unwrap_or(None);
         let limits = http::BodyLimits {
@@ -113,7 +116,13 @@ impl State {
             timeout: self.idle_timeout,
             share: Some((&self.fair_share, caller)),
         };
-        http::read_request_body(body, headers, limits).await
+        let body = http::read_request_body(body, &request.headers, limits).await?;
+        if self.dumps.is_some() {
+            if let Some(dump) = request.extensions.get::<Arc<exchange_dump::Exchange>>() {
+                dump.request_body(&body);
+            }
+        }
+        Ok(body)
     }
 }
 
@@ -476,7 +485,28 @@ fn shared_state(config: &mut WorkerConfig, supervisor_pipe: WorkerPipe) -> Optio
             store.max_age.as_secs()
         );
     }
+    let dumps = match config.dumps.take() {
+        Some(settings) => {
+            let key = match &config.key {
+                KeySource::Key(header) => Some(header.bytes()),
+                KeySource::NotConfigured => None,
+            };
+            let (files, bytes) = (settings.max_files, settings.max_bytes);
+            match exchange_dump::ExchangeDumps::open(settings, key) {
+                Ok(dumps) => {
+                    warn!("worker: every exchange is dumped to --dump-dir (at most {files} files, {} MiB); the dumps hold users' prompts", bytes >> 20);
+                    Some(Arc::new(dumps))
+                }
+                Err(e) => {
+                    error!("worker: --dump-dir: {e}");
+                    return None;
+                }
+            }
+        }
+        None => None,
+    };
     Some(Arc::new(State {
+        dumps,
         response_store: Arc::new(response_store::ResponseStore::new(store)),
         compaction_seal,
         upstream,
@@ -768,7 +798,26 @@ fn spawn_connection<S>(
                 Some(refusal) => (refusal, None),
                 None => {
                     let accounted = is_model_route.then(|| state.accounting.clone());
-                    (routes::handle(state, route, request).await, accounted)
+                    // The one place every HTTP exchange passes (a WebSocket's turns are
+                    // dumped one by one by its session).
+                    let dump = match &state.dumps {
+                        Some(dumps) if route.is_dumped() => dumps.begin(
+                            identity.uid,
+                            request.method().as_str(),
+                            request.uri().path_and_query().map_or("", |p| p.as_str()),
+                            request.headers(),
+                            false,
+                        ),
+                        _ => None,
+                    };
+                    let response = match dump {
+                        Some(dump) => {
+                            request.extensions_mut().insert(dump.clone());
+                            dump.response(routes::handle(state, route, request).await)
+                        }
+                        None => routes::handle(state, route, request).await,
+                    };
+                    (response, accounted)
                 }
             };
             Ok::<_, std::convert::Infallible>(http::LoggedBody::wrap(response, record, accounted))

@@ -160,7 +160,7 @@ pub(crate) async fn serve(
     route: BridgeRoute,
 ) -> Response<Body> {
     let (parts, body) = request.into_parts();
-    let body = match state.read_body(body, &parts.headers).await {
+    let body = match state.read_body(body, &parts).await {
         Ok(body) => body,
         Err(response) => return response,
     };
@@ -254,6 +254,11 @@ pub(crate) async fn serve_body(
     if !upstream_status.is_success() {
         return mirror_error(answer).await;
     }
+    // Kept on the answer for what cleans it of the credential (`--dump-dir`).
+    let credential = answer
+        .extensions()
+        .get::<crate::worker::upstream::SentCredential>()
+        .cloned();
     let id = new_response_id();
     let chat_converter = ChatStreamConverter::new(plan.meta, &id, unix_now());
     let mut response = if compacting {
@@ -302,6 +307,9 @@ pub(crate) async fn serve_body(
     response
         .extensions_mut()
         .insert(UpstreamStatus(upstream_status.as_u16()));
+    if let Some(credential) = credential {
+        response.extensions_mut().insert(credential);
+    }
     response
 }
 

@@ -50,6 +50,14 @@ impl Route {
     }
 }
 
+impl Route {
+    /// Whether an exchange on this route is dumped (`--dump-dir`): not a refusal, and not a
+    /// WebSocket's handshake (its turns are dumped one by one).
+    pub(crate) fn is_dumped(&self) -> bool {
+        !matches!(self, Route::Refused(_) | Route::WebSocket)
+    }
+}
+
 /// The one classification of a request: method, exact origin-form path (no query but for
 /// the Ollama pass-through), `Expect`, the wrapper's client key and whether a key is
 /// installed.

@@ -18,7 +18,7 @@ pub(crate) async fn forward(
     request: Request<Incoming>,
 ) -> Response<Body> {
     let (parts, body) = request.into_parts();
-    let body = match state.read_body(body, &parts.headers).await {
+    let body = match state.read_body(body, &parts).await {
         Ok(body) => body,
         Err(response) => return response,
     };
@@ -61,7 +61,7 @@ pub(crate) async fn forward_compact(
     request: Request<Incoming>,
 ) -> Response<Body> {
     let (parts, body) = request.into_parts();
-    let body = match state.read_body(body, &parts.headers).await {
+    let body = match state.read_body(body, &parts).await {
         Ok(body) => body,
         Err(response) => return response,
     };

@@ -196,7 +196,7 @@ async fn json_body(
     request: Request<Incoming>,
 ) -> Result<(HeaderMap, serde_json::Value), Response<Body>> {
     let (parts, body) = request.into_parts();
-    let bytes = state.read_body(body, &parts.headers).await?;
+    let bytes = state.read_body(body, &parts).await?;
     match serde_json::from_slice(&bytes) {
         Ok(json) => Ok((parts.headers, json)),
         Err(e) => Err(error_response(
@@ -421,6 +421,11 @@ async fn respond<C: ClientConverter>(
     let Some(upstream_status) = answers.first().map(reqwest::Response::status) else {
         return wrapper_error(&WrapperError::upstream("no upstream response", None));
     };
+    // Kept on the answer for what cleans it of the credential (`--dump-dir`).
+    let credential = answers[0]
+        .extensions()
+        .get::<crate::worker::upstream::SentCredential>()
+        .cloned();
     let mut response = if client.stream {
         translate::streaming_response_of_all(answers, converter)
     } else {
@@ -436,6 +441,9 @@ async fn respond<C: ClientConverter>(
     response
         .extensions_mut()
         .insert(UpstreamStatus(upstream_status.as_u16()));
+    if let Some(credential) = credential {
+        response.extensions_mut().insert(credential);
+    }
     response
 }
 
@@ -654,7 +662,7 @@ async fn ollama(
             );
         }
     };
-    let body = match state.read_body(body, &parts.headers).await {
+    let body = match state.read_body(body, &parts).await {
         Ok(body) => body,
         Err(response) => return response,
     };

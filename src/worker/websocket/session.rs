@@ -13,12 +13,13 @@
 //! dropped), unless usage is recorded or limited, when the upstream stream is read on for its
 //! usage first, as for a POST whose client left (see [`Outbox`]); an internal fault closes with 1011.
 //!
-//! Each turn is accounted (usage.jsonl, the token limit) and logged as one request line
-//! (`WS /v1/responses`), like a POST.
+//! Each turn is accounted (usage.jsonl, the token limit), logged as one request line
+//! (`WS /v1/responses`) and dumped (`--dump-dir`), like a POST.
 //!
 //! Uses: `crate::clock`, `crate::logging`, `crate::usage`, `crate::worker::admission`,
 //! `crate::worker::identity`, `crate::worker::routes`, `crate::worker::server`,
-//! `crate::worker::spawn_as_caller`, `crate::worker::stop_requested` and bytes, futures_util,
+//! `crate::worker::spawn_as_caller`, `crate::worker::stop_requested`, `crate::worker::exchange_dump`
+//! (through `State`) and bytes, futures_util,
 //! http_body_util, hyper, hyper_util, openai_wire, serde, serde_json, tokio, tracing.
 
 use super::history::{body_with_input, input_items, Item, SocketHistory};
@@ -481,7 +482,19 @@ async fn run_turn(
         return;
     }
     log.accounted = true;
+    // Dumped as the POST it is served as (`--dump-dir`).
+    let dump = state
+        .dumps
+        .as_ref()
+        .and_then(|dumps| dumps.begin(identity.uid, "POST", "/v1/responses", &headers, true));
+    if let Some(dump) = &dump {
+        dump.request_body(&body);
+    }
     let response = crate::worker::routes::responses_from_body(&state, &headers, body).await;
+    let response = match dump {
+        Some(dump) => dump.response(response),
+        None => response,
+    };
     log.record.status = response.status().as_u16();
     log.record.upstream_status = response.extensions().get::<UpstreamStatus>().map(|s| s.0);
     if !response.status().is_success() {
