@@ -57,10 +57,8 @@ impl WsUpstream {
                           -> Result<Response, ErrorResponse> {
                         let mut seen = seen_hs.lock().unwrap();
                         for (name, value) in request.headers() {
-                            seen.handshake_headers.push(format!(
-                                "{name}: {}",
-                                value.to_str().unwrap_or("?")
-                            ));
+                            seen.handshake_headers
+                                .push(format!("{name}: {}", value.to_str().unwrap_or("?")));
                         }
                         let auth = request
                             .headers()
@@ -160,7 +158,10 @@ async fn next_event(socket: &mut Client) -> Value {
 }
 
 async fn turn(socket: &mut Client, message: &str) -> Vec<Value> {
-    socket.send(Message::text(message.to_owned())).await.unwrap();
+    socket
+        .send(Message::text(message.to_owned()))
+        .await
+        .unwrap();
     let mut events = Vec::new();
     loop {
         let event = next_event(socket).await;
@@ -312,7 +313,10 @@ async fn auto_falls_back_to_serving_locally_and_remembers_an_http_only_upstream(
 #[tokio::test(flavor = "multi_thread")]
 async fn relay_mode_answers_502_when_the_upstream_refuses_the_upgrade() {
     let mock = MockUpstream::start(|_| Reply::sse("")).await;
-    let proxy = Proxy::start(&mock.url("/v1/responses"), &["--websocket-upstream", "relay"]);
+    let proxy = Proxy::start(
+        &mock.url("/v1/responses"),
+        &["--websocket-upstream", "relay"],
+    );
     match connect(&proxy).await {
         Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
             assert_eq!(response.status(), 502);

@@ -205,7 +205,10 @@ pub(crate) async fn accept(state: Arc<State>, mut request: Request<Incoming>) ->
                 }
                 if let relay::OpenFailure::Refused(_) = failure {
                     relay.remember_http_only();
-                    tracing::info!("websocket: {failure}; serving WebSockets locally over HTTP for {} s", relay::HTTP_ONLY_MEMORY.as_secs());
+                    tracing::info!(
+                        "websocket: {failure}; serving WebSockets locally over HTTP for {} s",
+                        relay::HTTP_ONLY_MEMORY.as_secs()
+                    );
                 } else {
                     tracing::warn!("websocket: {failure}; serving this socket locally over HTTP");
                 }
@@ -236,12 +239,7 @@ pub(crate) async fn accept(state: Arc<State>, mut request: Request<Incoming>) ->
         if let Some(upstream) = relayed {
             return relay::serve(state, upgraded, upstream, parts).await;
         }
-        session::serve(
-            state,
-            upgraded,
-            parts,
-        )
-        .await;
+        session::serve(state, upgraded, parts).await;
     });
     let mut response = Response::new(crate::worker::server::http::full(bytes::Bytes::new()));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

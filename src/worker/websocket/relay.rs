@@ -89,7 +89,10 @@ impl std::fmt::Display for OpenFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             OpenFailure::Refused(status) => {
-                write!(f, "the upstream answered the WebSocket upgrade with {status}")
+                write!(
+                    f,
+                    "the upstream answered the WebSocket upgrade with {status}"
+                )
             }
             OpenFailure::Failed(why) => write!(f, "the upstream WebSocket failed: {why}"),
         }
@@ -124,7 +127,9 @@ impl UpstreamWebSocket {
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_owned();
-        let port = url.port_or_known_default().unwrap_or(if secure { 443 } else { 80 });
+        let port = url
+            .port_or_known_default()
+            .unwrap_or(if secure { 443 } else { 80 });
         let tls = if secure {
             let name = rustls::pki_types::ServerName::try_from(host.clone())
                 .map_err(|_| "the upstream host is not a valid TLS server name".to_string())?;
@@ -165,11 +170,10 @@ impl UpstreamWebSocket {
 
     /// Opens the upstream WebSocket with `headers` (the credentials among them).
     pub(crate) async fn open(&self, headers: HeaderMap) -> Result<UpstreamSocket, OpenFailure> {
-        let mut request = self
-            .url
-            .as_str()
-            .into_client_request()
-            .map_err(|_| OpenFailure::Failed("the upstream URL is not a WebSocket URL".into()))?;
+        let mut request =
+            self.url.as_str().into_client_request().map_err(|_| {
+                OpenFailure::Failed("the upstream URL is not a WebSocket URL".into())
+            })?;
         for (name, value) in &headers {
             request.headers_mut().append(name.clone(), value.clone());
         }
@@ -199,8 +203,7 @@ impl UpstreamWebSocket {
                 }
                 None => Box::new(tcp),
             };
-            match tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await
-            {
+            match tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await {
                 Ok((socket, _response)) => Ok(socket),
                 Err(WsError::Http(response)) => {
                     Err(OpenFailure::Refused(response.status().as_u16()))
@@ -424,7 +427,10 @@ mod tests {
             Some(429)
         );
         assert_eq!(terminal_status("response.output_text.delta", "{}"), None);
-        assert_eq!(event_type(r#"{"type":"response.create"}"#), "response.create");
+        assert_eq!(
+            event_type(r#"{"type":"response.create"}"#),
+            "response.create"
+        );
         assert_eq!(event_type("not json"), "");
     }
 }
