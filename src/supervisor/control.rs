@@ -228,12 +228,13 @@ pub fn rotate_key_command(socket: &Path) -> ExitCode {
             eprintln!("{ME}: the service closed the connection without an answer");
             ExitCode::from(1)
         }
-        (Ok(_), reply) => {
-            eprintln!("{ME}: {}", reply.strip_prefix("error: ").unwrap_or(reply));
+        (Err(e), "") => {
+            eprintln!("{ME}: no answer from the service: {e}");
             ExitCode::from(1)
         }
-        (Err(e), _) => {
-            eprintln!("{ME}: no answer from the service: {e}");
+        // A refusal may be followed by a reset (the service closed before reading all).
+        (_, reply) => {
+            eprintln!("{ME}: {}", reply.strip_prefix("error: ").unwrap_or(reply));
             ExitCode::from(1)
         }
     }
