@@ -239,3 +239,63 @@ pub fn rotate_key_command(socket: &Path) -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(bytes: &[u8]) -> Result<KeySource, String> {
+        let (mut server, mut client) = UnixStream::pair().unwrap();
+        client.write_all(bytes).unwrap();
+        drop(client);
+        read_request(&mut server)
+    }
+
+    #[test]
+    fn a_rotate_key_request_yields_the_key_and_anything_else_is_refused() {
+        if nix::unistd::geteuid().as_raw() != 0 {
+            // The peer of a socket pair is this process: only as root is it allowed.
+            let err = request(b"rotate-key\nsk-a\n").unwrap_err();
+            assert!(err.contains("only root"), "{err}");
+            return;
+        }
+        let KeySource::Key(header) = request(b"rotate-key\nsk-new_KEY-1\n").unwrap() else {
+            panic!("a key")
+        };
+        assert_eq!(header.bytes(), b"Bearer sk-new_KEY-1");
+        assert!(request(b"rotate-key\r\nsk-x\r\n").is_ok());
+        for (bad, says) in [
+            (&b"rotate-key\nsk bad\n"[..], "characters other than"),
+            (b"rotate-key\n", "no key"),
+            (b"rotate-key", "ended before"),
+            (b"rotate-key\nunset\n", ""),
+            (b"reload\nsk-a\n", "unknown command"),
+            (&[b'x'; 100], "unknown command"),
+        ] {
+            match request(bad) {
+                Err(e) => {
+                    assert!(e.contains(says), "{e}");
+                    assert!(!e.contains("sk bad") && !e.contains("sk-a"), "{e}");
+                }
+                // `unset` is a valid key here (only credentials give it a meaning).
+                Ok(KeySource::Key(h)) => assert_eq!(h.bytes(), b"Bearer unset"),
+                Ok(KeySource::NotConfigured) => panic!("unset is not special on the socket"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_socket_is_refused_where_others_could_replace_it() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("control.sock");
+        std::fs::write(&path, b"not a socket").unwrap();
+        let err = ControlSocket::open(&path).err().unwrap();
+        assert!(err.contains("not a socket"), "{err}");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = ControlSocket::open(&path).err().unwrap();
+        assert!(err.contains("writable by no one else"), "{err}");
+        assert!(ControlSocket::open(Path::new("relative.sock")).is_err());
+    }
+}
