@@ -542,3 +542,50 @@ async fn sigterm_during_a_drain_waits_for_every_worker() {
     assert!(status.success(), "{status:?}\n{}", proxy.stderr());
     assert!(!socket.exists(), "the control socket is removed on exit");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_worker_that_cannot_start_leaves_the_old_one_serving() {
+    let (mock, _) = upstream(false).await;
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().join("state");
+    let WithSocket {
+        proxy,
+        socket,
+        _dir,
+    } = proxy_with_control_socket(&mock, &["--state-directory", state_dir.to_str().unwrap()]);
+    let worker = proxy.worker_pid();
+    complete_request(&proxy).await;
+    // The running worker holds its usage store open; a new one (the worker user) could not
+    // open it any more, and so cannot start.
+    let usage = state_dir.join("usage.jsonl");
+    assert!(usage.exists());
+    nix::unistd::chown(&usage, Some(0.into()), Some(0.into())).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&usage, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    let (code, stderr) = rotate_key(&socket, KEY_B, None);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("the new worker exited before serving")
+            && stderr.contains("the current key stays in use"),
+        "{stderr}"
+    );
+    assert_eq!(wait_for_one_worker(&proxy), worker);
+    complete_request(&proxy).await;
+    assert_eq!(
+        mock.seen().last().unwrap().header("authorization"),
+        Some(bearer(KEY_A))
+    );
+    let log = proxy.stderr_once_it_has("key rotation failed", Duration::from_secs(5));
+    assert!(log.contains("cannot open the usage store"), "{log}");
+    assert!(!log.contains(KEY_B));
+    // Once the cause is gone, the same key rotates.
+    std::fs::remove_file(&usage).unwrap();
+    let (code, stderr) = rotate_key(&socket, KEY_B, None);
+    assert_eq!(code, 0, "{stderr}");
+    complete_request(&proxy).await;
+    assert_eq!(
+        mock.seen().last().unwrap().header("authorization"),
+        Some(bearer(KEY_B))
+    );
+}
