@@ -557,6 +557,10 @@ impl Supervision {
             }
         }
         self.control = None;
+        // No worker is started any more: close our copies of the listening sockets, so that
+        // (without socket activation) new connections are refused once the workers stop
+        // accepting, as they were before rotation existed.
+        self.template.listeners.clear();
         self.stop_deadline = Some(Instant::now() + self.stop_timeout);
     }
 
