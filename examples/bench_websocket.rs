@@ -140,8 +140,24 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A proxy started for the benchmark, stopped when dropped (also when the benchmark fails).
+struct Started(Child);
+
+impl Started {
+    fn id(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// The proxy binary, its key on stdin, listening on a free port once this returns.
-fn start_proxy(binary: &str, upstream: SocketAddr, mode: &str) -> (Child, u16) {
+fn start_proxy(binary: &str, upstream: SocketAddr, mode: &str) -> (Started, u16) {
     let port = free_port();
     let mut child = Command::new(binary)
         .args(["--port", &port.to_string()])
@@ -154,7 +170,7 @@ fn start_proxy(binary: &str, upstream: SocketAddr, mode: &str) -> (Child, u16) {
         .env_remove("CREDENTIALS_DIRECTORY")
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::null())
         .spawn()
         .expect("start the proxy");
     writeln!(child.stdin.take().unwrap(), "{KEY}").unwrap();
@@ -163,7 +179,7 @@ fn start_proxy(binary: &str, upstream: SocketAddr, mode: &str) -> (Child, u16) {
         assert!(Instant::now() < deadline, "the proxy did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
-    (child, port)
+    (Started(child), port)
 }
 
 /// The worker's resident memory in KiB: `VmRSS` of the supervisor's child.
@@ -256,6 +272,7 @@ async fn http_turns(addr: SocketAddr, turns: usize) -> Vec<Duration> {
             .body(Full::new(body.clone()))
             .unwrap();
         let started = Instant::now();
+        sender.ready().await.unwrap();
         let response = sender.send_request(request).await.unwrap();
         assert_eq!(response.status(), 200);
         response.into_body().collect().await.unwrap();
@@ -301,8 +318,8 @@ fn main() {
     runtime.block_on(async move {
         let ws_upstream = websocket_upstream().await;
         let http_upstream = http_upstream().await;
-        let (mut relaying, relay_port) = start_proxy(&binary, ws_upstream, "relay");
-        let (mut serving, serve_port) = start_proxy(&binary, http_upstream, "serve");
+        let (relaying, relay_port) = start_proxy(&binary, ws_upstream, "relay");
+        let (serving, serve_port) = start_proxy(&binary, http_upstream, "serve");
         let proxy = |port: u16| format!("127.0.0.1:{port}");
 
         println!("per turn, {turns} turns one after another on one connection (µs):");
@@ -356,9 +373,6 @@ fn main() {
             );
             drop(open_sockets);
         }
-        let _ = relaying.kill();
-        let _ = serving.kill();
-        let _ = relaying.wait();
-        let _ = serving.wait();
+        drop((relaying, serving));
     });
 }

@@ -13,6 +13,8 @@ pub(crate) const PACKAGE_USER: &str = "codex-responses-api-proxy";
 
 /// Where the package keeps its state (systemd's `StateDirectory=` sets `$STATE_DIRECTORY`).
 pub const DEFAULT_STATE_DIRECTORY: &str = "/var/lib/codex-responses-api-proxy";
+/// Where the packaged unit puts the supervisor's control socket (`--control-socket`).
+pub(crate) const DEFAULT_CONTROL_SOCKET: &str = "/run/codex-responses-api-proxy/control.sock";
 
 pub(crate) const DEFAULT_UPSTREAM_URL: &str = "https://api.openai.com/v1/responses";
 
@@ -40,6 +42,12 @@ pub struct Cli {
     /// Write `{"port":<port>,"pid":<supervisor pid>}` to this file once the proxy is serving.
     #[arg(long, value_name = "FILE")]
     pub server_info: Option<PathBuf>,
+
+    /// Create a root-only control socket here (mode 0600, in a directory owned by root and
+    /// writable by no one else) over which root hands the supervisor a new API key without
+    /// dropping streams (`codex-responses-api-proxy rotate-key`).
+    #[arg(long, env = "CODEX_PROXY_CONTROL_SOCKET", value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
 
     /// Serve `GET /shutdown`, which stops the whole service with exit status 0.
     #[arg(long, env = "CODEX_PROXY_HTTP_SHUTDOWN")]
@@ -148,7 +156,8 @@ pub struct Cli {
     #[arg(long, env = "CODEX_PROXY_MAX_REQUEST_BODY", default_value_t = 32 * 1024 * 1024, value_name = "BYTES")]
     pub max_request_body: usize,
 
-    /// Seconds in-flight requests may take to finish after SIGTERM or /shutdown.
+    /// Seconds in-flight requests may take to finish after SIGTERM or /shutdown, and a
+    /// replaced worker's requests after a key rotation.
     #[arg(
         long,
         env = "CODEX_PROXY_SHUTDOWN_GRACE",
@@ -609,6 +618,20 @@ pub enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Hand a running service a new API key, read from standard input (its first line),
+    /// over the supervisor's control socket: a new worker serves every new connection with it
+    /// while the old one finishes its streams. Root only. Exit status 0 when the new key is in
+    /// use, 1 when the service refused it, 3 when the control socket cannot be reached.
+    RotateKey {
+        /// The service's --control-socket.
+        #[arg(
+            long,
+            env = "CODEX_PROXY_CONTROL_SOCKET",
+            default_value = DEFAULT_CONTROL_SOCKET,
+            value_name = "PATH"
+        )]
+        control_socket: PathBuf,
     },
 }
 

@@ -27,7 +27,8 @@ mod worker;
 // What `main.rs` wires: the configuration, the root side's preparation, the worker, and the
 // usage report. Nothing else of the crate is public.
 pub use cli::{Cli, Command, DEFAULT_STATE_DIRECTORY};
-pub use supervisor::{fork_failed, prepare, Prepared};
+pub use supervisor::control::rotate_key_command;
+pub use supervisor::{prepare, Supervision};
 pub use usage::report::usage_command;
 pub use worker::run as run_worker;
 

@@ -1,7 +1,9 @@
 //! The upstream key as it crosses the fork: the finished `Authorization` header value
 //! (`Bearer <key>`) in its own page, locked in RAM, excluded from core dumps and read-only once
 //! written. Key intake (`supervisor::key`) fills it as root; the worker re-locks it after fork
-//! (locks are not inherited) and reads it. Its `Debug` never shows the key.
+//! (locks are not inherited) and reads it. Its `Debug` never shows the key. When the key is
+//! rotated, the supervisor wipes and unmaps a page once no worker of its own uses it
+//! ([`ApiKeyHeader::discard`]), and a newly forked worker discards the pages it does not use.
 //!
 //! Also [`LockedBytes`]: the same kind of page for secrets the worker obtains at run time (the
 //! short-lived workload-identity access token), wiped and unmapped when dropped.
@@ -12,7 +14,7 @@ use std::fmt;
 use std::io;
 
 /// What key intake produced.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 pub enum KeySource {
     /// A key, from stdin or a credential.
     Key(ApiKeyHeader),
@@ -77,6 +79,37 @@ impl ApiKeyHeader {
             return Err(io::Error::last_os_error());
         }
         Ok(())
+    }
+
+    /// Whether two pages hold the same header (the supervisor skips a rotation to the key it
+    /// already serves). Every byte is compared, whatever differs first.
+    pub(crate) fn same_as(&self, other: &ApiKeyHeader) -> bool {
+        self.bytes.len() == other.bytes.len()
+            && self
+                .bytes
+                .iter()
+                .zip(other.bytes)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+
+    /// Wipes the page and unmaps it.
+    ///
+    /// # Safety
+    /// Nothing may read this header (or a copy of it: the type is `Copy`) afterwards: the
+    /// caller owns the last use, as the supervisor does for a retired worker's key and a new
+    /// worker does for the keys it inherited but does not serve.
+    pub(crate) unsafe fn discard(self) {
+        let page = page_size();
+        let start = (self.bytes.as_ptr() as usize & !(page - 1)) as *mut libc::c_void;
+        // SAFETY: the page is ours (mapped by `store`), and the caller guarantees no reader.
+        unsafe {
+            if libc::mprotect(start, page, libc::PROT_READ | libc::PROT_WRITE) == 0 {
+                let bytes = std::slice::from_raw_parts_mut(start.cast::<u8>(), page);
+                zeroize::Zeroize::zeroize(bytes);
+            }
+            libc::munmap(start, page);
+        }
     }
 
     /// The whole `Authorization` value, `Bearer <key>`. It points at the locked page; whoever

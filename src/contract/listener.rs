@@ -31,3 +31,28 @@ impl fmt::Debug for Listener {
         }
     }
 }
+
+impl Listener {
+    /// Another descriptor for the same socket (the supervisor keeps one of each listener so
+    /// that a worker started later, after a key rotation, serves the same sockets).
+    pub(crate) fn try_clone(&self) -> std::io::Result<Listener> {
+        Ok(match self {
+            Listener::Tcp { socket, name } => Listener::Tcp {
+                socket: socket.try_clone()?,
+                name: name.clone(),
+            },
+            Listener::Unix { socket, name } => Listener::Unix {
+                socket: socket.try_clone()?,
+                name: name.clone(),
+            },
+        })
+    }
+
+    pub(crate) fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        match self {
+            Listener::Tcp { socket, .. } => socket.as_raw_fd(),
+            Listener::Unix { socket, .. } => socket.as_raw_fd(),
+        }
+    }
+}

@@ -15,7 +15,7 @@ use nix::sys::signal::SigSet;
 pub(crate) use privilege_drop::WorkerUser;
 
 /// How the child confines itself, decided by root before fork.
-pub struct Sandbox {
+pub(crate) struct Sandbox {
     pub(crate) user: Option<WorkerUser>,
     /// The signals the supervisor blocked (for its signalfd), unblocked in the worker.
     pub(crate) signals: SigSet,
@@ -24,12 +24,12 @@ pub struct Sandbox {
 
 impl Sandbox {
     /// The worker user's name, for log lines.
-    pub fn user_name(&self) -> Option<&str> {
+    pub(crate) fn user_name(&self) -> Option<&str> {
         self.user.as_ref().map(|u| u.name.as_str())
     }
 
     /// Confines the calling (forked, single-threaded) process; on error the worker must not run.
-    pub fn enter(&self, handover: &Handover) -> Result<(), String> {
+    pub(crate) fn enter(&self, handover: &Handover) -> Result<(), String> {
         privilege_drop::drop_privileges(self.user.as_ref())
             .map_err(|e| format!("worker: cannot drop privileges: {e}"))?;
         if let KeySource::Key(header) = &handover.key {

@@ -4,15 +4,20 @@
 Listens on 127.0.0.1:PORT. Every request is appended as one JSON line to
 the --record file (method, path, the Authorization header exactly as
 received, body size, model); POST requests are answered with a small
-Responses-style SSE stream, anything else with 404.
+Responses-style SSE stream, anything else with 404. A POST whose model is
+"hold" gets its first event at once and the rest only once the file
+RELEASE (next to the --record file) exists: a stream held open across a
+key rotation.
 
 Usage: mock_upstream.py --port 18080 --record /run/mock-upstream/requests.jsonl
 """
 
 import argparse
 import json
+import os
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 TEXT = "Hello from the mock upstream"
@@ -105,7 +110,39 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         body = self.read_body()
         self.record(body)
-        self.reply(200, "text/event-stream", sse_body())
+        try:
+            model = json.loads(body).get("model")
+        except (ValueError, AttributeError):
+            model = None
+        if model == "hold":
+            self.held_stream()
+        else:
+            self.reply(200, "text/event-stream", sse_body())
+
+    def held_stream(self) -> None:
+        """The first event now, the rest once RELEASE exists (at most 120 s)."""
+        events = sse_body().split(b"\n\n")
+        first = events[0] + b"\n\n"
+        rest = b"\n\n".join(events[1:])
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Connection", "close")
+        self.end_headers()
+
+        def chunk(data: bytes) -> None:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+
+        chunk(first)
+        release = os.path.join(os.path.dirname(self.record_path), "RELEASE")
+        deadline = time.time() + 120
+        while not os.path.exists(release) and time.time() < deadline:
+            time.sleep(0.1)
+        chunk(rest)
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+        self.close_connection = True
 
     def do_GET(self):
         self.record(b"")

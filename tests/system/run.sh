@@ -635,6 +635,85 @@ ct sed -i "s|^CODEX_PROXY_UPSTREAM_URL=.*|CODEX_PROXY_UPSTREAM_URL=http://127.0.
 ct systemctl stop "$PKG.service" mock-upstream-tls.service
 
 # --------------------------------------------------------------------------
+# 14b. Key rotation during a live stream: install-key → systemctl reload
+# --------------------------------------------------------------------------
+log "key rotation with a live stream"
+KEY3="sk-rotated-$(od -An -tx1 -N8 /dev/urandom | tr -d ' \n')"
+HOLD_BODY='{"model":"hold","input":"a long answer","stream":true}'
+ct rm -f /run/mock-upstream/RELEASE /tmp/held.out /tmp/held.status
+before=$(mock_count)
+# alice's stream, held open by the mock until RELEASE exists; it also starts the service.
+ct systemd-run --quiet --unit=held-stream --property=Type=simple --uid="$TESTUSER" \
+    sh -c "curl -sS -N --max-time 120 -H 'Content-Type: application/json' --data-binary '$HOLD_BODY' -o /tmp/held.out -w '%{http_code}' $BASE/v1/responses >/tmp/held.status 2>&1"
+for _ in $(seq 1 100); do
+    [ "$(mock_count)" -gt "$before" ] && ct grep -q response.created /tmp/held.out 2>/dev/null && break
+    sleep 0.2
+done
+held_auth=$(mock_field authorization)
+MAIN_BEFORE=$(svc_show MainPID)
+out=$(ct_in sh -c "$PKG-install-key 2>&1" <<<"$KEY3") && rc=0 || rc=$?
+MAIN_AFTER=$(svc_show MainPID)
+if [ "$rc" = 0 ] && printf '%s' "$out" | grep -q "now uses the new key" && [ "$MAIN_BEFORE" = "$MAIN_AFTER" ] \
+    && [ "$MAIN_AFTER" != 0 ] && ! printf '%s' "$out" | grep -qF "$KEY3"; then
+    pass "install-key hands the new key to the running service with systemctl reload (same main PID $MAIN_AFTER)"
+else
+    fail "install-key hands the new key to the running service with systemctl reload" "rc=$rc pid $MAIN_BEFORE→$MAIN_AFTER out=${out//$KEY3/<KEY3>}"$'\n'"$(journal_unit -n 15)"
+fi
+req POST /v1/responses "$RESPONSES_BODY"
+auth=$(mock_field authorization)
+if [ "$RESP_STATUS" = 200 ] && [ "$auth" = "Bearer $KEY3" ]; then
+    pass "after the reload a new request reaches the upstream with the new key"
+else
+    fail "after the reload a new request reaches the upstream with the new key" "status=$RESP_STATUS auth=${auth//$KEY3/<KEY3>}"
+fi
+if ct systemctl is-active --quiet held-stream.service && ! ct grep -q response.completed /tmp/held.out; then
+    pass "the stream started before the reload is still open"
+else
+    fail "the stream started before the reload is still open" "$(ct cat /tmp/held.out /tmp/held.status 2>&1 | head -n 5)"
+fi
+ct touch /run/mock-upstream/RELEASE
+for _ in $(seq 1 100); do
+    ct systemctl is-active --quiet held-stream.service || break
+    sleep 0.2
+done
+if [ "$(ct cat /tmp/held.status 2>/dev/null)" = 200 ] && ct grep -q response.completed /tmp/held.out \
+    && ct grep -q 'Hello from the mock upstream' /tmp/held.out && [ "$held_auth" = "Bearer $KEY" ]; then
+    pass "the held stream completes intact after the rotation (with the old key upstream)"
+else
+    fail "the held stream completes intact after the rotation" "status=$(ct cat /tmp/held.status 2>&1) held_auth=${held_auth//$KEY/<KEY>}"$'\n'"$(ct cat /tmp/held.out 2>&1 | head -c 600)"
+fi
+workers_left=""
+for _ in $(seq 1 50); do
+    workers_left=$(ct sh -c "cat /proc/$MAIN_AFTER/task/$MAIN_AFTER/children" 2>/dev/null | wc -w)
+    [ "$workers_left" = 1 ] && break
+    sleep 0.2
+done
+jr=$(journal_unit)
+if [ "$workers_left" = 1 ] && printf '%s\n' "$jr" | grep -q 'key rotated' \
+    && printf '%s\n' "$jr" | grep -q 'replaced worker finished'; then
+    pass "the replaced worker exits once drained; the journal says 'key rotated'"
+else
+    fail "the replaced worker exits once drained" "workers=$workers_left"$'\n'"$(journal_unit -n 15)"
+fi
+perm=$(ct stat -c '%U %a' /run/$PKG/control.sock 2>&1) || true
+dperm=$(ct stat -c '%U %a' /run/$PKG 2>&1) || true
+out=$(ct_user sh -c "echo sk-user-attempt | $PKG rotate-key" 2>&1) && rc=0 || rc=$?
+if [ "$perm" = "root 600" ] && [ "$dperm" = "root 700" ] && [ "$rc" = 3 ]; then
+    pass "the control socket is root's (0600 in a 0700 directory); $TESTUSER cannot rotate the key"
+else
+    fail "the control socket is root's; $TESTUSER cannot rotate the key" "socket=$perm dir=$dperm rc=$rc out=$out"
+fi
+if out=$(ct systemctl reload "$PKG.service" 2>&1) && [ "$(svc_show MainPID)" = "$MAIN_AFTER" ] \
+    && journal_unit -n 20 | grep -c 'the key is unchanged' >/dev/null; then
+    pass "systemctl reload with the same key changes nothing"
+else
+    fail "systemctl reload with the same key changes nothing" "$out"$'\n'"$(journal_unit -n 10)"
+fi
+KEY1=$KEY
+KEY=$KEY3
+ct systemctl stop held-stream.service >/dev/null 2>&1 || true
+
+# --------------------------------------------------------------------------
 # 15. --plain and --remove
 # --------------------------------------------------------------------------
 KEY2="sk-plain-$(od -An -tx1 -N8 /dev/urandom | tr -d ' \n')"
@@ -644,7 +723,7 @@ auth=$(mock_field authorization)
 perm=$(ct stat -c '%U %a' /etc/$PKG/openai-api-key 2>&1) || true
 if [ "$rc" = 0 ] && [ "$RESP_STATUS" = 200 ] && [ "$auth" = "Bearer $KEY2" ] && [ "$perm" = "root 600" ] \
     && ! ct test -e /etc/$PKG/openai-api-key.cred; then
-    pass "install-key --plain replaces the key (root 0600 file, running service restarted)"
+    pass "install-key --plain replaces the key (root 0600 file, handed to the running service)"
 else
     fail "install-key --plain replaces the key" "rc=$rc status=$RESP_STATUS perm=$perm auth=${auth//$KEY2/<KEY2>}"
 fi
@@ -656,10 +735,10 @@ else
     fail "install-key --remove: key files gone, the service answers 503 again" "status=$RESP_STATUS"
 fi
 journal_all=$(ct journalctl --no-pager -o verbose)
-if printf '%s\n' "$journal_all" | grep -qF -e "$KEY" -e "$KEY2"; then
-    fail "neither key appears in the journal after all of the above"
+if printf '%s\n' "$journal_all" | grep -qF -e "$KEY1" -e "$KEY" -e "$KEY2"; then
+    fail "no key appears in the journal after all of the above"
 else
-    pass "neither key appears in the journal after all of the above"
+    pass "no key appears in the journal after all of the above"
 fi
 
 # --------------------------------------------------------------------------
