@@ -1,4 +1,4 @@
-//! The root side: hardening, key intake, the listening sockets, the fork of one worker, and
+//! The root side: hardening, key intake, the listening sockets (and the metrics socket), the fork of one worker, and
 //! then a small loop that waits on the worker's pipe and on signals. The supervisor never
 //! reads client input; it only learns "serving" and "shut down, please" from the worker.
 //!
@@ -8,6 +8,7 @@
 pub(crate) mod hardening;
 pub mod key;
 pub(crate) mod listener;
+pub(crate) mod metrics_socket;
 pub(crate) mod notify;
 
 use crate::cli::Cli;
@@ -48,6 +49,8 @@ pub struct Supervision {
     port: Option<u16>,
     server_info: Option<PathBuf>,
     stop_timeout: Duration,
+    /// The metrics socket's file, removed when the service ends.
+    metrics_socket: Option<PathBuf>,
 }
 
 /// Hardens the process, reads the secrets, opens the listeners and the pipes, and resolves the
@@ -105,6 +108,12 @@ pub fn prepare(cli: &Cli) -> Result<Prepared, ExitCode> {
         listeners.push(listener::bind_unix(path).map_err(fail)?);
     }
     let port = listener::first_tcp_port(&listeners);
+    // Root's socket for the metrics, bound while nothing else runs (umask, effective group).
+    let metrics = match &cli.metrics_socket {
+        Some(path) => Some(metrics_socket::bind(path, &cli.metrics_group).map_err(fail)?),
+        None => None,
+    };
+    let metrics_path = metrics.as_ref().map(|m| m.path.clone());
     let worker_user = privilege_drop::resolve(cli.user.as_deref()).map_err(fail)?;
     // The supervisor→worker pipe: closing it tells the worker to drain and exit. (A signal
     // would need CAP_KILL across the uid change, which the unit does not grant.)
@@ -136,6 +145,7 @@ pub fn prepare(cli: &Cli) -> Result<Prepared, ExitCode> {
             client_api_key,
             upstream_tls,
             listeners,
+            metrics: metrics.map(|m| m.listener),
             to_supervisor: WorkerPipe::new(to_supervisor),
             stop_requested,
         },
@@ -146,6 +156,7 @@ pub fn prepare(cli: &Cli) -> Result<Prepared, ExitCode> {
             port,
             server_info: cli.server_info.clone(),
             stop_timeout: cli.shutdown_grace() + KILL_MARGIN,
+            metrics_socket: metrics_path,
         },
         sandbox: Sandbox {
             user: worker_user,
@@ -188,7 +199,7 @@ impl Supervision {
             worker_user = worker_user.unwrap_or("(unchanged)"),
             "worker started"
         );
-        supervise(
+        let code = supervise(
             worker,
             self.from_worker,
             self.stop_request,
@@ -196,7 +207,11 @@ impl Supervision {
             self.port,
             self.server_info.as_deref(),
             self.stop_timeout,
-        )
+        );
+        if let Some(path) = &self.metrics_socket {
+            metrics_socket::remove(path);
+        }
+        code
     }
 }
 
