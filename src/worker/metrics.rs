@@ -15,10 +15,12 @@
 //! are local accounts named by the kernel, and at most [`MAX_MODELS`] model names are kept
 //! (the rest are counted as `other`).
 //!
-//! Uses: `crate::usage` (token counts), the worker's request record (`server::http`), its
-//! connection timer, and prometheus-client, hyper, hyper_util, tokio, tracing.
+//! Uses: `crate::usage` (token counts), the worker's request record (`server::http`), the
+//! caller (`identity`), its connection timer, and prometheus-client, hyper, hyper_util, tokio,
+//! tracing.
 
 use crate::usage::TokenUsage;
+use crate::worker::identity::peer_identity::PeerIdentity;
 use crate::worker::server::http::RequestRecord;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -26,7 +28,7 @@ use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -95,7 +97,13 @@ pub(crate) struct Metrics {
     upstream_errors: Family<ErrorLabels, Counter>,
     /// The model names given a label of their own so far.
     models: Mutex<HashSet<String>>,
+    /// The input and output token counters by uid and model name, so that a request's tokens
+    /// are counted without building its labels (three strings) again.
+    token_counters: Mutex<TokenCounters>,
 }
+
+/// Input and output counters by uid, then by model name.
+type TokenCounters = HashMap<Option<u32>, HashMap<String, [Counter; 2]>>;
 
 impl Metrics {
     fn new() -> Metrics {
@@ -110,6 +118,7 @@ impl Metrics {
             limit_refusals: Family::default(),
             upstream_errors: Family::default(),
             models: Mutex::default(),
+            token_counters: Mutex::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -177,7 +186,7 @@ impl Metrics {
     /// The label of a model name: itself while fewer than [`MAX_MODELS`] are known, else
     /// `other`; only printable, short names are kept as they are.
     fn model_label(&self, model: Option<&str>) -> String {
-        let Some(model) = model else {
+        let Some(model) = model.filter(|m| !m.is_empty()) else {
             return "unknown".to_owned();
         };
         let clean = model.len() <= 100
@@ -196,6 +205,43 @@ impl Metrics {
         }
         models.insert(model.to_owned());
         model.to_owned()
+    }
+
+    /// Adds a request's tokens to its user's and model's counters.
+    fn count_tokens(&self, identity: &PeerIdentity, usage: &TokenUsage) {
+        let model = usage.model.as_deref().filter(|m| !m.is_empty());
+        let key = model.unwrap_or("");
+        let mut cache = self
+            .token_counters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some([input, output]) = cache.get(&identity.uid).and_then(|m| m.get(key)) {
+            input.inc_by(usage.input_tokens);
+            output.inc_by(usage.output_tokens);
+            return;
+        }
+        let label = self.model_label(model);
+        let user = identity.display_name();
+        let uid = identity
+            .uid
+            .map_or_else(|| "unknown".to_owned(), |uid| uid.to_string());
+        let counters = ["input", "output"].map(|kind| {
+            self.tokens.get_or_create_owned(&TokenLabels {
+                user: user.clone(),
+                uid: uid.clone(),
+                model: label.clone(),
+                kind,
+            })
+        });
+        counters[0].inc_by(usage.input_tokens);
+        counters[1].inc_by(usage.output_tokens);
+        // A name counted as `other` is not kept: the cache stays as bounded as the labels.
+        if model.is_none() || label == key {
+            cache
+                .entry(identity.uid)
+                .or_default()
+                .insert(key.to_owned(), counters);
+        }
     }
 }
 
@@ -299,25 +345,7 @@ pub(crate) fn request_finished(r: &RequestRecord, tokens: Option<&TokenUsage>, d
         m.upstream_errors.get_or_create(&ErrorLabels { kind }).inc();
     }
     if let Some(usage) = tokens {
-        let user = r.identity.display_name();
-        let uid = r
-            .identity
-            .uid
-            .map_or_else(|| "unknown".to_owned(), |uid| uid.to_string());
-        let model = m.model_label(usage.model.as_deref());
-        for (kind, count) in [
-            ("input", usage.input_tokens),
-            ("output", usage.output_tokens),
-        ] {
-            m.tokens
-                .get_or_create(&TokenLabels {
-                    user: user.clone(),
-                    uid: uid.clone(),
-                    model: model.clone(),
-                    kind,
-                })
-                .inc_by(count);
-        }
+        m.count_tokens(&r.identity, usage);
     }
 }
 
@@ -491,6 +519,35 @@ mod tests {
         assert_eq!(m.model_label(Some("one-too-many")), "other");
         assert_eq!(m.model_label(Some("bad\nname")), "other");
         assert_eq!(m.model_label(None), "unknown");
+        assert_eq!(m.model_label(Some("")), "unknown");
+    }
+
+    #[test]
+    fn tokens_are_counted_by_user_model_and_kind_from_the_cache_too() {
+        let m = Metrics::new();
+        let alice = PeerIdentity {
+            uid: Some(1001),
+            user: Some("alice".into()),
+        };
+        let usage = |model: Option<&str>, input, output| TokenUsage {
+            model: model.map(str::to_owned),
+            input_tokens: input,
+            output_tokens: output,
+            ..TokenUsage::default()
+        };
+        m.count_tokens(&alice, &usage(Some("gpt-5"), 10, 1));
+        m.count_tokens(&alice, &usage(Some("gpt-5"), 20, 2));
+        m.count_tokens(&alice, &usage(None, 5, 5));
+        m.count_tokens(&PeerIdentity::unknown(), &usage(Some("gpt-5"), 1, 0));
+        let text = m.encode();
+        for line in [
+            "codex_proxy_tokens_total{user=\"alice\",uid=\"1001\",model=\"gpt-5\",kind=\"input\"} 30",
+            "codex_proxy_tokens_total{user=\"alice\",uid=\"1001\",model=\"gpt-5\",kind=\"output\"} 3",
+            "codex_proxy_tokens_total{user=\"alice\",uid=\"1001\",model=\"unknown\",kind=\"input\"} 5",
+            "codex_proxy_tokens_total{user=\"unknown\",uid=\"unknown\",model=\"gpt-5\",kind=\"input\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} in {text}");
+        }
     }
 
     #[test]
