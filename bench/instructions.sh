@@ -2,7 +2,9 @@
 # Instructions the worker executes per strict-proxy request, counted by callgrind: repeatable
 # to a fraction of a percent whatever else the machine does, so it shows the effect of a change
 # to the request path where wrk's req/s on 2 shared cores cannot.
-# Usage: bash bench/instructions.sh [BINARY]   (default target/release/codex-responses-api-proxy)
+# Usage: bash bench/instructions.sh [BINARY [PROXY FLAGS...]]
+#   (default target/release/codex-responses-api-proxy; the flags are added to the proxy's, e.g.
+#   --metrics-socket /tmp/DIR/metrics.sock with DIR root's and 0700, as from mktemp -d)
 # Needs valgrind and a release build of the examples (cargo build --release --examples --bins).
 # Runs the proxy twice under callgrind (200 and 2,200 requests on one keep-alive connection to
 # the bench mock, 9-event responses) and prints the difference / 2,000. Ports 19300-19301.
@@ -10,6 +12,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 KEY=sk-bench-key-0123456789
 BIN=${1:-${CARGO_TARGET_DIR:-target}/release/codex-responses-api-proxy}
+[ $# -gt 0 ] && shift
+EXTRA=("$@")
 MOCK=${CARGO_TARGET_DIR:-target}/release/examples/bench_mock_upstream
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
 "$MOCK" 19300 "$KEY" 9 >/dev/null 2>&1 &
@@ -22,7 +26,7 @@ worker_instructions() { # REQUESTS
 	local supervisor worker
 	printf '%s\n' "$KEY" | valgrind --tool=callgrind --callgrind-out-file="$WORK/cg.%p" "$BIN" \
 		--port 19301 --upstream-url http://127.0.0.1:19300/v1/responses --no-syscall-filter \
-		2>"$WORK/valgrind.log" &
+		"${EXTRA[@]}" 2>"$WORK/valgrind.log" &
 	supervisor=$!
 	for _ in $(seq 1 100); do
 		curl -s -o /dev/null http://127.0.0.1:19301/ && break

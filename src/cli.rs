@@ -597,6 +597,27 @@ pub struct Cli {
     )]
     pub dump_users: Vec<String>,
 
+    /// Serve Prometheus metrics (`GET /metrics`) on this unix socket, for root and
+    /// --metrics-group only (mode 0660). Its directory must be root's and writable by no one
+    /// else, e.g. /run/codex-responses-api-proxy/metrics.sock. Off by default.
+    #[arg(
+        long,
+        env = "CODEX_PROXY_METRICS_SOCKET",
+        value_name = "PATH",
+        help_heading = "Metrics"
+    )]
+    pub metrics_socket: Option<PathBuf>,
+
+    /// The group (name or gid) whose members may read the metrics socket besides root.
+    #[arg(
+        long,
+        env = "CODEX_PROXY_METRICS_GROUP",
+        value_name = "GROUP",
+        default_value = "root",
+        help_heading = "Metrics"
+    )]
+    pub metrics_group: String,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 

@@ -31,10 +31,11 @@ export CODEX_BIN
 echo "== installing the official openai Python SDK used as a real client"
 venv=/var/cache/codex-proxy-tests/venv
 [ "$(id -u)" -eq 0 ] || venv="$HOME/.cache/codex-proxy-tests/venv"
-if ! "$venv/bin/python" -c 'import openai, websockets' 2>/dev/null; then
+if ! "$venv/bin/python" -c 'import openai, websockets, prometheus_client' 2>/dev/null; then
   python3 -m venv "$venv"
-  # `realtime` brings the websockets package that client.responses.connect() needs.
-  "$venv/bin/pip" install --quiet --disable-pip-version-check 'openai[realtime]'
+  # `realtime` brings the websockets package that client.responses.connect() needs;
+  # prometheus_client's text parser reads the metrics socket in tests/metrics.rs.
+  "$venv/bin/pip" install --quiet --disable-pip-version-check 'openai[realtime]' prometheus_client
 fi
 export OPENAI_SDK_PYTHON="$venv/bin/python"
 

@@ -1,11 +1,12 @@
 //! The contract between the two sides of the privilege boundary: everything the root side
 //! hands the worker across the fork, and the only way the worker speaks back.
 //!
-//! Owns: the locked key page ([`key_page`]), the listening sockets ([`listener::Listener`]),
-//! the worker→supervisor messages ([`pipe`]) and the [`Handover`] that bundles them with the
-//! secrets root read for the worker. Plain data and file descriptors only: no tokio, no hyper,
-//! no parsing of client input. May use: std, libc, nix, secrecy. Both `supervisor` (which
-//! fills it) and `worker` (which consumes it) use this module; they never use each other.
+//! Owns: the locked key page ([`key_page`]), the listening sockets ([`listener::Listener`])
+//! and the metrics socket, the worker→supervisor messages ([`pipe`]) and the [`Handover`]
+//! that bundles them with the secrets root read for the worker. Plain data and file
+//! descriptors only: no tokio, no hyper, no parsing of client input. May use: std, libc, nix,
+//! secrecy. Both `supervisor` (which fills it) and `worker` (which consumes it) use this
+//! module; they never use each other.
 //!
 //! In the style of OpenSSH's `monitor.h`: this file is the whole interface between the sides.
 
@@ -39,6 +40,9 @@ pub struct Handover {
     pub(crate) dump_directory: Option<OwnedFd>,
     /// The listening sockets, already bound (or inherited from systemd).
     pub(crate) listeners: Vec<Listener>,
+    /// The metrics socket (`--metrics-socket`): root's, mode 0660, so only root and the
+    /// metrics group can connect; the worker serves `GET /metrics` on it and nothing else.
+    pub(crate) metrics: Option<std::os::unix::net::UnixListener>,
     /// The worker's end of the worker→supervisor pipe.
     pub(crate) to_supervisor: WorkerPipe,
     /// Readable (end of file) once the supervisor wants the worker to drain and exit.

@@ -1,4 +1,4 @@
-//! The root side: hardening, key intake, the listening sockets, the forks of the workers, and
+//! The root side: hardening, key intake, the listening sockets (and the metrics socket), the forks of the workers, and
 //! then a small loop that waits on the workers' pipes, on signals and on the control socket.
 //! The supervisor never reads client input; it only learns "serving" and "shut down, please"
 //! from a worker.
@@ -19,6 +19,7 @@ pub(crate) mod dump_directory;
 pub(crate) mod hardening;
 pub mod key;
 pub(crate) mod listener;
+pub(crate) mod metrics_socket;
 pub(crate) mod notify;
 
 use crate::cli::Cli;
@@ -66,6 +67,8 @@ pub struct Supervision {
     port: Option<u16>,
     server_info: Option<PathBuf>,
     stop_timeout: Duration,
+    /// The metrics socket's file, removed when the service ends.
+    metrics_socket: Option<PathBuf>,
     workers: Vec<Worker>,
     rotation: Option<Rotation>,
     /// Set once the service is stopping: when to kill what is left.
@@ -88,6 +91,8 @@ struct WorkerTemplate {
     client_api_key: Option<secrecy::SecretString>,
     upstream_tls: UpstreamTlsFiles,
     dump_directory: Option<OwnedFd>,
+    /// The metrics socket (`--metrics-socket`), bound by root.
+    metrics: Option<std::os::unix::net::UnixListener>,
     listeners: Vec<Listener>,
 }
 
@@ -188,6 +193,12 @@ pub fn prepare(cli: &Cli) -> Result<Supervision, ExitCode> {
         listeners.push(listener::bind_unix(path).map_err(fail)?);
     }
     let port = listener::first_tcp_port(&listeners);
+    // Root's socket for the metrics, bound while nothing else runs (umask, effective group).
+    let metrics = match &cli.metrics_socket {
+        Some(path) => Some(metrics_socket::bind(path, &cli.metrics_group).map_err(fail)?),
+        None => None,
+    };
+    let metrics_path = metrics.as_ref().map(|m| m.path.clone());
     let worker_user = privilege_drop::resolve(cli.user.as_deref()).map_err(fail)?;
     let control = match &cli.control_socket {
         Some(path) => Some(ControlSocket::open(path).map_err(fail)?),
@@ -223,8 +234,10 @@ pub fn prepare(cli: &Cli) -> Result<Supervision, ExitCode> {
             client_api_key,
             upstream_tls,
             dump_directory,
+            metrics: metrics.map(|m| m.listener),
             listeners,
         },
+        metrics_socket: metrics_path,
         sandbox: Sandbox {
             user: worker_user,
             signals,
@@ -266,6 +279,14 @@ impl Supervision {
     /// Forks the first worker, then supervises until the service ends. `serve` is the
     /// worker's entry point, run in every forked child once it has entered the sandbox.
     pub fn run(mut self, serve: &dyn Fn(Handover) -> i32) -> ExitCode {
+        let code = self.supervise(serve);
+        if let Some(path) = &self.metrics_socket {
+            metrics_socket::remove(path);
+        }
+        code
+    }
+
+    fn supervise(&mut self, serve: &dyn Fn(Handover) -> i32) -> ExitCode {
         match self.start_worker(self.key, &[], serve) {
             Ok(worker) => {
                 info!(
@@ -381,8 +402,17 @@ impl Supervision {
             ),
             None => None,
         };
+        let metrics = match &self.template.metrics {
+            Some(listener) => Some(
+                listener
+                    .try_clone()
+                    .map_err(|e| format!("cannot hand over the metrics socket: {e}"))?,
+            ),
+            None => None,
+        };
         let handover = Handover {
             key,
+            metrics,
             github_oidc_request: self.template.github_oidc_request,
             dump_directory,
             auth_json: self

@@ -37,6 +37,16 @@ pub(crate) enum LimitKind {
     TokensPerDay,
 }
 
+impl LimitKind {
+    /// Its name in the metrics (`limit` label), as the setting is named.
+    pub(crate) fn metric_label(self) -> &'static str {
+        match self {
+            LimitKind::RequestsPerMinute => "requests_per_minute",
+            LimitKind::TokensPerDay => "tokens_per_day",
+        }
+    }
+}
+
 /// A refusal: answer 429 with `Retry-After: secs` and [`RetryAfter::to_body`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct RetryAfter {

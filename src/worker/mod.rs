@@ -2,12 +2,13 @@
 //! starts only after the privilege drop and owns everything that touches client input.
 //!
 //! Uses: `crate::cli`, `crate::contract`, `crate::logging`, `crate::usage` and bytes, hyper,
-//! hyper_util, openai_wire, reqwest, tokio, tracing.
+//! hyper_util, openai_wire, prometheus-client (in `metrics`), reqwest, tokio, tracing.
 
 pub(crate) mod config;
 pub(crate) mod conversation;
 pub(crate) mod exchange_dump;
 pub(crate) mod identity;
+pub(crate) mod metrics;
 pub(crate) mod routes;
 pub(crate) mod server;
 pub(crate) mod upstream;
@@ -146,10 +147,21 @@ pub fn run(cli: &Cli, mut handover: Handover) -> i32 {
     };
     let Handover {
         listeners,
+        metrics: metrics_socket,
         to_supervisor: supervisor_pipe,
         stop_requested,
         ..
     } = handover;
+    // Before any request: the hooks record only once the metrics are on.
+    if let Some(socket) = &metrics_socket {
+        metrics::enable();
+        let path = socket.local_addr().ok();
+        let path = path.as_ref().and_then(|a| a.as_pathname());
+        info!(
+            "worker: metrics on {} (GET /metrics)",
+            path.map_or_else(|| "a unix socket".into(), |p| p.display().to_string())
+        );
+    }
     let shards = config
         .worker_threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get().min(8)));
@@ -171,7 +183,10 @@ pub fn run(cli: &Cli, mut handover: Handover) -> i32 {
     let code = control.block_on(serve(
         config,
         shards,
-        listeners,
+        Listeners {
+            api: listeners,
+            metrics: metrics_socket,
+        },
         supervisor_pipe,
         stop_requested,
     ));
@@ -190,10 +205,16 @@ async fn supervisor_stop(stop_requested: OwnedFd) {
     let _ = pipe.read(&mut byte).await;
 }
 
+/// What the worker serves: the API's listeners, and the metrics socket when there is one.
+struct Listeners {
+    api: Vec<Listener>,
+    metrics: Option<std::os::unix::net::UnixListener>,
+}
+
 async fn serve(
     mut config: WorkerConfig,
     shards: usize,
-    listeners: Vec<Listener>,
+    listeners: Listeners,
     supervisor_pipe: WorkerPipe,
     stop_requested: OwnedFd,
 ) -> i32 {
@@ -281,7 +302,10 @@ async fn serve(
     });
     let (stop_accepting, stop_signal) = watch::channel(false);
     let mut accept_loops = Vec::new();
-    for listener in listeners {
+    if let Some(socket) = listeners.metrics {
+        accept_loops.push(tokio::spawn(metrics::serve(socket, stop_signal.clone())));
+    }
+    for listener in listeners.api {
         let dispatch = dispatch.clone();
         let stop = stop_signal.clone();
         let accept_loop = match listener {
@@ -699,6 +723,7 @@ fn admission(
     }
     if let Err(limit) = state.accounting.admit(identity.uid) {
         info!(client_user = %identity.display_name(), "limited: {}", limit.message());
+        metrics::limit_refused(limit.kind.metric_label());
         let mut response = http::error_response(
             hyper::StatusCode::TOO_MANY_REQUESTS,
             &limit.message(),
@@ -763,13 +788,15 @@ fn spawn_connection<S>(
         let framing_fault = verdicts.fault_of(number);
         CALLER.scope(identity.uid, async move {
             let started = Instant::now();
+            let in_flight = metrics::InFlight::start();
             if let Some(fault) = framing_fault {
                 let record = http::RequestRecord::new(
                     request.method(),
                     request.uri(),
+                    "invalid",
                     started,
                     identity.clone(),
-            );
+                );
                 info!(client_user = %identity.display_name(), "refused: ambiguous framing: {fault:?}");
                 let response = http::error_response(
                     hyper::StatusCode::BAD_REQUEST,
@@ -781,6 +808,7 @@ fn spawn_connection<S>(
                     http::close_after(response),
                     record,
                     None,
+                    in_flight,
                 ));
             }
             groups_looked_up_off_this_thread(&state, &identity).await;
@@ -791,6 +819,7 @@ fn spawn_connection<S>(
             let record = http::RequestRecord::new(
                 request.method(),
                 request.uri(),
+                route.metric_label(),
                 started,
                 identity.clone(),
             );
@@ -820,7 +849,9 @@ fn spawn_connection<S>(
                     (response, accounted)
                 }
             };
-            Ok::<_, std::convert::Infallible>(http::LoggedBody::wrap(response, record, accounted))
+            Ok::<_, std::convert::Infallible>(http::LoggedBody::wrap(
+                response, record, accounted, in_flight,
+            ))
         })
     });
     let connection = hyper::server::conn::http1::Builder::new()

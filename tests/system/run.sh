@@ -525,6 +525,37 @@ else
 fi
 
 # --------------------------------------------------------------------------
+# 11b. Metrics: root reads the packaged socket, a user is refused by the file system
+# --------------------------------------------------------------------------
+METRICS_SOCK=/run/$PKG/metrics.sock
+sock_stat=$(ct stat -c '%F %U:%G %a' "$METRICS_SOCK" 2>&1) || true
+if [ "$sock_stat" = "socket root:root 660" ]; then
+    pass "the metrics socket $METRICS_SOCK is root:root 0660"
+else
+    fail "the metrics socket $METRICS_SOCK is root:root 0660" "$sock_stat"
+fi
+metrics=$(ct curl -sS --max-time 10 --unix-socket "$METRICS_SOCK" http://localhost/metrics 2>&1) || true
+if printf '%s\n' "$metrics" | grep -q '^codex_proxy_requests_total{route="responses",status="200"} [1-9]' \
+    && printf '%s\n' "$metrics" | grep -q "^codex_proxy_tokens_total{user=\"$TESTUSER\",uid=\"$alice_uid\",model=\"[^\"]*\",kind=\"output\"} [1-9]" \
+    && printf '%s\n' "$metrics" | grep -q '^# TYPE codex_proxy_requests_in_flight gauge'; then
+    pass "root scrapes GET /metrics: requests by route and status, $TESTUSER's tokens"
+    printf '%s\n' "$metrics" | grep -E '^codex_proxy_(requests|tokens)_total' | head -n 4 | sed 's/^/  metrics: /'
+else
+    fail "root scrapes GET /metrics: requests by route and status, $TESTUSER's tokens" "$(printf '%s\n' "$metrics" | head -n 30)"
+fi
+refused=$(ct_user python3 -c 'import socket, sys
+try:
+    socket.socket(socket.AF_UNIX).connect(sys.argv[1])
+    print("connected")
+except OSError as e:
+    print(e.errno)' "$METRICS_SOCK" 2>&1) || true
+if [ "$refused" = 13 ]; then
+    pass "$TESTUSER's connect(2) to the metrics socket is refused with EACCES"
+else
+    fail "$TESTUSER's connect(2) to the metrics socket is refused with EACCES" "$refused"
+fi
+
+# --------------------------------------------------------------------------
 # 12. GET /shutdown and re-activation
 # --------------------------------------------------------------------------
 log "GET /shutdown"

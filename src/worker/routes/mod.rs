@@ -39,6 +39,20 @@ pub(crate) enum Route {
 }
 
 impl Route {
+    /// The route's name in the metrics (`route` label): a fixed word per route, never
+    /// anything the client wrote.
+    pub(crate) fn metric_label(&self) -> &'static str {
+        match self {
+            Route::Responses => "responses",
+            Route::Compact => "compact",
+            Route::StoredResponse(_) => "stored_response",
+            Route::WebSocket => "websocket",
+            Route::Shutdown => "shutdown",
+            Route::Wrapper(route) => route.metric_label(),
+            Route::Refused(_) => "refused",
+        }
+    }
+
     /// A request to a model: its tokens are counted, limited and recorded.
     pub(crate) fn is_model_route(&self) -> bool {
         matches!(

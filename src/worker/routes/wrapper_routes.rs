@@ -63,6 +63,21 @@ pub(crate) enum WrapperRoute {
     PrefixNotEnabled,
 }
 
+impl WrapperRoute {
+    /// The route's name in the metrics (`route` label).
+    pub(crate) fn metric_label(&self) -> &'static str {
+        match self {
+            WrapperRoute::Health => "health",
+            WrapperRoute::Preflight => "preflight",
+            WrapperRoute::ChatCompletions(_) => "chat_completions",
+            WrapperRoute::Completions => "completions",
+            WrapperRoute::Models => "models",
+            WrapperRoute::Ollama => "ollama",
+            WrapperRoute::PrefixNotEnabled => "refused",
+        }
+    }
+}
+
 /// Recognises a wrapper route; `None` when the request is not one.
 pub(crate) fn classify(
     settings: &WrapperSettings,

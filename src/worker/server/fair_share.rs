@@ -12,7 +12,8 @@
 //! nothing after a burst, the memory the allocator kept is handed back to the system
 //! (glibc's `malloc_trim`).
 //!
-//! Uses only std, tracing and libc; knows nothing of HTTP.
+//! Uses `crate::worker::metrics` (refusals are counted there), std, tracing and libc; knows
+//! nothing of HTTP.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -104,6 +105,16 @@ pub(crate) enum Refusal {
 impl Refusal {
     fn index(self) -> usize {
         self as usize
+    }
+
+    /// The limit's name in the metrics (`limit` label), as the setting is named.
+    pub(crate) fn metric_label(self) -> &'static str {
+        match self {
+            Refusal::Connections => "connections_per_user",
+            Refusal::UnfinishedRequests => "unfinished_requests_per_user",
+            Refusal::UserBodies => "buffered_bodies_per_user",
+            Refusal::AllBodies => "buffered_bodies",
+        }
     }
 
     /// What the log line says.
@@ -284,6 +295,7 @@ impl FairShare {
 
     /// One line per kind of refusal per second at most, counting those not logged.
     fn log_refusal(&self, refusal: Refusal, user: UserKey) {
+        crate::worker::metrics::limit_refused(refusal.metric_label());
         let mut log = self.logs[refusal.index()]
             .lock()
             .unwrap_or_else(|e| e.into_inner());

@@ -31,6 +31,11 @@ pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct UpstreamStatus(pub u16);
 
+/// Marks a response that the upstream never gave with why (`connect`, `tls`, `timeout`, …),
+/// for the metrics.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct UpstreamFailure(pub &'static str);
+
 pub(crate) fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
         .map_err(|never| match never {})
@@ -240,9 +245,16 @@ pub(crate) struct RequestRecord {
     pub identity: Arc<PeerIdentity>,
     pub method: String,
     pub path: String,
+    /// What `routes::classify` made of it (a fixed word: the metrics' route label).
+    pub route: &'static str,
     pub status: u16,
     pub upstream_status: Option<u16>,
+    /// Why the upstream gave no answer, when it gave none.
+    pub upstream_failure: Option<&'static str>,
     pub started: Instant,
+    /// When the response body's first byte went out, after `started` (measured only while
+    /// the metrics are on).
+    pub first_byte: Option<std::time::Duration>,
     pub bytes: u64,
     pub failed: bool,
 }
@@ -251,6 +263,7 @@ impl RequestRecord {
     pub(crate) fn new(
         method: &hyper::Method,
         uri: &hyper::Uri,
+        route: &'static str,
         started: Instant,
         identity: Arc<PeerIdentity>,
     ) -> Self {
@@ -270,11 +283,31 @@ impl RequestRecord {
                 long => long.chars().take(16).collect(),
             },
             path,
+            route,
             status: 0,
             upstream_status: None,
+            upstream_failure: None,
             started,
+            first_byte: None,
             bytes: 0,
             failed: false,
+        }
+    }
+
+    /// Notes the response's status and what it says about the upstream.
+    pub(crate) fn answered<B>(&mut self, response: &Response<B>) {
+        self.status = response.status().as_u16();
+        let extensions = response.extensions();
+        self.upstream_status = extensions.get::<UpstreamStatus>().map(|s| s.0);
+        self.upstream_failure = extensions.get::<UpstreamFailure>().map(|f| f.0);
+    }
+
+    /// Notes the first byte of the response body going out (once, and only while the
+    /// metrics are on: it reads the clock).
+    pub(crate) fn body_bytes_sent(&mut self, len: usize) {
+        self.bytes += len as u64;
+        if self.first_byte.is_none() && len > 0 && crate::worker::metrics::enabled() {
+            self.first_byte = Some(self.started.elapsed());
         }
     }
 }
@@ -299,6 +332,8 @@ pub(crate) struct LoggedBody {
     recorded: Option<Option<TokenUsage>>,
     /// Whether the tap can read this body (a body it cannot read is not drained).
     readable: bool,
+    /// Counts the request in flight until the response is done with.
+    _in_flight: crate::worker::metrics::InFlight,
     /// For a converted stream, the usage its route read from the upstream's own events,
     /// recorded instead of what the tap would see.
     upstream_usage: Option<UpstreamUsage>,
@@ -318,9 +353,9 @@ impl LoggedBody {
         mut response: Response<Body>,
         mut record: RequestRecord,
         accounting: Option<Arc<Accounting>>,
+        in_flight: crate::worker::metrics::InFlight,
     ) -> Response<LoggedBody> {
-        record.status = response.status().as_u16();
-        record.upstream_status = response.extensions().get::<UpstreamStatus>().map(|s| s.0);
+        record.answered(&response);
         // The upstream is always asked for identity (`headers::UpstreamRequestPolicy`); a
         // body that comes compressed anyway cannot be read as it passes.
         let readable = response
@@ -342,6 +377,7 @@ impl LoggedBody {
             recorded: None,
             readable,
             upstream_usage,
+            _in_flight: in_flight,
         })
     }
 
@@ -383,7 +419,7 @@ impl HttpBody for LoggedBody {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    this.record.bytes += data.len() as u64;
+                    this.record.body_bytes_sent(data.len());
                     this.tap.observe(data);
                 }
                 // hyper writes this frame together with the body's end.
@@ -533,14 +569,15 @@ async fn drain_for_usage(
     crate::logging::defer(move || log_request(&record, usage.as_ref(), "client_gone", duration_ms));
 }
 
-/// The one log line of a finished request: on stderr written straight into the batch, else
-/// (journald) through tracing with the same fields.
+/// The one log line of a finished request (and its metrics): on stderr written straight into
+/// the batch, else (journald) through tracing with the same fields.
 pub(crate) fn log_request(
     r: &RequestRecord,
     tokens: Option<&TokenUsage>,
     outcome: &str,
     duration_ms: u64,
 ) {
+    crate::worker::metrics::request_finished(r, tokens, duration_ms);
     if !tracing::enabled!(tracing::Level::INFO) {
         return;
     }
@@ -880,9 +917,12 @@ mod tests {
                 identity: Arc::new(identity),
                 method: "POST".into(),
                 path: "/v1/responses?x=1".into(),
+                route: "responses",
                 status: 200,
                 upstream_status: Some(429),
+                upstream_failure: None,
                 started: Instant::now(),
+                first_byte: None,
                 bytes: 2345,
                 failed: false,
             };
@@ -927,7 +967,7 @@ mod tests {
         let record = |target: &str| {
             let uri: hyper::Uri = target.parse().unwrap();
             let identity = Arc::new(PeerIdentity::unknown());
-            RequestRecord::new(&hyper::Method::GET, &uri, Instant::now(), identity).path
+            RequestRecord::new(&hyper::Method::GET, &uri, "x", Instant::now(), identity).path
         };
         assert_eq!(record("/v1/responses?a=b"), "/v1/responses?a=b");
         let long = format!("/{}", "x".repeat(300));

@@ -331,7 +331,7 @@ async fn read_head(
         // A pooled connection's buffer is empty when the request goes out: read first.
         if !read_buf.is_empty() {
             match parse_response_head(read_buf) {
-                Err(error) => return Err(UpstreamError::Unreachable(error.to_string())),
+                Err(error) => return Err(UpstreamError::Protocol(error.to_string())),
                 Ok(HeadParse::Interim(len)) => {
                     read_buf.advance(len);
                     continue;
@@ -345,12 +345,12 @@ async fn read_head(
         }
         match poll_fn(|cx| poll_fill(stream, read_buf, cx)).await {
             Ok(0) => {
-                return Err(UpstreamError::Unreachable(
+                return Err(UpstreamError::Protocol(
                     "the upstream closed the connection before answering".into(),
                 ))
             }
             Ok(_) => {}
-            Err(e) => return Err(UpstreamError::Unreachable(e.to_string())),
+            Err(e) => return Err(UpstreamError::Protocol(e.to_string())),
         }
     }
 }

@@ -36,7 +36,12 @@ pub(crate) struct SentCredential(pub HeaderValue);
 /// A request that got no HTTP response from the upstream.
 #[derive(Debug)]
 pub(crate) enum UpstreamError {
+    /// No connection (refused, no route, DNS).
     Unreachable(String),
+    /// The TLS handshake failed (an untrusted or wrong certificate, a refused client one).
+    Tls(String),
+    /// Connected, but no usable answer came (closed before answering, a malformed head).
+    Protocol(String),
     Timeout(String),
     /// The credentials could not be prepared (token refresh failed, misconfiguration).
     Auth(AuthError),
@@ -47,14 +52,41 @@ impl UpstreamError {
         let detail = innermost_cause(&error);
         if error.is_timeout() {
             UpstreamError::Timeout(detail)
-        } else {
+        } else if connection::tls_failure(&error).is_some() {
+            UpstreamError::Tls(detail)
+        } else if error.is_connect() {
             UpstreamError::Unreachable(detail)
+        } else {
+            UpstreamError::Protocol(detail)
+        }
+    }
+
+    /// The failure's kind in the metrics (`upstream_errors_total{kind}`).
+    pub(crate) fn metric_label(&self) -> &'static str {
+        match self {
+            UpstreamError::Unreachable(_) => "connect",
+            UpstreamError::Tls(_) => "tls",
+            UpstreamError::Protocol(_) => "protocol",
+            UpstreamError::Timeout(_) => "timeout",
+            UpstreamError::Auth(_) => "auth",
         }
     }
 
     pub(crate) fn to_response(&self) -> Response<Body> {
+        let mut response = self.answer();
+        response
+            .extensions_mut()
+            .insert(crate::worker::server::http::UpstreamFailure(
+                self.metric_label(),
+            ));
+        response
+    }
+
+    fn answer(&self) -> Response<Body> {
         match self {
-            UpstreamError::Unreachable(detail) => error_response(
+            UpstreamError::Unreachable(detail)
+            | UpstreamError::Tls(detail)
+            | UpstreamError::Protocol(detail) => error_response(
                 StatusCode::BAD_GATEWAY,
                 &format!("The proxy could not get a response from the upstream: {detail}"),
                 "upstream_error",
@@ -118,7 +150,9 @@ impl std::fmt::Display for UrlFree<'_> {
 impl std::fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            UpstreamError::Unreachable(d) => write!(f, "upstream unreachable: {d}"),
+            UpstreamError::Unreachable(d) | UpstreamError::Tls(d) | UpstreamError::Protocol(d) => {
+                write!(f, "upstream unreachable: {d}")
+            }
             UpstreamError::Timeout(d) => write!(f, "upstream timeout: {d}"),
             UpstreamError::Auth(e) => write!(f, "upstream authentication: {e}"),
         }

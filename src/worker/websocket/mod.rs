@@ -11,8 +11,8 @@
 //! is answered 426, on which Codex falls back to HTTP at once.
 //!
 //! Uses: the worker's HTTP vocabulary (`http`), its routes' upstream paths (through
-//! `routes::responses_from_body`), admission and accounting, the framing guard and the fair
-//! share; tokio-tungstenite for the frames.
+//! `routes::responses_from_body`), admission and accounting, the framing guard, the fair
+//! share and the metrics (open sockets); tokio-tungstenite for the frames.
 
 pub(crate) mod history;
 pub(crate) mod relay;
@@ -70,6 +70,7 @@ impl OpenSockets {
             return None;
         }
         *count += 1;
+        crate::worker::metrics::websocket_opened();
         Some(SocketSlot {
             sockets: self.clone(),
             user,
@@ -85,6 +86,7 @@ pub(crate) struct SocketSlot {
 
 impl Drop for SocketSlot {
     fn drop(&mut self) {
+        crate::worker::metrics::websocket_closed();
         let mut counts = self
             .sockets
             .per_user
@@ -171,6 +173,7 @@ pub(crate) async fn accept(state: Arc<State>, mut request: Request<Incoming>) ->
     };
     let Some(socket_slot) = sockets.open(context.identity.uid) else {
         tracing::info!(client_user = %context.identity.display_name(), "refused: too many open WebSockets");
+        crate::worker::metrics::limit_refused("websockets_per_user");
         let mut response = error_response(
             StatusCode::TOO_MANY_REQUESTS,
             &format!(

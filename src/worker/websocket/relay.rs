@@ -324,6 +324,9 @@ pub(crate) async fn serve(
                 match message {
                     Message::Text(text) => {
                         if let Some(turn) = pending.front_mut() {
+                            if turn.record.first_byte.is_none() {
+                                turn.record.first_byte = Some(turn.record.started.elapsed());
+                            }
                             turn.record.bytes += text.len() as u64;
                             let kind = event_type(text.as_str());
                             if let Some(status) = terminal_status(&kind, text.as_str()) {
@@ -406,12 +409,16 @@ fn turn_record(state: &Arc<State>, parts: &SocketParts) -> TurnRecord {
             identity: parts.identity.clone(),
             method: "WS".to_owned(),
             path: "/v1/responses".to_owned(),
+            route: "websocket_turn",
             status: 0,
             upstream_status: None,
+            upstream_failure: None,
             started: Instant::now(),
+            first_byte: None,
             bytes: 0,
             failed: false,
         },
+        _in_flight: crate::worker::metrics::InFlight::start(),
         tap: UsageTap::new(),
         accounted: false,
         outcome: "client_gone",

@@ -17,18 +17,16 @@
 //! (`WS /v1/responses`) and dumped (`--dump-dir`), like a POST.
 //!
 //! Uses: `crate::clock`, `crate::logging`, `crate::usage`, `crate::worker::admission`,
-//! `crate::worker::identity`, `crate::worker::routes`, `crate::worker::server`,
-//! `crate::worker::spawn_as_caller`, `crate::worker::stop_requested`, `crate::worker::exchange_dump`
-//! (through `State`) and bytes, futures_util,
-//! http_body_util, hyper, hyper_util, openai_wire, serde, serde_json, tokio, tracing.
+//! `crate::worker::identity`, `crate::worker::metrics`, `crate::worker::routes`,
+//! `crate::worker::server`, `crate::worker::spawn_as_caller`, `crate::worker::stop_requested`,
+//! `crate::worker::exchange_dump` (through `State`) and bytes, futures_util, http_body_util,
+//! hyper, hyper_util, openai_wire, serde, serde_json, tokio, tracing.
 
 use super::history::{body_with_input, input_items, Item, SocketHistory};
 use crate::usage::UsageTap;
 use crate::worker::identity::peer_identity::PeerIdentity;
 use crate::worker::server::fair_share::{BodyReservation, ConnectionSlot};
-use crate::worker::server::http::{
-    log_request, RequestRecord, UpstreamStatus, DRAIN_BYTE_LIMIT, DRAIN_TIME_LIMIT,
-};
+use crate::worker::server::http::{log_request, RequestRecord, DRAIN_BYTE_LIMIT, DRAIN_TIME_LIMIT};
 use crate::worker::State;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
@@ -414,6 +412,8 @@ pub(super) struct TurnRecord {
     pub(super) accounted: bool,
     pub(super) outcome: &'static str,
     pub(super) state: Arc<State>,
+    /// Counts the turn in flight until it is logged.
+    pub(super) _in_flight: crate::worker::metrics::InFlight,
 }
 
 impl Drop for TurnRecord {
@@ -459,12 +459,16 @@ async fn run_turn(
             identity: identity.clone(),
             method: "WS".to_owned(),
             path: "/v1/responses".to_owned(),
+            route: "websocket_turn",
             status: 0,
             upstream_status: None,
+            upstream_failure: None,
             started: Instant::now(),
+            first_byte: None,
             bytes: 0,
             failed: false,
         },
+        _in_flight: crate::worker::metrics::InFlight::start(),
         tap: UsageTap::new(),
         accounted: false,
         outcome: "client_gone",
@@ -475,7 +479,7 @@ async fn run_turn(
         end: Some(TurnEnd { remember: None }),
     };
     if let Some(refusal) = crate::worker::admission(&state, &identity, true) {
-        log.record.status = refusal.status().as_u16();
+        log.record.answered(&refusal);
         log.outcome = "complete";
         let event = error_answer_event(refusal).await;
         let _ = messages.send(failed(event)).await;
@@ -495,8 +499,7 @@ async fn run_turn(
         Some(dump) => dump.response(response),
         None => response,
     };
-    log.record.status = response.status().as_u16();
-    log.record.upstream_status = response.extensions().get::<UpstreamStatus>().map(|s| s.0);
+    log.record.answered(&response);
     if !response.status().is_success() {
         let event = error_answer_event(response).await;
         log.outcome = "complete";
@@ -518,7 +521,7 @@ async fn run_turn(
                 let Ok(data) = frame.into_data() else {
                     continue;
                 };
-                log.record.bytes += data.len() as u64;
+                log.record.body_bytes_sent(data.len());
                 log.tap.observe(&data);
                 if !outbox.may_read_on(data.len()) {
                     return;
