@@ -18,6 +18,12 @@ pub(crate) mod history;
 pub(crate) mod relay;
 mod session;
 
+/// The read buffer of each WebSocket stream (tungstenite's default is 128 KiB, allocated for
+/// every socket at once): measured with `bash bench/websocket.sh`, 138 KiB of worker memory
+/// per open served socket and 268 KiB per relayed one (two streams) with the default.
+/// Messages larger than this are still read whole, in several reads.
+pub(crate) const READ_BUFFER_BYTES: usize = 16 * 1024;
+
 use crate::worker::identity::peer_identity::PeerIdentity;
 use crate::worker::server::fair_share::{ConnectionSlot, UserKey};
 use crate::worker::server::framing_guard::FramingVerdicts;

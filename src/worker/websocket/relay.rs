@@ -187,6 +187,7 @@ impl UpstreamWebSocket {
         .map_err(|e| OpenFailure::Failed(format!("could not connect: {e}")))?;
         let _ = tcp.set_nodelay(true);
         let config = WebSocketConfig::default()
+            .read_buffer_size(super::READ_BUFFER_BYTES)
             .max_message_size(Some(MAX_UPSTREAM_MESSAGE))
             .max_frame_size(Some(MAX_UPSTREAM_MESSAGE));
         let handshake = async {
@@ -245,6 +246,7 @@ pub(crate) async fn serve(
 ) {
     let limit = state.max_request_body;
     let config = WebSocketConfig::default()
+        .read_buffer_size(super::READ_BUFFER_BYTES)
         .max_message_size(Some(limit))
         .max_frame_size(Some(limit));
     let client: ClientSocket =

@@ -95,6 +95,7 @@ pub(crate) async fn serve(
 ) {
     let limit = state.max_request_body;
     let config = WebSocketConfig::default()
+        .read_buffer_size(super::READ_BUFFER_BYTES)
         .max_message_size(Some(limit))
         .max_frame_size(Some(limit));
     let socket: Socket =
