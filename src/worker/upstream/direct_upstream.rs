@@ -426,7 +426,7 @@ fn poll_write_request(
     body: &mut &[u8],
 ) -> Poll<io::Result<()>> {
     while !head.is_empty() || !body.is_empty() {
-        let slices = [IoSlice::new(*head), IoSlice::new(*body)];
+        let slices = [IoSlice::new(head), IoSlice::new(body)];
         let written = ready!(Pin::new(&mut *stream).poll_write_vectored(cx, &slices))?;
         if written == 0 {
             return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
@@ -537,6 +537,12 @@ impl HttpBody for DrivenBody {
                 Ok(Decoded::NeedMore) => {
                     match poll_fill(&mut conn.stream, &mut conn.read_buf, cx) {
                         Poll::Ready(Ok(0)) => {
+                            this.reusable = false;
+                            break Some(this.decoder.at_eof().map_err(Into::into));
+                        }
+                        // A TLS connection's end without its close_notify: an end like a
+                        // plain one (the body's own framing says whether it is complete).
+                        Poll::Ready(Err(error)) if error.kind() == io::ErrorKind::UnexpectedEof => {
                             this.reusable = false;
                             break Some(this.decoder.at_eof().map_err(Into::into));
                         }
