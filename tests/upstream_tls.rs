@@ -888,12 +888,14 @@ struct Closings {
     closed: std::sync::atomic::AtomicUsize,
 }
 
-/// A TLS upstream that answers one request per connection (with a length, so the connection
-/// looks reusable) and then closes it: with a TLS close_notify, or by dropping the TCP
-/// connection without one. Counts connections, resumed TLS sessions and closes.
+/// A TLS upstream that answers one request per connection and then closes it: with a TLS
+/// close_notify, or by dropping the TCP connection without one. `framed`: the answer has a
+/// length (so the connection looks reusable), else the close ends its body. Counts
+/// connections, resumed TLS sessions and closes.
 async fn closing_upstream(
     config: rustls::ServerConfig,
     close_notify: bool,
+    framed: bool,
 ) -> (u16, Arc<Closings>) {
     use std::sync::atomic::Ordering::SeqCst;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -934,10 +936,14 @@ async fn closing_upstream(
                     }
                 };
                 if complete {
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n{SSE}",
-                        SSE.len()
-                    );
+                    let answer = if framed {
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n{SSE}",
+                            SSE.len()
+                        )
+                    } else {
+                        format!("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n{SSE}")
+                    };
                     let _ = tls.write_all(answer.as_bytes()).await;
                     let _ = tls.flush().await;
                 }
@@ -963,7 +969,7 @@ async fn an_upstream_closing_a_kept_alive_tls_connection_between_requests_is_no_
     let ca_file = root_only(dir.path(), "ca.pem", &ca.pem());
     for close_notify in [true, false] {
         let (port, counts) =
-            closing_upstream(server_config(&ca.server(), None), close_notify).await;
+            closing_upstream(server_config(&ca.server(), None), close_notify, true).await;
         let proxy = start(
             vec![
                 "--upstream-url".into(),
@@ -1008,6 +1014,34 @@ async fn an_upstream_closing_a_kept_alive_tls_connection_between_requests_is_no_
             counts.resumed.load(SeqCst),
             2,
             "close_notify {close_notify}: the later connections resume the TLS session"
+        );
+    }
+}
+
+/// A body that the upstream's close ends (no length, no chunks) arrives whole over TLS, whether
+/// the upstream sends its close_notify or only ends the TCP connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_body_ended_by_the_close_arrives_whole_with_or_without_close_notify() {
+    let ca = Pki::new("CA");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = root_only(dir.path(), "ca.pem", &ca.pem());
+    for close_notify in [true, false] {
+        let (port, _) =
+            closing_upstream(server_config(&ca.server(), None), close_notify, false).await;
+        let proxy = start(
+            vec![
+                "--upstream-url".into(),
+                format!("https://localhost:{port}/v1/responses"),
+                "--upstream-ca-file".into(),
+                ca_file.display().to_string(),
+            ],
+            vec![],
+        );
+        let (status, body) = post(&proxy).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, SSE),
+            "close_notify {close_notify}"
         );
     }
 }
