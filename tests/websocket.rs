@@ -197,7 +197,17 @@ async fn a_prewarm_and_two_turns_send_the_upstream_the_whole_conversation() {
     assert_eq!(records.lines().count(), 2, "{records}");
     assert!(records.contains("\"input_tokens\":11"), "{records}");
     let _ = log;
-    let log = proxy.stderr();
+    // The request lines are written by the after-response thread, the usage records before the
+    // last bytes go out: the second line may come after the second record.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let log = loop {
+        let log = proxy.stderr();
+        if log.matches("WS /v1/responses 200").count() >= 2 || std::time::Instant::now() > deadline
+        {
+            break log;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(log.matches("WS /v1/responses 200").count(), 2, "{log}");
     assert!(log.contains("input_tokens=11"), "{log}");
     assert!(!log.contains(TEST_KEY));
