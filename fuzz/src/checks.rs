@@ -919,7 +919,8 @@ enum RefHead {
         framing: Framing,
         reusable: bool,
     },
-    Refused(&'static str),
+    /// Why (read only through `Debug`, in a failure's message).
+    Refused(#[allow(dead_code)] &'static str),
 }
 
 /// Most response headers the proxy accepts (`upstream_wire::MAX_HEADERS`).
