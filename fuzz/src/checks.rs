@@ -953,7 +953,9 @@ fn ref_trim(bytes: &[u8]) -> &[u8] {
 
 fn reference_head(buf: &[u8]) -> RefHead {
     let window = &buf[..buf.len().min(upstream_wire::HEAD_LIMIT)];
-    let mut slots = vec![httparse::EMPTY_HEADER; REF_MAX_HEADERS + 1];
+    // httparse refuses a head with more fields than slots as soon as it meets one too many,
+    // complete or not.
+    let mut slots = vec![httparse::EMPTY_HEADER; REF_MAX_HEADERS];
     let mut response = httparse::Response::new(&mut slots);
     let consumed = match response.parse(window) {
         Ok(httparse::Status::Complete(n)) => n,
@@ -961,11 +963,9 @@ fn reference_head(buf: &[u8]) -> RefHead {
             return RefHead::Refused("head too large")
         }
         Ok(httparse::Status::Partial) => return RefHead::Partial,
+        Err(httparse::Error::TooManyHeaders) => return RefHead::Refused("too many headers"),
         Err(_) => return RefHead::Refused("httparse refuses it"),
     };
-    if response.headers.len() > REF_MAX_HEADERS {
-        return RefHead::Refused("too many headers");
-    }
     let status = response.code.unwrap_or(0);
     if !(100..=999).contains(&status) {
         return RefHead::Refused("status out of range");
