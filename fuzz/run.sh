@@ -11,7 +11,7 @@ seconds="${1:-60}"
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(key_intake sse_reader bridge_request bridge_stream wrapper_request wrapper_stream framing_scanner usage_tap upstream_response)
+    targets=(key_intake sse_reader bridge_request bridge_stream wrapper_request wrapper_stream framing_scanner usage_tap upstream_response upstream_httparse)
 fi
 export RUSTC_BOOTSTRAP=1
 unset FUZZ_STRICT

@@ -148,6 +148,8 @@ for path in fixture_files("responses-streams"):
     responses.append(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n" + chunks + b"0\r\n\r\n")
 for response in responses:
     write("upstream_response", response)
+    # upstream_httparse: the same bytes, read by ours and by httparse.
+    write("upstream_httparse", response)
 
 for t in sorted(os.listdir(os.path.join(fuzz, "corpus"))):
     print(f"seeded {t}: {len(os.listdir(os.path.join(fuzz, 'corpus', t)))} inputs")

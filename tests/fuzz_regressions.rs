@@ -234,6 +234,33 @@ fn upstream_response_seeds() {
         inputs.push(wire);
     }
     replay("upstream_response", &inputs);
+    // The same bytes, read by ours and by httparse.
+    replay("upstream_httparse", &inputs);
+}
+
+/// Heads and chunk lines where a lenient parser and a strict one could part ways, read by
+/// ours and by httparse (`check_upstream_httparse`).
+#[test]
+fn upstream_httparse_seeds() {
+    let inputs: Vec<Vec<u8>> = [
+        &b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: x-drop, keep-alive\r\nX-Drop: 1\r\nX-Kept: 2\r\n\r\nabcNEXT"[..],
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-t\r\n\r\n5 ;e\r\nhello\r\n0\r\nx-t: 1\r\n\r\nNEXT",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5 x\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5  \r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\nbad trailer line\r\n\r\nX",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\nx: 1\n\r\n",
+        b"HTTP/1.1 200 OK\ncontent-length: 1\n\nx",
+        b"HTTP/1.1 099 Low\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 01\r\ncontent-length: 1\r\n\r\nx",
+        b"HTTP/1.1 200 OK\r\nx-bin: \x80\xff\t\r\ncontent-length: 0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nconnection: content-length\r\ncontent-length: 1\r\n\r\nx",
+        b"HTTP/1.1 200\r\n\r\n",
+    ]
+    .iter()
+    .map(|wire| wire.to_vec())
+    .collect();
+    replay("upstream_httparse", &inputs);
 }
 
 /// `body` with every `\n` replaced by `end`.

@@ -131,6 +131,8 @@ struct TlsUpstream {
     config: Arc<Mutex<Arc<rustls::ServerConfig>>>,
     /// Handshakes that failed (e.g. a client without the required certificate).
     refused: Arc<std::sync::atomic::AtomicUsize>,
+    /// The protocol ALPN chose on each connection that completed its handshake.
+    handshakes: Arc<Mutex<Vec<Option<Vec<u8>>>>>,
 }
 
 impl TlsUpstream {
@@ -144,7 +146,9 @@ impl TlsUpstream {
         let addr = listener.local_addr().unwrap();
         let config = Arc::new(Mutex::new(Arc::new(config)));
         let refused = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let (current, refused2) = (config.clone(), refused.clone());
+        let handshakes = Arc::new(Mutex::new(Vec::new()));
+        let (current, refused2, handshakes2) =
+            (config.clone(), refused.clone(), handshakes.clone());
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -152,11 +156,14 @@ impl TlsUpstream {
                 };
                 let acceptor = tokio_rustls::TlsAcceptor::from(current.lock().unwrap().clone());
                 let refused = refused2.clone();
+                let handshakes = handshakes2.clone();
                 tokio::spawn(async move {
                     let Ok(mut tls) = acceptor.accept(stream).await else {
                         refused.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         return;
                     };
+                    let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+                    handshakes.lock().unwrap().push(alpn);
                     let Ok(mut plain) = tokio::net::TcpStream::connect(backend).await else {
                         return;
                     };
@@ -169,6 +176,7 @@ impl TlsUpstream {
             addr,
             config,
             refused,
+            handshakes,
         }
     }
 
@@ -533,7 +541,7 @@ async fn no_proxy_bypasses_the_proxy() {
     assert!(egress.seen().is_empty(), "{:?}", egress.seen());
     assert_eq!(upstream.seen().len(), 1);
 
-    // The same with the flag and an https upstream (the reqwest path).
+    // The same with the flag and an https upstream (the fast path).
     let ca = Pki::new("CA");
     let tls = TlsUpstream::start(server_config(&ca.server(), None), |_| Reply::sse(SSE)).await;
     let dir = tempfile::tempdir().unwrap();
@@ -818,4 +826,222 @@ async fn the_ollama_pass_through_uses_the_same_trust_and_proxy() {
         egress.seen()[0].0,
         format!("CONNECT localhost:{} HTTP/1.1", ollama.addr.port())
     );
+}
+
+/// The strict route's https upstream takes the fast path: one TLS connection carries every
+/// request of a client connection, and it offered only `http/1.1` by ALPN (reqwest's client
+/// offers `h2` first, which this upstream would have chosen).
+#[tokio::test(flavor = "multi_thread")]
+async fn https_requests_take_the_fast_path_over_one_reused_tls_connection() {
+    let ca = Pki::new("CA");
+    let mut config = server_config(&ca.server(), None);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let upstream = TlsUpstream::start(config, |_| Reply::sse(SSE)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = root_only(dir.path(), "ca.pem", &ca.pem());
+    let proxy = start(
+        vec![
+            "--upstream-url".into(),
+            upstream.url("/v1/responses"),
+            "--upstream-ca-file".into(),
+            ca_file.display().to_string(),
+        ],
+        vec![],
+    );
+    // One client connection (so one shard and its pool), its requests one after another.
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port))
+        .await
+        .unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    for _ in 0..5 {
+        use http_body_util::BodyExt;
+        sender.ready().await.unwrap();
+        let request = hyper::Request::post("/v1/responses")
+            .header("host", "127.0.0.1")
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from_static(
+                br#"{"model":"m","input":"hi"}"#,
+            )))
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(body, SSE.as_bytes());
+    }
+    assert_eq!(upstream.mock.seen().len(), 5);
+    assert_eq!(
+        *upstream.handshakes.lock().unwrap(),
+        vec![Some(b"http/1.1".to_vec())],
+        "one TLS connection, HTTP/1.1 by ALPN"
+    );
+}
+
+/// What a [`ClosingUpstream`] counts.
+#[derive(Default)]
+struct Closings {
+    accepted: std::sync::atomic::AtomicUsize,
+    resumed: std::sync::atomic::AtomicUsize,
+    closed: std::sync::atomic::AtomicUsize,
+}
+
+/// A TLS upstream that answers one request per connection and then closes it: with a TLS
+/// close_notify, or by dropping the TCP connection without one. `framed`: the answer has a
+/// length (so the connection looks reusable), else the close ends its body. Counts
+/// connections, resumed TLS sessions and closes.
+async fn closing_upstream(
+    config: rustls::ServerConfig,
+    close_notify: bool,
+    framed: bool,
+) -> (u16, Arc<Closings>) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let counts = Arc::new(Closings::default());
+    let counts2 = counts.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let (acceptor, counts) = (acceptor.clone(), counts2.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(stream).await else {
+                    return;
+                };
+                counts.accepted.fetch_add(1, SeqCst);
+                if tls.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed) {
+                    counts.resumed.fetch_add(1, SeqCst);
+                }
+                let mut request = Vec::new();
+                let mut buf = [0u8; 4096];
+                let complete = loop {
+                    let text = String::from_utf8_lossy(&request).to_lowercase();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let length: usize = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        if request.len() >= end + 4 + length {
+                            break true;
+                        }
+                    }
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => break false,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                };
+                if complete {
+                    let answer = if framed {
+                        format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\n\r\n{SSE}",
+                            SSE.len()
+                        )
+                    } else {
+                        format!("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n\r\n{SSE}")
+                    };
+                    let _ = tls.write_all(answer.as_bytes()).await;
+                    let _ = tls.flush().await;
+                }
+                if close_notify {
+                    let _ = tls.shutdown().await;
+                }
+                drop(tls);
+                counts.closed.fetch_add(1, SeqCst);
+            });
+        }
+    });
+    (port, counts)
+}
+
+/// An upstream that closes a kept-alive TLS connection between two requests (with or
+/// without its close_notify) costs the client nothing: the next request goes on a new
+/// connection, which resumes the TLS session.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_closing_a_kept_alive_tls_connection_between_requests_is_no_error() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let ca = Pki::new("CA");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = root_only(dir.path(), "ca.pem", &ca.pem());
+    for close_notify in [true, false] {
+        let (port, counts) =
+            closing_upstream(server_config(&ca.server(), None), close_notify, true).await;
+        let proxy = start(
+            vec![
+                "--upstream-url".into(),
+                format!("https://localhost:{port}/v1/responses"),
+                "--upstream-ca-file".into(),
+                ca_file.display().to_string(),
+            ],
+            vec![],
+        );
+        let client = http_client();
+        for round in 1..=3 {
+            let response = client
+                .post(proxy.url("/v1/responses"))
+                .body(r#"{"model":"m","input":"hi"}"#)
+                .send()
+                .await
+                .unwrap();
+            let status = response.status();
+            let body = response.text().await.unwrap();
+            assert_eq!(
+                (status.as_u16(), body.as_str()),
+                (200, SSE),
+                "close_notify {close_notify}, request {round}\n{}",
+                proxy.stderr()
+            );
+            // The upstream has closed this connection before the next request.
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while counts.closed.load(SeqCst) < round {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the upstream never closed"
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+        assert_eq!(
+            counts.accepted.load(SeqCst),
+            3,
+            "close_notify {close_notify}"
+        );
+        assert_eq!(
+            counts.resumed.load(SeqCst),
+            2,
+            "close_notify {close_notify}: the later connections resume the TLS session"
+        );
+    }
+}
+
+/// A body that the upstream's close ends (no length, no chunks) arrives whole over TLS, whether
+/// the upstream sends its close_notify or only ends the TCP connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tls_body_ended_by_the_close_arrives_whole_with_or_without_close_notify() {
+    let ca = Pki::new("CA");
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = root_only(dir.path(), "ca.pem", &ca.pem());
+    for close_notify in [true, false] {
+        let (port, _) =
+            closing_upstream(server_config(&ca.server(), None), close_notify, false).await;
+        let proxy = start(
+            vec![
+                "--upstream-url".into(),
+                format!("https://localhost:{port}/v1/responses"),
+                "--upstream-ca-file".into(),
+                ca_file.display().to_string(),
+            ],
+            vec![],
+        );
+        let (status, body) = post(&proxy).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, SSE),
+            "close_notify {close_notify}"
+        );
+    }
 }

@@ -197,7 +197,8 @@ async fn a_prewarm_and_two_turns_send_the_upstream_the_whole_conversation() {
     assert_eq!(records.lines().count(), 2, "{records}");
     assert!(records.contains("\"input_tokens\":11"), "{records}");
     let _ = log;
-    // The log line is written after the usage record (by the after-response thread).
+    // The request lines are written by the after-response thread, the usage records before the
+    // last bytes go out: the second line may come after the second record.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let log = loop {
         let log = proxy.stderr();

@@ -10,7 +10,7 @@ use std::io::{self, Read};
 use std::sync::OnceLock;
 
 use codex_responses_api_proxy::fuzzing::upstream_wire::{
-    parse_response_head, BodyDecoder, Decoded, Framing, HeadParse,
+    self as upstream_wire, parse_response_head, BodyDecoder, Decoded, Framing, HeadParse,
 };
 use codex_responses_api_proxy::fuzzing::FramingScanner;
 use codex_responses_api_proxy::fuzzing::UsageTap;
@@ -58,7 +58,7 @@ fn untolerated(problems: &str, separator: &str) -> Vec<String> {
 }
 
 /// The fuzz targets, by name (also the prefix of a regression file's name).
-pub const TARGETS: [&str; 9] = [
+pub const TARGETS: [&str; 10] = [
     "key_intake",
     "sse_reader",
     "bridge_request",
@@ -68,6 +68,7 @@ pub const TARGETS: [&str; 9] = [
     "framing_scanner",
     "usage_tap",
     "upstream_response",
+    "upstream_httparse",
 ];
 
 /// Runs the check of the target `name` on `data`. Panics on an unknown name.
@@ -82,6 +83,7 @@ pub fn check(name: &str, data: &[u8]) {
         "framing_scanner" => check_framing_scanner(data),
         "usage_tap" => check_usage_tap(data),
         "upstream_response" => check_upstream_response(data),
+        "upstream_httparse" => check_upstream_httparse(data),
         other => panic!("unknown fuzz target {other}"),
     }
 }
@@ -915,5 +917,333 @@ pub fn check_upstream_response(data: &[u8]) {
             whole,
             "fed in pieces of {piece}"
         );
+    }
+}
+
+// -------------------------------------------------------------- upstream response vs httparse
+
+/// The head a plain reading of httparse's parse gives, to hold `parse_response_head` against:
+/// framing by RFC 9112 §6.3, connection-specific fields by RFC 9110 §7.6.1.
+#[derive(Debug)]
+enum RefHead {
+    Partial,
+    Interim(usize),
+    Complete {
+        status: u16,
+        consumed: usize,
+        /// The fields the client is given: (lower-case name, value), sorted by name.
+        headers: Vec<(String, Vec<u8>)>,
+        framing: Framing,
+        reusable: bool,
+    },
+    /// Why (read only through `Debug`, in a failure's message).
+    Refused(#[allow(dead_code)] &'static str),
+}
+
+/// Most response headers the proxy accepts (`upstream_wire::MAX_HEADERS`).
+const REF_MAX_HEADERS: usize = 128;
+/// The chunk-line and trailer bounds of `upstream_wire` (private there).
+const REF_CHUNK_LINE_LIMIT: usize = 4 * 1024;
+const REF_TRAILER_LIMIT: usize = 16 * 1024;
+
+/// Connection-specific fields (RFC 9110 §7.6.1) and the legacy proxy ones.
+const REF_HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+fn ref_trim(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|b| *b != b' ' && *b != b'\t');
+    let end = bytes.iter().rposition(|b| *b != b' ' && *b != b'\t');
+    match (start, end) {
+        (Some(s), Some(e)) => &bytes[s..=e],
+        _ => &[],
+    }
+}
+
+fn reference_head(buf: &[u8]) -> RefHead {
+    let window = &buf[..buf.len().min(upstream_wire::HEAD_LIMIT)];
+    // httparse refuses a head with more fields than slots as soon as it meets one too many,
+    // complete or not.
+    let mut slots = vec![httparse::EMPTY_HEADER; REF_MAX_HEADERS];
+    let mut response = httparse::Response::new(&mut slots);
+    let consumed = match response.parse(window) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) if window.len() == upstream_wire::HEAD_LIMIT => {
+            return RefHead::Refused("head too large")
+        }
+        Ok(httparse::Status::Partial) => return RefHead::Partial,
+        Err(httparse::Error::TooManyHeaders) => return RefHead::Refused("too many headers"),
+        Err(_) => return RefHead::Refused("httparse refuses it"),
+    };
+    let status = response.code.unwrap_or(0);
+    if !(100..=999).contains(&status) {
+        return RefHead::Refused("status out of range");
+    }
+    if status == 101 {
+        return RefHead::Refused("upgrade");
+    }
+    if status < 200 {
+        return RefHead::Interim(consumed);
+    }
+    let lower = |name: &str| name.to_ascii_lowercase();
+    let mut lengths = Vec::new();
+    let mut codings: Option<Vec<u8>> = None;
+    let mut close = response.version != Some(1);
+    let mut listed = Vec::new();
+    for header in response.headers.iter() {
+        match lower(header.name).as_str() {
+            "content-length" => {
+                for part in header.value.split(|b| *b == b',') {
+                    let part = ref_trim(part);
+                    if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+                        return RefHead::Refused("bad content-length");
+                    }
+                    lengths.push(std::str::from_utf8(part).unwrap().parse::<u64>().unwrap());
+                }
+            }
+            "transfer-encoding" => codings = Some(header.value.to_vec()),
+            "connection" => {
+                for token in header.value.split(|b| *b == b',') {
+                    let token = String::from_utf8_lossy(ref_trim(token)).to_ascii_lowercase();
+                    close |= token == "close";
+                    listed.push(token);
+                }
+            }
+            _ => {}
+        }
+    }
+    if lengths.windows(2).any(|w| w[0] != w[1]) {
+        return RefHead::Refused("conflicting content-lengths");
+    }
+    let length = lengths.first().copied();
+    let chunked = codings.as_ref().is_some_and(|value| {
+        value
+            .split(|b| *b == b',')
+            .map(ref_trim)
+            .rfind(|c| !c.is_empty())
+            .is_some_and(|c| c.eq_ignore_ascii_case(b"chunked"))
+    });
+    let framing = if status == 204 || status == 304 {
+        Framing::Empty
+    } else if codings.is_some() {
+        close |= length.is_some() || !chunked;
+        if chunked {
+            Framing::Chunked
+        } else {
+            Framing::UntilClose
+        }
+    } else {
+        match length {
+            Some(0) => Framing::Empty,
+            Some(n) => Framing::Length(n),
+            None => Framing::UntilClose,
+        }
+    };
+    let mut headers: Vec<(String, Vec<u8>)> = response
+        .headers
+        .iter()
+        .map(|h| (lower(h.name), h.value.to_vec()))
+        .filter(|(name, _)| {
+            !REF_HOP_BY_HOP.contains(&name.as_str())
+                && name != "content-length"
+                && !listed.contains(name)
+        })
+        .collect();
+    if let (Some(n), None, false) = (length, &codings, status == 204 || status == 304) {
+        headers.push(("content-length".into(), n.to_string().into_bytes()));
+    }
+    headers.sort_by(|a, b| a.0.cmp(&b.0));
+    RefHead::Complete {
+        status,
+        consumed,
+        headers,
+        framing,
+        reusable: !close && framing != Framing::UntilClose,
+    }
+}
+
+/// How a chunked body reads by httparse's chunk-size and header parsers.
+#[derive(Debug)]
+enum RefBody {
+    /// The body and the bytes it took; `stricter` names what `upstream_wire` refuses on
+    /// purpose although httparse accepts it.
+    Complete {
+        body: Vec<u8>,
+        used: usize,
+        stricter: Option<&'static str>,
+    },
+    Incomplete,
+    Refused,
+}
+
+fn reference_chunked(wire: &[u8]) -> RefBody {
+    let (mut pos, mut body, mut stricter) = (0usize, Vec::new(), None);
+    loop {
+        let (used, size) = match httparse::parse_chunk_size(&wire[pos..]) {
+            Err(_) => return RefBody::Refused,
+            Ok(httparse::Status::Partial) => return RefBody::Incomplete,
+            Ok(httparse::Status::Complete(found)) => found,
+        };
+        let line = &wire[pos..pos + used - 2];
+        if !line.first().is_some_and(u8::is_ascii_hexdigit) {
+            stricter = Some("a chunk-size line without digits");
+        } else if line.contains(&b'\n') {
+            stricter = Some("a bare LF in a chunk extension");
+        } else if line.len() >= REF_CHUNK_LINE_LIMIT {
+            stricter = Some("a chunk-size line of 4 KiB or more");
+        }
+        pos += used;
+        if size == 0 {
+            break;
+        }
+        let Ok(size) = usize::try_from(size) else {
+            return RefBody::Incomplete;
+        };
+        if wire.len() - pos < size {
+            return RefBody::Incomplete;
+        }
+        body.extend_from_slice(&wire[pos..pos + size]);
+        pos += size;
+        match wire.get(pos..pos + 2) {
+            Some(b"\r\n") => pos += 2,
+            Some(_) => return RefBody::Refused,
+            None if wire[pos..].first().is_some_and(|b| *b != b'\r') => return RefBody::Refused,
+            None => return RefBody::Incomplete,
+        }
+    }
+    let trailer = &wire[pos..];
+    // Past this many fields, the lenient reading below applies.
+    let mut slots = vec![httparse::EMPTY_HEADER; 1024];
+    let used = match httparse::parse_headers(trailer, &mut slots) {
+        Ok(httparse::Status::Complete((used, _))) => used,
+        Ok(httparse::Status::Partial) => return RefBody::Incomplete,
+        // Trailer fields are dropped, never passed on: the proxy reads the section's lines
+        // whatever they hold, strictly CRLF-ended, and so does the reference then.
+        Err(_) => match crlf_lines_end(trailer) {
+            Some(Some(used)) => used,
+            Some(None) => return RefBody::Incomplete,
+            None => return RefBody::Refused,
+        },
+    };
+    if !no_bare_lf(&trailer[..used]) {
+        stricter = stricter.or(Some("a trailer line ended by a bare LF"));
+    }
+    if used >= REF_TRAILER_LIMIT {
+        stricter = stricter.or(Some("a trailer section of 16 KiB or more"));
+    }
+    RefBody::Complete {
+        body,
+        used: pos + used,
+        stricter,
+    }
+}
+
+/// Where a section of CRLF-ended lines ends (after its empty line): `Some(None)` when `bytes`
+/// ends first, `None` when a CR without its LF or an LF without its CR comes first.
+fn crlf_lines_end(bytes: &[u8]) -> Option<Option<usize>> {
+    let (mut i, mut line_empty) = (0, true);
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\r' => match bytes.get(i + 1) {
+                None => return Some(None),
+                Some(b'\n') if line_empty => return Some(Some(i + 2)),
+                Some(b'\n') => {
+                    line_empty = true;
+                    i += 2;
+                }
+                Some(_) => return None,
+            },
+            b'\n' => return None,
+            _ => {
+                line_empty = false;
+                i += 1;
+            }
+        }
+    }
+    Some(None)
+}
+
+/// Whether every LF in `bytes` follows a CR.
+fn no_bare_lf(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .enumerate()
+        .all(|(i, b)| *b != b'\n' || (i > 0 && bytes[i - 1] == b'\r'))
+}
+
+/// `upstream_httparse`: the raw bytes an upstream sends on a connection, read by the direct
+/// upstream's parser (`upstream_wire`) and by httparse (the head, chunk-size lines and
+/// trailer section) with RFC 9112's framing rules. Where httparse accepts a head, ours reads
+/// the same status, consumed length, client headers, framing and reuse; where httparse (or
+/// the framing rules) refuse one, ours refuses it too. A chunked body ours reads whole,
+/// httparse reads whole with the same bytes and the same end; ours may refuse one httparse
+/// accepts only for a stricter rule it documents (no digits, a bare LF, a 4 KiB line, a
+/// 16 KiB trailer section).
+pub fn check_upstream_httparse(data: &[u8]) {
+    // Interim heads, skipped by both.
+    let mut at = 0;
+    let (consumed, framing) = loop {
+        let ours = parse_response_head(&data[at..]);
+        match (reference_head(&data[at..]), ours) {
+            (RefHead::Interim(n), Ok(HeadParse::Interim(m))) if n == m => at += n,
+            (RefHead::Partial, Ok(HeadParse::Partial)) => return,
+            (RefHead::Refused(_), Err(_)) => return,
+            (
+                RefHead::Complete {
+                    status,
+                    consumed,
+                    headers,
+                    framing,
+                    reusable,
+                },
+                Ok(HeadParse::Complete(head, used)),
+            ) => {
+                let mut ours: Vec<(String, Vec<u8>)> = head
+                    .headers
+                    .iter()
+                    .map(|(n, v)| (n.as_str().to_string(), v.as_bytes().to_vec()))
+                    .collect();
+                ours.sort_by(|a, b| a.0.cmp(&b.0));
+                assert_eq!(
+                    (head.status.as_u16(), used, head.framing, head.reusable),
+                    (status, consumed, framing, reusable),
+                    "status, head length, framing or reuse differ from httparse's reading"
+                );
+                assert_eq!(ours, headers, "the client's headers differ");
+                break (consumed, framing);
+            }
+            (reference, ours) => {
+                panic!("heads differ at {at}: httparse {reference:?}, ours {ours:?}")
+            }
+        }
+    };
+    if framing != Framing::Chunked {
+        return;
+    }
+    let wire = &data[at + consumed..];
+    let ours = read_response(data, data.len());
+    match (reference_chunked(wire), &ours.ending) {
+        (RefBody::Complete { body, used, .. }, Ok("end")) => {
+            assert_eq!(ours.body, body, "the chunked body differs");
+            assert_eq!(ours.rest, &wire[used..], "the chunked body ends elsewhere");
+        }
+        (RefBody::Complete { stricter, .. }, Err(error)) => {
+            assert!(
+                stricter.is_some(),
+                "ours refuses a chunked body httparse reads ({error})"
+            );
+        }
+        (RefBody::Incomplete | RefBody::Refused, Err(_)) => {}
+        (reference, ending) => {
+            panic!("chunked bodies differ: httparse {reference:?}, ours {ending:?}")
+        }
     }
 }

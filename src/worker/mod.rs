@@ -47,7 +47,8 @@ pub(crate) use config::WorkerConfig;
 pub(crate) struct State {
     /// `None` when no key is installed: every route answers 503.
     pub upstream: Option<UpstreamClient>,
-    /// The strict route's own connection pool, for a plain-HTTP upstream with a static key.
+    /// The strict route's own connection pool, for an `http://` or `https://` upstream with
+    /// a static key and no egress proxy.
     pub direct: Option<Arc<direct_upstream::DirectUpstream>>,
     pub upstream_url: reqwest::Url,
     pub bridge_to_chat: bool,
@@ -375,6 +376,7 @@ fn direct_upstream_for(config: &WorkerConfig) -> Option<Arc<direct_upstream::Dir
             config.upstream_policy.clone(),
             config.connect_timeout,
             config.idle_timeout,
+            config.connection.http1_tls(),
         ),
         _ => None,
     }

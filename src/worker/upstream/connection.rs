@@ -1,7 +1,8 @@
 //! How the worker reaches any upstream: the one TLS configuration (trusted roots, client
 //! certificate) and the one egress-proxy decision, applied to every HTTP client it builds (the
 //! upstream client of the strict, bridge and wrapper routes, the token endpoint of
-//! `chatgpt_token`, the Ollama pass-through) and consulted by the plain-HTTP fast path.
+//! `chatgpt_token`, the Ollama pass-through) and to the strict route's fast path
+//! (`direct_upstream.rs`), which takes the same configuration offering only HTTP/1.1 by ALPN.
 //!
 //! Trust: the system store (Debian's `ca-certificates`; `SSL_CERT_FILE` / `SSL_CERT_DIR` are
 //! honoured by rustls-native-certs), plus the CA certificates of `--upstream-ca-file`, which add
@@ -30,6 +31,9 @@ use tracing::{info, warn};
 #[derive(Clone)]
 pub(crate) struct UpstreamConnection {
     tls: Arc<rustls::ClientConfig>,
+    /// The same, offering only `http/1.1` by ALPN (the fast path speaks nothing else); it
+    /// shares the TLS session cache with `tls`, so every shard resumes the sessions of all.
+    http1_tls: Arc<rustls::ClientConfig>,
     proxy: EgressProxy,
 }
 
@@ -47,10 +51,20 @@ impl UpstreamConnection {
         files: &mut UpstreamTlsFiles,
         proxy_url: Option<&str>,
     ) -> Result<UpstreamConnection, String> {
+        let tls = tls_config(files)?;
+        let mut http1_tls = tls.clone();
+        http1_tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         Ok(UpstreamConnection {
-            tls: Arc::new(tls_config(files)?),
+            tls: Arc::new(tls),
+            http1_tls: Arc::new(http1_tls),
             proxy: EgressProxy::new(proxy_url)?,
         })
+    }
+
+    /// The TLS configuration of the fast path and the WebSocket relay (a WebSocket handshake
+    /// is an HTTP/1.1 request): the one configuration, HTTP/1.1 only.
+    pub(crate) fn http1_tls(&self) -> Arc<rustls::ClientConfig> {
+        self.http1_tls.clone()
     }
 
     /// A reqwest client builder with the trust, client certificate and proxy every upstream
@@ -71,16 +85,8 @@ impl UpstreamConnection {
         }
     }
 
-    /// The one TLS configuration for an HTTP/1.1-only connection (the upstream WebSocket
-    /// relay: a WebSocket handshake is an HTTP/1.1 request, so only `http/1.1` is offered).
-    pub(crate) fn http1_tls(&self) -> Arc<rustls::ClientConfig> {
-        let mut config = (*self.tls).clone();
-        config.alpn_protocols = vec![b"http/1.1".to_vec()];
-        Arc::new(config)
-    }
-
-    /// Whether requests to `url` go through an egress proxy (the plain-HTTP fast path then
-    /// steps aside: reqwest sends the absolute-form request to the proxy).
+    /// Whether requests to `url` go through an egress proxy (the fast path then steps aside:
+    /// reqwest sends the absolute-form request, or a CONNECT for https, to the proxy).
     pub(crate) fn proxied(&self, url: &reqwest::Url) -> bool {
         self.proxy_for(url).is_some()
     }
@@ -285,8 +291,10 @@ mod tests {
     #[test]
     fn the_proxy_flag_applies_to_every_scheme() {
         let proxy = EgressProxy::new(Some("http://user:secret@127.0.0.1:3128")).unwrap();
+        let tls = Arc::new(tls_config(&mut UpstreamTlsFiles::default()).unwrap());
         let connection = UpstreamConnection {
-            tls: Arc::new(tls_config(&mut UpstreamTlsFiles::default()).unwrap()),
+            http1_tls: tls.clone(),
+            tls,
             proxy,
         };
         assert!(connection.proxied(&"http://upstream.example/v1".parse().unwrap()));

@@ -1,16 +1,21 @@
-//! The strict route's fast path to a plain-HTTP upstream with a static key: our own pool of
-//! HTTP/1.1 connections, each driven from inside the response body's `poll_frame`. The request
-//! head and body leave in one vectored write; the response is read into one buffer per
-//! connection and decoded there (`upstream_wire.rs`), and everything that has already arrived
-//! is handed to the client as one frame: one write for a burst of SSE events, where reqwest's
-//! separately spawned connection task gives one write per event. HTTPS upstreams and
-//! refreshable credentials go through the general client (`upstream.rs`).
+//! The strict route's fast path to the upstream with a static key, for `http://` and
+//! `https://` alike: our own pool of HTTP/1.1 connections (plain TCP, or TLS over it with the
+//! one rustls configuration of `connection.rs`, offering only `http/1.1` by ALPN and resuming
+//! TLS sessions from its shared cache), each driven from inside the response body's
+//! `poll_frame`. The request head and body leave in one vectored write (one TLS record and one
+//! system call when they fit); the response is read into one buffer per connection and decoded
+//! there (`upstream_wire.rs`), and everything that has already arrived is handed to the client
+//! as one frame: one write for a burst of SSE events, where reqwest's separately spawned
+//! connection task gives one write per event. An egress proxy and refreshable credentials go
+//! through the general client (`mod.rs`).
 //!
-//! Uses: `crate::worker::server` and bytes, http_body_util, hyper, reqwest, tokio, zeroize.
+//! Uses: `crate::worker::server`, `crate::worker::upstream` and bytes, http_body_util, hyper,
+//! reqwest, rustls, tokio, tokio-rustls, zeroize.
 
 use crate::worker::server::http::{
     Body, BoxError, FrameGate, Gathered, UpstreamStatus, FRAME_LIMIT,
 };
+use crate::worker::upstream::connection::tls_failure;
 use crate::worker::upstream::upstream_wire::{
     encode_request_head, parse_response_head, BodyDecoder, Decoded, HeadParse, ResponseHead,
 };
@@ -20,23 +25,88 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::{Body as HttpBody, Frame};
 use hyper::header::{HeaderMap, HeaderValue};
 use hyper::Response;
+use rustls::pki_types::ServerName;
 use std::future::{poll_fn, Future};
 use std::io::{self, IoSlice};
 use std::pin::{pin, Pin};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll, Waker};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 use zeroize::Zeroizing;
+
+/// The byte stream to the upstream: plain TCP, or TLS over it (boxed: a rustls connection is
+/// large, and pooled connections move in and out of a `Vec`).
+enum Transport {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Transport {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Transport::Tls(tls) => Pin::new(&mut **tls).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Transport {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Transport::Tls(tls) => Pin::new(&mut **tls).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Transport::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            Transport::Tls(tls) => Pin::new(&mut **tls).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Transport::Tls(tls) => Pin::new(&mut **tls).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Transport::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Transport::Tls(tls) => Pin::new(&mut **tls).poll_shutdown(cx),
+        }
+    }
+}
 
 /// One upstream connection with its read buffer and its timer. The timer stays with the
 /// connection from request to request: moving a registered tokio timer later is an atomic
 /// store, while a new one costs a trip to the timer wheel (and often a wake-up of the runtime)
 /// on every request.
 struct Pooled {
-    stream: TcpStream,
+    stream: Transport,
     /// Bytes read and not yet consumed; empty whenever the connection is idle.
     read_buf: BytesMut,
     timer: Pin<Box<Sleep>>,
@@ -49,9 +119,17 @@ const POOL_IDLE: Duration = Duration::from_secs(60);
 /// The read buffer grows by this much whenever less than a quarter of it is free.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// What an `https://` upstream's connections are made with.
+struct TlsTarget {
+    connector: TlsConnector,
+    name: ServerName<'static>,
+}
+
 pub(crate) struct DirectUpstream {
     host: String,
     port: u16,
+    /// `None` for `http://`.
+    tls: Option<TlsTarget>,
     authority: HeaderValue,
     path_and_query: String,
     authorization: HeaderValue,
@@ -63,18 +141,25 @@ pub(crate) struct DirectUpstream {
 }
 
 impl DirectUpstream {
-    /// `None` unless `url` is plain `http://` with a host.
+    /// `None` unless `url` is `http://` or `https://` with a host. `tls` is the client
+    /// configuration of `https://` connections (`UpstreamConnection::http1_tls`).
     pub(crate) fn new(
         url: &reqwest::Url,
         authorization: HeaderValue,
         policy: crate::worker::upstream::headers::UpstreamRequestPolicy,
         connect_timeout: Duration,
         idle_timeout: Duration,
+        tls: Arc<rustls::ClientConfig>,
     ) -> Option<Arc<Self>> {
-        if url.scheme() != "http" {
-            return None;
-        }
         let host = url.host_str()?.trim_matches(['[', ']']).to_owned();
+        let tls = match url.scheme() {
+            "http" => None,
+            "https" => Some(TlsTarget {
+                connector: TlsConnector::from(tls),
+                name: ServerName::try_from(host.clone()).ok()?,
+            }),
+            _ => return None,
+        };
         let port = url.port_or_known_default()?;
         let authority = match url.port() {
             Some(port) => format!("{}:{port}", url.host_str()?),
@@ -87,6 +172,7 @@ impl DirectUpstream {
         Some(Arc::new(DirectUpstream {
             host,
             port,
+            tls,
             authority: HeaderValue::from_str(&authority).ok()?,
             path_and_query,
             authorization,
@@ -105,7 +191,8 @@ impl DirectUpstream {
         body: Bytes,
     ) -> Result<Response<Body>, UpstreamError> {
         // It holds the key: sized so that it never moves (which would leave a copy behind)
-        // and wiped when dropped, however the request ends.
+        // and wiped when dropped, however the request ends. (rustls encrypts what it is given
+        // in place, in its own record buffer: no plaintext copy of the key stays there.)
         let fields: usize =
             crate::worker::upstream::headers::upstream_fields(client_headers, &self.policy)
                 .map(|(name, value)| name.as_str().len() + value.len() + 4)
@@ -150,29 +237,51 @@ impl DirectUpstream {
     /// An idle connection that is still open and silent, if any.
     fn checkout(&self) -> Option<Pooled> {
         loop {
-            let pooled = {
+            let mut pooled = {
                 let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
                 idle.pop()?
             };
             if pooled.idle_since.elapsed() > POOL_IDLE {
                 continue;
             }
-            // Without a request outstanding, anything readable (an end, a reset, stray
-            // bytes) means the connection cannot carry the next one. tokio answers
-            // `WouldBlock` without a system call while the socket is known not readable.
+            // Without a request outstanding, anything readable (an end, a reset, a TLS
+            // close_notify, stray bytes) means the connection cannot carry the next one; TLS
+            // messages that carry no data (a session ticket) are taken in passing. tokio
+            // answers `Pending` without a system call while the socket is known not readable,
+            // and the waker given here is replaced by the real one when the request is sent.
             let mut probe = [0u8; 1];
-            match pooled.stream.try_read(&mut probe) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(pooled),
-                _ => continue,
+            let mut probe = ReadBuf::new(&mut probe);
+            let mut cx = Context::from_waker(Waker::noop());
+            if Pin::new(&mut pooled.stream)
+                .poll_read(&mut cx, &mut probe)
+                .is_pending()
+            {
+                return Some(pooled);
             }
         }
     }
 
+    /// A new connection: TCP, and the TLS handshake for `https://`, within the connect
+    /// timeout.
     async fn connect(&self) -> Result<Pooled, UpstreamError> {
-        let connecting = TcpStream::connect((self.host.as_str(), self.port));
+        let connecting = async {
+            let tcp = TcpStream::connect((self.host.as_str(), self.port))
+                .await
+                .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
+            let _ = tcp.set_nodelay(true);
+            Ok::<_, UpstreamError>(match &self.tls {
+                None => Transport::Plain(tcp),
+                Some(tls) => Transport::Tls(Box::new(
+                    tls.connector
+                        .connect(tls.name.clone(), tcp)
+                        .await
+                        .map_err(|e| UpstreamError::Unreachable(io_failure(&e)))?,
+                )),
+            })
+        };
         let stream = match tokio::time::timeout(self.connect_timeout, connecting).await {
             Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(UpstreamError::Unreachable(e.to_string())),
+            Ok(Err(error)) => return Err(error),
             Err(_) => {
                 return Err(UpstreamError::Timeout(format!(
                     "no connection within {:?}",
@@ -180,7 +289,6 @@ impl DirectUpstream {
                 )))
             }
         };
-        let _ = stream.set_nodelay(true);
         Ok(Pooled {
             stream,
             read_buf: BytesMut::new(),
@@ -210,18 +318,18 @@ impl DirectUpstream {
                 timer,
                 ..
             } = &mut pooled;
-            let (mut reader, writer) = stream.split();
-            let mut writing = pin!(write_request(writer.as_ref(), head, body));
-            let mut reading = pin!(read_head(&mut reader, read_buf));
+            let (mut head_left, mut body_left) = (head, body);
             // `None` while writing; then whether the whole request left.
             let mut sent: Option<Result<(), io::Error>> = None;
             poll_fn(|cx| {
                 if sent.is_none() {
-                    if let Poll::Ready(result) = writing.as_mut().poll(cx) {
+                    if let Poll::Ready(result) =
+                        poll_write_request(stream, cx, &mut head_left, &mut body_left)
+                    {
                         sent = Some(result);
                     }
                 }
-                match reading.as_mut().poll(cx) {
+                match poll_read_head(stream, read_buf, cx) {
                     Poll::Ready(Ok(head)) => {
                         let whole = matches!(sent, Some(Ok(())));
                         return Poll::Ready(Some(Ok((head, whole))));
@@ -229,7 +337,7 @@ impl DirectUpstream {
                     Poll::Ready(Err(error)) => {
                         // With the request cut short, the upstream cannot have acted on it.
                         return Poll::Ready(Some(Err(match sent.take() {
-                            Some(Err(write_error)) => Exchange::NotSent(write_error.to_string()),
+                            Some(Err(write_error)) => Exchange::NotSent(io_failure(&write_error)),
                             _ => Exchange::Failed(error),
                         })));
                     }
@@ -304,62 +412,76 @@ enum Exchange {
     Failed(UpstreamError),
 }
 
-/// Writes the request head and body, in as few system calls as the socket allows.
-async fn write_request(stream: &TcpStream, mut head: &[u8], mut body: &[u8]) -> io::Result<()> {
+/// An I/O error in words: why the TLS layer refused, when it did (never a URL or a header).
+fn io_failure(error: &io::Error) -> String {
+    tls_failure(error).unwrap_or_else(|| error.to_string())
+}
+
+/// Writes what is left of the request head and body, in as few system calls (and TLS
+/// records) as the connection allows, then flushes what TLS still holds.
+fn poll_write_request(
+    stream: &mut Transport,
+    cx: &mut Context<'_>,
+    head: &mut &[u8],
+    body: &mut &[u8],
+) -> Poll<io::Result<()>> {
     while !head.is_empty() || !body.is_empty() {
-        match stream.try_write_vectored(&[IoSlice::new(head), IoSlice::new(body)]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(written) => {
-                let from_head = written.min(head.len());
-                head = &head[from_head..];
-                body = &body[written - from_head..];
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => stream.writable().await?,
-            Err(e) => return Err(e),
+        let slices = [IoSlice::new(head), IoSlice::new(body)];
+        let written = ready!(Pin::new(&mut *stream).poll_write_vectored(cx, &slices))?;
+        if written == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }
+        let from_head = written.min(head.len());
+        *head = &head[from_head..];
+        *body = &body[written - from_head..];
     }
-    Ok(())
+    Pin::new(stream).poll_flush(cx)
 }
 
 /// Reads until the final response head is complete, skipping interim (1xx) responses; the
 /// bytes after it stay in `read_buf`.
-async fn read_head(
-    stream: &mut (impl AsyncRead + Unpin),
+fn poll_read_head(
+    stream: &mut Transport,
     read_buf: &mut BytesMut,
-) -> Result<ResponseHead, UpstreamError> {
+    cx: &mut Context<'_>,
+) -> Poll<Result<ResponseHead, UpstreamError>> {
     loop {
         // A pooled connection's buffer is empty when the request goes out: read first.
         if !read_buf.is_empty() {
             match parse_response_head(read_buf) {
-                Err(error) => return Err(UpstreamError::Protocol(error.to_string())),
+                Err(error) => return Poll::Ready(Err(UpstreamError::Protocol(error.to_string()))),
                 Ok(HeadParse::Interim(len)) => {
                     read_buf.advance(len);
                     continue;
                 }
                 Ok(HeadParse::Complete(head, len)) => {
                     read_buf.advance(len);
-                    return Ok(head);
+                    return Poll::Ready(Ok(head));
                 }
                 Ok(HeadParse::Partial) => {}
             }
         }
-        match poll_fn(|cx| poll_fill(stream, read_buf, cx)).await {
-            Ok(0) => {
-                return Err(UpstreamError::Protocol(
-                    "the upstream closed the connection before answering".into(),
-                ))
-            }
+        match ready!(poll_fill(stream, read_buf, cx)) {
+            Ok(0) => return Poll::Ready(Err(closed_before_answering())),
             Ok(_) => {}
-            Err(e) => return Err(UpstreamError::Protocol(e.to_string())),
+            // A TLS connection's end without its close_notify.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+                return Poll::Ready(Err(closed_before_answering()))
+            }
+            Err(e) => return Poll::Ready(Err(UpstreamError::Protocol(io_failure(&e)))),
         }
     }
 }
 
-/// Reads what the socket has into the free end of `buf`; `Ok(0)` is the end of the stream.
-/// tokio's `AsyncRead` (unlike its `try_read`) marks the socket not readable after a short
-/// read, which spares the `EAGAIN` read that would otherwise follow every response.
+fn closed_before_answering() -> UpstreamError {
+    UpstreamError::Protocol("the upstream closed the connection before answering".into())
+}
+
+/// Reads what the connection has into the free end of `buf`; `Ok(0)` is the end of the
+/// stream. tokio's `AsyncRead` (unlike its `try_read`) marks the socket not readable after a
+/// short read, which spares the `EAGAIN` read that would otherwise follow every response.
 fn poll_fill(
-    stream: &mut (impl AsyncRead + Unpin),
+    stream: &mut Transport,
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
@@ -413,6 +535,12 @@ impl HttpBody for DrivenBody {
                 Ok(Decoded::NeedMore) => {
                     match poll_fill(&mut conn.stream, &mut conn.read_buf, cx) {
                         Poll::Ready(Ok(0)) => {
+                            this.reusable = false;
+                            break Some(this.decoder.at_eof().map_err(Into::into));
+                        }
+                        // A TLS connection's end without its close_notify: an end like a
+                        // plain one (the body's own framing says whether it is complete).
+                        Poll::Ready(Err(error)) if error.kind() == io::ErrorKind::UnexpectedEof => {
                             this.reusable = false;
                             break Some(this.decoder.at_eof().map_err(Into::into));
                         }

@@ -6,6 +6,9 @@
 //! The parser is strict where leniency could let an upstream desynchronise a reused connection
 //! (conflicting lengths, malformed chunk lines) and bounded everywhere (head, chunk line and
 //! trailer sizes), so a hostile or broken upstream gets a clear error, never a hang or a panic.
+//! The head is tokenised by httparse; the framing, the client's headers and the chunked body
+//! are held against httparse's own reading of the same bytes by the fuzz target
+//! `upstream_httparse` (`fuzz/src/checks.rs`), replayed in `tests/fuzz_regressions.rs`.
 //!
 //! Uses: `crate::worker::server` and bytes, httparse, hyper, itoa.
 
@@ -250,7 +253,12 @@ enum State {
         digits: u8,
         line: usize,
     },
-    /// After the size: whitespace or `;extension` up to the line's CR.
+    /// Whitespace after the size: more of it, a `;` or the line's CR may follow.
+    ChunkSizeWhitespace {
+        size: u64,
+        line: usize,
+    },
+    /// After a `;`: the extension, up to the line's CR.
     ChunkExtension {
         size: u64,
         line: usize,
@@ -436,12 +444,34 @@ impl BodyDecoder {
                     None if digits == 0 => return Err(BAD_SIZE),
                     None => match byte {
                         b'\r' => State::ChunkSizeLf { size },
-                        b' ' | b'\t' | b';' => State::ChunkExtension {
+                        b' ' | b'\t' => State::ChunkSizeWhitespace {
+                            size,
+                            line: line + 1,
+                        },
+                        b';' => State::ChunkExtension {
                             size,
                             line: line + 1,
                         },
                         _ => return Err(BAD_SIZE),
                     },
+                }
+            }
+            // RFC 9112 §7.1.1 allows whitespace before a `;` only (as httparse reads it).
+            State::ChunkSizeWhitespace { size, line } => {
+                if line >= CHUNK_LINE_LIMIT {
+                    return Err(LONG_LINE);
+                }
+                match byte {
+                    b'\r' => State::ChunkSizeLf { size },
+                    b' ' | b'\t' => State::ChunkSizeWhitespace {
+                        size,
+                        line: line + 1,
+                    },
+                    b';' => State::ChunkExtension {
+                        size,
+                        line: line + 1,
+                    },
+                    _ => return Err(BAD_SIZE),
                 }
             }
             State::ChunkExtension { size, line } => {
@@ -797,9 +827,12 @@ mod tests {
     fn malformed_chunking_is_an_error() {
         let long_extension = format!("1;{}\r\nx\r\n0\r\n\r\n", "e".repeat(CHUNK_LINE_LIMIT));
         let long_trailer = format!("0\r\nx: {}\r\n\r\n", "t".repeat(TRAILER_LIMIT));
-        let cases: [&[u8]; 11] = [
+        let cases: [&[u8]; 13] = [
             b"\r\n",
             b"g\r\n",
+            // Whitespace after the size may only lead to an extension (httparse agrees).
+            b"5 x\r\nhello\r\n0\r\n\r\n",
+            b"5 5\r\nhello\r\n0\r\n\r\n",
             b"-1\r\nx\r\n",
             b"5\nhello\r\n0\r\n\r\n",
             b"1\r\nxy\r\n0\r\n\r\n",
