@@ -20,13 +20,11 @@
 //! gone closes the other at once; silence both ways for `--idle-timeout` closes both (1008);
 //! a client message larger than the request-body limit closes both (1009).
 //!
-//! Uses: `crate::usage`, `crate::worker::{admission, State, stop_requested}`,
-//! `crate::worker::upstream` (handshake headers, TLS), `crate::worker::server::http` and the
-//! turn record of `session`; tokio-tungstenite, tokio-rustls.
+//! Uses: `crate::worker::{admission, State, stop_requested}`, `crate::worker::upstream`
+//! (handshake headers, TLS), the turn record of `session` (the log line, usage and metrics of
+//! each response); tokio-tungstenite, tokio-rustls.
 
 use super::session::{error_answer_event, SocketParts, TurnRecord};
-use crate::usage::UsageTap;
-use crate::worker::server::http::RequestRecord;
 use crate::worker::upstream::connection::UpstreamConnection;
 use crate::worker::State;
 use futures_util::{SinkExt, StreamExt};
@@ -35,7 +33,7 @@ use hyper_util::rt::TokioIo;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -283,7 +281,7 @@ pub(crate) async fn serve(
                 match message {
                     Message::Text(text) => {
                         if event_type(text.as_str()) == "response.create" {
-                            let mut record = turn_record(&state, &parts);
+                            let mut record = TurnRecord::start(&state, &parts.identity);
                             if let Some(refusal) = crate::worker::admission(&state, &identity, true) {
                                 record.record.status = refusal.status().as_u16();
                                 record.outcome = "complete";
@@ -402,29 +400,6 @@ fn terminal_status(kind: &str, text: &str) -> Option<u16> {
                 .unwrap_or(500),
         ),
         _ => None,
-    }
-}
-
-fn turn_record(state: &Arc<State>, parts: &SocketParts) -> TurnRecord {
-    TurnRecord {
-        record: RequestRecord {
-            identity: parts.identity.clone(),
-            method: "WS".to_owned(),
-            path: "/v1/responses".to_owned(),
-            route: "websocket_turn",
-            status: 0,
-            upstream_status: None,
-            upstream_failure: None,
-            started: Instant::now(),
-            first_byte: None,
-            bytes: 0,
-            failed: false,
-        },
-        _in_flight: crate::worker::metrics::InFlight::start(),
-        tap: UsageTap::new(),
-        accounted: false,
-        outcome: "client_gone",
-        state: state.clone(),
     }
 }
 

@@ -417,6 +417,33 @@ pub(super) struct TurnRecord {
     pub(super) _in_flight: crate::worker::metrics::InFlight,
 }
 
+impl TurnRecord {
+    /// The record of a turn of `identity`'s socket, started now; logged `client_gone` unless
+    /// the turn says how it ended.
+    pub(super) fn start(state: &Arc<State>, identity: &Arc<PeerIdentity>) -> TurnRecord {
+        TurnRecord {
+            record: RequestRecord {
+                identity: identity.clone(),
+                method: "WS".to_owned(),
+                path: "/v1/responses".to_owned(),
+                route: "websocket_turn",
+                status: 0,
+                upstream_status: None,
+                upstream_failure: None,
+                started: Instant::now(),
+                first_byte: None,
+                bytes: 0,
+                failed: false,
+            },
+            _in_flight: crate::worker::metrics::InFlight::start(),
+            tap: UsageTap::new(),
+            accounted: false,
+            outcome: "client_gone",
+            state: state.clone(),
+        }
+    }
+}
+
 impl Drop for TurnRecord {
     fn drop(&mut self) {
         let usage = std::mem::take(&mut self.tap).finish();
@@ -455,26 +482,7 @@ async fn run_turn(
     input: Vec<Item>,
     messages: mpsc::Sender<TurnMessage>,
 ) {
-    let mut log = TurnRecord {
-        record: RequestRecord {
-            identity: identity.clone(),
-            method: "WS".to_owned(),
-            path: "/v1/responses".to_owned(),
-            route: "websocket_turn",
-            status: 0,
-            upstream_status: None,
-            upstream_failure: None,
-            started: Instant::now(),
-            first_byte: None,
-            bytes: 0,
-            failed: false,
-        },
-        _in_flight: crate::worker::metrics::InFlight::start(),
-        tap: UsageTap::new(),
-        accounted: false,
-        outcome: "client_gone",
-        state: state.clone(),
-    };
+    let mut log = TurnRecord::start(&state, &identity);
     let failed = |text: String| TurnMessage {
         text,
         end: Some(TurnEnd { remember: None }),
