@@ -5,7 +5,8 @@
 //!
 //! The upstream handshake is made before the client's 101: the same host and path as
 //! `--upstream-url` with the `ws`/`wss` scheme, over the one TLS configuration
-//! (`upstream::connection`, `http/1.1` only), carrying the client's end-to-end headers under
+//! (`upstream::connection`, `http/1.1` only) and through the egress proxy's CONNECT tunnel
+//! when the upstream URL goes through one, carrying the client's end-to-end headers under
 //! the same policy as a POST and the key in `Authorization` — the only place the key goes:
 //! never in a frame, a log line or an error. An upstream that answers the upgrade with
 //! anything but 101 is HTTP-only: with `auto` that is remembered (for [`HTTP_ONLY_MEMORY`])
@@ -61,6 +62,10 @@ pub(crate) enum RelayMode {
 pub(crate) struct UpstreamWebSocket {
     mode: RelayMode,
     url: String,
+    /// `--upstream-url`: its scheme picks the egress proxy (`HTTPS_PROXY` for `wss`).
+    http_url: reqwest::Url,
+    /// Trust, client certificate and egress proxy, as for every upstream connection.
+    connection: UpstreamConnection,
     host: String,
     port: u16,
     /// `Some` for `wss`: the one TLS configuration and the name to verify.
@@ -138,6 +143,8 @@ impl UpstreamWebSocket {
         Ok(UpstreamWebSocket {
             mode,
             url: url.to_string(),
+            http_url: upstream_url.clone(),
+            connection: connection.clone(),
             host,
             port,
             tls,
@@ -178,11 +185,12 @@ impl UpstreamWebSocket {
         drop(headers);
         let tcp = tokio::time::timeout(
             self.connect_timeout,
-            tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
+            self.connection
+                .open_stream(&self.http_url, &self.host, self.port),
         )
         .await
         .map_err(|_| OpenFailure::Failed("timed out connecting".into()))?
-        .map_err(|e| OpenFailure::Failed(format!("could not connect: {e}")))?;
+        .map_err(OpenFailure::Failed)?;
         let _ = tcp.set_nodelay(true);
         let config = WebSocketConfig::default()
             .read_buffer_size(super::READ_BUFFER_BYTES)
