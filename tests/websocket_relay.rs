@@ -321,14 +321,12 @@ async fn the_relay_reaches_the_upstream_through_the_egress_proxy_unless_no_proxy
         [format!("Bearer {TEST_KEY}")]
     );
     socket.close(None).await.unwrap();
-    let log = proxy.stderr_once_it_has("WS /v1/responses", Duration::from_secs(5));
-    assert!(
-        log.contains(&format!(
-            "through a tunnel of the proxy at 127.0.0.1:{}",
-            egress.addr.port()
-        )),
-        "{log}"
+    let tunnel_line = format!(
+        "through a tunnel of the proxy at 127.0.0.1:{}",
+        egress.addr.port()
     );
+    let log = proxy.stderr_once_it_has(&tunnel_line, Duration::from_secs(5));
+    assert!(log.contains(&tunnel_line), "{log}");
     assert!(!log.contains("proxy-SECRET-pw"), "{log}");
     assert!(!log.contains(TEST_KEY), "{log}");
 

@@ -19,16 +19,20 @@
 //! record, finished by the upstream's terminal event of that response (`response.completed`,
 //! `response.incomplete`, `response.failed`, `error`), whose usage it reads. Either side
 //! gone closes the other at once; silence both ways for `--idle-timeout` closes both (1008);
-//! a client message larger than the request-body limit closes both (1009).
+//! a client message larger than the request-body limit closes both (1009). With `--dump-dir`
+//! each relayed response is dumped: the `response.create` message and the upstream's events.
 //!
 //! Uses: `crate::worker::{admission, State, stop_requested}`, `crate::worker::upstream`
 //! (handshake headers, TLS), the turn record of `session` (the log line, usage and metrics of
-//! each response); tokio-tungstenite, tokio-rustls.
+//! each response), `crate::worker::exchange_dump` (through `State`); tokio-tungstenite,
+//! tokio-rustls.
 
 use super::session::{error_answer_event, SocketParts, TurnRecord};
+use crate::worker::exchange_dump::RelayedTurn;
 use crate::worker::upstream::connection::UpstreamConnection;
 use crate::worker::State;
 use futures_util::{SinkExt, StreamExt};
+use hyper::header::HeaderValue;
 use hyper::HeaderMap;
 use hyper_util::rt::TokioIo;
 use std::collections::VecDeque;
@@ -244,10 +248,14 @@ fn event_type(text: &str) -> String {
 }
 
 /// Relays the client's socket to `upstream` until either side closes.
+///
+/// `credential` is what the upstream handshake carried, kept (only with `--dump-dir`) to be
+/// cleaned out of each turn's dump.
 pub(crate) async fn serve(
     state: Arc<State>,
     upgraded: hyper::upgrade::Upgraded,
     upstream: UpstreamSocket,
+    credential: Option<HeaderValue>,
     parts: SocketParts,
 ) {
     let limit = state.max_request_body;
@@ -263,8 +271,8 @@ pub(crate) async fn serve(
     let identity = parts.identity.clone();
     let mut shutdown = parts.shutdown.clone();
     let mut last_heard = tokio::time::Instant::now();
-    // The responses asked for and not finished yet, oldest first.
-    let mut pending: VecDeque<TurnRecord> = VecDeque::new();
+    // The responses asked for and not finished yet, oldest first, each with its dump.
+    let mut pending: VecDeque<(TurnRecord, Option<RelayedTurn>)> = VecDeque::new();
     // What to send each side when the relay ends (`None`: just drop that side).
     let (to_client, to_upstream): (Option<CloseFrame>, Option<CloseFrame>) = loop {
         let idle_deadline = last_heard + idle_timeout;
@@ -301,7 +309,12 @@ pub(crate) async fn serve(
                                 continue;
                             }
                             record.accounted = true;
-                            pending.push_back(record);
+                            let dump = state.dumps.as_ref().and_then(|dumps| {
+                                let dump = dumps.begin(identity.uid, "GET", "/v1/responses", &parts.upstream_headers, true)?;
+                                dump.request_body(&bytes::Bytes::copy_from_slice(text.as_bytes()));
+                                Some(dump.relayed_turn(credential.clone()))
+                            });
+                            pending.push_back((record, dump));
                             tracing::debug!(client_user = %identity.display_name(), "websocket relay: response.create passed on ({} bytes)", text.len());
                         }
                         if upstream_sink.send(Message::Text(text)).await.is_err() {
@@ -331,7 +344,10 @@ pub(crate) async fn serve(
                 };
                 match message {
                     Message::Text(text) => {
-                        if let Some(turn) = pending.front_mut() {
+                        if let Some((turn, dump)) = pending.front_mut() {
+                            if let Some(dump) = dump {
+                                dump.event(text.as_str());
+                            }
                             if turn.record.first_byte.is_none() {
                                 turn.record.first_byte = Some(turn.record.started.elapsed());
                             }
@@ -343,7 +359,9 @@ pub(crate) async fn serve(
                                 turn.record.upstream_status = Some(status);
                                 turn.record.failed = kind == "response.failed";
                                 turn.outcome = "complete";
-                                pending.pop_front();
+                                if let Some((_, Some(dump))) = pending.pop_front() {
+                                    dump.finish(status);
+                                }
                             }
                         }
                         if client_sink.send(Message::Text(text)).await.is_err() {
