@@ -374,23 +374,7 @@ async fn each_websocket_turn_is_dumped_as_the_post_it_is_served_as() {
     let create = json!({"type": "response.create", "model": "gpt-test", "stream": true,
         "store": false, "input": [{"type": "message", "role": "user",
         "content": [{"type": "input_text", "text": "hello"}]}]});
-    socket
-        .send(Message::text(create.to_string()))
-        .await
-        .unwrap();
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(20), socket.next())
-            .await
-            .expect("an event in time")
-            .unwrap()
-            .unwrap();
-        if let Message::Text(text) = message {
-            let event: Value = serde_json::from_str(text.as_str()).unwrap();
-            if event["type"] == "response.completed" {
-                break;
-            }
-        }
-    }
+    completed_turn(&mut socket, &create).await;
 
     // The handshake is not an exchange of its own: one turn, two files.
     let dumps = dumps_once(&dir, 1);
@@ -446,24 +430,8 @@ async fn each_relayed_websocket_turn_is_dumped_with_the_upstreams_events() {
     let mut ids = Vec::new();
     for text in ["first", "second"] {
         let create = json!({"type": "response.create", "model": "gpt-ws", "input": text});
-        socket
-            .send(Message::text(create.to_string()))
-            .await
-            .unwrap();
-        loop {
-            let message = tokio::time::timeout(Duration::from_secs(20), socket.next())
-                .await
-                .expect("an event in time")
-                .unwrap()
-                .unwrap();
-            if let Message::Text(text) = message {
-                let event: Value = serde_json::from_str(text.as_str()).unwrap();
-                if event["type"] == "response.completed" {
-                    ids.push(event["response"]["id"].as_str().unwrap().to_owned());
-                    break;
-                }
-            }
-        }
+        let completed = completed_turn(&mut socket, &create).await;
+        ids.push(completed["response"]["id"].as_str().unwrap().to_owned());
     }
     socket.close(None).await.ok();
 
@@ -501,6 +469,30 @@ async fn each_relayed_websocket_turn_is_dumped_with_the_upstreams_events() {
         assert_eq!(events[1]["delta"], format!("relayed {id}"));
     }
     assert_no_secrets(&dir);
+}
+
+type WsClient =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Sends `create` and reads events until `response.completed`, which it returns.
+async fn completed_turn(socket: &mut WsClient, create: &Value) -> Value {
+    socket
+        .send(Message::text(create.to_string()))
+        .await
+        .unwrap();
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(20), socket.next())
+            .await
+            .expect("an event in time")
+            .unwrap()
+            .unwrap();
+        if let Message::Text(text) = message {
+            let event: Value = serde_json::from_str(text.as_str()).unwrap();
+            if event["type"] == "response.completed" {
+                return event;
+            }
+        }
+    }
 }
 
 /// A WebSocket handshake carrying the same credentials as [`post_with_credentials`].
