@@ -370,7 +370,10 @@ async fn untrusted_misnamed_and_expired_certificates_get_a_502_that_says_why() {
 #[tokio::test(flavor = "multi_thread")]
 async fn https_proxy_carries_an_https_upstream_through_connect() {
     let ca = Pki::new("CA");
-    let upstream = TlsUpstream::start(server_config(&ca.server(), None), |_| Reply::sse(SSE)).await;
+    let mut config = server_config(&ca.server(), None);
+    // reqwest would pick h2; the fast path offers only HTTP/1.1.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let upstream = TlsUpstream::start(config, |_| Reply::sse(SSE)).await;
     let egress = EgressProxy::start().await;
     let dir = tempfile::tempdir().unwrap();
     let ca_file = root_only(dir.path(), "ca.pem", &ca.pem());
@@ -386,20 +389,36 @@ async fn https_proxy_carries_an_https_upstream_through_connect() {
             ("CODEX_PROXY_LOG", "trace".into()),
         ],
     );
-    let (status, body) = post(&proxy).await;
-    assert_eq!(status, 200, "{body}");
+    // One client connection (so one shard and its pool), its requests one after another.
+    let client = http_client();
+    for _ in 0..3 {
+        let response = client
+            .post(proxy.url("/v1/responses"))
+            .body(r#"{"model":"m","input":"hi"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), SSE);
+    }
+    // The fast path through the tunnel: one CONNECT, one TLS connection reused.
     let seen = egress.seen();
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(
         seen[0].0,
         format!("CONNECT localhost:{} HTTP/1.1", upstream.addr.port())
     );
+    assert_eq!(
+        *upstream.handshakes.lock().unwrap(),
+        vec![Some(b"http/1.1".to_vec())],
+        "one TLS connection, HTTP/1.1 by ALPN (the fast path)"
+    );
     // Basic puser:proxy-SECRET-pw
     assert_eq!(
         seen[0].1.as_deref(),
         Some("Basic cHVzZXI6cHJveHktU0VDUkVULXB3")
     );
-    assert_eq!(upstream.mock.seen().len(), 1);
+    assert_eq!(upstream.mock.seen().len(), 3);
     let log = proxy.stderr_once_it_has("POST /v1/responses", Duration::from_secs(5));
     assert!(
         log.contains(&format!(

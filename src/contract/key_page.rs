@@ -149,7 +149,11 @@ impl LockedBytes {
         // SAFETY: the mapping is ours and, not dropped, is never unmapped or written again, so
         // the slice is valid forever.
         unsafe {
-            libc::mprotect(this.ptr.cast::<libc::c_void>(), this.mapped, libc::PROT_READ);
+            libc::mprotect(
+                this.ptr.cast::<libc::c_void>(),
+                this.mapped,
+                libc::PROT_READ,
+            );
             std::slice::from_raw_parts(this.ptr, this.len)
         }
     }
