@@ -416,6 +416,54 @@ async fn an_unreachable_upstream_counts_as_a_connect_error() {
     );
 }
 
+/// An `https://` upstream that does not speak TLS fails the fast path's handshake: counted
+/// as a `tls` error, not a `connect` one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_tls_handshake_counts_as_a_tls_error() {
+    require_root("the metrics socket is root's");
+    let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = plain.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok((mut client, _)) = plain.accept().await {
+            let _ = client
+                .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    let (_dir, socket) = socket_dir();
+    let proxy = start_proxy(
+        &format!("https://127.0.0.1:{port}/v1/responses"),
+        &socket,
+        &[],
+    );
+    let answer = http_client()
+        .post(proxy.url("/v1/responses"))
+        .body(r#"{"model":"gpt-test","input":"hi"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 502);
+    let body = answer.text().await.unwrap();
+    assert!(body.contains("TLS"), "{body}");
+    let scrape = tokio::task::spawn_blocking(move || {
+        scrape_until(&socket, "the 502", |s| {
+            total(s, "codex_proxy_requests_total") >= 1.0
+        })
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        scrape.value("codex_proxy_upstream_errors_total", &[("kind", "tls")]),
+        1.0
+    );
+    assert_eq!(
+        scrape.value("codex_proxy_upstream_errors_total", &[("kind", "connect")]),
+        0.0
+    );
+    drop(proxy);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn open_streams_and_websockets_are_counted_while_open() {
     require_root("the metrics socket is root's");

@@ -290,7 +290,10 @@ impl DirectUpstream {
                     tls.connector
                         .connect(tls.name.clone(), tcp)
                         .await
-                        .map_err(|e| UpstreamError::Unreachable(io_failure(&e)))?,
+                        .map_err(|e| match tls_failure(&e) {
+                            Some(why) => UpstreamError::Tls(why),
+                            None => UpstreamError::Unreachable(e.to_string()),
+                        })?,
                 )),
             })
         };
