@@ -170,16 +170,16 @@ pub(crate) fn redact_headers(headers: &mut HeaderMap, secret: &[u8]) {
 /// cleaned and its body read (at most [`ERROR_BODY_LIMIT`] bytes, within the body's own idle
 /// limit) and cleaned too. Successes stream through untouched.
 pub(crate) async fn upstream_answer(response: Response<Body>) -> Response<Body> {
-    let Some(SentCredential(credential)) = response.extensions().get::<SentCredential>().cloned()
-    else {
-        return response;
-    };
     // A success streams through untouched, headers included: scanning every header of every
     // answer cost the strict route ~2.4k instructions per request (bench/instructions.sh),
     // and it is an error answer that quotes the credential back.
     if response.status().is_success() || response.status().is_informational() {
         return response;
     }
+    let Some(SentCredential(credential)) = response.extensions().get::<SentCredential>().cloned()
+    else {
+        return response;
+    };
     let secret = secret_of(&credential);
     let (mut parts, body) = response.into_parts();
     redact_headers(&mut parts.headers, secret);
