@@ -69,6 +69,13 @@ impl Scrape {
         assert!(matching.len() <= 1, "{name} {labels:?}: {matching:#?}");
         matching.first().map_or(0.0, |s| s.value)
     }
+
+    /// The value of the gauge `name` (no labels), which must be shown: a gauge renamed or
+    /// missing fails instead of reading as zero.
+    fn gauge(&self, name: &str) -> f64 {
+        self.family(name);
+        self.value(name, &[])
+    }
 }
 
 /// The socket's directory: root's, mode 0755, so that test users reach the socket itself.
@@ -328,12 +335,12 @@ async fn a_root_scrape_counts_requests_tokens_refusals_and_upstream_errors() {
         let sum = scrape.value(&format!("{histogram}_sum"), &[("route", "responses")]);
         assert!((0.0..60.0).contains(&sum), "{histogram}: {sum}");
     }
-    assert_eq!(scrape.value("codex_proxy_requests_in_flight", &[]), 0.0);
+    assert_eq!(scrape.gauge("codex_proxy_requests_in_flight"), 0.0);
     assert_eq!(
         scrape.family("codex_proxy_requests_in_flight").kind,
         "gauge"
     );
-    assert_eq!(scrape.value("codex_proxy_websockets_open", &[]), 0.0);
+    assert_eq!(scrape.gauge("codex_proxy_websockets_open"), 0.0);
 
     // As Prometheus scrapes: OpenMetrics, read by the strict parser, the same values.
     let socket_for_scrape = socket.clone();
@@ -565,8 +572,8 @@ async fn open_streams_and_websockets_are_counted_while_open() {
     let socket_for_scrape = socket.clone();
     tokio::task::spawn_blocking(move || {
         scrape_until(&socket_for_scrape, "nothing open", |s| {
-            s.value("codex_proxy_requests_in_flight", &[]) == 0.0
-                && s.value("codex_proxy_websockets_open", &[]) == 0.0
+            s.gauge("codex_proxy_requests_in_flight") == 0.0
+                && s.gauge("codex_proxy_websockets_open") == 0.0
         })
     })
     .await
