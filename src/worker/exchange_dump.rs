@@ -312,7 +312,7 @@ impl Exchange {
             method: &pending.method,
             url: text_without(pending.url.as_bytes(), &secrets),
             headers: headers_dump(&pending.headers, &secrets),
-            body: body_dump(body, &secrets),
+            body: body_dump(body, body_truncated, &secrets),
             body_truncated,
             uid: self.uid,
             websocket: pending.websocket,
@@ -454,7 +454,7 @@ impl Capture {
         let dump = ResponseDump {
             status: self.status,
             headers: headers_dump(&self.headers, &secrets),
-            body: body_dump(&self.body, &secrets),
+            body: body_dump(&self.body, self.truncated, &secrets),
             body_truncated: self.truncated,
             termination,
             uid: self.exchange.uid,
@@ -562,7 +562,13 @@ fn without<'a>(bytes: &'a [u8], secrets: &[&[u8]]) -> std::borrow::Cow<'a, [u8]>
 }
 
 /// A body as the reference dumps it: the JSON it holds, else its text.
-fn body_dump(body: &[u8], secrets: &[&[u8]]) -> serde_json::Value {
+fn body_dump(body: &[u8], cut: bool, secrets: &[&[u8]]) -> serde_json::Value {
+    let mut body = body;
+    if cut {
+        for secret in secrets {
+            body = &body[..redact::keep_before_cut_secret(body, secret)];
+        }
+    }
     let body = without(body, secrets);
     serde_json::from_slice(&body)
         .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into_owned()))
@@ -616,9 +622,16 @@ mod tests {
         assert!(!value("x-echo").contains("SECRET"), "{}", value("x-echo"));
         let body = body_dump(
             br#"{"input":"my key is sk-test_KEY-0123456789abcdefSECRET"}"#,
+            false,
             &[key],
         );
         assert!(!body.to_string().contains("SECRET"), "{body}");
-        assert_eq!(body_dump(b"data: x\n\n", &[key]), "data: x\n\n");
+        assert_eq!(body_dump(b"data: x\n\n", false, &[key]), "data: x\n\n");
+        // A body cut in the middle of the key loses the key's first characters too.
+        assert_eq!(body_dump(b"data: sk-test_K", true, &[key]), "data: ");
+        assert_eq!(
+            body_dump(b"data: sk-test_K", false, &[key]),
+            "data: sk-test_K"
+        );
     }
 }
