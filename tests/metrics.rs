@@ -376,6 +376,28 @@ async fn a_root_scrape_counts_requests_tokens_refusals_and_upstream_errors() {
     drop(proxy);
 }
 
+/// Posts one request the upstream cannot answer: its 502's body, and the scrape once it is
+/// counted.
+async fn a_502_and_its_scrape(proxy: &Proxy, socket: &Path) -> (String, Scrape) {
+    let answer = http_client()
+        .post(proxy.url("/v1/responses"))
+        .body(r#"{"model":"gpt-test","input":"hi"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 502);
+    let body = answer.text().await.unwrap();
+    let socket = socket.to_owned();
+    let scrape = tokio::task::spawn_blocking(move || {
+        scrape_until(&socket, "the 502", |s| {
+            total(s, "codex_proxy_requests_total") >= 1.0
+        })
+    })
+    .await
+    .unwrap();
+    (body, scrape)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_upstream_counts_as_a_connect_error() {
     require_root("the metrics socket is root's");
@@ -388,20 +410,7 @@ async fn an_unreachable_upstream_counts_as_a_connect_error() {
         &socket,
         &[],
     );
-    let answer = http_client()
-        .post(proxy.url("/v1/responses"))
-        .body(r#"{"model":"gpt-test","input":"hi"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 502);
-    let scrape = tokio::task::spawn_blocking(move || {
-        scrape_until(&socket, "the 502", |s| {
-            total(s, "codex_proxy_requests_total") >= 1.0
-        })
-    })
-    .await
-    .unwrap();
+    let (_, scrape) = a_502_and_its_scrape(&proxy, &socket).await;
     assert_eq!(
         scrape.value(
             "codex_proxy_requests_total",
@@ -444,22 +453,8 @@ async fn a_failed_tls_handshake_counts_as_a_tls_error() {
         &socket,
         &[],
     );
-    let answer = http_client()
-        .post(proxy.url("/v1/responses"))
-        .body(r#"{"model":"gpt-test","input":"hi"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 502);
-    let body = answer.text().await.unwrap();
+    let (body, scrape) = a_502_and_its_scrape(&proxy, &socket).await;
     assert!(body.contains("TLS"), "{body}");
-    let scrape = tokio::task::spawn_blocking(move || {
-        scrape_until(&socket, "the 502", |s| {
-            total(s, "codex_proxy_requests_total") >= 1.0
-        })
-    })
-    .await
-    .unwrap();
     assert_eq!(
         scrape.value("codex_proxy_upstream_errors_total", &[("kind", "tls")]),
         1.0

@@ -320,6 +320,19 @@ impl Exchange {
         self.write_json(&format!("{}-request.json", self.prefix), &dump);
     }
 
+    /// Has the request's file written on the after-response thread (once: the first call).
+    fn write_request_later(self: &Arc<Self>, credential: Option<HeaderValue>) {
+        let pending = self
+            .request
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(pending) = pending {
+            let exchange = self.clone();
+            crate::logging::defer(move || exchange.write_request(pending, credential.as_ref()));
+        }
+    }
+
     fn write_json(&self, name: &str, dump: &impl Serialize) {
         match serde_json::to_vec_pretty(dump) {
             Ok(mut bytes) => {
@@ -338,15 +351,7 @@ impl Exchange {
             .extensions()
             .get::<SentCredential>()
             .map(|c| c.0.clone());
-        let pending = self
-            .request
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(pending) = pending {
-            let (exchange, credential) = (self.clone(), credential.clone());
-            crate::logging::defer(move || exchange.write_request(pending, credential.as_ref()));
-        }
+        self.write_request_later(credential.clone());
         let capture = Capture {
             status: response.status().as_u16(),
             headers: response.headers().clone(),
@@ -371,15 +376,7 @@ impl Exchange {
     /// one message a line, are kept as they pass and written when the turn ends.
     /// `credential` is what the upstream handshake carried, to clean out of the dump.
     pub(crate) fn relayed_turn(self: Arc<Self>, credential: Option<HeaderValue>) -> RelayedTurn {
-        let pending = self
-            .request
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(pending) = pending {
-            let (exchange, credential) = (self.clone(), credential.clone());
-            crate::logging::defer(move || exchange.write_request(pending, credential.as_ref()));
-        }
+        self.write_request_later(credential.clone());
         RelayedTurn {
             capture: Some(Capture {
                 status: 200,
