@@ -10,7 +10,9 @@
 # three targets (examples/bench_alternating_client.rs: the machine's moments fall on all alike).
 # Usage: bash bench/https.sh [ROUNDS]   (default 3; BENCH_SECONDS per wrk run, default 3)
 # BENCH_BEFORE_BIN=PATH adds another build of ours in front of the same HTTPS upstream
-# ("before-tls"), to compare two builds in one run.
+# ("before-tls"), to compare two builds in one run. BENCH_EGRESS=1 adds ours reaching the same
+# upstream through an egress proxy's CONNECT tunnel ("ours-egress"; the proxy is
+# examples/bench_connect_proxy.rs, its CPU time not counted in ours).
 # Needs release builds (cargo build --release --bins --examples), wrk, nginx-light and openssl
 # (bench/run.sh installs the first two). Ports 19400-19412. Run as root (the proxy's
 # supervisor drops privileges for its worker).
@@ -23,6 +25,8 @@ MOCK=${CARGO_TARGET_DIR:-target}/release/examples/bench_mock_upstream
 ALT=${CARGO_TARGET_DIR:-target}/release/examples/bench_alternating_client
 KEY=sk-bench-key-0123456789
 TLS_MOCK=19400 NGINX=19401 PLAIN_MOCK=19402 OURS=19410 OURS_PLAIN=19411 BEFORE=19412
+EGRESS=19413 OURS_EGRESS=19414
+CONNECT_PROXY=${CARGO_TARGET_DIR:-target}/release/examples/bench_connect_proxy
 for tool in wrk nginx openssl; do
 	command -v $tool >/dev/null || { echo "bench/https.sh needs $tool" >&2; exit 1; }
 done
@@ -73,6 +77,16 @@ if [ -n "${BENCH_BEFORE_BIN:-}" ]; then
 	ROOT[before-tls]=$!
 	PORT[before-tls]=$BEFORE
 	NAMES+=(before-tls)
+fi
+if [ -n "${BENCH_EGRESS:-}" ]; then
+	"$CONNECT_PROXY" $EGRESS &
+	PIDS+=($!)
+	printf '%s\n' "$KEY" | SSL_CERT_FILE="$WORK/ca.pem" CODEX_PROXY_UPSTREAM_PROXY="http://127.0.0.1:$EGRESS" \
+		"$BIN" --port $OURS_EGRESS --upstream-url "https://localhost:$TLS_MOCK/v1/responses" 2>"$WORK/egress.log" &
+	PIDS+=($!)
+	ROOT[ours-egress]=$!
+	PORT[ours-egress]=$OURS_EGRESS
+	NAMES+=(ours-egress)
 fi
 sleep 1
 ALT_TARGETS=()
