@@ -28,7 +28,7 @@ pub(crate) const READ_BUFFER_BYTES: usize = 16 * 1024;
 
 /// Idle deflate states kept for reuse (each way), shared by every socket of the worker:
 /// enough for the messages compressed at one moment, not one per socket.
-const DEFLATE_POOL_CAPACITY: usize = 16;
+pub(crate) const DEFLATE_POOL_CAPACITY: usize = 16;
 
 /// Messages shorter than this go uncompressed (deflate without context barely shrinks them).
 const COMPRESSION_THRESHOLD: usize = 128;

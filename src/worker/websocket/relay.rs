@@ -70,6 +70,8 @@ pub(crate) struct UpstreamWebSocket {
     handshake_timeout: Duration,
     /// Unix time until which the upstream is taken for HTTP-only (0: not known to be).
     http_only_until: AtomicU64,
+    /// The deflate states the upstream sockets borrow to compress a message.
+    deflate_pool: yawc::DeflatePool,
 }
 
 /// Why the upstream WebSocket could not be opened.
@@ -103,18 +105,19 @@ pub(crate) type UpstreamSocket = yawc::WebSocket<Box<dyn Io>>;
 
 /// The options of the upstream socket: its events may be as large as
 /// [`MAX_UPSTREAM_MESSAGE`] (inflated), and permessage-deflate is offered. What the proxy
-/// sends (the client's `response.create`s) is compressed without context takeover, so no
-/// deflate state is kept for it between messages (`client_no_context_takeover`); the
-/// upstream's events, the bulk of the traffic, may be compressed with its context kept
-/// across messages, which a relayed socket pays for with one inflate state (a 32 KiB window,
-/// BENCHMARKS.md "WebSocket compression").
-fn upstream_options() -> yawc::Options {
+/// sends (the client's `response.create`s) is compressed without context takeover
+/// (`client_no_context_takeover`) with a deflate state borrowed from `pool` for the message,
+/// so none is kept between messages; the upstream's events, the bulk of the traffic, may be
+/// compressed with its context kept across messages, which a relayed socket pays for with
+/// one inflate state (BENCHMARKS.md, "WebSocket compression").
+fn upstream_options(pool: &yawc::DeflatePool) -> yawc::Options {
     yawc::Options::default()
         .with_limits(MAX_UPSTREAM_MESSAGE, MAX_UPSTREAM_MESSAGE)
         .with_read_buffer_capacity(super::READ_BUFFER_BYTES)
         .with_utf8()
         .with_low_latency_compression()
         .client_no_context_takeover()
+        .with_deflate_pool(pool.clone())
 }
 
 impl UpstreamWebSocket {
@@ -156,6 +159,7 @@ impl UpstreamWebSocket {
             connect_timeout,
             handshake_timeout,
             http_only_until: AtomicU64::new(0),
+            deflate_pool: yawc::DeflatePool::new(super::DEFLATE_POOL_CAPACITY),
         })
     }
 
@@ -208,7 +212,7 @@ impl UpstreamWebSocket {
                 }
                 None => Box::new(tcp),
             };
-            match yawc::WebSocket::handshake_with_request(url, stream, upstream_options(), request)
+            match yawc::WebSocket::handshake_with_request(url, stream, upstream_options(&self.deflate_pool), request)
                 .await
             {
                 Ok(socket) => {
