@@ -385,3 +385,59 @@ async fn a_relayed_socket_is_compressed_on_both_hops() {
     assert!(upstream_written * 10 < received_plain);
     assert!(client_counts.read() * 10 < received_plain, "and to the client");
 }
+
+/// The close frame the proxy ends `socket` with.
+async fn close_code(socket: &mut Client) -> Option<yawc::close::CloseCode> {
+    loop {
+        let frame = tokio::time::timeout(Duration::from_secs(10), socket.next_frame())
+            .await
+            .expect("closed in time")
+            .expect("a close frame before the end");
+        if frame.opcode() == OpCode::Close {
+            return frame.close_code();
+        }
+    }
+}
+
+/// A compression bomb: a message of some 20 KB on the wire that inflates to 2 MiB, against
+/// a 256 KiB limit. The limit counts the inflated message: 1009, nothing forwarded,
+/// whether the proxy serves the socket or relays it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compressed_message_over_the_body_limit_closes_with_1009() {
+    let mock = MockUpstream::start(|_| Reply::sse("")).await;
+    let (ws_url, upstream_seen, _) = deflate_upstream("unused".to_owned()).await;
+    let served = Proxy::start(
+        &mock.url("/v1/responses"),
+        &["--max-request-body", "262144"],
+    );
+    let relayed = Proxy::start(
+        &ws_url,
+        &[
+            "--max-request-body",
+            "262144",
+            "--websocket-upstream",
+            "relay",
+        ],
+    );
+    let bomb = turn(&"a".repeat(2 << 20)).to_string();
+    for proxy in [&served, &relayed] {
+        let (mut socket, extensions, counts) = connect(proxy, CODEX_OFFER).await;
+        assert_negotiated(extensions.as_deref());
+        socket.send(Frame::text(bomb.clone())).await.unwrap();
+        // Well under the limit on the wire: only the inflated size is over it.
+        assert!(
+            counts.written() < 64 * 1024,
+            "a small frame on the wire ({} bytes)",
+            counts.written()
+        );
+        assert_eq!(
+            close_code(&mut socket).await,
+            Some(yawc::close::CloseCode::Size)
+        );
+    }
+    assert!(mock.seen().is_empty(), "nothing forwarded");
+    assert!(
+        upstream_seen.lock().unwrap().messages.is_empty(),
+        "nothing relayed"
+    );
+}
