@@ -245,7 +245,10 @@ async fn open(addr: &str, deflate: bool) -> Socket {
 async fn websocket_turn(socket: &mut Socket) {
     socket.send(Frame::text(TURN)).await.unwrap();
     loop {
-        let frame = socket.next_frame().await.expect("the socket ended mid-turn");
+        let frame = socket
+            .next_frame()
+            .await
+            .expect("the socket ended mid-turn");
         if frame.opcode() != OpCode::Text {
             continue;
         }

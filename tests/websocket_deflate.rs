@@ -73,10 +73,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -179,10 +176,7 @@ fn answer_events(id: &str, text: &str) -> Vec<Value> {
 
 fn assert_negotiated(extensions: Option<&str>) {
     let extensions = extensions.expect("the 101 names the extension");
-    assert!(
-        extensions.starts_with("permessage-deflate"),
-        "{extensions}"
-    );
+    assert!(extensions.starts_with("permessage-deflate"), "{extensions}");
     // No deflate state is kept between messages, either way.
     assert!(
         extensions.contains("server_no_context_takeover"),
@@ -234,8 +228,14 @@ async fn a_served_socket_negotiates_deflate_and_compresses_both_ways() {
         counts.written(),
         counts.read()
     );
-    assert!(counts.written() * 10 < sent_plain, "compressed to the proxy");
-    assert!(counts.read() * 10 < received_plain, "compressed by the proxy");
+    assert!(
+        counts.written() * 10 < sent_plain,
+        "compressed to the proxy"
+    );
+    assert!(
+        counts.read() * 10 < received_plain,
+        "compressed by the proxy"
+    );
     let log = proxy.stderr_once_it_has(
         "websocket: negotiated permessage-deflate",
         Duration::from_secs(5),
@@ -381,9 +381,15 @@ async fn a_relayed_socket_is_compressed_on_both_hops() {
         client_counts.read()
     );
     assert!(client_counts.written() * 10 < sent_plain);
-    assert!(upstream_read * 10 < sent_plain, "the proxy compresses to the upstream");
+    assert!(
+        upstream_read * 10 < sent_plain,
+        "the proxy compresses to the upstream"
+    );
     assert!(upstream_written * 10 < received_plain);
-    assert!(client_counts.read() * 10 < received_plain, "and to the client");
+    assert!(
+        client_counts.read() * 10 < received_plain,
+        "and to the client"
+    );
 }
 
 /// The close frame the proxy ends `socket` with.

@@ -303,8 +303,13 @@ pub(crate) async fn accept(state: Arc<State>, mut request: Request<Incoming>) ->
         }
         session::serve(state, socket, parts).await;
     });
-    answer.headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    Response::from_parts(answer, crate::worker::server::http::full(bytes::Bytes::new()))
+    answer
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    Response::from_parts(
+        answer,
+        crate::worker::server::http::full(bytes::Bytes::new()),
+    )
 }
 
 /// The upstream WebSocket for this client's handshake, its credentials added.

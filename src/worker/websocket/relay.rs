@@ -212,8 +212,13 @@ impl UpstreamWebSocket {
                 }
                 None => Box::new(tcp),
             };
-            match yawc::WebSocket::handshake_with_request(url, stream, upstream_options(&self.deflate_pool), request)
-                .await
+            match yawc::WebSocket::handshake_with_request(
+                url,
+                stream,
+                upstream_options(&self.deflate_pool),
+                request,
+            )
+            .await
             {
                 Ok(socket) => {
                     tracing::debug!("websocket relay: the upstream's socket is open");
