@@ -374,23 +374,7 @@ async fn each_websocket_turn_is_dumped_as_the_post_it_is_served_as() {
     let create = json!({"type": "response.create", "model": "gpt-test", "stream": true,
         "store": false, "input": [{"type": "message", "role": "user",
         "content": [{"type": "input_text", "text": "hello"}]}]});
-    socket
-        .send(Message::text(create.to_string()))
-        .await
-        .unwrap();
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(20), socket.next())
-            .await
-            .expect("an event in time")
-            .unwrap()
-            .unwrap();
-        if let Message::Text(text) = message {
-            let event: Value = serde_json::from_str(text.as_str()).unwrap();
-            if event["type"] == "response.completed" {
-                break;
-            }
-        }
-    }
+    completed_turn(&mut socket, &create).await;
 
     // The handshake is not an exchange of its own: one turn, two files.
     let dumps = dumps_once(&dir, 1);
@@ -413,6 +397,102 @@ async fn each_websocket_turn_is_dumped_as_the_post_it_is_served_as() {
         .contains("\"response.completed\""));
     assert_no_secrets(&dir);
     socket.close(None).await.ok();
+}
+
+/// Strict mode's relay (an upstream with a WebSocket of its own): each `response.create` is
+/// dumped as the handshake's GET with the message as its body, and its answer as the
+/// upstream's events for that response, one message a line.
+#[tokio::test(flavor = "multi_thread")]
+async fn each_relayed_websocket_turn_is_dumped_with_the_upstreams_events() {
+    require_root("the dump directory is given to the worker user");
+    let upstream = WsUpstream::start(|_request, id| {
+        vec![
+            json!({"type": "response.created", "response": {"id": id, "output": []}}),
+            json!({"type": "response.output_text.delta", "delta": format!("relayed {id}")}),
+            json!({"type": "response.completed", "response": {"id": id, "status": "completed", "output": []}}),
+        ]
+    })
+    .await;
+    let (_parent, dir) = dump_location();
+    let proxy = Proxy::start(
+        &upstream.url(),
+        &[
+            "--websocket-upstream",
+            "relay",
+            "--dump-dir",
+            dir.to_str().unwrap(),
+        ],
+    );
+    let url = format!("ws://127.0.0.1:{}/v1/responses", proxy.port);
+    let (mut socket, _) = tokio_tungstenite::connect_async(ws_request(&url))
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for text in ["first", "second"] {
+        let create = json!({"type": "response.create", "model": "gpt-ws", "input": text});
+        let completed = completed_turn(&mut socket, &create).await;
+        ids.push(completed["response"]["id"].as_str().unwrap().to_owned());
+    }
+    socket.close(None).await.ok();
+
+    let dumps = dumps_once(&dir, 2);
+    assert_eq!(dumps.len(), 4, "{dumps:?}");
+    // In name order: request and response of the first turn, then of the second.
+    for (turn, (text, id)) in ["first", "second"].iter().zip(&ids).enumerate() {
+        let request = &dumps[turn * 2].1;
+        assert!(dumps[turn * 2].0.ends_with("-request.json"), "{dumps:?}");
+        assert_eq!(request["method"], "GET");
+        assert_eq!(request["url"], "/v1/responses");
+        assert_eq!(request["websocket"], true);
+        assert_eq!(request["uid"], 0);
+        assert_eq!(request["body"]["type"], "response.create");
+        assert_eq!(request["body"]["input"], *text);
+        assert_eq!(header(request, "authorization"), Some("[REDACTED]"));
+        let response = &dumps[turn * 2 + 1].1;
+        assert_eq!(response["status"], 200);
+        assert_eq!(response["termination"], "eof");
+        let events: Vec<Value> = response["body"]
+            .as_str()
+            .unwrap()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "response.created",
+                "response.output_text.delta",
+                "response.completed"
+            ]
+        );
+        assert_eq!(events[1]["delta"], format!("relayed {id}"));
+    }
+    assert_no_secrets(&dir);
+}
+
+type WsClient =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Sends `create` and reads events until `response.completed`, which it returns.
+async fn completed_turn(socket: &mut WsClient, create: &Value) -> Value {
+    socket
+        .send(Message::text(create.to_string()))
+        .await
+        .unwrap();
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(20), socket.next())
+            .await
+            .expect("an event in time")
+            .unwrap()
+            .unwrap();
+        if let Message::Text(text) = message {
+            let event: Value = serde_json::from_str(text.as_str()).unwrap();
+            if event["type"] == "response.completed" {
+                return event;
+            }
+        }
+    }
 }
 
 /// A WebSocket handshake carrying the same credentials as [`post_with_credentials`].

@@ -189,83 +189,6 @@ impl TlsUpstream {
     }
 }
 
-/// A request line the egress proxy saw, with its `Proxy-Authorization` value.
-type ProxiedRequest = (String, Option<String>);
-
-/// An egress proxy of the tests' own: CONNECT tunnels and absolute-form HTTP requests, each
-/// recorded as its request line plus its `Proxy-Authorization` value.
-struct EgressProxy {
-    addr: SocketAddr,
-    seen: Arc<Mutex<Vec<ProxiedRequest>>>,
-}
-
-impl EgressProxy {
-    async fn start() -> EgressProxy {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let seen2 = seen.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((mut client, _)) = listener.accept().await else {
-                    continue;
-                };
-                let seen = seen2.clone();
-                tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        if client.read(&mut byte).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        head.push(byte[0]);
-                    }
-                    let text = String::from_utf8_lossy(&head).to_string();
-                    let line = text.lines().next().unwrap_or_default().to_string();
-                    let auth = text.lines().find_map(|l| {
-                        l.to_ascii_lowercase()
-                            .starts_with("proxy-authorization:")
-                            .then(|| l.split_once(':').unwrap().1.trim().to_string())
-                    });
-                    seen.lock().unwrap().push((line.clone(), auth));
-                    let mut parts = line.split(' ');
-                    let (method, target) = (parts.next().unwrap(), parts.next().unwrap());
-                    if method == "CONNECT" {
-                        let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await else {
-                            let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
-                            return;
-                        };
-                        client
-                            .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
-                            .await
-                            .unwrap();
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                    } else {
-                        // Absolute form: http://host:port/path. The hyper mock accepts it as is.
-                        let authority = target
-                            .strip_prefix("http://")
-                            .and_then(|rest| rest.split('/').next())
-                            .unwrap()
-                            .to_string();
-                        let mut upstream = tokio::net::TcpStream::connect(authority).await.unwrap();
-                        upstream.write_all(&head).await.unwrap();
-                        let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
-                    }
-                });
-            }
-        });
-        EgressProxy { addr, seen }
-    }
-
-    fn url_with_credentials(&self) -> String {
-        format!("http://puser:proxy-SECRET-pw@{}", self.addr)
-    }
-
-    fn seen(&self) -> Vec<ProxiedRequest> {
-        self.seen.lock().unwrap().clone()
-    }
-}
-
 /// Writes `text` to `name` in a directory every user may read (the worker reads the system
 /// store as its own unprivileged user, as it reads /etc/ssl/certs).
 fn world_readable(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -447,7 +370,10 @@ async fn untrusted_misnamed_and_expired_certificates_get_a_502_that_says_why() {
 #[tokio::test(flavor = "multi_thread")]
 async fn https_proxy_carries_an_https_upstream_through_connect() {
     let ca = Pki::new("CA");
-    let upstream = TlsUpstream::start(server_config(&ca.server(), None), |_| Reply::sse(SSE)).await;
+    let mut config = server_config(&ca.server(), None);
+    // reqwest would pick h2; the fast path offers only HTTP/1.1.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    let upstream = TlsUpstream::start(config, |_| Reply::sse(SSE)).await;
     let egress = EgressProxy::start().await;
     let dir = tempfile::tempdir().unwrap();
     let ca_file = root_only(dir.path(), "ca.pem", &ca.pem());
@@ -463,20 +389,36 @@ async fn https_proxy_carries_an_https_upstream_through_connect() {
             ("CODEX_PROXY_LOG", "trace".into()),
         ],
     );
-    let (status, body) = post(&proxy).await;
-    assert_eq!(status, 200, "{body}");
+    // One client connection (so one shard and its pool), its requests one after another.
+    let client = http_client();
+    for _ in 0..3 {
+        let response = client
+            .post(proxy.url("/v1/responses"))
+            .body(r#"{"model":"m","input":"hi"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.text().await.unwrap(), SSE);
+    }
+    // The fast path through the tunnel: one CONNECT, one TLS connection reused.
     let seen = egress.seen();
     assert_eq!(seen.len(), 1, "{seen:?}");
     assert_eq!(
         seen[0].0,
         format!("CONNECT localhost:{} HTTP/1.1", upstream.addr.port())
     );
+    assert_eq!(
+        *upstream.handshakes.lock().unwrap(),
+        vec![Some(b"http/1.1".to_vec())],
+        "one TLS connection, HTTP/1.1 by ALPN (the fast path)"
+    );
     // Basic puser:proxy-SECRET-pw
     assert_eq!(
         seen[0].1.as_deref(),
         Some("Basic cHVzZXI6cHJveHktU0VDUkVULXB3")
     );
-    assert_eq!(upstream.mock.seen().len(), 1);
+    assert_eq!(upstream.mock.seen().len(), 3);
     let log = proxy.stderr_once_it_has("POST /v1/responses", Duration::from_secs(5));
     assert!(
         log.contains(&format!(

@@ -268,3 +268,109 @@ fn relay_mode_where_it_cannot_apply_is_refused_at_start() {
     assert!(stderr.contains("--websocket-upstream relay"), "{stderr}");
     assert!(stderr.contains("bridge mode"), "{stderr}");
 }
+
+/// The relay's upstream socket goes through the egress proxy like every upstream connection:
+/// a CONNECT tunnel (RFC 6455 4.1, also for `ws`) carrying the proxy's credentials, which
+/// show nowhere in the log; `NO_PROXY` bypasses it.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_relay_reaches_the_upstream_through_the_egress_proxy_unless_no_proxy_says_otherwise() {
+    let upstream = ws_upstream().await;
+    let egress = EgressProxy::start().await;
+    let start = |no_proxy: &str| {
+        Proxy::start_with(ProxyOptions {
+            args: vec![
+                "--upstream-url".into(),
+                upstream.url(),
+                "--websocket-upstream".into(),
+                "relay".into(),
+                "--log-level".into(),
+                "trace".into(),
+            ],
+            env: vec![
+                ("HTTP_PROXY".into(), egress.url_with_credentials()),
+                ("NO_PROXY".into(), no_proxy.into()),
+            ],
+            ..Default::default()
+        })
+    };
+
+    let proxy = start("");
+    let mut socket = connect(&proxy).await.expect("the relayed handshake");
+    let events = turn(&mut socket, r#"{"type":"response.create","input":"hi"}"#).await;
+    assert_eq!(events.last().unwrap()["type"], "response.completed");
+    let seen = egress.seen();
+    let port = upstream
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        seen,
+        [(
+            format!("CONNECT 127.0.0.1:{port} HTTP/1.1"),
+            // Basic puser:proxy-SECRET-pw
+            Some("Basic cHVzZXI6cHJveHktU0VDUkVULXB3".to_owned())
+        )]
+    );
+    assert_eq!(
+        upstream.seen.lock().unwrap().authorizations,
+        [format!("Bearer {TEST_KEY}")]
+    );
+    socket.close(None).await.unwrap();
+    let tunnel_line = format!(
+        "through a tunnel of the proxy at 127.0.0.1:{}",
+        egress.addr.port()
+    );
+    let log = proxy.stderr_once_it_has(&tunnel_line, Duration::from_secs(5));
+    assert!(log.contains(&tunnel_line), "{log}");
+    assert!(!log.contains("proxy-SECRET-pw"), "{log}");
+    assert!(!log.contains(TEST_KEY), "{log}");
+
+    let bypassing = start("127.0.0.1");
+    let mut socket = connect(&bypassing).await.expect("the direct handshake");
+    let events = turn(&mut socket, r#"{"type":"response.create","input":"hi"}"#).await;
+    assert_eq!(events.last().unwrap()["type"], "response.completed");
+    assert_eq!(egress.seen().len(), 1, "NO_PROXY was not honoured");
+}
+
+/// A proxy that refuses the tunnel is the relay's failure, said without its credentials.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_egress_proxy_that_refuses_the_tunnel_gets_a_502_without_its_credentials() {
+    let refusing = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let refusing_addr = refusing.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut client, _)) = refusing.accept().await {
+            let mut head = [0u8; 1024];
+            let _ = client.read(&mut head).await;
+            let _ = client
+                .write_all(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    let proxy = Proxy::start_with(ProxyOptions {
+        args: vec![
+            "--upstream-url".into(),
+            "http://127.0.0.1:9/v1/responses".into(),
+            "--websocket-upstream".into(),
+            "relay".into(),
+            "--upstream-proxy".into(),
+            format!("http://puser:proxy-SECRET-pw@{refusing_addr}"),
+        ],
+        ..Default::default()
+    });
+    let error = connect(&proxy).await.expect_err("a refused handshake");
+    let tokio_tungstenite::tungstenite::Error::Http(response) = error else {
+        panic!("not an HTTP refusal: {error}");
+    };
+    assert_eq!(response.status().as_u16(), 502);
+    let body = String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).to_string();
+    assert!(body.contains("opened no tunnel"), "{body}");
+    assert!(!body.contains("proxy-SECRET-pw"), "{body}");
+    let log = proxy.stderr_once_it_has("websocket relay refused", Duration::from_secs(5));
+    assert!(!log.contains("proxy-SECRET-pw"), "{log}");
+}

@@ -38,35 +38,8 @@ impl fmt::Debug for ApiKeyHeader {
 impl ApiKeyHeader {
     /// Copies `header` (`Bearer <key>`) into a fresh locked page.
     pub(crate) fn store(header: &[u8]) -> io::Result<ApiKeyHeader> {
-        let page = page_size();
-        assert!(header.len() <= page);
-        // SAFETY: an anonymous private mapping of one page; we check the result.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                page,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: ptr points at `page` writable bytes that nothing else references.
-        unsafe {
-            libc::madvise(ptr, page, libc::MADV_DONTDUMP);
-            if libc::mlock(ptr, page) != 0 {
-                let error = io::Error::last_os_error();
-                libc::munmap(ptr, page);
-                return Err(error);
-            }
-            std::ptr::copy_nonoverlapping(header.as_ptr(), ptr.cast::<u8>(), header.len());
-            libc::mprotect(ptr, page, libc::PROT_READ);
-        }
-        // SAFETY: the page is never unmapped or written again, so the slice is valid forever.
-        let bytes = unsafe { std::slice::from_raw_parts(ptr.cast::<u8>(), header.len()) };
+        assert!(header.len() <= page_size());
+        let bytes = LockedBytes::copy_of(header)?.into_read_only_forever();
         Ok(ApiKeyHeader { bytes })
     }
 
@@ -167,6 +140,22 @@ impl LockedBytes {
             mapped,
             len: secret.len(),
         })
+    }
+
+    /// Makes the pages read-only and keeps them for the life of the process (never wiped on
+    /// drop; [`ApiKeyHeader::discard`] wipes a one-page key explicitly).
+    fn into_read_only_forever(self) -> &'static [u8] {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: the mapping is ours and, not dropped, is never unmapped or written again, so
+        // the slice is valid forever.
+        unsafe {
+            libc::mprotect(
+                this.ptr.cast::<libc::c_void>(),
+                this.mapped,
+                libc::PROT_READ,
+            );
+            std::slice::from_raw_parts(this.ptr, this.len)
+        }
     }
 }
 

@@ -101,7 +101,7 @@ impl WorkerConfig {
         if let Some(proxy) = connection.proxy_for(&upstream_url) {
             info!("the upstream is reached through the proxy at {proxy}");
         }
-        let websocket_relay = websocket_relay(cli, &auth, &connection, &upstream_url)?;
+        let websocket_relay = websocket_relay(cli, &auth)?;
         let dumps = dump_settings(cli, handover.dump_directory.take())?;
         let key = std::mem::replace(&mut handover.key, KeySource::NotConfigured);
         Ok(WorkerConfig {
@@ -163,8 +163,6 @@ impl WorkerConfig {
 fn websocket_relay(
     cli: &Cli,
     auth: &AuthConfig,
-    connection: &crate::worker::upstream::connection::UpstreamConnection,
-    upstream_url: &reqwest::Url,
 ) -> Result<Option<crate::worker::websocket::relay::RelayMode>, String> {
     use crate::worker::websocket::relay::RelayMode;
     let mode = match cli.websocket_upstream.as_str() {
@@ -178,8 +176,6 @@ fn websocket_relay(
         Some("bridge mode serves WebSockets itself")
     } else if auth.mode == AuthMode::ChatGptToken {
         Some("the relay needs an API key (UPSTREAM_AUTH_MODE apikey_env or apikey_auth_json)")
-    } else if connection.proxied(upstream_url) {
-        Some("the upstream is reached through an egress proxy, which the relay does not use")
     } else {
         None
     };

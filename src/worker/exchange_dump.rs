@@ -4,7 +4,9 @@
 //! `NNNNNN-MILLIS-response.json` (`status`, `headers`, `body`, and how the body ended in
 //! `termination`), written once the response body ends or is dropped. Both also carry the
 //! caller's `uid`; a WebSocket turn's request is dumped as the POST it is served as, marked
-//! `"websocket": true`.
+//! `"websocket": true`; a relayed turn (strict mode's relay) as the handshake's `GET` with the
+//! `response.create` message as its body, and its response's body is the upstream's events
+//! for that response, one message a line.
 //!
 //! Owns: the dump directory's descriptor (opened and checked by root, the worker user's, mode
 //! 0700), the numbering, the caps (`--dump-max-files`, `--dump-max-bytes`: the oldest files
@@ -363,6 +365,67 @@ impl Exchange {
     }
 }
 
+impl Exchange {
+    /// The answer to a relayed WebSocket turn (`response.create` passed to the upstream's own
+    /// socket): the request's file is written now; the upstream's events for this response,
+    /// one message a line, are kept as they pass and written when the turn ends.
+    /// `credential` is what the upstream handshake carried, to clean out of the dump.
+    pub(crate) fn relayed_turn(self: Arc<Self>, credential: Option<HeaderValue>) -> RelayedTurn {
+        let pending = self
+            .request
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(pending) = pending {
+            let (exchange, credential) = (self.clone(), credential.clone());
+            crate::logging::defer(move || exchange.write_request(pending, credential.as_ref()));
+        }
+        RelayedTurn {
+            capture: Some(Capture {
+                status: 200,
+                headers: HeaderMap::new(),
+                credential,
+                body: Vec::new(),
+                truncated: false,
+                exchange: self,
+            }),
+        }
+    }
+}
+
+/// The dump of a relayed WebSocket turn's answer: its events, until the terminal one
+/// ([`RelayedTurn::finish`]); dropped before that (the client or the upstream left), it is
+/// written as ended `unknown`.
+pub(crate) struct RelayedTurn {
+    capture: Option<Capture>,
+}
+
+impl RelayedTurn {
+    /// One upstream message of this response.
+    pub(crate) fn event(&mut self, text: &str) {
+        if let Some(capture) = self.capture.as_mut() {
+            capture.keep(text.as_bytes());
+            capture.keep(b"\n");
+        }
+    }
+
+    /// The terminal event was the last: the dump is written with `status`.
+    pub(crate) fn finish(mut self, status: u16) {
+        if let Some(mut capture) = self.capture.take() {
+            capture.status = status;
+            crate::logging::defer(move || capture.write(Termination::Eof));
+        }
+    }
+}
+
+impl Drop for RelayedTurn {
+    fn drop(&mut self) {
+        if let Some(capture) = self.capture.take() {
+            crate::logging::defer(move || capture.write(Termination::Unknown));
+        }
+    }
+}
+
 /// What a response dump holds until its body ends.
 struct Capture {
     exchange: Arc<Exchange>,
@@ -374,6 +437,17 @@ struct Capture {
 }
 
 impl Capture {
+    /// Keeps `data`, as far as the body limit allows.
+    fn keep(&mut self, data: &[u8]) {
+        let room = self
+            .exchange
+            .dumps
+            .body_limit
+            .saturating_sub(self.body.len());
+        self.body.extend_from_slice(&data[..data.len().min(room)]);
+        self.truncated |= data.len() > room;
+    }
+
     fn write(self, termination: Termination) {
         let dumps = &self.exchange.dumps;
         let secrets = dumps.secrets(self.credential.as_ref());
@@ -417,12 +491,7 @@ impl HttpBody for DumpingBody {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(data), Some(capture)) = (frame.data_ref(), this.capture.as_mut()) {
-                    let limit = capture.exchange.dumps.body_limit;
-                    let room = limit.saturating_sub(capture.body.len());
-                    capture
-                        .body
-                        .extend_from_slice(&data[..data.len().min(room)]);
-                    capture.truncated |= data.len() > room;
+                    capture.keep(data);
                 }
                 if this.inner.is_end_stream() {
                     this.finish(Termination::Eof);

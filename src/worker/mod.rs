@@ -364,11 +364,9 @@ async fn serve(
 }
 
 /// The upstream connection pool of one shard (None unless the strict fast path applies; it
-/// does not when an egress proxy applies to the upstream: reqwest then talks to the proxy).
+/// does not to an `http://` upstream behind an egress proxy: reqwest then sends the proxy
+/// absolute-form requests).
 fn direct_upstream_for(config: &WorkerConfig) -> Option<Arc<direct_upstream::DirectUpstream>> {
-    if config.connection.proxied(&config.upstream_url) {
-        return None;
-    }
     match (&config.auth.mode, &config.key) {
         (AuthMode::ApiKey, KeySource::Key(header)) => direct_upstream::DirectUpstream::new(
             &config.upstream_url,
@@ -376,7 +374,7 @@ fn direct_upstream_for(config: &WorkerConfig) -> Option<Arc<direct_upstream::Dir
             config.upstream_policy.clone(),
             config.connect_timeout,
             config.idle_timeout,
-            config.connection.http1_tls(),
+            &config.connection,
         ),
         _ => None,
     }

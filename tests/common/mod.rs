@@ -3,8 +3,11 @@
 //! client for request targets that ordinary clients refuse to send.
 #![allow(dead_code)]
 
+pub mod egress_proxy;
 pub mod users;
 pub mod ws_upstream;
+#[allow(unused_imports)]
+pub use egress_proxy::EgressProxy;
 #[allow(unused_imports)]
 pub use users::{curl_as, TestGroup, TestUser};
 #[allow(unused_imports)]

@@ -24,41 +24,30 @@ use serde_json::Value;
 use std::sync::Arc;
 use tracing::{debug, info};
 
-impl StreamConverter for ChatStreamConverter {
-    fn start(&mut self, out: &mut Vec<u8>) {
-        ChatStreamConverter::start(self, out)
-    }
-    fn push_event(&mut self, data: &str, out: &mut Vec<u8>) -> Flow {
-        self.push_sse_data(data, out).into()
-    }
-    fn upstream_ended(&mut self, out: &mut Vec<u8>) {
-        self.end_of_stream(out)
-    }
-    fn upstream_failed(&mut self, message: &str, out: &mut Vec<u8>) {
-        self.fail("server_error", message, out)
-    }
-    fn is_done(&self) -> bool {
-        self.is_terminated()
-    }
+/// The bridge's two converters (a Chat Completions stream into Responses events, and a
+/// summary into the one compaction item) share the shape `translate` drives.
+macro_rules! chat_stream_converter {
+    ($($converter:ty),+) => {$(
+        impl StreamConverter for $converter {
+            fn start(&mut self, out: &mut Vec<u8>) {
+                <$converter>::start(self, out)
+            }
+            fn push_event(&mut self, data: &str, out: &mut Vec<u8>) -> Flow {
+                self.push_sse_data(data, out).into()
+            }
+            fn upstream_ended(&mut self, out: &mut Vec<u8>) {
+                self.end_of_stream(out)
+            }
+            fn upstream_failed(&mut self, message: &str, out: &mut Vec<u8>) {
+                self.fail("server_error", message, out)
+            }
+            fn is_done(&self) -> bool {
+                self.is_terminated()
+            }
+        }
+    )+};
 }
-
-impl StreamConverter for CompactionStream {
-    fn start(&mut self, out: &mut Vec<u8>) {
-        CompactionStream::start(self, out)
-    }
-    fn push_event(&mut self, data: &str, out: &mut Vec<u8>) -> Flow {
-        self.push_sse_data(data, out).into()
-    }
-    fn upstream_ended(&mut self, out: &mut Vec<u8>) {
-        self.end_of_stream(out)
-    }
-    fn upstream_failed(&mut self, message: &str, out: &mut Vec<u8>) {
-        self.fail("server_error", message, out)
-    }
-    fn is_done(&self) -> bool {
-        self.is_terminated()
-    }
-}
+chat_stream_converter!(ChatStreamConverter, CompactionStream);
 
 /// Where a response goes once it is complete, for a request that asked to store it.
 struct StoreOnCompletion {

@@ -12,19 +12,23 @@
 //!
 //! Egress: `--upstream-proxy` (all schemes), else `HTTPS_PROXY` / `HTTP_PROXY` / `ALL_PROXY`
 //! (either case); `NO_PROXY` exempts hosts either way. The decision uses hyper-util's matcher,
-//! the same code reqwest applies, so the fast path and reqwest never disagree. A proxy URL may
+//! the same code reqwest applies, so the fast path and reqwest never disagree; the WebSocket
+//! relay asks the same proxy for a CONNECT tunnel (`open_stream`). A proxy URL may
 //! carry credentials: it is never logged and never repeated in an error.
 //!
-//! May use: rustls, rustls-native-certs, webpki-roots, hyper-util's proxy matcher, reqwest,
-//! `crate::contract`.
+//! May use: rustls, rustls-native-certs, webpki-roots, hyper-util's proxy matcher and CONNECT
+//! tunnel, reqwest, `crate::contract`.
 
 use crate::contract::UpstreamTlsFiles;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::proxy::matcher::Matcher;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use secrecy::ExposeSecret;
 use std::sync::Arc;
 use std::time::Duration;
+use tower_service::Service;
 use tracing::{info, warn};
 
 /// What every upstream connection shares. Cheap to clone.
@@ -89,6 +93,60 @@ impl UpstreamConnection {
     /// reqwest sends the absolute-form request, or a CONNECT for https, to the proxy).
     pub(crate) fn proxied(&self, url: &reqwest::Url) -> bool {
         self.proxy_for(url).is_some()
+    }
+
+    /// A TCP stream to `host:port`, the destination of `url` (whose `http`/`https` scheme
+    /// decides which proxy setting applies): direct, or through the egress proxy's CONNECT
+    /// tunnel (with the proxy URL's credentials as `Proxy-Authorization`) when `url` goes
+    /// through one. For a connection that cannot be sent through a proxy as a plain request:
+    /// the WebSocket relay's (RFC 6455 4.1: a client behind a proxy asks it for a tunnel, for
+    /// `ws` as for `wss`). Errors name neither the proxy's credentials nor the URL.
+    pub(crate) async fn open_stream(
+        &self,
+        url: &reqwest::Url,
+        host: &str,
+        port: u16,
+    ) -> Result<tokio::net::TcpStream, String> {
+        let intercept = url
+            .as_str()
+            .parse::<hyper::Uri>()
+            .ok()
+            .and_then(|uri| self.proxy.matcher.intercept(&uri));
+        let Some(intercept) = intercept else {
+            return tokio::net::TcpStream::connect((host, port))
+                .await
+                .map_err(|e| format!("could not connect: {e}"));
+        };
+        let proxy = format!(
+            "{}:{}",
+            intercept.uri().host().unwrap_or_default(),
+            intercept.uri().port_u16().unwrap_or(80)
+        );
+        let mut tunnel = Tunnel::new(intercept.uri().clone(), HttpConnector::new());
+        if let Some(credentials) = intercept.basic_auth() {
+            tunnel = tunnel.with_auth(credentials.clone());
+        }
+        let authority = if host.contains(':') {
+            format!("[{host}]:{port}")
+        } else {
+            format!("{host}:{port}")
+        };
+        let destination = format!("http://{authority}")
+            .parse::<hyper::Uri>()
+            .map_err(|_| "the upstream host cannot be asked of a proxy".to_string())?;
+        let tunnelled = async {
+            std::future::poll_fn(|cx| tunnel.poll_ready(cx)).await?;
+            tunnel.call(destination).await
+        };
+        match tunnelled.await {
+            Ok(stream) => {
+                tracing::debug!("the upstream is reached through a tunnel of the proxy at {proxy}");
+                Ok(stream.into_inner())
+            }
+            Err(e) => Err(format!(
+                "the egress proxy at {proxy} opened no tunnel to the upstream: {e}"
+            )),
+        }
     }
 
     /// `host:port` of the egress proxy requests to `url` go through (no credentials).

@@ -6,7 +6,9 @@
 //! system call when they fit); the response is read into one buffer per connection and decoded
 //! there (`upstream_wire.rs`), and everything that has already arrived is handed to the client
 //! as one frame: one write for a burst of SSE events, where reqwest's separately spawned
-//! connection task gives one write per event. An egress proxy and refreshable credentials go
+//! connection task gives one write per event. Behind an egress proxy an `https://` upstream is
+//! reached the same way through the proxy's CONNECT tunnel (`UpstreamConnection::open_stream`);
+//! an `http://` one behind a proxy (absolute-form requests) and refreshable credentials go
 //! through the general client (`mod.rs`).
 //!
 //! Uses: `crate::worker::server`, `crate::worker::upstream` and bytes, http_body_util, hyper,
@@ -15,7 +17,7 @@
 use crate::worker::server::http::{
     Body, BoxError, FrameGate, Gathered, UpstreamStatus, FRAME_LIMIT,
 };
-use crate::worker::upstream::connection::tls_failure;
+use crate::worker::upstream::connection::{tls_failure, UpstreamConnection};
 use crate::worker::upstream::upstream_wire::{
     encode_request_head, parse_response_head, BodyDecoder, Decoded, HeadParse, ResponseHead,
 };
@@ -126,6 +128,10 @@ struct TlsTarget {
 }
 
 pub(crate) struct DirectUpstream {
+    /// The upstream URL (its scheme picks the egress proxy, if any).
+    url: reqwest::Url,
+    /// How a new connection reaches the upstream: directly or through a CONNECT tunnel.
+    connection: UpstreamConnection,
     host: String,
     port: u16,
     /// `None` for `http://`.
@@ -141,16 +147,21 @@ pub(crate) struct DirectUpstream {
 }
 
 impl DirectUpstream {
-    /// `None` unless `url` is `http://` or `https://` with a host. `tls` is the client
-    /// configuration of `https://` connections (`UpstreamConnection::http1_tls`).
+    /// `None` unless `url` is `http://` or `https://` with a host, and for an `http://` URL
+    /// that goes through an egress proxy. `https://` connections use the one TLS configuration
+    /// offering only HTTP/1.1 (`UpstreamConnection::http1_tls`).
     pub(crate) fn new(
         url: &reqwest::Url,
         authorization: HeaderValue,
         policy: crate::worker::upstream::headers::UpstreamRequestPolicy,
         connect_timeout: Duration,
         idle_timeout: Duration,
-        tls: Arc<rustls::ClientConfig>,
+        connection: &UpstreamConnection,
     ) -> Option<Arc<Self>> {
+        if url.scheme() == "http" && connection.proxied(url) {
+            return None;
+        }
+        let tls = connection.http1_tls();
         let host = url.host_str()?.trim_matches(['[', ']']).to_owned();
         let tls = match url.scheme() {
             "http" => None,
@@ -170,6 +181,8 @@ impl DirectUpstream {
             None => url.path().to_owned(),
         };
         Some(Arc::new(DirectUpstream {
+            url: url.clone(),
+            connection: connection.clone(),
             host,
             port,
             tls,
@@ -265,9 +278,11 @@ impl DirectUpstream {
     /// timeout.
     async fn connect(&self) -> Result<Pooled, UpstreamError> {
         let connecting = async {
-            let tcp = TcpStream::connect((self.host.as_str(), self.port))
+            let tcp = self
+                .connection
+                .open_stream(&self.url, &self.host, self.port)
                 .await
-                .map_err(|e| UpstreamError::Unreachable(e.to_string()))?;
+                .map_err(UpstreamError::Unreachable)?;
             let _ = tcp.set_nodelay(true);
             Ok::<_, UpstreamError>(match &self.tls {
                 None => Transport::Plain(tcp),

@@ -442,18 +442,7 @@ impl BodyDecoder {
                         }
                     }
                     None if digits == 0 => return Err(BAD_SIZE),
-                    None => match byte {
-                        b'\r' => State::ChunkSizeLf { size },
-                        b' ' | b'\t' => State::ChunkSizeWhitespace {
-                            size,
-                            line: line + 1,
-                        },
-                        b';' => State::ChunkExtension {
-                            size,
-                            line: line + 1,
-                        },
-                        _ => return Err(BAD_SIZE),
-                    },
+                    None => after_chunk_size(byte, size, line).ok_or(BAD_SIZE)?,
                 }
             }
             // RFC 9112 §7.1.1 allows whitespace before a `;` only (as httparse reads it).
@@ -461,18 +450,7 @@ impl BodyDecoder {
                 if line >= CHUNK_LINE_LIMIT {
                     return Err(LONG_LINE);
                 }
-                match byte {
-                    b'\r' => State::ChunkSizeLf { size },
-                    b' ' | b'\t' => State::ChunkSizeWhitespace {
-                        size,
-                        line: line + 1,
-                    },
-                    b';' => State::ChunkExtension {
-                        size,
-                        line: line + 1,
-                    },
-                    _ => return Err(BAD_SIZE),
-                }
+                after_chunk_size(byte, size, line).ok_or(BAD_SIZE)?
             }
             State::ChunkExtension { size, line } => {
                 if line >= CHUNK_LINE_LIMIT {
@@ -553,6 +531,23 @@ impl BodyDecoder {
             _ => Err(WireError("the upstream closed the connection mid-body")),
         }
     }
+}
+
+/// The state after a byte that follows a chunk size's digits (or whitespace after them): the
+/// line's end, more whitespace, or an extension; `None` for anything else.
+fn after_chunk_size(byte: u8, size: u64, line: usize) -> Option<State> {
+    Some(match byte {
+        b'\r' => State::ChunkSizeLf { size },
+        b' ' | b'\t' => State::ChunkSizeWhitespace {
+            size,
+            line: line + 1,
+        },
+        b';' => State::ChunkExtension {
+            size,
+            line: line + 1,
+        },
+        _ => return None,
+    })
 }
 
 #[cfg(test)]

@@ -244,7 +244,8 @@ pub(crate) async fn accept(state: Arc<State>, mut request: Request<Incoming>) ->
         state.websocket_relay.clone().filter(|r| r.worth_trying()),
         state.upstream.as_ref(),
     ) {
-        match open_upstream_socket(&relay, upstream, request.headers()).await {
+        let keep_credential = state.dumps.is_some();
+        match open_upstream_socket(&relay, upstream, request.headers(), keep_credential).await {
             Ok(socket) => relayed = Some(socket),
             Err(failure) => {
                 if relay.mode() == relay::RelayMode::Always {
@@ -298,8 +299,8 @@ pub(crate) async fn accept(state: Arc<State>, mut request: Request<Incoming>) ->
             _connection: context.slot,
             _socket: socket_slot,
         };
-        if let Some(upstream) = relayed {
-            return relay::serve(state, socket, upstream, parts).await;
+        if let Some((upstream, credential)) = relayed {
+            return relay::serve(state, socket, upstream, credential, parts).await;
         }
         session::serve(state, socket, parts).await;
     });
@@ -312,17 +313,22 @@ pub(crate) async fn accept(state: Arc<State>, mut request: Request<Incoming>) ->
     )
 }
 
-/// The upstream WebSocket for this client's handshake, its credentials added.
+/// The upstream WebSocket for this client's handshake, its credentials added; and, when
+/// `keep_credential` (for the exchange dumps to clean out), the `Authorization` it carried.
 async fn open_upstream_socket(
     relay: &relay::UpstreamWebSocket,
     upstream: &crate::worker::upstream::UpstreamClient,
     client_headers: &HeaderMap,
-) -> Result<relay::UpstreamSocket, relay::OpenFailure> {
+    keep_credential: bool,
+) -> Result<(relay::UpstreamSocket, Option<HeaderValue>), relay::OpenFailure> {
     let headers = upstream
         .websocket_handshake_headers(client_headers)
         .await
         .map_err(|e| relay::OpenFailure::Failed(e.to_string()))?;
-    relay.open(headers).await
+    let credential = keep_credential
+        .then(|| headers.get(header::AUTHORIZATION).cloned())
+        .flatten();
+    Ok((relay.open(headers).await?, credential))
 }
 
 fn bad_handshake(message: &str) -> Response<Body> {

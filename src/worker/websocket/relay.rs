@@ -5,7 +5,8 @@
 //!
 //! The upstream handshake is made before the client's 101: the same host and path as
 //! `--upstream-url` with the `ws`/`wss` scheme, over the one TLS configuration
-//! (`upstream::connection`, `http/1.1` only), carrying the client's end-to-end headers under
+//! (`upstream::connection`, `http/1.1` only) and through the egress proxy's CONNECT tunnel
+//! when the upstream URL goes through one, carrying the client's end-to-end headers under
 //! the same policy as a POST and the key in `Authorization` — the only place the key goes:
 //! never in a frame, a log line or an error. The handshake offers permessage-deflate
 //! ([`upstream_options`]): the relayed hop is where compression saves the most. An upstream that answers the upgrade with
@@ -19,17 +20,20 @@
 //! record, finished by the upstream's terminal event of that response (`response.completed`,
 //! `response.incomplete`, `response.failed`, `error`), whose usage it reads. Either side
 //! gone closes the other at once; silence both ways for `--idle-timeout` closes both (1008);
-//! a client message larger than the request-body limit closes both (1009).
+//! a client message larger than the request-body limit closes both (1009). With `--dump-dir`
+//! each relayed response is dumped: the `response.create` message and the upstream's events.
 //!
 //! Uses: `crate::worker::{admission, State, stop_requested}`, `crate::worker::upstream`
 //! (handshake headers, TLS), the turn record of `session` (the log line, usage and metrics of
-//! each response); yawc (the handshake over the stream opened here, the frames,
-//! permessage-deflate), tokio-rustls.
+//! each response), `crate::worker::exchange_dump` (through `State`); yawc (the handshake
+//! over the stream opened here, the frames, permessage-deflate), tokio-rustls.
 
 use super::session::{error_answer_event, SocketParts, TurnRecord};
+use crate::worker::exchange_dump::RelayedTurn;
 use crate::worker::upstream::connection::UpstreamConnection;
 use crate::worker::State;
 use futures_util::SinkExt;
+use hyper::header::HeaderValue;
 use hyper::HeaderMap;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,6 +63,10 @@ pub(crate) enum RelayMode {
 pub(crate) struct UpstreamWebSocket {
     mode: RelayMode,
     url: reqwest::Url,
+    /// `--upstream-url`: its scheme picks the egress proxy (`HTTPS_PROXY` for `wss`).
+    http_url: reqwest::Url,
+    /// Trust, client certificate and egress proxy, as for every upstream connection.
+    connection: UpstreamConnection,
     host: String,
     port: u16,
     /// `Some` for `wss`: the one TLS configuration and the name to verify.
@@ -153,6 +161,8 @@ impl UpstreamWebSocket {
         Ok(UpstreamWebSocket {
             mode,
             url,
+            http_url: upstream_url.clone(),
+            connection: connection.clone(),
             host,
             port,
             tls,
@@ -192,11 +202,12 @@ impl UpstreamWebSocket {
         drop(headers);
         let tcp = tokio::time::timeout(
             self.connect_timeout,
-            tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
+            self.connection
+                .open_stream(&self.http_url, &self.host, self.port),
         )
         .await
         .map_err(|_| OpenFailure::Failed("timed out connecting".into()))?
-        .map_err(|e| OpenFailure::Failed(format!("could not connect: {e}")))?;
+        .map_err(OpenFailure::Failed)?;
         let _ = tcp.set_nodelay(true);
         let handshake = async {
             let stream: Box<dyn Io> = match &self.tls {
@@ -254,10 +265,14 @@ fn event_type(text: &str) -> String {
 }
 
 /// Relays the client's socket to `upstream` until either side closes.
+///
+/// `credential` is what the upstream handshake carried, kept (only with `--dump-dir`) to be
+/// cleaned out of each turn's dump.
 pub(crate) async fn serve(
     state: Arc<State>,
     mut client: super::session::Socket,
     mut upstream: UpstreamSocket,
+    credential: Option<HeaderValue>,
     parts: SocketParts,
 ) {
     let limit = state.max_request_body;
@@ -265,8 +280,8 @@ pub(crate) async fn serve(
     let identity = parts.identity.clone();
     let mut shutdown = parts.shutdown.clone();
     let mut last_heard = tokio::time::Instant::now();
-    // The responses asked for and not finished yet, oldest first.
-    let mut pending: VecDeque<TurnRecord> = VecDeque::new();
+    // The responses asked for and not finished yet, oldest first, each with its dump.
+    let mut pending: VecDeque<(TurnRecord, Option<RelayedTurn>)> = VecDeque::new();
     // What to send each side when the relay ends (`None`: only what yawc owes that side —
     // the answer to its close, or the close for a frame it got wrong, 1009 for one over the
     // limit).
@@ -308,7 +323,12 @@ pub(crate) async fn serve(
                                 continue;
                             }
                             record.accounted = true;
-                            pending.push_back(record);
+                            let dump = state.dumps.as_ref().and_then(|dumps| {
+                                let dump = dumps.begin(identity.uid, "GET", "/v1/responses", &parts.upstream_headers, true)?;
+                                dump.request_body(&bytes::Bytes::copy_from_slice(text.as_bytes()));
+                                Some(dump.relayed_turn(credential.clone()))
+                            });
+                            pending.push_back((record, dump));
                             tracing::debug!(client_user = %identity.display_name(), "websocket relay: response.create passed on ({} bytes)", text.len());
                         }
                         if upstream.send(Frame::text(frame.into_payload())).await.is_err() {
@@ -339,7 +359,10 @@ pub(crate) async fn serve(
                         let Ok(text) = std::str::from_utf8(frame.payload()) else {
                             break (Some(upstream_failed()), Some(close(CloseCode::Invalid, "invalid UTF-8")));
                         };
-                        if let Some(turn) = pending.front_mut() {
+                        if let Some((turn, dump)) = pending.front_mut() {
+                            if let Some(dump) = dump {
+                                dump.event(text);
+                            }
                             if turn.record.first_byte.is_none() {
                                 turn.record.first_byte = Some(turn.record.started.elapsed());
                             }
@@ -351,7 +374,9 @@ pub(crate) async fn serve(
                                 turn.record.upstream_status = Some(status);
                                 turn.record.failed = kind == "response.failed";
                                 turn.outcome = "complete";
-                                pending.pop_front();
+                                if let Some((_, Some(dump))) = pending.pop_front() {
+                                    dump.finish(status);
+                                }
                             }
                         }
                         if client.send(Frame::text(frame.into_payload())).await.is_err() {
