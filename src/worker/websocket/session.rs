@@ -3,8 +3,8 @@
 //! go back one JSON text message each; a `generate: false` prewarm is answered here; a
 //! `previous_response_id` of this socket is expanded from its [`SocketHistory`].
 //!
-//! Limits and faults: a message larger than the request-body limit closes the socket with
-//! 1009; a binary message, bad JSON, an unknown `previous_response_id`, a refused admission
+//! Limits and faults: a message larger than the request-body limit (inflated, when
+//! permessage-deflate was negotiated) closes the socket with 1009; a binary message, bad JSON, an unknown `previous_response_id`, a refused admission
 //! (allow-list, `--requests-per-minute`, tokens) or an upstream error answer get an `error`
 //! event and the socket stays usable; an upstream that fails mid-turn gets a
 //! `response.failed`; the server pings every [`ping_interval`] and closes (1008) a socket it
@@ -20,7 +20,7 @@
 //! `crate::worker::identity`, `crate::worker::metrics`, `crate::worker::routes`,
 //! `crate::worker::server`, `crate::worker::spawn_as_caller`, `crate::worker::stop_requested`,
 //! `crate::worker::exchange_dump` (through `State`) and bytes, futures_util, http_body_util,
-//! hyper, hyper_util, openai_wire, serde, serde_json, tokio, tracing.
+//! hyper, openai_wire, serde, serde_json, tokio, tracing, yawc (the frames).
 
 use super::history::{body_with_input, input_items, Item, SocketHistory};
 use crate::usage::UsageTap;
