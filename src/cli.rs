@@ -672,6 +672,31 @@ impl std::fmt::Debug for UpstreamProxyUrl {
     }
 }
 
+/// Whether the command line itself (`args`, without the program name) gives
+/// `--upstream-proxy` a URL with credentials: every local user can read a command line in
+/// `/proc/PID/cmdline`, so they belong in `CODEX_PROXY_UPSTREAM_PROXY` (the environment file).
+pub fn proxy_credentials_on_the_command_line(args: &[std::ffi::OsString]) -> bool {
+    let mut values = Vec::new();
+    let mut args = args.iter().map(|a| a.to_string_lossy());
+    while let Some(arg) = args.next() {
+        if arg == "--" {
+            break;
+        }
+        if arg == "--upstream-proxy" {
+            values.extend(args.next());
+        } else if let Some(value) = arg.strip_prefix("--upstream-proxy=") {
+            values.push(value.to_owned().into());
+        }
+    }
+    values.iter().any(|url| {
+        let after_scheme = url.split_once("://").map_or(&**url, |(_, rest)| rest);
+        after_scheme
+            .split(['/', '?', '#'])
+            .next()
+            .is_some_and(|authority| authority.contains('@'))
+    })
+}
+
 /// Accepts any non-empty value; the worker checks it and never repeats it in an error.
 fn upstream_proxy_url(text: &str) -> Result<UpstreamProxyUrl, String> {
     let trimmed = text.trim();
@@ -720,5 +745,40 @@ pub(crate) fn upstream_secret(mode: &str) -> Option<UpstreamSecret> {
         "apikey_env" => Some(UpstreamSecret::StaticKey),
         "apikey_auth_json" | "chatgpt_token" => Some(UpstreamSecret::CodexAuthJson),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<std::ffi::OsString> {
+        list.iter().map(Into::into).collect()
+    }
+
+    #[test]
+    fn proxy_credentials_on_the_command_line_are_found_in_either_form() {
+        for with in [
+            &["--upstream-proxy", "http://user:pw@proxy:3128"][..],
+            &["--port", "1", "--upstream-proxy=http://user@proxy"],
+            &["--upstream-proxy", "user:pw@proxy:3128"],
+        ] {
+            assert!(
+                proxy_credentials_on_the_command_line(&args(with)),
+                "{with:?}"
+            );
+        }
+        for without in [
+            &["--upstream-proxy", "http://proxy:3128"][..],
+            &["--upstream-proxy=http://proxy:3128/a@b"],
+            &["--upstream-url", "http://user:pw@upstream"],
+            &["--", "--upstream-proxy", "http://u:p@proxy"],
+            &[],
+        ] {
+            assert!(
+                !proxy_credentials_on_the_command_line(&args(without)),
+                "{without:?}"
+            );
+        }
     }
 }

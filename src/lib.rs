@@ -26,7 +26,7 @@ mod worker;
 
 // What `main.rs` wires: the configuration, the root side's preparation, the worker, and the
 // usage report. Nothing else of the crate is public.
-pub use cli::{Cli, Command, DEFAULT_STATE_DIRECTORY};
+pub use cli::{proxy_credentials_on_the_command_line, Cli, Command, DEFAULT_STATE_DIRECTORY};
 pub use supervisor::control::rotate_key_command;
 pub use supervisor::{prepare, Supervision};
 pub use usage::report::usage_command;

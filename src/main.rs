@@ -1,16 +1,23 @@
 //! Entry point, and the one place that names both sides of the privilege boundary: parse the
-//! command line; then either run the `usage` report, hand a running service a new key
+//! command line (refusing proxy credentials on it, where every user can read them); then either run the `usage` report, hand a running service a new key
 //! (`rotate-key`) or print the man page, or let the root side prepare (`supervisor::prepare`)
 //! and supervise (`Supervision::run`), giving it the worker's entry point: every forked child
 //! confines itself (`Sandbox::enter`, in the supervisor's fork) and then serves (`worker::run`).
 
 use clap::{CommandFactory, Parser};
 use codex_responses_api_proxy::{
-    prepare, rotate_key_command, run_worker, usage_command, Cli, Command, DEFAULT_STATE_DIRECTORY,
+    prepare, proxy_credentials_on_the_command_line, rotate_key_command, run_worker, usage_command,
+    Cli, Command, DEFAULT_STATE_DIRECTORY,
 };
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if proxy_credentials_on_the_command_line(&args) {
+        eprintln!("codex-responses-api-proxy: --upstream-proxy on the command line carries credentials, which every local user can read in /proc; give the URL in CODEX_PROXY_UPSTREAM_PROXY (e.g. in /etc/default/codex-responses-api-proxy) instead");
+        return ExitCode::from(2);
+    }
+    drop(args);
     let cli = Cli::parse();
     if cli.man_page {
         let page = clap_mangen::Man::new(Cli::command());

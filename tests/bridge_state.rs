@@ -292,13 +292,14 @@ async fn the_store_is_bounded_by_count_bytes_and_age() {
 
     // Bytes per user: a response larger than the share is not kept at all, a small one is,
     // and the next small one pushes out the previous when both do not fit.
-    let proxy = bridge(&mock, &["--response-store-max-bytes-per-user", "6000"]);
-    let (_, big) = post(&proxy, &json!({"model": "m", "input": "x".repeat(8000)})).await;
+    // (The share counts the memory the parsed JSON holds: the text, and each value's node.)
+    let proxy = bridge(&mock, &["--response-store-max-bytes-per-user", "12000"]);
+    let (_, big) = post(&proxy, &json!({"model": "m", "input": "x".repeat(14000)})).await;
     assert_eq!(get(&proxy, big["id"].as_str().unwrap()).await.0, 404);
-    let (_, small1) = post(&proxy, &json!({"model": "m", "input": "y".repeat(2000)})).await;
+    let (_, small1) = post(&proxy, &json!({"model": "m", "input": "y".repeat(4000)})).await;
     let small1 = small1["id"].as_str().unwrap().to_string();
     assert_eq!(get(&proxy, &small1).await.0, 200);
-    let (_, small2) = post(&proxy, &json!({"model": "m", "input": "z".repeat(2000)})).await;
+    let (_, small2) = post(&proxy, &json!({"model": "m", "input": "z".repeat(4000)})).await;
     assert_eq!(get(&proxy, small2["id"].as_str().unwrap()).await.0, 200);
     assert_eq!(get(&proxy, &small1).await.0, 404);
     drop(proxy);

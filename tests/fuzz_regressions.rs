@@ -12,10 +12,14 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
+/// The files of a fixture directory, sorted; a missing or empty one fails the test (a replay
+/// of nothing would pass whatever the code does).
 fn files_in(dir: &str) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(fixtures().join(dir))
-        .map(|entries| entries.map(|e| e.unwrap().path()).collect())
-        .unwrap_or_default();
+        .unwrap_or_else(|e| panic!("tests/fixtures/{dir}: {e}"))
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(!files.is_empty(), "tests/fixtures/{dir} is empty");
     files.sort();
     files
 }

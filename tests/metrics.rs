@@ -69,6 +69,13 @@ impl Scrape {
         assert!(matching.len() <= 1, "{name} {labels:?}: {matching:#?}");
         matching.first().map_or(0.0, |s| s.value)
     }
+
+    /// The value of the gauge `name` (no labels), which must be shown: a gauge renamed or
+    /// missing fails instead of reading as zero.
+    fn gauge(&self, name: &str) -> f64 {
+        self.family(name);
+        self.value(name, &[])
+    }
 }
 
 /// The socket's directory: root's, mode 0755, so that test users reach the socket itself.
@@ -328,12 +335,12 @@ async fn a_root_scrape_counts_requests_tokens_refusals_and_upstream_errors() {
         let sum = scrape.value(&format!("{histogram}_sum"), &[("route", "responses")]);
         assert!((0.0..60.0).contains(&sum), "{histogram}: {sum}");
     }
-    assert_eq!(scrape.value("codex_proxy_requests_in_flight", &[]), 0.0);
+    assert_eq!(scrape.gauge("codex_proxy_requests_in_flight"), 0.0);
     assert_eq!(
         scrape.family("codex_proxy_requests_in_flight").kind,
         "gauge"
     );
-    assert_eq!(scrape.value("codex_proxy_websockets_open", &[]), 0.0);
+    assert_eq!(scrape.gauge("codex_proxy_websockets_open"), 0.0);
 
     // As Prometheus scrapes: OpenMetrics, read by the strict parser, the same values.
     let socket_for_scrape = socket.clone();
@@ -369,6 +376,28 @@ async fn a_root_scrape_counts_requests_tokens_refusals_and_upstream_errors() {
     drop(proxy);
 }
 
+/// Posts one request the upstream cannot answer: its 502's body, and the scrape once it is
+/// counted.
+async fn a_502_and_its_scrape(proxy: &Proxy, socket: &Path) -> (String, Scrape) {
+    let answer = http_client()
+        .post(proxy.url("/v1/responses"))
+        .body(r#"{"model":"gpt-test","input":"hi"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 502);
+    let body = answer.text().await.unwrap();
+    let socket = socket.to_owned();
+    let scrape = tokio::task::spawn_blocking(move || {
+        scrape_until(&socket, "the 502", |s| {
+            total(s, "codex_proxy_requests_total") >= 1.0
+        })
+    })
+    .await
+    .unwrap();
+    (body, scrape)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unreachable_upstream_counts_as_a_connect_error() {
     require_root("the metrics socket is root's");
@@ -381,20 +410,7 @@ async fn an_unreachable_upstream_counts_as_a_connect_error() {
         &socket,
         &[],
     );
-    let answer = http_client()
-        .post(proxy.url("/v1/responses"))
-        .body(r#"{"model":"gpt-test","input":"hi"}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 502);
-    let scrape = tokio::task::spawn_blocking(move || {
-        scrape_until(&socket, "the 502", |s| {
-            total(s, "codex_proxy_requests_total") >= 1.0
-        })
-    })
-    .await
-    .unwrap();
+    let (_, scrape) = a_502_and_its_scrape(&proxy, &socket).await;
     assert_eq!(
         scrape.value(
             "codex_proxy_requests_total",
@@ -414,6 +430,40 @@ async fn an_unreachable_upstream_counts_as_a_connect_error() {
         ),
         0.0
     );
+}
+
+/// An `https://` upstream that does not speak TLS fails the fast path's handshake: counted
+/// as a `tls` error, not a `connect` one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_tls_handshake_counts_as_a_tls_error() {
+    require_root("the metrics socket is root's");
+    let plain = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = plain.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        use tokio::io::AsyncWriteExt;
+        while let Ok((mut client, _)) = plain.accept().await {
+            let _ = client
+                .write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+                .await;
+        }
+    });
+    let (_dir, socket) = socket_dir();
+    let proxy = start_proxy(
+        &format!("https://127.0.0.1:{port}/v1/responses"),
+        &socket,
+        &[],
+    );
+    let (body, scrape) = a_502_and_its_scrape(&proxy, &socket).await;
+    assert!(body.contains("TLS"), "{body}");
+    assert_eq!(
+        scrape.value("codex_proxy_upstream_errors_total", &[("kind", "tls")]),
+        1.0
+    );
+    assert_eq!(
+        scrape.value("codex_proxy_upstream_errors_total", &[("kind", "connect")]),
+        0.0
+    );
+    drop(proxy);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -517,8 +567,8 @@ async fn open_streams_and_websockets_are_counted_while_open() {
     let socket_for_scrape = socket.clone();
     tokio::task::spawn_blocking(move || {
         scrape_until(&socket_for_scrape, "nothing open", |s| {
-            s.value("codex_proxy_requests_in_flight", &[]) == 0.0
-                && s.value("codex_proxy_websockets_open", &[]) == 0.0
+            s.gauge("codex_proxy_requests_in_flight") == 0.0
+                && s.gauge("codex_proxy_websockets_open") == 0.0
         })
     })
     .await

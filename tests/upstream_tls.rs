@@ -494,10 +494,11 @@ async fn no_proxy_bypasses_the_proxy() {
             tls.url("/v1/responses"),
             "--upstream-ca-file".into(),
             ca_file.display().to_string(),
-            "--upstream-proxy".into(),
-            egress.url_with_credentials(),
         ],
-        vec![("no_proxy", "localhost".into())],
+        vec![
+            ("CODEX_PROXY_UPSTREAM_PROXY", egress.url_with_credentials()),
+            ("no_proxy", "localhost".into()),
+        ],
     );
     let (status, body) = post(&proxy).await;
     assert_eq!(status, 200, "{body}");
@@ -678,8 +679,12 @@ fn bad_tls_settings_stop_the_service_with_a_clear_message() {
             "client key was given without its certificate",
         ),
         (
-            vec!["--upstream-proxy", "socks5://u:p-SECRET@host:1"],
+            vec!["--upstream-proxy", "socks5://host:1"],
             "is not an http:// proxy URL",
+        ),
+        (
+            vec!["--upstream-proxy", "http://u:p-SECRET@127.0.0.1:1"],
+            "--upstream-proxy on the command line carries credentials",
         ),
     ] {
         let dir = tempfile::tempdir().unwrap();

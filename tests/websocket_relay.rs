@@ -358,9 +358,11 @@ async fn an_egress_proxy_that_refuses_the_tunnel_gets_a_502_without_its_credenti
             "http://127.0.0.1:9/v1/responses".into(),
             "--websocket-upstream".into(),
             "relay".into(),
-            "--upstream-proxy".into(),
-            format!("http://puser:proxy-SECRET-pw@{refusing_addr}"),
         ],
+        env: vec![(
+            "CODEX_PROXY_UPSTREAM_PROXY".into(),
+            format!("http://puser:proxy-SECRET-pw@{refusing_addr}"),
+        )],
         ..Default::default()
     });
     let error = connect(&proxy).await.expect_err("a refused handshake");

@@ -375,6 +375,28 @@ async fn an_unidentifiable_caller_is_the_shared_unknown_user_and_limited() {
             "the client was meant to be killed while writing"
         );
     }
+    // The killed clients' processes (bash and its `head`) must be gone before the worker
+    // looks: a socket still held by a dying process would be named as dave's.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let runs_as_dave = || {
+        std::fs::read_dir("/proc").unwrap().flatten().any(|entry| {
+            // A zombie has closed its sockets already (and may never be reaped here).
+            std::fs::read_to_string(entry.path().join("status")).is_ok_and(|status| {
+                !status.lines().any(|line| line.starts_with("State:\tZ"))
+                    && status.lines().any(|line| {
+                        line.starts_with("Uid:")
+                            && line.split_whitespace().nth(1) == Some(&dave.uid.to_string())
+                    })
+            })
+        })
+    };
+    while runs_as_dave() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the killed clients did not exit"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     unsafe { libc::kill(worker as i32, libc::SIGCONT) };
     let log = proxy.stderr_once_it_has("limited", std::time::Duration::from_secs(15));
     let limited: Vec<&str> = log.lines().filter(|l| l.contains("limited")).collect();

@@ -312,12 +312,25 @@ impl Exchange {
             method: &pending.method,
             url: text_without(pending.url.as_bytes(), &secrets),
             headers: headers_dump(&pending.headers, &secrets),
-            body: body_dump(body, &secrets),
+            body: body_dump(body, body_truncated, &secrets),
             body_truncated,
             uid: self.uid,
             websocket: pending.websocket,
         };
         self.write_json(&format!("{}-request.json", self.prefix), &dump);
+    }
+
+    /// Has the request's file written on the after-response thread (once: the first call).
+    fn write_request_later(self: &Arc<Self>, credential: Option<HeaderValue>) {
+        let pending = self
+            .request
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(pending) = pending {
+            let exchange = self.clone();
+            crate::logging::defer(move || exchange.write_request(pending, credential.as_ref()));
+        }
     }
 
     fn write_json(&self, name: &str, dump: &impl Serialize) {
@@ -338,15 +351,7 @@ impl Exchange {
             .extensions()
             .get::<SentCredential>()
             .map(|c| c.0.clone());
-        let pending = self
-            .request
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(pending) = pending {
-            let (exchange, credential) = (self.clone(), credential.clone());
-            crate::logging::defer(move || exchange.write_request(pending, credential.as_ref()));
-        }
+        self.write_request_later(credential.clone());
         let capture = Capture {
             status: response.status().as_u16(),
             headers: response.headers().clone(),
@@ -371,15 +376,7 @@ impl Exchange {
     /// one message a line, are kept as they pass and written when the turn ends.
     /// `credential` is what the upstream handshake carried, to clean out of the dump.
     pub(crate) fn relayed_turn(self: Arc<Self>, credential: Option<HeaderValue>) -> RelayedTurn {
-        let pending = self
-            .request
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(pending) = pending {
-            let (exchange, credential) = (self.clone(), credential.clone());
-            crate::logging::defer(move || exchange.write_request(pending, credential.as_ref()));
-        }
+        self.write_request_later(credential.clone());
         RelayedTurn {
             capture: Some(Capture {
                 status: 200,
@@ -454,7 +451,7 @@ impl Capture {
         let dump = ResponseDump {
             status: self.status,
             headers: headers_dump(&self.headers, &secrets),
-            body: body_dump(&self.body, &secrets),
+            body: body_dump(&self.body, self.truncated, &secrets),
             body_truncated: self.truncated,
             termination,
             uid: self.exchange.uid,
@@ -562,7 +559,13 @@ fn without<'a>(bytes: &'a [u8], secrets: &[&[u8]]) -> std::borrow::Cow<'a, [u8]>
 }
 
 /// A body as the reference dumps it: the JSON it holds, else its text.
-fn body_dump(body: &[u8], secrets: &[&[u8]]) -> serde_json::Value {
+fn body_dump(body: &[u8], cut: bool, secrets: &[&[u8]]) -> serde_json::Value {
+    let mut body = body;
+    if cut {
+        for secret in secrets {
+            body = &body[..redact::keep_before_cut_secret(body, secret)];
+        }
+    }
     let body = without(body, secrets);
     serde_json::from_slice(&body)
         .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&body).into_owned()))
@@ -616,9 +619,16 @@ mod tests {
         assert!(!value("x-echo").contains("SECRET"), "{}", value("x-echo"));
         let body = body_dump(
             br#"{"input":"my key is sk-test_KEY-0123456789abcdefSECRET"}"#,
+            false,
             &[key],
         );
         assert!(!body.to_string().contains("SECRET"), "{body}");
-        assert_eq!(body_dump(b"data: x\n\n", &[key]), "data: x\n\n");
+        assert_eq!(body_dump(b"data: x\n\n", false, &[key]), "data: x\n\n");
+        // A body cut in the middle of the key loses the key's first characters too.
+        assert_eq!(body_dump(b"data: sk-test_K", true, &[key]), "data: ");
+        assert_eq!(
+            body_dump(b"data: sk-test_K", false, &[key]),
+            "data: sk-test_K"
+        );
     }
 }

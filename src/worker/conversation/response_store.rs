@@ -21,7 +21,8 @@ pub(crate) type Owner = Option<u32>;
 /// How much the store may hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct StoreLimits {
-    /// Bytes (serialized JSON) of all stored responses together.
+    /// Bytes of all stored responses together (the memory their parsed JSON holds, as
+    /// `held_bytes` estimates it).
     pub total_bytes: usize,
     /// Bytes of one owner's responses.
     pub bytes_per_owner: usize,
@@ -69,12 +70,32 @@ impl StoredResponse {
             .find(|item| item.get("id").and_then(Value::as_str) == Some(id))
     }
 
+    /// The memory it holds, as [`held_bytes`] estimates it.
     fn bytes(&self) -> usize {
-        let size = |v: &Value| serde_json::to_vec(v).map_or(0, |bytes| bytes.len());
-        size(&self.response)
-            + self.input.iter().map(size).sum::<usize>()
-            + self.output.iter().map(size).sum::<usize>()
+        held_bytes(&self.response)
+            + self.input.iter().map(held_bytes).sum::<usize>()
+            + self.output.iter().map(held_bytes).sum::<usize>()
     }
+}
+
+/// Bytes counted for each entry of a JSON object besides its key's text and its value (the
+/// key's `String` and the map's share of its node).
+const OBJECT_ENTRY_OVERHEAD: usize = std::mem::size_of::<String>() + 16;
+
+/// The memory a parsed JSON value holds, estimated: each value's node, each string's text and
+/// each object entry. Not the serialized length: `[0,0,…]` takes 2 bytes an element as text
+/// and 16 times that parsed, and the bounds are there for the memory.
+fn held_bytes(value: &Value) -> usize {
+    std::mem::size_of::<Value>()
+        + match value {
+            Value::String(text) => text.len(),
+            Value::Array(items) => items.iter().map(held_bytes).sum(),
+            Value::Object(fields) => fields
+                .iter()
+                .map(|(key, value)| OBJECT_ENTRY_OVERHEAD + key.len() + held_bytes(value))
+                .sum(),
+            Value::Null | Value::Bool(_) | Value::Number(_) => 0,
+        }
 }
 
 /// Why a response was not stored.
@@ -271,6 +292,24 @@ impl Inner {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn the_bounds_count_memory_not_the_text() {
+        let zeros = Value::Array(vec![Value::from(0); 1000]);
+        assert_eq!(serde_json::to_vec(&zeros).unwrap().len(), 2001);
+        assert!(held_bytes(&zeros) >= 1000 * std::mem::size_of::<Value>());
+        let object = serde_json::json!({"type": "message", "text": "hello"});
+        assert_eq!(
+            held_bytes(&object),
+            3 * std::mem::size_of::<Value>()
+                + 2 * OBJECT_ENTRY_OVERHEAD
+                + "type".len()
+                + "message".len()
+                + "text".len()
+                + "hello".len()
+        );
+    }
+
     use super::*;
     use serde_json::json;
 

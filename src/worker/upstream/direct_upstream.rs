@@ -206,10 +206,13 @@ impl DirectUpstream {
         // It holds the key: sized so that it never moves (which would leave a copy behind)
         // and wiped when dropped, however the request ends. (rustls encrypts what it is given
         // in place, in its own record buffer: no plaintext copy of the key stays there.)
-        let fields: usize =
-            crate::worker::upstream::headers::upstream_fields(client_headers, &self.policy)
-                .map(|(name, value)| name.as_str().len() + value.len() + 4)
-                .sum();
+        // At least as long as the fields written (the client's, before filtering, and the
+        // proxy's own), without filtering them twice.
+        let fields: usize = client_headers
+            .iter()
+            .chain(self.policy.fixed_fields())
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum();
         let capacity = 128
             + self.path_and_query.len()
             + self.authority.len()
@@ -290,7 +293,10 @@ impl DirectUpstream {
                     tls.connector
                         .connect(tls.name.clone(), tcp)
                         .await
-                        .map_err(|e| UpstreamError::Unreachable(io_failure(&e)))?,
+                        .map_err(|e| match tls_failure(&e) {
+                            Some(why) => UpstreamError::Tls(why),
+                            None => UpstreamError::Unreachable(e.to_string()),
+                        })?,
                 )),
             })
         };

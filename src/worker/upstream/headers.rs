@@ -28,28 +28,21 @@ pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(&name.as_str())
 }
 
-/// Names listed in the `Connection` header(s), lowercased.
-fn connection_listed(headers: &HeaderMap) -> Vec<String> {
-    headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|name| name.trim().to_ascii_lowercase())
-        .filter(|name| !name.is_empty())
-        .collect()
-}
-
-/// The end-to-end fields of `headers` in order, leaving out those named in `also_drop`.
+/// The end-to-end fields of `headers` in order, leaving out those named in `also_drop` and
+/// those the `Connection` header(s) list (compared without regard to case; no allocation).
 fn end_to_end<'a>(
     headers: &'a HeaderMap,
     also_drop: &'a [HeaderName],
 ) -> impl Iterator<Item = (&'a HeaderName, &'a HeaderValue)> + 'a {
-    let listed = connection_listed(headers);
+    let listed = headers.get_all(header::CONNECTION);
     headers.iter().filter(move |(name, _)| {
         !(is_hop_by_hop(name)
             || also_drop.contains(name)
-            || listed.iter().any(|l| l == name.as_str()))
+            || listed
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|listed| listed.trim().eq_ignore_ascii_case(name.as_str())))
     })
 }
 
@@ -95,7 +88,7 @@ impl UpstreamRequestPolicy {
     }
 
     /// The fields the proxy adds itself.
-    fn fixed_fields(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+    pub(crate) fn fixed_fields(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
         let pinned = [
             self.organization
                 .as_ref()

@@ -305,15 +305,23 @@ pub(crate) async fn mirror_error(upstream: reqwest::Response) -> Response<Body> 
     let status = upstream.status();
     let credential = upstream.extensions().get::<SentCredential>().cloned();
     let mut body = Vec::new();
+    let mut cut = false;
     let mut stream = upstream.bytes_stream();
     while let Some(Ok(chunk)) = futures_util::StreamExt::next(&mut stream).await {
         body.extend_from_slice(&chunk);
-        if body.len() >= ERROR_BODY_LIMIT {
+        if body.len() > ERROR_BODY_LIMIT {
             body.truncate(ERROR_BODY_LIMIT);
+            cut = true;
             break;
         }
     }
     if let Some(SentCredential(credential)) = &credential {
+        let secret = crate::worker::upstream::redact::secret_of(credential);
+        if cut {
+            body.truncate(crate::worker::upstream::redact::keep_before_cut_secret(
+                &body, secret,
+            ));
+        }
         if let Some(clean) = crate::worker::upstream::redact::redact(
             &body,
             crate::worker::upstream::redact::secret_of(credential),

@@ -95,6 +95,16 @@ fn reveals(token: &[u8], secret: &[u8]) -> bool {
     longest >= 4
 }
 
+/// How much of `text` — a body cut short at a limit — to keep so that it does not end in the
+/// first characters of `secret`, which [`redact`] cannot recognise once cut (fewer than 12 of
+/// them); all of it unless it does.
+pub(crate) fn keep_before_cut_secret(text: &[u8], secret: &[u8]) -> usize {
+    (1..secret.len().min(text.len() + 1))
+        .rev()
+        .find(|&k| text.ends_with(&secret[..k]))
+        .map_or(text.len(), |k| text.len() - k)
+}
+
 /// `text` with every token that reveals `secret` replaced, or `None` when none does.
 pub(crate) fn redact(text: &[u8], secret: &[u8]) -> Option<Vec<u8>> {
     if secret.len() < 8 {
@@ -170,20 +180,23 @@ pub(crate) fn redact_headers(headers: &mut HeaderMap, secret: &[u8]) {
 /// cleaned and its body read (at most [`ERROR_BODY_LIMIT`] bytes, within the body's own idle
 /// limit) and cleaned too. Successes stream through untouched.
 pub(crate) async fn upstream_answer(response: Response<Body>) -> Response<Body> {
-    let Some(SentCredential(credential)) = response.extensions().get::<SentCredential>().cloned()
-    else {
-        return response;
-    };
     // A success streams through untouched, headers included: scanning every header of every
     // answer cost the strict route ~2.4k instructions per request (bench/instructions.sh),
     // and it is an error answer that quotes the credential back.
     if response.status().is_success() || response.status().is_informational() {
         return response;
     }
+    let Some(SentCredential(credential)) = response.extensions().get::<SentCredential>().cloned()
+    else {
+        return response;
+    };
     let secret = secret_of(&credential);
     let (mut parts, body) = response.into_parts();
     redact_headers(&mut parts.headers, secret);
-    let bytes = read_bounded(body).await;
+    let (mut bytes, cut) = read_bounded(body).await;
+    if cut {
+        bytes.truncate(keep_before_cut_secret(&bytes, secret));
+    }
     let bytes = match redact(&bytes, secret) {
         Some(clean) => Bytes::from(clean),
         None => bytes,
@@ -192,19 +205,20 @@ pub(crate) async fn upstream_answer(response: Response<Body>) -> Response<Body> 
     Response::from_parts(parts, full(bytes))
 }
 
-/// At most [`ERROR_BODY_LIMIT`] bytes of `body`; a failure ends it where it is.
-async fn read_bounded(mut body: Body) -> Bytes {
+/// At most [`ERROR_BODY_LIMIT`] bytes of `body`, and whether it was cut there; a failure
+/// ends it where it is.
+async fn read_bounded(mut body: Body) -> (Bytes, bool) {
     let mut gathered = Vec::new();
     while let Some(Ok(frame)) = body.frame().await {
         if let Ok(data) = frame.into_data() {
             let room = ERROR_BODY_LIMIT - gathered.len();
             gathered.extend_from_slice(&data[..data.len().min(room)]);
-            if gathered.len() >= ERROR_BODY_LIMIT {
-                break;
+            if data.len() > room {
+                return (Bytes::from(gathered), true);
             }
         }
     }
-    Bytes::from(gathered)
+    (Bytes::from(gathered), false)
 }
 
 #[cfg(test)]
@@ -212,6 +226,14 @@ mod tests {
     use super::*;
 
     const KEY: &[u8] = b"sk-proj-AbCdEfGh0123456789ijklMNOPqrstWXYZabcd";
+
+    #[test]
+    fn a_cut_body_keeps_nothing_of_the_secrets_start() {
+        assert_eq!(keep_before_cut_secret(b"key: sk-proj-Ab", KEY), 5);
+        assert_eq!(keep_before_cut_secret(b"key: s", KEY), 5);
+        assert_eq!(keep_before_cut_secret(b"key: x", KEY), 6);
+        assert_eq!(keep_before_cut_secret(b"", KEY), 0);
+    }
 
     fn clean(text: &str) -> String {
         String::from_utf8(redact(text.as_bytes(), KEY).unwrap_or_else(|| text.into())).unwrap()

@@ -4,19 +4,23 @@
 //! before it goes to the HTTP upstream, which knows nothing of the socket.
 //!
 //! Items are kept as their JSON text, shared between the responses of a conversation (a
-//! response's items begin with its predecessor's, which are not copied), and bounded: the
-//! distinct bytes held never exceed the bound the socket gives (the proxy's request-body
+//! response's items begin with its predecessor's, whose texts are not copied), and bounded:
+//! the bytes held — each response's id and list of items, each distinct text once — never
+//! exceed the bound the socket gives (the proxy's request-body
 //! limit: a longer conversation could not be sent upstream anyway); past it, the oldest
 //! responses are forgotten first. Pure: uses only std and serde_json.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 
 /// One item of a conversation, as JSON text.
 pub(crate) type Item = Arc<str>;
 
-/// Bytes counted for each item besides its text (its pointer and count).
+/// Bytes counted for each distinct item besides its text (its allocation's counts).
 const ITEM_OVERHEAD: usize = 32;
+
+/// Bytes counted for each response besides its id and its list of items.
+const RESPONSE_OVERHEAD: usize = 32;
 
 /// A response this socket served (or prewarmed): its id and its full conversation.
 struct Remembered {
@@ -24,9 +28,21 @@ struct Remembered {
     items: Arc<[Item]>,
 }
 
+impl Remembered {
+    /// What the response itself holds: its id and its list (a pointer and length an item,
+    /// whether or not the item is shared), not the items' texts.
+    fn own_bytes(&self) -> usize {
+        self.id.len() + RESPONSE_OVERHEAD + self.items.len() * std::mem::size_of::<Item>()
+    }
+}
+
 /// The responses of one socket, newest last.
 pub(crate) struct SocketHistory {
     responses: VecDeque<Remembered>,
+    /// How many remembered responses hold each distinct item (keyed by its text's address,
+    /// which stays the item's while any response holds it), so that remembering and
+    /// forgetting cost the size of that one response, not of the whole history.
+    holders: HashMap<usize, usize>,
     max_bytes: usize,
     bytes: usize,
 }
@@ -35,6 +51,7 @@ impl SocketHistory {
     pub(crate) fn new(max_bytes: usize) -> Self {
         SocketHistory {
             responses: VecDeque::new(),
+            holders: HashMap::new(),
             max_bytes,
             bytes: 0,
         }
@@ -50,46 +67,64 @@ impl SocketHistory {
     }
 
     /// Remembers response `id` with its full `items`; forgets the oldest responses while the
-    /// distinct bytes held exceed the bound (a conversation larger than the bound alone is
-    /// not kept at all). Returns the bytes now held.
+    /// bytes held exceed the bound (a conversation larger than the bound alone is not kept at
+    /// all). Returns the bytes now held.
     pub(crate) fn remember(&mut self, id: String, items: Vec<Item>) -> usize {
-        self.responses.retain(|r| r.id != id);
-        self.responses.push_back(Remembered {
+        if let Some(at) = self.responses.iter().position(|r| r.id == id) {
+            if let Some(old) = self.responses.remove(at) {
+                self.release(&old);
+            }
+        }
+        let response = Remembered {
             id,
             items: items.into(),
-        });
-        self.bytes = self.count_bytes();
-        while self.bytes > self.max_bytes && !self.responses.is_empty() {
-            self.responses.pop_front();
-            self.bytes = self.count_bytes();
-        }
+        };
+        self.hold(&response);
+        self.responses.push_back(response);
+        while self.bytes > self.max_bytes && self.forget_oldest() {}
         self.bytes
     }
 
     /// Forgets the oldest response; false when there is none.
     pub(crate) fn forget_oldest(&mut self) -> bool {
-        let forgot = self.responses.pop_front().is_some();
-        self.bytes = self.count_bytes();
-        forgot
+        match self.responses.pop_front() {
+            Some(oldest) => {
+                self.release(&oldest);
+                true
+            }
+            None => false,
+        }
     }
 
-    /// The distinct bytes held (items shared between responses are counted once).
+    /// The bytes held: each response's id and list of items, and each distinct item's text
+    /// once (items shared between responses are counted once).
     pub(crate) fn bytes(&self) -> usize {
         self.bytes
     }
 
-    fn count_bytes(&self) -> usize {
-        let mut seen: HashSet<*const u8> = HashSet::new();
-        let mut bytes = 0;
-        for response in &self.responses {
-            bytes += response.id.len() + ITEM_OVERHEAD;
-            for item in response.items.iter() {
-                if seen.insert(item.as_ptr()) {
-                    bytes += item.len() + ITEM_OVERHEAD;
+    fn hold(&mut self, response: &Remembered) {
+        self.bytes += response.own_bytes();
+        for item in response.items.iter() {
+            let holders = self.holders.entry(item.as_ptr() as usize).or_insert(0);
+            if *holders == 0 {
+                self.bytes += item.len() + ITEM_OVERHEAD;
+            }
+            *holders += 1;
+        }
+    }
+
+    fn release(&mut self, response: &Remembered) {
+        self.bytes -= response.own_bytes();
+        for item in response.items.iter() {
+            let key = item.as_ptr() as usize;
+            if let Some(holders) = self.holders.get_mut(&key) {
+                *holders -= 1;
+                if *holders == 0 {
+                    self.holders.remove(&key);
+                    self.bytes -= item.len() + ITEM_OVERHEAD;
                 }
             }
         }
-        bytes
     }
 }
 
@@ -151,8 +186,12 @@ mod tests {
         let mut second: Vec<Item> = history.conversation("r1").unwrap().to_vec();
         second.push(Arc::from("{\"c\":3}"));
         history.remember("r2".into(), second);
-        // Only the new item and the new id are counted.
-        assert_eq!(history.bytes(), one + 7 + ITEM_OVERHEAD + 2 + ITEM_OVERHEAD);
+        // The new item's text, the new id and the new response's list of three items.
+        let list = 3 * std::mem::size_of::<Item>();
+        assert_eq!(
+            history.bytes(),
+            one + 7 + ITEM_OVERHEAD + 2 + RESPONSE_OVERHEAD + list
+        );
         assert_eq!(history.conversation("r2").unwrap().len(), 3);
         assert!(history.conversation("r3").is_none());
     }
@@ -171,6 +210,41 @@ mod tests {
         history.remember("big".into(), vec![Arc::from("y".repeat(400).as_str())]);
         assert!(history.conversation("big").is_none());
         assert_eq!(history.bytes(), 0);
+    }
+
+    /// Many responses naming the same long conversation (prewarms repeating a
+    /// `previous_response_id`) each count their own list of items, so they cannot hold more
+    /// than the bound; and the running count equals a count from scratch.
+    #[test]
+    fn responses_sharing_a_conversation_still_count_their_lists() {
+        let bound = 64 * 1024;
+        let mut history = SocketHistory::new(bound);
+        let conversation = items(&["{}"; 1000]);
+        history.remember("r0".into(), conversation);
+        for n in 1..2_000 {
+            let shared = history
+                .conversation(&format!("r{}", n - 1))
+                .map(|items| items.to_vec())
+                .unwrap_or_default();
+            history.remember(format!("r{n}"), shared);
+            assert!(history.bytes() <= bound, "{}", history.bytes());
+        }
+        // 1000 items are 16 KB of list each: at most four such responses fit.
+        assert!(history.responses.len() <= 4, "{}", history.responses.len());
+        let mut recount = 0;
+        let mut seen = std::collections::HashSet::new();
+        for response in &history.responses {
+            recount += response.own_bytes();
+            for item in response.items.iter() {
+                if seen.insert(item.as_ptr()) {
+                    recount += item.len() + ITEM_OVERHEAD;
+                }
+            }
+        }
+        assert_eq!(history.bytes(), recount);
+        while history.forget_oldest() {}
+        assert_eq!(history.bytes(), 0);
+        assert!(history.holders.is_empty());
     }
 
     #[test]
