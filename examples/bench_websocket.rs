@@ -21,9 +21,15 @@
 //! Then it opens `SOCKETS` sockets (default 500) through each proxy, one turn on each (so the
 //! served socket remembers a response), and prints the worker's resident memory before and
 //! after, per open socket (`VmRSS` of the supervisor's child).
+//!
+//! All of it twice: `plain`, the clients and the WebSocket upstream without permessage-deflate
+//! (neither offers nor accepts it), then `deflate`, the clients offering it and the upstream
+//! accepting the proxy's offer (with context takeover on its side, as a server may), so that
+//! both hops of a relayed socket and the client hop of a served one are compressed. The
+//! clients and the WebSocket upstream are yawc's.
 
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use http_body_util::{BodyExt, Full};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -32,8 +38,7 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
+use yawc::{Frame, OpCode, Options, WebSocket};
 
 const KEY: &str = "sk-bench-websocket-0123456789";
 const TURN: &str = r#"{"type":"response.create","model":"gpt-bench","store":false,"input":[{"type":"message","role":"user","content":[{"type":"input_text","text":"Say hello."}]}]}"#;
@@ -55,7 +60,18 @@ fn events() -> Vec<String> {
     events
 }
 
-async fn websocket_upstream() -> SocketAddr {
+/// The options of the bench's WebSocket ends: with `deflate`, permessage-deflate offered (a
+/// client) or accepted (the upstream).
+fn options(deflate: bool) -> Options {
+    let options = Options::default().with_limits(64 << 20, 64 << 20);
+    if deflate {
+        options.with_low_latency_compression()
+    } else {
+        options
+    }
+}
+
+async fn websocket_upstream(deflate: bool) -> SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let events = events();
@@ -66,23 +82,37 @@ async fn websocket_upstream() -> SocketAddr {
             };
             let _ = stream.set_nodelay(true);
             let events = events.clone();
-            tokio::spawn(async move {
-                let Ok(mut socket) = tokio_tungstenite::accept_async(stream).await else {
-                    return;
-                };
-                while let Some(Ok(message)) = socket.next().await {
-                    if !message.is_text() {
-                        continue;
-                    }
-                    for event in &events {
-                        if socket.feed(Message::text(event.clone())).await.is_err() {
+            let service = service_fn(move |mut request: Request<hyper::body::Incoming>| {
+                let events = events.clone();
+                async move {
+                    let (response, upgrade) =
+                        WebSocket::upgrade_with_options(&mut request, options(deflate)).unwrap();
+                    tokio::spawn(async move {
+                        let Ok(mut socket) = upgrade.await else {
                             return;
+                        };
+                        while let Ok(frame) = socket.next_frame().await {
+                            if frame.opcode() != OpCode::Text {
+                                continue;
+                            }
+                            for event in &events {
+                                if socket.feed(Frame::text(event.clone())).await.is_err() {
+                                    return;
+                                }
+                            }
+                            if socket.flush().await.is_err() {
+                                return;
+                            }
                         }
-                    }
-                    if socket.flush().await.is_err() {
-                        return;
-                    }
+                    });
+                    Ok::<_, std::convert::Infallible>(response)
                 }
+            });
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades()
+                    .await;
             });
         }
     });
@@ -199,44 +229,42 @@ fn worker_rss_kib(supervisor: u32) -> u64 {
         .unwrap()
 }
 
-type Socket =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Socket = WebSocket<tokio::net::TcpStream>;
 
-async fn open(addr: &str) -> Socket {
-    let mut request = format!("ws://{addr}/v1/responses")
-        .into_client_request()
-        .unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", format!("Bearer {KEY}").parse().unwrap());
-    let (socket, _) = tokio_tungstenite::connect_async(request)
+async fn open(addr: &str, deflate: bool) -> Socket {
+    let url = format!("ws://{addr}/v1/responses").parse().unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let request = yawc::HttpRequest::builder().header("authorization", format!("Bearer {KEY}"));
+    WebSocket::handshake_with_request(url, tcp, options(deflate), request)
         .await
-        .expect("the WebSocket handshake");
-    socket
+        .expect("the WebSocket handshake")
 }
 
 /// One turn on `socket`: the request sent, the events read up to `response.completed`.
 async fn websocket_turn(socket: &mut Socket) {
-    socket.send(Message::text(TURN)).await.unwrap();
+    socket.send(Frame::text(TURN)).await.unwrap();
     loop {
-        match socket.next().await {
-            Some(Ok(Message::Text(text))) => {
-                if text.as_str().starts_with(r#"{"type":"response.completed""#) {
-                    return;
-                }
-                assert!(
-                    !text.as_str().starts_with(r#"{"type":"error""#),
-                    "the turn failed: {text}"
-                );
-            }
-            Some(Ok(_)) => {}
-            other => panic!("the socket ended mid-turn: {other:?}"),
+        let frame = socket
+            .next_frame()
+            .await
+            .expect("the socket ended mid-turn");
+        if frame.opcode() != OpCode::Text {
+            continue;
         }
+        let text = std::str::from_utf8(frame.payload()).unwrap();
+        if text.starts_with(r#"{"type":"response.completed""#) {
+            return;
+        }
+        assert!(
+            !text.starts_with(r#"{"type":"error""#),
+            "the turn failed: {text}"
+        );
     }
 }
 
-async fn websocket_turns(addr: &str, turns: usize) -> Vec<Duration> {
-    let mut socket = open(addr).await;
+async fn websocket_turns(addr: &str, turns: usize, deflate: bool) -> Vec<Duration> {
+    let mut socket = open(addr, deflate).await;
     for _ in 0..turns / 10 {
         websocket_turn(&mut socket).await;
     }
@@ -316,63 +344,82 @@ fn main() {
         .build()
         .unwrap();
     runtime.block_on(async move {
-        let ws_upstream = websocket_upstream().await;
         let http_upstream = http_upstream().await;
-        let (relaying, relay_port) = start_proxy(&binary, ws_upstream, "relay");
-        let (serving, serve_port) = start_proxy(&binary, http_upstream, "serve");
-        let proxy = |port: u16| format!("127.0.0.1:{port}");
-
-        println!("per turn, {turns} turns one after another on one connection (µs):");
-        println!(
-            "{:<14} {:>8} {:>8} {:>8} {:>8} {:>10}",
-            "path", "p50", "p90", "p99", "mean", "added p50"
-        );
-        let ws_direct = summary(websocket_turns(&ws_upstream.to_string(), turns).await);
-        let ws_relayed = summary(websocket_turns(&proxy(relay_port), turns).await);
-        let ws_served = summary(websocket_turns(&proxy(serve_port), turns).await);
-        let http_direct = summary(http_turns(http_upstream, turns).await);
-        let http_proxied =
-            summary(http_turns(format!("127.0.0.1:{serve_port}").parse().unwrap(), turns).await);
-        for (name, s, base) in [
-            ("ws direct", &ws_direct, &ws_direct),
-            ("ws relayed", &ws_relayed, &ws_direct),
-            ("ws served", &ws_served, &http_direct),
-            ("http direct", &http_direct, &http_direct),
-            ("http proxied", &http_proxied, &http_direct),
-        ] {
+        for deflate in [false, true] {
+            let ws_upstream = websocket_upstream(deflate).await;
             println!(
-                "{name:<14} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>+10.0}",
-                s.p50,
-                s.p90,
-                s.p99,
-                s.mean,
-                s.p50 - base.p50
+                "\n== {} ==",
+                if deflate {
+                    "deflate: permessage-deflate offered by the clients, accepted by the upstream"
+                } else {
+                    "plain: no permessage-deflate"
+                }
             );
+            run(&binary, ws_upstream, http_upstream, turns, sockets, deflate).await;
         }
-        println!(
-            "(added p50: ws relayed over ws direct; ws served and http proxied over http direct)"
-        );
-
-        println!("\nmemory of the worker with {sockets} open sockets, one turn done on each:");
-        for (name, child, port) in [
-            ("relayed", &relaying, relay_port),
-            ("served", &serving, serve_port),
-        ] {
-            let before = worker_rss_kib(child.id());
-            let mut open_sockets = Vec::with_capacity(sockets);
-            for _ in 0..sockets {
-                let mut socket = open(&proxy(port)).await;
-                websocket_turn(&mut socket).await;
-                open_sockets.push(socket);
-            }
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let after = worker_rss_kib(child.id());
-            println!(
-                "{name:<8} RSS {before} KiB -> {after} KiB: {:.1} KiB per open socket",
-                (after.saturating_sub(before)) as f64 / sockets as f64
-            );
-            drop(open_sockets);
-        }
-        drop((relaying, serving));
     });
+}
+
+async fn run(
+    binary: &str,
+    ws_upstream: SocketAddr,
+    http_upstream: SocketAddr,
+    turns: usize,
+    sockets: usize,
+    deflate: bool,
+) {
+    let (relaying, relay_port) = start_proxy(binary, ws_upstream, "relay");
+    let (serving, serve_port) = start_proxy(binary, http_upstream, "serve");
+    let proxy = |port: u16| format!("127.0.0.1:{port}");
+
+    println!("per turn, {turns} turns one after another on one connection (µs):");
+    println!(
+        "{:<14} {:>8} {:>8} {:>8} {:>8} {:>10}",
+        "path", "p50", "p90", "p99", "mean", "added p50"
+    );
+    let ws_direct = summary(websocket_turns(&ws_upstream.to_string(), turns, deflate).await);
+    let ws_relayed = summary(websocket_turns(&proxy(relay_port), turns, deflate).await);
+    let ws_served = summary(websocket_turns(&proxy(serve_port), turns, deflate).await);
+    let http_direct = summary(http_turns(http_upstream, turns).await);
+    let http_proxied =
+        summary(http_turns(format!("127.0.0.1:{serve_port}").parse().unwrap(), turns).await);
+    for (name, s, base) in [
+        ("ws direct", &ws_direct, &ws_direct),
+        ("ws relayed", &ws_relayed, &ws_direct),
+        ("ws served", &ws_served, &http_direct),
+        ("http direct", &http_direct, &http_direct),
+        ("http proxied", &http_proxied, &http_direct),
+    ] {
+        println!(
+            "{name:<14} {:>8.0} {:>8.0} {:>8.0} {:>8.0} {:>+10.0}",
+            s.p50,
+            s.p90,
+            s.p99,
+            s.mean,
+            s.p50 - base.p50
+        );
+    }
+    println!("(added p50: ws relayed over ws direct; ws served and http proxied over http direct)");
+
+    println!("\nmemory of the worker with {sockets} open sockets, one turn done on each:");
+    for (name, child, port) in [
+        ("relayed", &relaying, relay_port),
+        ("served", &serving, serve_port),
+    ] {
+        let before = worker_rss_kib(child.id());
+        let mut open_sockets = Vec::with_capacity(sockets);
+        for _ in 0..sockets {
+            let mut socket = open(&proxy(port), deflate).await;
+            websocket_turn(&mut socket).await;
+            open_sockets.push(socket);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let after = worker_rss_kib(child.id());
+        println!(
+            "{name:<8} RSS {before} KiB -> {after} KiB: {:.1} KiB per open socket",
+            (after.saturating_sub(before)) as f64 / sockets as f64
+        );
+        drop(open_sockets);
+    }
+    drop((relaying, serving));
 }

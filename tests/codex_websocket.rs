@@ -10,6 +10,8 @@
 //! `apply_patch` in `workspace-write`, a remote compaction — completes with no retry or
 //! fallback line. The time each run took is printed (it is not a timed test).
 //!
+//! Codex offers permessage-deflate, and each run checks that the proxy's socket negotiated it.
+//!
 //! Without `CODEX_BIN` the tests print "skipped" and pass, except under CI where they fail.
 
 mod codex_support;
@@ -147,6 +149,12 @@ async fn run(
     }
     let log = proxy.stderr_once_it_has("WS /v1/responses 200", Duration::from_secs(5));
     assert!(log.contains("GET /v1/responses 101"), "{log}");
+    // Codex offers permessage-deflate, and its socket is compressed (the proxy runs with
+    // `--log-level debug`, which names what each socket negotiated).
+    assert!(
+        log.contains("websocket: negotiated permessage-deflate"),
+        "{log}"
+    );
     assert!(
         !log.contains("POST /v1/responses"),
         "Codex fell back to HTTP: {log}"
@@ -172,7 +180,10 @@ async fn over_a_websocket_upstream(scenario: Scenario) {
         scenario.answer(&input, id)
     })
     .await;
-    let proxy = Proxy::start(&upstream.url(), &["--websocket-upstream", "relay"]);
+    let proxy = Proxy::start(
+        &upstream.url(),
+        &["--websocket-upstream", "relay", "--log-level", "debug"],
+    );
     let (run, _workdir) = run(&codex, &proxy, scenario).await;
 
     let seen = upstream.seen.lock().unwrap();
@@ -241,7 +252,7 @@ async fn over_an_http_upstream(scenario: Scenario) {
         )
     })
     .await;
-    let proxy = Proxy::start(&mock.url("/v1/responses"), &[]);
+    let proxy = Proxy::start(&mock.url("/v1/responses"), &["--log-level", "debug"]);
     let (run, _workdir) = run(&codex, &proxy, scenario).await;
 
     assert_eq!(

@@ -113,6 +113,8 @@ fn fixture_events(name: &str, n: usize) -> Vec<serde_json::Value> {
 
 /// The SDK's WebSocket mode through strict mode over an HTTP-only upstream: the proxy serves
 /// the socket itself and sends the second response as one POST with the whole conversation.
+/// The SDK is given a message size limit, with which it offers permessage-deflate (without
+/// one it turns compression off), and takes the proxy's terms.
 #[tokio::test(flavor = "multi_thread")]
 async fn sdk_responses_over_a_websocket_in_strict_mode_over_an_http_upstream() {
     let Some(python) = sdk_python() else { return };
@@ -125,8 +127,16 @@ async fn sdk_responses_over_a_websocket_in_strict_mode_over_an_http_upstream() {
         )
     })
     .await;
-    let proxy = Proxy::start(&upstream.url("/v1/responses"), &[]);
-    run_scenario(&python, "responses-websocket", proxy.url("/v1")).await;
+    let proxy = Proxy::start(&upstream.url("/v1/responses"), &["--log-level", "debug"]);
+    run_scenario(&python, "responses-websocket-deflate", proxy.url("/v1")).await;
+    let log = proxy.stderr_once_it_has(
+        "websocket: negotiated permessage-deflate",
+        std::time::Duration::from_secs(5),
+    );
+    assert!(
+        log.contains("websocket: negotiated permessage-deflate"),
+        "{log}"
+    );
     let seen = upstream.seen();
     assert_eq!(seen.len(), 2, "{seen:?}");
     let second: serde_json::Value = seen[1].json();

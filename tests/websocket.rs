@@ -20,6 +20,12 @@ async fn connect(proxy: &Proxy) -> Client {
         .await
         .expect("the WebSocket handshake");
     assert_eq!(response.status(), 101);
+    // tungstenite offers no extension, and none is answered.
+    assert_eq!(
+        response.headers().get("sec-websocket-extensions"),
+        None,
+        "{response:?}"
+    );
     socket
 }
 

@@ -5,6 +5,8 @@ Usage: openai_client.py SCENARIO BASE_URL
 Scenarios: chat-tools, completions (wrapper routes on a Responses upstream that replays a
 recorded parallel-tool-call / text stream), responses-bridge (bridge mode on a chat upstream),
 responses-websocket (`client.responses.connect()`, WebSocket mode, needs `openai[realtime]`),
+responses-websocket-deflate (the same with a message size limit, with which the SDK leaves
+`websockets`' permessage-deflate offer on; without one it turns compression off),
 responses-previous (two stored responses chained by previous_response_id, the first read back).
 Exits 0 and prints "ok: …" lines when every check holds.
 """
@@ -144,9 +146,9 @@ def one_websocket_response(connection):
     check(False, f"the socket closed mid-response after {kinds}")
 
 
-def responses_websocket(base_url):
+def responses_websocket(base_url, options=None):
     c = client(base_url)
-    with c.responses.connect() as connection:
+    with c.responses.connect(websocket_connection_options=options or {}) as connection:
         connection.response.create(model="gpt-4.1", input="Say hello")
         kinds, first = one_websocket_response(connection)
         check(kinds[0] == "response.created", "the socket's stream starts with response.created")
@@ -180,6 +182,7 @@ SCENARIOS = {
     "completions": completions,
     "responses-bridge": responses_bridge,
     "responses-websocket": responses_websocket,
+    "responses-websocket-deflate": lambda url: responses_websocket(url, {"max_size": 16 << 20}),
     "responses-previous": responses_previous,
 }
 

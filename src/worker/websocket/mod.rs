@@ -3,26 +3,68 @@
 //! cap on open sockets live here, the socket's life in [`session`], and what a socket
 //! remembers of its responses (`previous_response_id`) in [`history`].
 //!
-//! The handshake is an ordinary request to hyper: this module checks it, answers 101 with
-//! the accept key (RFC 6455 §4.2.2; no extension is negotiated, so permessage-deflate is
-//! declined), and hands the connection hyper gives back after the 101 to a task of its own.
+//! The handshake is an ordinary request to hyper: this module checks it, has yawc answer 101
+//! (the accept key, RFC 6455 §4.2.2, and permessage-deflate, RFC 7692, when the client offers
+//! it: see [`client_options`]), and hands the connection hyper gives back after the 101 to a
+//! task of its own.
 //! That connection keeps the client's connection slot (it still holds a descriptor) and
 //! tells the framing guard that its bytes are now frames. With `--no-websocket`, an upgrade
 //! is answered 426, on which Codex falls back to HTTP at once.
 //!
 //! Uses: the worker's HTTP vocabulary (`http`), its routes' upstream paths (through
 //! `routes::responses_from_body`), admission and accounting, the framing guard, the fair
-//! share and the metrics (open sockets); tokio-tungstenite for the frames.
+//! share and the metrics (open sockets); yawc for the handshake, the frames and
+//! permessage-deflate.
 
 pub(crate) mod history;
 pub(crate) mod relay;
 mod session;
 
-/// The read buffer of each WebSocket stream (tungstenite's default is 128 KiB, allocated for
+/// The read buffer of each WebSocket stream (tungstenite's default was 128 KiB, allocated for
 /// every socket at once): measured with `bash bench/websocket.sh`, 138 KiB of worker memory
-/// per open served socket and 268 KiB per relayed one (two streams) with the default.
+/// per open served socket and 268 KiB per relayed one (two streams) with that default.
 /// Messages larger than this are still read whole, in several reads.
 pub(crate) const READ_BUFFER_BYTES: usize = 16 * 1024;
+
+/// Idle deflate states kept for reuse (each way), shared by every socket of the worker:
+/// enough for the messages compressed at one moment, not one per socket.
+pub(crate) const DEFLATE_POOL_CAPACITY: usize = 16;
+
+/// Messages shorter than this go uncompressed (deflate without context barely shrinks them).
+const COMPRESSION_THRESHOLD: usize = 128;
+
+/// The options of a client's socket, `limit` its largest message (inflated, for a compressed
+/// one): permessage-deflate when the client offers it, with no context takeover either way
+/// (the server may impose that on the client, RFC 7692 §7.1.1.1), so that a socket holds no
+/// deflate state between messages — it borrows one from `pool` for each message instead of
+/// keeping ~300 KiB of its own for its whole life (BENCHMARKS.md, "WebSocket compression").
+pub(crate) fn client_options(limit: usize, pool: &yawc::DeflatePool) -> yawc::Options {
+    yawc::Options::default()
+        // Both limits are exclusive: a message of exactly `limit` bytes passes.
+        .with_limits(limit.saturating_add(1), limit.saturating_add(1))
+        .with_read_buffer_capacity(READ_BUFFER_BYTES)
+        .with_utf8()
+        .with_low_latency_compression()
+        .server_no_context_takeover()
+        .client_no_context_takeover()
+        .with_deflate_pool(pool.clone())
+        .with_compression_threshold(COMPRESSION_THRESHOLD)
+}
+
+/// Sends what the socket owes its peer (a pong, the answer to a close or the close after a
+/// fault, which yawc queues itself) and flushes.
+pub(crate) async fn flush_owed<S>(socket: &mut yawc::WebSocket<S>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::SinkExt;
+    if std::future::poll_fn(|cx| socket.poll_ready_unpin(cx))
+        .await
+        .is_ok()
+    {
+        let _ = socket.flush().await;
+    }
+}
 
 use crate::worker::identity::peer_identity::PeerIdentity;
 use crate::worker::server::fair_share::{ConnectionSlot, UserKey};
@@ -58,6 +100,8 @@ pub(crate) struct ConnectionContext {
 pub(crate) struct OpenSockets {
     settings: WebSocketSettings,
     per_user: Mutex<HashMap<UserKey, usize>>,
+    /// The deflate states the sockets borrow for a message.
+    deflate_pool: yawc::DeflatePool,
 }
 
 impl OpenSockets {
@@ -65,6 +109,7 @@ impl OpenSockets {
         Arc::new(OpenSockets {
             settings,
             per_user: Mutex::default(),
+            deflate_pool: yawc::DeflatePool::new(DEFLATE_POOL_CAPACITY),
         })
     }
 
@@ -160,15 +205,14 @@ pub(crate) async fn accept(state: Arc<State>, mut request: Request<Incoming>) ->
         );
         return response;
     }
-    let Some(key) = headers
+    if headers
         .get(header::SEC_WEBSOCKET_KEY)
-        .filter(|k| k.len() == 24)
-    else {
+        .is_none_or(|k| k.len() != 24)
+    {
         return bad_handshake(
             "A WebSocket handshake needs a `Sec-WebSocket-Key` of 16 bytes in base64.",
         );
     };
-    let accept_key = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
     let Some(context) = request.extensions().get::<ConnectionContext>().cloned() else {
         return error_response(
             StatusCode::INTERNAL_SERVER_ERROR,
@@ -226,11 +270,20 @@ pub(crate) async fn accept(state: Arc<State>, mut request: Request<Incoming>) ->
         }
     }
     let upstream_headers = headers_for_turns(request.headers());
-    let on_upgrade = hyper::upgrade::on(&mut request);
+    let options = client_options(state.max_request_body, &sockets.deflate_pool);
+    // yawc answers the handshake (checked above) and the client's permessage-deflate offer.
+    let (answer, upgrade) = match yawc::WebSocket::upgrade_with_options(&mut request, options) {
+        Ok(upgrade) => upgrade,
+        Err(e) => return bad_handshake(&format!("The WebSocket handshake failed: {e}.")),
+    };
     drop(request);
+    let (mut answer, _) = answer.into_parts();
+    if let Some(extensions) = answer.headers.get(header::SEC_WEBSOCKET_EXTENSIONS) {
+        tracing::debug!(client_user = %context.identity.display_name(), "websocket: negotiated {}", String::from_utf8_lossy(extensions.as_bytes()));
+    }
     crate::worker::spawn_as_caller(async move {
-        let upgraded = match on_upgrade.await {
-            Ok(upgraded) => upgraded,
+        let socket = match upgrade.await {
+            Ok(socket) => socket,
             Err(e) => {
                 tracing::debug!("websocket: the upgrade did not happen: {e}");
                 return;
@@ -247,19 +300,17 @@ pub(crate) async fn accept(state: Arc<State>, mut request: Request<Incoming>) ->
             _socket: socket_slot,
         };
         if let Some((upstream, credential)) = relayed {
-            return relay::serve(state, upgraded, upstream, credential, parts).await;
+            return relay::serve(state, socket, upstream, credential, parts).await;
         }
-        session::serve(state, upgraded, parts).await;
+        session::serve(state, socket, parts).await;
     });
-    let mut response = Response::new(crate::worker::server::http::full(bytes::Bytes::new()));
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let headers = response.headers_mut();
-    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(value) = HeaderValue::from_str(&accept_key) {
-        headers.insert(header::SEC_WEBSOCKET_ACCEPT, value);
-    }
-    response
+    answer
+        .headers
+        .insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    Response::from_parts(
+        answer,
+        crate::worker::server::http::full(bytes::Bytes::new()),
+    )
 }
 
 /// The upstream WebSocket for this client's handshake, its credentials added; and, when

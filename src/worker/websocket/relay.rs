@@ -8,7 +8,8 @@
 //! (`upstream::connection`, `http/1.1` only) and through the egress proxy's CONNECT tunnel
 //! when the upstream URL goes through one, carrying the client's end-to-end headers under
 //! the same policy as a POST and the key in `Authorization` — the only place the key goes:
-//! never in a frame, a log line or an error. An upstream that answers the upgrade with
+//! never in a frame, a log line or an error. The handshake offers permessage-deflate
+//! ([`upstream_options`]): the relayed hop is where compression saves the most. An upstream that answers the upgrade with
 //! anything but 101 is HTTP-only: with `auto` that is remembered (for [`HTTP_ONLY_MEMORY`])
 //! and the socket is served locally (`session`); with `relay` the client gets 502.
 //!
@@ -24,27 +25,23 @@
 //!
 //! Uses: `crate::worker::{admission, State, stop_requested}`, `crate::worker::upstream`
 //! (handshake headers, TLS), the turn record of `session` (the log line, usage and metrics of
-//! each response), `crate::worker::exchange_dump` (through `State`); tokio-tungstenite,
-//! tokio-rustls.
+//! each response), `crate::worker::exchange_dump` (through `State`); yawc (the handshake
+//! over the stream opened here, the frames, permessage-deflate), tokio-rustls.
 
 use super::session::{error_answer_event, SocketParts, TurnRecord};
 use crate::worker::exchange_dump::RelayedTurn;
 use crate::worker::upstream::connection::UpstreamConnection;
 use crate::worker::State;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use hyper::header::HeaderValue;
 use hyper::HeaderMap;
-use hyper_util::rt::TokioIo;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
+use yawc::close::CloseCode;
+use yawc::{Frame, OpCode, WebSocketError};
 
 /// How long `auto` remembers that the upstream refused the upgrade.
 pub(crate) const HTTP_ONLY_MEMORY: Duration = Duration::from_secs(3600);
@@ -65,7 +62,7 @@ pub(crate) enum RelayMode {
 /// The upstream WebSocket of strict mode, shared by every shard.
 pub(crate) struct UpstreamWebSocket {
     mode: RelayMode,
-    url: String,
+    url: reqwest::Url,
     /// `--upstream-url`: its scheme picks the egress proxy (`HTTPS_PROXY` for `wss`).
     http_url: reqwest::Url,
     /// Trust, client certificate and egress proxy, as for every upstream connection.
@@ -81,6 +78,8 @@ pub(crate) struct UpstreamWebSocket {
     handshake_timeout: Duration,
     /// Unix time until which the upstream is taken for HTTP-only (0: not known to be).
     http_only_until: AtomicU64,
+    /// The deflate states the upstream sockets borrow to compress a message.
+    deflate_pool: yawc::DeflatePool,
 }
 
 /// Why the upstream WebSocket could not be opened.
@@ -110,9 +109,24 @@ pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
 
 /// An open upstream WebSocket.
-pub(crate) type UpstreamSocket = WebSocketStream<Box<dyn Io>>;
+pub(crate) type UpstreamSocket = yawc::WebSocket<Box<dyn Io>>;
 
-type ClientSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+/// The options of the upstream socket: its events may be as large as
+/// [`MAX_UPSTREAM_MESSAGE`] (inflated), and permessage-deflate is offered. What the proxy
+/// sends (the client's `response.create`s) is compressed without context takeover
+/// (`client_no_context_takeover`) with a deflate state borrowed from `pool` for the message,
+/// so none is kept between messages; the upstream's events, the bulk of the traffic, may be
+/// compressed with its context kept across messages, which a relayed socket pays for with
+/// one inflate state (BENCHMARKS.md, "WebSocket compression").
+fn upstream_options(pool: &yawc::DeflatePool) -> yawc::Options {
+    yawc::Options::default()
+        .with_limits(MAX_UPSTREAM_MESSAGE, MAX_UPSTREAM_MESSAGE)
+        .with_read_buffer_capacity(super::READ_BUFFER_BYTES)
+        .with_utf8()
+        .with_low_latency_compression()
+        .client_no_context_takeover()
+        .with_deflate_pool(pool.clone())
+}
 
 impl UpstreamWebSocket {
     /// The relay to `upstream_url`'s WebSocket (`http`→`ws`, `https`→`wss`); an error when
@@ -146,7 +160,7 @@ impl UpstreamWebSocket {
         };
         Ok(UpstreamWebSocket {
             mode,
-            url: url.to_string(),
+            url,
             http_url: upstream_url.clone(),
             connection: connection.clone(),
             host,
@@ -155,6 +169,7 @@ impl UpstreamWebSocket {
             connect_timeout,
             handshake_timeout,
             http_only_until: AtomicU64::new(0),
+            deflate_pool: yawc::DeflatePool::new(super::DEFLATE_POOL_CAPACITY),
         })
     }
 
@@ -179,12 +194,10 @@ impl UpstreamWebSocket {
 
     /// Opens the upstream WebSocket with `headers` (the credentials among them).
     pub(crate) async fn open(&self, headers: HeaderMap) -> Result<UpstreamSocket, OpenFailure> {
-        let mut request =
-            self.url.as_str().into_client_request().map_err(|_| {
-                OpenFailure::Failed("the upstream URL is not a WebSocket URL".into())
-            })?;
+        let url = self.url.clone();
+        let mut request = yawc::HttpRequest::builder();
         for (name, value) in &headers {
-            request.headers_mut().append(name.clone(), value.clone());
+            request = request.header(name, value);
         }
         drop(headers);
         let tcp = tokio::time::timeout(
@@ -196,10 +209,6 @@ impl UpstreamWebSocket {
         .map_err(|_| OpenFailure::Failed("timed out connecting".into()))?
         .map_err(OpenFailure::Failed)?;
         let _ = tcp.set_nodelay(true);
-        let config = WebSocketConfig::default()
-            .read_buffer_size(super::READ_BUFFER_BYTES)
-            .max_message_size(Some(MAX_UPSTREAM_MESSAGE))
-            .max_frame_size(Some(MAX_UPSTREAM_MESSAGE));
         let handshake = async {
             let stream: Box<dyn Io> = match &self.tls {
                 Some((tls, name)) => {
@@ -214,13 +223,21 @@ impl UpstreamWebSocket {
                 }
                 None => Box::new(tcp),
             };
-            match tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await {
-                Ok((socket, _response)) => {
+            match yawc::WebSocket::handshake_with_request(
+                url,
+                stream,
+                upstream_options(&self.deflate_pool),
+                request,
+            )
+            .await
+            {
+                Ok(socket) => {
                     tracing::debug!("websocket relay: the upstream's socket is open");
                     Ok(socket)
                 }
-                Err(WsError::Http(response)) => {
-                    Err(OpenFailure::Refused(response.status().as_u16()))
+                Err(WebSocketError::InvalidStatusCode(status)) => Err(OpenFailure::Refused(status)),
+                Err(WebSocketError::Redirected { status_code, .. }) => {
+                    Err(OpenFailure::Refused(status_code))
                 }
                 // The error names neither the request nor its headers.
                 Err(e) => Err(OpenFailure::Failed(format!("handshake failed: {e}"))),
@@ -253,58 +270,55 @@ fn event_type(text: &str) -> String {
 /// cleaned out of each turn's dump.
 pub(crate) async fn serve(
     state: Arc<State>,
-    upgraded: hyper::upgrade::Upgraded,
-    upstream: UpstreamSocket,
+    mut client: super::session::Socket,
+    mut upstream: UpstreamSocket,
     credential: Option<HeaderValue>,
     parts: SocketParts,
 ) {
     let limit = state.max_request_body;
-    let config = WebSocketConfig::default()
-        .read_buffer_size(super::READ_BUFFER_BYTES)
-        .max_message_size(Some(limit))
-        .max_frame_size(Some(limit));
-    let client: ClientSocket =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-    let (mut client_sink, mut client_stream) = client.split();
-    let (mut upstream_sink, mut upstream_stream) = upstream.split();
     let idle_timeout = state.idle_timeout;
     let identity = parts.identity.clone();
     let mut shutdown = parts.shutdown.clone();
     let mut last_heard = tokio::time::Instant::now();
     // The responses asked for and not finished yet, oldest first, each with its dump.
     let mut pending: VecDeque<(TurnRecord, Option<RelayedTurn>)> = VecDeque::new();
-    // What to send each side when the relay ends (`None`: just drop that side).
-    let (to_client, to_upstream): (Option<CloseFrame>, Option<CloseFrame>) = loop {
+    // What to send each side when the relay ends (`None`: only what yawc owes that side —
+    // the answer to its close, or the close for a frame it got wrong, 1009 for one over the
+    // limit).
+    let (to_client, to_upstream): (Option<Frame>, Option<Frame>) = loop {
         let idle_deadline = last_heard + idle_timeout;
         tokio::select! {
-            incoming = client_stream.next() => {
+            incoming = client.next_frame() => {
                 last_heard = tokio::time::Instant::now();
-                let message = match incoming {
-                    Some(Ok(message)) => message,
-                    Some(Err(WsError::Capacity(e))) => {
-                        tracing::info!(client_user = %identity.display_name(), "websocket relay closed: {e}");
-                        let frame = close(CloseCode::Size, &format!("message larger than the proxy's limit of {limit} bytes"));
-                        break (Some(frame), Some(close(CloseCode::Away, "the client left")));
+                let frame = match incoming {
+                    Ok(frame) => frame,
+                    Err(WebSocketError::FrameTooLarge) => {
+                        tracing::info!(client_user = %identity.display_name(), "websocket relay closed: a message larger than the limit of {limit} bytes");
+                        break (None, Some(client_left()));
                     }
-                    Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed | WsError::Io(_))) | None => {
-                        break (None, Some(close(CloseCode::Away, "the client left")));
+                    Err(WebSocketError::ConnectionClosed | WebSocketError::IoError(_)) => {
+                        break (None, Some(client_left()));
                     }
-                    Some(Err(e)) => {
+                    Err(e) => {
                         tracing::info!(client_user = %identity.display_name(), "websocket relay closed: {e}");
-                        break (Some(close(CloseCode::Protocol, "protocol error")), Some(close(CloseCode::Away, "the client left")));
+                        break (None, Some(client_left()));
                     }
                 };
-                match message {
-                    Message::Text(text) => {
-                        if event_type(text.as_str()) == "response.create" {
+                match frame.opcode() {
+                    OpCode::Text => {
+                        let Ok(text) = std::str::from_utf8(frame.payload()) else {
+                            // yawc checks text frames (`with_utf8`); never reached.
+                            break (Some(close(CloseCode::Invalid, "invalid UTF-8")), Some(client_left()));
+                        };
+                        if event_type(text) == "response.create" {
                             let mut record = TurnRecord::start(&state, &parts.identity);
                             if let Some(refusal) = crate::worker::admission(&state, &identity, true) {
                                 record.record.status = refusal.status().as_u16();
                                 record.outcome = "complete";
                                 drop(record);
                                 let event = error_answer_event(refusal).await;
-                                if client_sink.send(Message::text(event)).await.is_err() {
-                                    break (None, Some(close(CloseCode::Away, "the client left")));
+                                if client.send(Frame::text(event)).await.is_err() {
+                                    break (None, Some(client_left()));
                                 }
                                 continue;
                             }
@@ -317,44 +331,45 @@ pub(crate) async fn serve(
                             pending.push_back((record, dump));
                             tracing::debug!(client_user = %identity.display_name(), "websocket relay: response.create passed on ({} bytes)", text.len());
                         }
-                        if upstream_sink.send(Message::Text(text)).await.is_err() {
+                        if upstream.send(Frame::text(frame.into_payload())).await.is_err() {
                             break (Some(upstream_failed()), None);
                         }
                     }
-                    Message::Close(frame) => break (None, Some(frame.unwrap_or_else(|| close(CloseCode::Normal, "")))),
-                    Message::Frame(_) => {}
-                    other => {
-                        if upstream_sink.send(other).await.is_err() {
+                    OpCode::Close => break (None, Some(passed_on_close(&frame))),
+                    OpCode::Binary | OpCode::Ping | OpCode::Pong => {
+                        if upstream.send(same_kind(&frame)).await.is_err() {
                             break (Some(upstream_failed()), None);
                         }
                     }
+                    OpCode::Continuation => {}
                 }
             }
-            incoming = upstream_stream.next() => {
+            incoming = upstream.next_frame() => {
                 last_heard = tokio::time::Instant::now();
-                let message = match incoming {
-                    Some(Ok(message)) => message,
-                    Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) | None => {
-                        break (Some(upstream_failed()), None);
-                    }
-                    Some(Err(e)) => {
+                let frame = match incoming {
+                    Ok(frame) => frame,
+                    Err(WebSocketError::ConnectionClosed) => break (Some(upstream_failed()), None),
+                    Err(e) => {
                         tracing::warn!("websocket relay: the upstream socket failed: {e}");
                         break (Some(upstream_failed()), None);
                     }
                 };
-                match message {
-                    Message::Text(text) => {
+                match frame.opcode() {
+                    OpCode::Text => {
+                        let Ok(text) = std::str::from_utf8(frame.payload()) else {
+                            break (Some(upstream_failed()), Some(close(CloseCode::Invalid, "invalid UTF-8")));
+                        };
                         if let Some((turn, dump)) = pending.front_mut() {
                             if let Some(dump) = dump {
-                                dump.event(text.as_str());
+                                dump.event(text);
                             }
                             if turn.record.first_byte.is_none() {
                                 turn.record.first_byte = Some(turn.record.started.elapsed());
                             }
                             turn.record.bytes += text.len() as u64;
-                            let kind = event_type(text.as_str());
-                            if let Some(status) = terminal_status(&kind, text.as_str()) {
-                                turn.tap.observe_event(&kind, text.as_str());
+                            let kind = event_type(text);
+                            if let Some(status) = terminal_status(&kind, text) {
+                                turn.tap.observe_event(&kind, text);
                                 turn.record.status = status;
                                 turn.record.upstream_status = Some(status);
                                 turn.record.failed = kind == "response.failed";
@@ -364,17 +379,17 @@ pub(crate) async fn serve(
                                 }
                             }
                         }
-                        if client_sink.send(Message::Text(text)).await.is_err() {
-                            break (None, Some(close(CloseCode::Away, "the client left")));
+                        if client.send(Frame::text(frame.into_payload())).await.is_err() {
+                            break (None, Some(client_left()));
                         }
                     }
-                    Message::Close(frame) => break (Some(frame.unwrap_or_else(|| close(CloseCode::Normal, ""))), None),
-                    Message::Frame(_) => {}
-                    other => {
-                        if client_sink.send(other).await.is_err() {
-                            break (None, Some(close(CloseCode::Away, "the client left")));
+                    OpCode::Close => break (Some(passed_on_close(&frame)), None),
+                    OpCode::Binary | OpCode::Ping | OpCode::Pong => {
+                        if client.send(same_kind(&frame)).await.is_err() {
+                            break (None, Some(client_left()));
                         }
                     }
+                    OpCode::Continuation => {}
                 }
             }
             () = crate::worker::stop_requested(&mut shutdown), if pending.is_empty() => {
@@ -391,24 +406,50 @@ pub(crate) async fn serve(
     // Unfinished responses are logged `client_gone` (or as the upstream's failure).
     drop(pending);
     let goodbye = async {
-        if let Some(frame) = to_upstream {
-            let _ = upstream_sink.send(Message::Close(Some(frame))).await;
+        match to_upstream {
+            Some(frame) => {
+                let _ = upstream.send(frame).await;
+            }
+            None => super::flush_owed(&mut upstream).await,
         }
-        if let Some(frame) = to_client {
-            let _ = client_sink.send(Message::Close(Some(frame))).await;
+        match to_client {
+            Some(frame) => {
+                let _ = client.send(frame).await;
+            }
+            None => super::flush_owed(&mut client).await,
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), goodbye).await;
 }
 
-fn close(code: CloseCode, reason: &str) -> CloseFrame {
-    CloseFrame {
-        code,
-        reason: reason.to_owned().into(),
+fn close(code: CloseCode, reason: &str) -> Frame {
+    Frame::close(code, reason)
+}
+
+/// A binary, ping or pong frame to pass on: a new frame of the same kind and payload.
+fn same_kind(frame: &Frame) -> Frame {
+    let payload = frame.payload().clone();
+    match frame.opcode() {
+        OpCode::Ping => Frame::ping(payload),
+        OpCode::Pong => Frame::pong(payload),
+        _ => Frame::binary(payload),
     }
 }
 
-fn upstream_failed() -> CloseFrame {
+/// The close one side sent, to pass on to the other (its code and reason; 1000 without).
+fn passed_on_close(frame: &Frame) -> Frame {
+    let reason = frame.close_reason().ok().flatten().unwrap_or_default();
+    match frame.close_code() {
+        Some(code) if code.is_allowed() => Frame::close(code, reason),
+        _ => Frame::close(CloseCode::Normal, ""),
+    }
+}
+
+fn client_left() -> Frame {
+    close(CloseCode::Away, "the client left")
+}
+
+fn upstream_failed() -> Frame {
     close(CloseCode::Error, "the upstream connection failed")
 }
 

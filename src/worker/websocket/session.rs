@@ -3,8 +3,8 @@
 //! go back one JSON text message each; a `generate: false` prewarm is answered here; a
 //! `previous_response_id` of this socket is expanded from its [`SocketHistory`].
 //!
-//! Limits and faults: a message larger than the request-body limit closes the socket with
-//! 1009; a binary message, bad JSON, an unknown `previous_response_id`, a refused admission
+//! Limits and faults: a message larger than the request-body limit (inflated, when
+//! permessage-deflate was negotiated) closes the socket with 1009; a binary message, bad JSON, an unknown `previous_response_id`, a refused admission
 //! (allow-list, `--requests-per-minute`, tokens) or an upstream error answer get an `error`
 //! event and the socket stays usable; an upstream that fails mid-turn gets a
 //! `response.failed`; the server pings every [`ping_interval`] and closes (1008) a socket it
@@ -20,7 +20,7 @@
 //! `crate::worker::identity`, `crate::worker::metrics`, `crate::worker::routes`,
 //! `crate::worker::server`, `crate::worker::spawn_as_caller`, `crate::worker::stop_requested`,
 //! `crate::worker::exchange_dump` (through `State`) and bytes, futures_util, http_body_util,
-//! hyper, hyper_util, openai_wire, serde, serde_json, tokio, tracing.
+//! hyper, openai_wire, serde, serde_json, tokio, tracing, yawc (the frames).
 
 use super::history::{body_with_input, input_items, Item, SocketHistory};
 use crate::usage::UsageTap;
@@ -29,19 +29,16 @@ use crate::worker::server::fair_share::{BodyReservation, ConnectionSlot};
 use crate::worker::server::http::{log_request, RequestRecord, DRAIN_BYTE_LIMIT, DRAIN_TIME_LIMIT};
 use crate::worker::State;
 use bytes::Bytes;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use http_body_util::BodyExt;
 use hyper::HeaderMap;
-use hyper_util::rt::TokioIo;
 use openai_wire::sse::{SseReader, DEFAULT_MAX_EVENT_BYTES};
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
+use yawc::close::CloseCode;
+use yawc::{Frame, OpCode, WebSocketError};
 
 /// What a socket holds besides its connection: who it serves, the headers each turn's POST
 /// carries, and the slots that count it in its user's fair share.
@@ -59,7 +56,8 @@ pub(crate) fn ping_interval(idle_timeout: Duration) -> Duration {
     (idle_timeout / 2).clamp(Duration::from_secs(1), Duration::from_secs(30))
 }
 
-type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+/// A client's socket, after the handshake (`super::accept`).
+pub(crate) type Socket = yawc::HttpWebSocket;
 
 /// One message a turn hands to the socket; the last carries what the history keeps.
 struct TurnMessage {
@@ -88,19 +86,8 @@ struct Conversation {
     turn: Option<Turn>,
 }
 
-pub(crate) async fn serve(
-    state: Arc<State>,
-    upgraded: hyper::upgrade::Upgraded,
-    parts: SocketParts,
-) {
+pub(crate) async fn serve(state: Arc<State>, mut socket: Socket, parts: SocketParts) {
     let limit = state.max_request_body;
-    let config = WebSocketConfig::default()
-        .read_buffer_size(super::READ_BUFFER_BYTES)
-        .max_message_size(Some(limit))
-        .max_frame_size(Some(limit));
-    let socket: Socket =
-        WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-    let (mut sink, mut stream) = socket.split();
     let idle_timeout = state.idle_timeout;
     let mut conversation = Conversation {
         history: SocketHistory::new(limit),
@@ -114,31 +101,40 @@ pub(crate) async fn serve(
     ping.tick().await;
     let mut shutdown = conversation.parts.shutdown.clone();
     let mut last_heard = tokio::time::Instant::now();
+    // `None`: nothing more to say but what yawc owes the client (the answer to its close, or
+    // the close for a frame it got wrong: 1009 for one over the limit, 1002, 1007).
     let close: Option<(CloseCode, String)> = loop {
         let idle_deadline = last_heard + idle_timeout;
         let turn_running = conversation.turn.is_some();
         tokio::select! {
-            incoming = stream.next() => {
+            incoming = socket.next_frame() => {
                 last_heard = tokio::time::Instant::now();
-                match incoming {
-                    None | Some(Err(WsError::ConnectionClosed | WsError::AlreadyClosed)) => break None,
-                    Some(Err(WsError::Capacity(e))) => {
-                        tracing::info!(client_user = %conversation.parts.identity.display_name(), "websocket closed: {e}");
-                        break Some((CloseCode::Size, format!("message larger than the proxy's limit of {limit} bytes")));
+                let frame = match incoming {
+                    Ok(frame) => frame,
+                    Err(WebSocketError::ConnectionClosed) => break None,
+                    Err(WebSocketError::FrameTooLarge) => {
+                        tracing::info!(client_user = %conversation.parts.identity.display_name(), "websocket closed: a message larger than the limit of {limit} bytes");
+                        break None;
                     }
-                    Some(Err(WsError::Io(e))) => {
+                    Err(WebSocketError::IoError(e)) => {
                         tracing::debug!("websocket: connection failed: {e}");
                         break None;
                     }
-                    Some(Err(e)) => {
+                    Err(e) => {
                         tracing::info!(client_user = %conversation.parts.identity.display_name(), "websocket closed: {e}");
-                        break Some((CloseCode::Protocol, "protocol error".to_owned()));
+                        break None;
                     }
-                    Some(Ok(Message::Text(text))) => {
-                        let replies = conversation.on_text(text.as_str());
+                };
+                match frame.opcode() {
+                    OpCode::Text => {
+                        let replies = match std::str::from_utf8(frame.payload()) {
+                            Ok(text) => conversation.on_text(text),
+                            // yawc checks text frames (`with_utf8`); never reached.
+                            Err(_) => break Some((CloseCode::Invalid, "invalid UTF-8".to_owned())),
+                        };
                         let mut failed = false;
                         for reply in replies {
-                            if sink.send(Message::text(reply)).await.is_err() {
+                            if socket.send(Frame::text(reply)).await.is_err() {
                                 failed = true;
                                 break;
                             }
@@ -147,14 +143,14 @@ pub(crate) async fn serve(
                             break None;
                         }
                     }
-                    Some(Ok(Message::Binary(_))) => {
+                    OpCode::Binary => {
                         let reply = error_event(400, "invalid_request_error", "binary_message", "Binary messages are not served; send JSON text messages.", None);
-                        if sink.send(Message::text(reply)).await.is_err() {
+                        if socket.send(Frame::text(reply)).await.is_err() {
                             break None;
                         }
                     }
-                    Some(Ok(Message::Close(_))) => break None,
-                    Some(Ok(_)) => {}
+                    OpCode::Close => break None,
+                    _ => {}
                 }
             }
             message = next_turn_message(&mut conversation.turn), if turn_running => {
@@ -168,7 +164,7 @@ pub(crate) async fn serve(
                                 conversation.remember(id, items);
                             }
                         }
-                        if sink.send(Message::text(message.text)).await.is_err() {
+                        if socket.send(Frame::text(message.text)).await.is_err() {
                             break None;
                         }
                     }
@@ -180,7 +176,7 @@ pub(crate) async fn serve(
                 }
             }
             _ = ping.tick() => {
-                if sink.send(Message::Ping(Bytes::new())).await.is_err() {
+                if socket.send(Frame::ping(Bytes::new())).await.is_err() {
                     break None;
                 }
             }
@@ -202,17 +198,15 @@ pub(crate) async fn serve(
             turn.task.abort();
         }
     }
-    if let Some((code, reason)) = close {
-        let frame = CloseFrame {
-            code,
-            reason: reason.into(),
-        };
-        let _ = tokio::time::timeout(
-            Duration::from_secs(1),
-            sink.send(Message::Close(Some(frame))),
-        )
-        .await;
-    }
+    let goodbye = async {
+        match close {
+            Some((code, reason)) => {
+                let _ = socket.send(Frame::close(code, reason)).await;
+            }
+            None => super::flush_owed(&mut socket).await,
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), goodbye).await;
 }
 
 async fn next_turn_message(turn: &mut Option<Turn>) -> Option<TurnMessage> {
