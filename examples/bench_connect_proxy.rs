@@ -41,7 +41,9 @@ async fn tunnel(mut client: TcpStream) {
     let text = String::from_utf8_lossy(&head);
     let mut words = text.split_whitespace();
     let (Some("CONNECT"), Some(target)) = (words.next(), words.next()) else {
-        let _ = client.write_all(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n").await;
+        let _ = client
+            .write_all(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
+            .await;
         return;
     };
     let Ok(mut upstream) = TcpStream::connect(target).await else {

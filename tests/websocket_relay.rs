@@ -8,6 +8,7 @@ mod common;
 use common::*;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
@@ -375,4 +376,93 @@ async fn an_egress_proxy_that_refuses_the_tunnel_gets_a_502_without_its_credenti
     assert!(!body.contains("proxy-SECRET-pw"), "{body}");
     let log = proxy.stderr_once_it_has("websocket relay refused", Duration::from_secs(5));
     assert!(!log.contains("proxy-SECRET-pw"), "{log}");
+}
+
+/// An upstream `error` event that quotes the key (as OpenAI's 401 does for a key it no longer
+/// accepts) reaches the client with the key cleaned out, like an HTTP error answer.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_error_event_quoting_the_key_reaches_the_client_without_it() {
+    let upstream = WsUpstream::start(|_request, _id| {
+        let masked = format!("{}****{}", &TEST_KEY[..3], &TEST_KEY[TEST_KEY.len() - 4..]);
+        vec![
+            json!({"type": "error", "status": 401, "error": {"type": "invalid_request_error",
+            "code": "invalid_api_key",
+            "message": format!("Incorrect API key provided: {TEST_KEY} ({masked})")}}),
+        ]
+    })
+    .await;
+    let proxy = Proxy::start(&upstream.url(), &["--websocket-upstream", "relay"]);
+    let mut socket = connect(&proxy).await.expect("the relayed handshake");
+    let events = turn(&mut socket, r#"{"type":"response.create","input":"hi"}"#).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    let text = events[0].to_string();
+    assert_eq!(events[0]["error"]["code"], "invalid_api_key", "{text}");
+    assert!(text.contains("[redacted]"), "{text}");
+    assert!(!text.contains(TEST_KEY), "{text}");
+    assert!(!text.contains(&TEST_KEY[TEST_KEY.len() - 4..]), "{text}");
+}
+
+/// An upgrade refused with a status that may be this moment's (401 here) is not taken for an
+/// HTTP-only upstream: the socket is served over HTTP, and the next one tries the upstream's
+/// WebSocket again.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upgrade_refused_for_a_passing_reason_is_not_remembered() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (upgrades, posts) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (upgrades2, posts2) = (upgrades.clone(), posts.clone());
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (upgrades, posts) = (upgrades2.clone(), posts2.clone());
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+                if head.starts_with("get ") {
+                    upgrades.fetch_add(1, Ordering::SeqCst);
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+                        .await;
+                    return;
+                }
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(0);
+                let mut body = vec![0u8; length];
+                let _ = stream.read_exact(&mut body).await;
+                posts.fetch_add(1, Ordering::SeqCst);
+                let sse = concat!(
+                    "data: {\"type\":\"response.created\",\"response\":{\"id\":\"resp_h\",\"output\":[]}}\n\n",
+                    "data: {\"type\":\"response.completed\",\"response\":{\"id\":\"resp_h\",\"output\":[]}}\n\n",
+                );
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{sse}",
+                    sse.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let proxy = Proxy::start(&format!("http://127.0.0.1:{port}/v1/responses"), &[]);
+    for round in 1..=2 {
+        let mut socket = connect(&proxy).await.expect("served locally");
+        let events = turn(&mut socket, r#"{"type":"response.create","input":"hi"}"#).await;
+        assert_eq!(events.last().unwrap()["type"], "response.completed");
+        assert_eq!(posts.load(Ordering::SeqCst), round, "served over HTTP POST");
+        assert_eq!(
+            upgrades.load(Ordering::SeqCst),
+            round,
+            "each socket asks the upstream for its WebSocket again"
+        );
+    }
 }

@@ -244,8 +244,7 @@ pub(crate) async fn accept(state: Arc<State>, mut request: Request<Incoming>) ->
         state.websocket_relay.clone().filter(|r| r.worth_trying()),
         state.upstream.as_ref(),
     ) {
-        let keep_credential = state.dumps.is_some();
-        match open_upstream_socket(&relay, upstream, request.headers(), keep_credential).await {
+        match open_upstream_socket(&relay, upstream, request.headers()).await {
             Ok(socket) => relayed = Some(socket),
             Err(failure) => {
                 if relay.mode() == relay::RelayMode::Always {
@@ -257,14 +256,20 @@ pub(crate) async fn accept(state: Arc<State>, mut request: Request<Incoming>) ->
                         Some("upstream_websocket_refused"),
                     );
                 }
-                if let relay::OpenFailure::Refused(_) = failure {
-                    relay.remember_http_only();
-                    tracing::info!(
-                        "websocket: {failure}; serving WebSockets locally over HTTP for {} s",
-                        relay::HTTP_ONLY_MEMORY.as_secs()
-                    );
-                } else {
-                    tracing::warn!("websocket: {failure}; serving this socket locally over HTTP");
+                match failure {
+                    // An answer that says the upstream has no WebSocket here: remembered.
+                    relay::OpenFailure::Refused(status) if relay::means_http_only(status) => {
+                        relay.remember_http_only();
+                        tracing::info!(
+                            "websocket: {failure}; serving WebSockets locally over HTTP for {} s",
+                            relay::HTTP_ONLY_MEMORY.as_secs()
+                        );
+                    }
+                    // Anything else (401, 429, 5xx, a failed connection) may be this moment's
+                    // or this client's: this socket only is served locally.
+                    _ => tracing::warn!(
+                        "websocket: {failure}; serving this socket locally over HTTP"
+                    ),
                 }
             }
         }
@@ -313,21 +318,18 @@ pub(crate) async fn accept(state: Arc<State>, mut request: Request<Incoming>) ->
     )
 }
 
-/// The upstream WebSocket for this client's handshake, its credentials added; and, when
-/// `keep_credential` (for the exchange dumps to clean out), the `Authorization` it carried.
+/// The upstream WebSocket for this client's handshake, its credentials added; and the
+/// `Authorization` it carried (to be cleaned out of error events and dumps).
 async fn open_upstream_socket(
     relay: &relay::UpstreamWebSocket,
     upstream: &crate::worker::upstream::UpstreamClient,
     client_headers: &HeaderMap,
-    keep_credential: bool,
 ) -> Result<(relay::UpstreamSocket, Option<HeaderValue>), relay::OpenFailure> {
     let headers = upstream
         .websocket_handshake_headers(client_headers)
         .await
         .map_err(|e| relay::OpenFailure::Failed(e.to_string()))?;
-    let credential = keep_credential
-        .then(|| headers.get(header::AUTHORIZATION).cloned())
-        .flatten();
+    let credential = headers.get(header::AUTHORIZATION).cloned();
     Ok((relay.open(headers).await?, credential))
 }
 

@@ -31,6 +31,7 @@
 use super::session::{error_answer_event, SocketParts, TurnRecord};
 use crate::worker::exchange_dump::RelayedTurn;
 use crate::worker::upstream::connection::UpstreamConnection;
+use crate::worker::upstream::redact;
 use crate::worker::State;
 use futures_util::SinkExt;
 use hyper::header::HeaderValue;
@@ -184,7 +185,7 @@ impl UpstreamWebSocket {
             || self.http_only_until.load(Ordering::Relaxed) <= crate::clock::unix_now()
     }
 
-    /// Remembers that the upstream refused the upgrade (for [`HTTP_ONLY_MEMORY`]).
+    /// Remembers that the upstream has no WebSocket (for [`HTTP_ONLY_MEMORY`]).
     pub(crate) fn remember_http_only(&self) {
         self.http_only_until.store(
             crate::clock::unix_now() + HTTP_ONLY_MEMORY.as_secs(),
@@ -249,6 +250,14 @@ impl UpstreamWebSocket {
     }
 }
 
+/// Whether an answer to the upgrade says the upstream serves no WebSocket at that URL (so
+/// that `auto` may remember it for every user): an answer other than 101 that a server
+/// without WebSocket support gives — a success (the upgrade ignored), 404, 405, 426 or 501.
+/// Not an answer that may be this moment's or this client's (400, 401, 403, 429, 5xx).
+pub(crate) fn means_http_only(status: u16) -> bool {
+    matches!(status, 200..=299 | 404 | 405 | 426 | 501)
+}
+
 /// What a client message is, as far as the relay cares.
 #[derive(serde::Deserialize)]
 struct EventType<'a> {
@@ -256,7 +265,17 @@ struct EventType<'a> {
     kind: Option<std::borrow::Cow<'a, str>>,
 }
 
+/// The event's `type`. Read off the opening bytes when it comes first, as OpenAI's events and
+/// SDK messages have it (an upstream message may be megabytes: no parse of the whole for
+/// that); parsed otherwise.
 fn event_type(text: &str) -> String {
+    if let Some(rest) = text.strip_prefix("{\"type\":\"") {
+        if let Some(end) = rest.find(['"', '\\']) {
+            if rest.as_bytes()[end] == b'"' {
+                return rest[..end].to_owned();
+            }
+        }
+    }
     serde_json::from_str::<EventType<'_>>(text)
         .ok()
         .and_then(|e| e.kind)
@@ -266,8 +285,9 @@ fn event_type(text: &str) -> String {
 
 /// Relays the client's socket to `upstream` until either side closes.
 ///
-/// `credential` is what the upstream handshake carried, kept (only with `--dump-dir`) to be
-/// cleaned out of each turn's dump.
+/// `credential` is what the upstream handshake carried: cleaned out of the upstream's error
+/// events before they reach the client (an upstream quoting a key it no longer accepts, say
+/// after a rotation) and out of each turn's dump.
 pub(crate) async fn serve(
     state: Arc<State>,
     mut client: super::session::Socket,
@@ -356,6 +376,7 @@ pub(crate) async fn serve(
                 };
                 match frame.opcode() {
                     OpCode::Text => {
+                        let mut redacted: Option<Vec<u8>> = None;
                         let Ok(text) = std::str::from_utf8(frame.payload()) else {
                             break (Some(upstream_failed()), Some(close(CloseCode::Invalid, "invalid UTF-8")));
                         };
@@ -368,6 +389,11 @@ pub(crate) async fn serve(
                             }
                             turn.record.bytes += text.len() as u64;
                             let kind = event_type(text);
+                            if let (Some(credential), "error" | "response.failed") = (&credential, kind.as_str()) {
+                                if let Some(clean) = redact::redact(text.as_bytes(), redact::secret_of(credential)) {
+                                    redacted = Some(clean);
+                                }
+                            }
                             if let Some(status) = terminal_status(&kind, text) {
                                 turn.tap.observe_event(&kind, text);
                                 turn.record.status = status;
@@ -379,7 +405,11 @@ pub(crate) async fn serve(
                                 }
                             }
                         }
-                        if client.send(Frame::text(frame.into_payload())).await.is_err() {
+                        let payload = match redacted.take() {
+                            Some(clean) => bytes::Bytes::from(clean),
+                            None => frame.into_payload(),
+                        };
+                        if client.send(Frame::text(payload)).await.is_err() {
                             break (None, Some(client_left()));
                         }
                     }
@@ -487,5 +517,14 @@ mod tests {
             "response.create"
         );
         assert_eq!(event_type("not json"), "");
+        assert_eq!(
+            event_type(r#"{"type":"response.output_text.delta","delta":"x"}"#),
+            "response.output_text.delta"
+        );
+        // Not first, or escaped: parsed.
+        assert_eq!(event_type(r#"{"delta":"x","type":"error"}"#), "error");
+        assert_eq!(event_type(r#"{"type":"a\u0062"}"#), "ab");
+        assert!(means_http_only(405) && means_http_only(200) && means_http_only(426));
+        assert!(!means_http_only(401) && !means_http_only(429) && !means_http_only(503));
     }
 }
