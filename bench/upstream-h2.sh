@@ -4,15 +4,18 @@
 # connection that settles on h2, its HTTP/1.1 server otherwise; the 9-event Responses SSE
 # stream of about 2 KB, one body frame per event) behind four forwarders, measured side by side
 # in rounds, the order rotating each round:
-#   ours      the proxy as it is: the fast path, its own pool of HTTP/1.1 connections over TLS
-#             (it offers only http/1.1 by ALPN, so the mock speaks HTTP/1.1 to it);
-#   fwd-h1    examples/bench_upstream_client.rs --client h1: hyper's HTTP/1.1 client over
-#             tokio-rustls, a pool of connections, one request per connection at a time;
-#   fwd-h2x1  the same program, --client h2: hyper's HTTP/2 client over tokio-rustls, every
-#             request multiplexed on one connection;
-#   fwd-h2x4  the same with four HTTP/2 connections, round-robin.
-# fwd-h1 and fwd-h2x* share the server loop and everything else, so their difference is the
-# transport's; ours against fwd-h1 shows what the fast path's own client gains over hyper's.
+#   ours       the proxy as it is: the fast path, its own pool of HTTP/1.1 connections over TLS
+#              per shard (one single-threaded runtime per core; it offers only http/1.1 by
+#              ALPN, so the mock speaks HTTP/1.1 to it);
+#   fwd-h1     examples/bench_upstream_client.rs --client h1 --shards $(nproc): hyper's HTTP/1.1
+#              client over tokio-rustls, a pool of connections per shard, one request per
+#              connection at a time; sharded like the proxy (a thread per core, each its own runtime);
+#   fwd-h2     the same program, --client h2 --shards $(nproc): hyper's HTTP/2 client over
+#              tokio-rustls, every request multiplexed on its shard's one connection;
+#   fwd-h2-mt  --client h2 --threads $(nproc): one multi-threaded runtime, one HTTP/2 connection for
+#              all requests.
+# fwd-h1 and fwd-h2 share the server loop and everything else, so their difference is the
+# transport's; ours against fwd-h2 shows whether HTTP/2 could beat the fast path's own client.
 # Prints, per round, target and concurrency (wrk, c1, c64, c256): req/s, p50, p99, CPU per
 # request of the forwarder (user + system time of its processes, all threads, over the run /
 # requests) and of the mock upstream (its side of the transport's cost), and the forwarder's
@@ -34,6 +37,7 @@ FWD=$DIR/examples/bench_upstream_client
 ALT=$DIR/examples/bench_alternating_client
 KEY=sk-bench-key-0123456789
 MOCK_PORT=19420
+SHARDS=$(nproc) # as many as the proxy has: one per core
 for tool in wrk openssl curl; do
 	command -v $tool >/dev/null || { echo "bench/upstream-h2.sh needs $tool" >&2; exit 1; }
 done
@@ -74,10 +78,10 @@ start_fwd() {
 	PIDS+=($!)
 	ROOT[$name]=$! PORT[$name]=$port
 }
-start_fwd fwd-h1 19422 --client h1
-start_fwd fwd-h2x1 19423 --client h2 --connections 1
-start_fwd fwd-h2x4 19424 --client h2 --connections 4
-NAMES=(ours fwd-h1 fwd-h2x1 fwd-h2x4)
+start_fwd fwd-h1 19422 --client h1 --shards "$SHARDS"
+start_fwd fwd-h2 19423 --client h2 --connections 1 --shards "$SHARDS"
+start_fwd fwd-h2-mt 19424 --client h2 --connections 1 --threads "$SHARDS"
+NAMES=(ours fwd-h1 fwd-h2 fwd-h2-mt)
 sleep 1
 
 # The mock speaks both: h2 when offered, HTTP/1.1 when only that is.
@@ -139,7 +143,7 @@ for round in $(seq 1 "$ROUNDS"); do
 			json=$(echo "$out" | sed -n 's/^WRKJSON //p')
 			requests=$(echo "$json" | python3 -c 'import json,sys; print(json.load(sys.stdin)["requests"])')
 			# shellcheck disable=SC2086 # one argument per pid
-			printf 'round %s %-9s c%-3s %s cpu %5s us/req mock %5s us/req rss %s\n' "$round" "$name" \
+			printf 'round %s %-10s c%-3s %s cpu %5s us/req mock %5s us/req rss %s\n' "$round" "$name" \
 				"$conns" "$(echo "$json" | python3 -c 'import json,sys; d=json.load(sys.stdin); print("%6.0f req/s p50 %6.3f ms p99 %6.2f ms non2xx %d errors %d" % (d["rps"], d["p50_us"]/1e3, d["p99_us"]/1e3, d["non2xx"], d["connect_errors"]+d["read_errors"]+d["write_errors"]+d["timeouts"]))')" \
 				"$(per_request "$before" "$after" "$requests")" \
 				"$(per_request "$mock_before" "$mock_after" "$requests")" "$(memory $pids)" |
@@ -153,7 +157,7 @@ for round in $(seq 1 "$ROUNDS"); do
 import json, sys
 d = json.load(sys.stdin)
 for t in d["targets"]:
-    print("interleaved c1 round %s %-9s %6d requests errors %d body %d-%d p50 %.3f ms p90 %.3f ms p99 %.3f ms" % (
+    print("interleaved c1 round %s %-10s %6d requests errors %d body %d-%d p50 %.3f ms p90 %.3f ms p99 %.3f ms" % (
         sys.argv[1], t["name"], t["requests"], t["errors"], t["body_min"], t["body_max"],
         t["p50_us"] / 1e3, t["p90_us"] / 1e3, t["p99_us"] / 1e3))' "$round" | tee -a "$WORK/rounds"
 done
@@ -170,8 +174,8 @@ for line in open(sys.argv[1]):
 def med(rounds, i):
     return statistics.median(r[i] for r in rounds)
 for (name, conns), rounds in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-    print("median %-9s c%-3d %6.0f req/s p50 %6.3f ms p99 %6.2f ms cpu %5.1f us/req mock %5.1f us/req rss %.1f/%.1f MiB" % (
+    print("median %-10s c%-3d %6.0f req/s p50 %6.3f ms p99 %6.2f ms cpu %5.1f us/req mock %5.1f us/req rss %.1f/%.1f MiB" % (
         name, conns, *(med(rounds, i) for i in range(7))))
 for name, rounds in alt.items():
-    print("median interleaved c1 %-9s p50 %.3f ms p90 %.3f ms p99 %.3f ms" % (name, *(med(rounds, i) for i in range(3))))
+    print("median interleaved c1 %-10s p50 %.3f ms p90 %.3f ms p99 %.3f ms" % (name, *(med(rounds, i) for i in range(3))))
 EOF

@@ -263,7 +263,9 @@ async fn handle(
         .headers()
         .get(hyper::header::AUTHORIZATION)
         .is_some_and(|v| v.as_bytes() == config.authorization.as_slice());
-    let routed = request.method() == Method::POST && request.uri().path() == path;
+    // HTTP/2 requests carry the absolute form: compare the path and query alone.
+    let routed = request.method() == Method::POST
+        && request.uri().path_and_query().map(|p| p.as_str()) == Some(path);
     // Read the whole request body so that the connection stays usable.
     let _ = request.into_body().collect().await;
     if !routed {

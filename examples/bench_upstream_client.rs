@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example bench_upstream_client -- PORT UPSTREAM_URL KEY CA_PEM \
-//!     --client h1|h2 [--connections N] [--threads N]
+//!     --client h1|h2 [--connections N] [--threads N | --shards N]
 //! ```
 //!
 //! Every request, whatever its method and path, is forwarded (headers less `Host` and the
@@ -19,8 +19,11 @@
 //!   connections (`--connections`, default 1) opened on first use, every request multiplexed
 //!   on the next one round-robin.
 //!
-//! TLS sessions are resumed (rustls' default in-memory cache). `--threads N`: tokio worker
-//! threads (default: the CPU count).
+//! TLS sessions are resumed (rustls' default in-memory cache). By default one multi-threaded
+//! tokio runtime serves everything (`--threads N` worker threads, default the CPU count).
+//! `--shards N` instead runs N threads, each with its own single-threaded runtime, listening
+//! socket (`SO_REUSEPORT`) and upstream connections (its own pool, or its own `--connections`
+//! HTTP/2 connections), the way the proxy's worker runs one shard per core.
 
 use bytes::Bytes;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
@@ -214,7 +217,7 @@ async fn forward(
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench_upstream_client PORT UPSTREAM_URL KEY CA_PEM --client h1|h2 [--connections N] [--threads N]"
+        "usage: bench_upstream_client PORT UPSTREAM_URL KEY CA_PEM --client h1|h2 [--connections N] [--threads N | --shards N]"
     );
     std::process::exit(2);
 }
@@ -226,7 +229,7 @@ fn main() {
     }
     let port: u16 = args[0].parse().unwrap_or_else(|_| usage());
     let url: Uri = args[1].parse().unwrap_or_else(|_| usage());
-    let (mut kind, mut connections, mut threads) = (None, 1usize, None);
+    let (mut kind, mut connections, mut threads, mut shards) = (None, 1usize, None, None);
     let mut rest = args[4..].iter();
     while let Some(arg) = rest.next() {
         let value = rest.next().unwrap_or_else(|| usage());
@@ -234,6 +237,7 @@ fn main() {
             "--client" if value == "h1" || value == "h2" => kind = Some(value.clone()),
             "--connections" => connections = value.parse().unwrap_or_else(|_| usage()),
             "--threads" => threads = Some(value.parse().unwrap_or_else(|_| usage())),
+            "--shards" => shards = Some(value.parse::<usize>().unwrap_or_else(|_| usage()).max(1)),
             _ => usage(),
         }
     }
@@ -263,55 +267,90 @@ fn main() {
     } else {
         b"http/1.1".to_vec()
     }];
-    let client = if kind == "h2" {
-        Client::H2 {
-            slots: (0..connections.max(1))
-                .map(|_| tokio::sync::Mutex::new(None))
-                .collect(),
-            next: AtomicUsize::new(0),
-        }
-    } else {
-        Client::H1(Mutex::new(Vec::new()))
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let make_forwarder = || {
+        let client = if kind == "h2" {
+            Client::H2 {
+                slots: (0..connections.max(1))
+                    .map(|_| tokio::sync::Mutex::new(None))
+                    .collect(),
+                next: AtomicUsize::new(0),
+            }
+        } else {
+            Client::H1(Mutex::new(Vec::new()))
+        };
+        Arc::new(Forwarder {
+            client,
+            tls: tls.clone(),
+            server_name: ServerName::try_from(host.to_string()).expect("UPSTREAM_URL host"),
+            address: format!(
+                "{}:{}",
+                authority.host(),
+                authority.port_u16().unwrap_or(443)
+            ),
+            path: url
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .parse()
+                .expect("path"),
+            url: url.clone(),
+            host: HeaderValue::from_str(authority.as_str()).expect("host"),
+            authorization: HeaderValue::from_str(&format!("Bearer {}", args[2])).expect("KEY"),
+        })
     };
-    let forwarder = Arc::new(Forwarder {
-        client,
-        tls: tokio_rustls::TlsConnector::from(Arc::new(tls)),
-        server_name: ServerName::try_from(host.to_string()).expect("UPSTREAM_URL host"),
-        address: format!(
-            "{}:{}",
-            authority.host(),
-            authority.port_u16().unwrap_or(443)
-        ),
-        path: url
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .parse()
-            .expect("path"),
-        url,
-        host: HeaderValue::from_str(authority.as_str()).expect("host"),
-        authorization: HeaderValue::from_str(&format!("Bearer {}", args[2])).expect("KEY"),
-    });
-    let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if let Some(threads) = threads {
-        runtime.worker_threads(threads);
-    }
-    let runtime = runtime.enable_all().build().expect("tokio runtime");
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .unwrap_or_else(|e| panic!("cannot listen on 127.0.0.1:{port}: {e}"));
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let _ = stream.set_nodelay(true);
-            let forwarder = forwarder.clone();
-            tokio::spawn(async move {
-                let service = service_fn(move |request| forward(forwarder.clone(), request));
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
+    let Some(shards) = shards else {
+        let mut runtime = tokio::runtime::Builder::new_multi_thread();
+        if let Some(threads) = threads {
+            runtime.worker_threads(threads);
         }
-    });
+        let runtime = runtime.enable_all().build().expect("tokio runtime");
+        let forwarder = make_forwarder();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .unwrap_or_else(|e| panic!("cannot listen on 127.0.0.1:{port}: {e}"));
+            serve(listener, forwarder).await
+        });
+        return;
+    };
+    // One thread per shard, each with its own single-threaded runtime, listening socket
+    // (SO_REUSEPORT: the kernel spreads the connections) and upstream connections.
+    let threads: Vec<_> = (0..shards)
+        .map(|_| {
+            let forwarder = make_forwarder();
+            std::thread::spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("tokio runtime");
+                runtime.block_on(async move {
+                    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+                    socket.set_reuseport(true).expect("SO_REUSEPORT");
+                    socket
+                        .bind(([127, 0, 0, 1], port).into())
+                        .unwrap_or_else(|e| panic!("cannot listen on 127.0.0.1:{port}: {e}"));
+                    serve(socket.listen(1024).expect("listen"), forwarder).await
+                })
+            })
+        })
+        .collect();
+    for thread in threads {
+        let _ = thread.join();
+    }
+}
+
+async fn serve(listener: tokio::net::TcpListener, forwarder: Arc<Forwarder>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let forwarder = forwarder.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |request| forward(forwarder.clone(), request));
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
 }
