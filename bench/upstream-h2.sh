@@ -2,20 +2,22 @@
 # HTTP/1.1 or HTTP/2 to an upstream that offers both by ALPN (issue 19): one TLS mock upstream
 # (examples/bench_mock_upstream.rs --tls --alpn h2,http/1.1: hyper's HTTP/2 server for a
 # connection that settles on h2, its HTTP/1.1 server otherwise; the 9-event Responses SSE
-# stream of about 2 KB, one body frame per event) behind four forwarders, measured side by side
+# stream of about 2 KB, one body frame per event) behind five forwarders, measured side by side
 # in rounds, the order rotating each round:
 #   ours       the proxy as it is: the fast path, its own pool of HTTP/1.1 connections over TLS
-#              per shard (one single-threaded runtime per core; it offers only http/1.1 by
-#              ALPN, so the mock speaks HTTP/1.1 to it);
-#   fwd-h1     examples/bench_upstream_client.rs --client h1 --shards $(nproc): hyper's HTTP/1.1
-#              client over tokio-rustls, a pool of connections per shard, one request per
-#              connection at a time; sharded like the proxy (a thread per core, each its own runtime);
-#   fwd-h2     the same program, --client h2 --shards $(nproc): hyper's HTTP/2 client over
-#              tokio-rustls, every request multiplexed on its shard's one connection;
-#   fwd-h2-mt  --client h2 --threads $(nproc): one multi-threaded runtime, one HTTP/2 connection for
-#              all requests.
-# fwd-h1 and fwd-h2 share the server loop and everything else, so their difference is the
-# transport's; ours against fwd-h2 shows whether HTTP/2 could beat the fast path's own client.
+#              per shard (one single-threaded runtime per core), offering only http/1.1 by ALPN,
+#              so the mock speaks HTTP/1.1 to it; with all of the strict route's work;
+#   fwd-ours   examples/bench_upstream_client.rs --client ours --shards $(nproc): the same
+#              fast-path client (benching::FastPathClient) in a bare forwarder: hyper's
+#              HTTP/1.1 server, a thread per core with its own runtime, listener and pool;
+#   fwd-h1     the same forwarder, --client h1: hyper's HTTP/1.1 client over tokio-rustls, a
+#              pool per shard, one request per connection at a time;
+#   fwd-h2     the same forwarder, --client h2: hyper's HTTP/2 client over tokio-rustls
+#              offering only h2, every request multiplexed on its shard's one connection;
+#   fwd-h2-mt  --client h2 --threads $(nproc): one multi-threaded runtime and one HTTP/2
+#              connection for all requests.
+# fwd-ours, fwd-h1 and fwd-h2 differ only in the upstream client, so their difference is the
+# transport's; ours against fwd-ours is what the rest of the proxy costs.
 # Prints, per round, target and concurrency (wrk, c1, c64, c256): req/s, p50, p99, CPU per
 # request of the forwarder (user + system time of its processes, all threads, over the run /
 # requests) and of the mock upstream (its side of the transport's cost), and the forwarder's
@@ -78,10 +80,11 @@ start_fwd() {
 	PIDS+=($!)
 	ROOT[$name]=$! PORT[$name]=$port
 }
-start_fwd fwd-h1 19422 --client h1 --shards "$SHARDS"
-start_fwd fwd-h2 19423 --client h2 --connections 1 --shards "$SHARDS"
-start_fwd fwd-h2-mt 19424 --client h2 --connections 1 --threads "$SHARDS"
-NAMES=(ours fwd-h1 fwd-h2 fwd-h2-mt)
+start_fwd fwd-ours 19422 --client ours --shards "$SHARDS"
+start_fwd fwd-h1 19423 --client h1 --shards "$SHARDS"
+start_fwd fwd-h2 19424 --client h2 --connections 1 --shards "$SHARDS"
+start_fwd fwd-h2-mt 19425 --client h2 --connections 1 --threads "$SHARDS"
+NAMES=(ours fwd-ours fwd-h1 fwd-h2 fwd-h2-mt)
 sleep 1
 
 # The mock speaks both: h2 when offered, HTTP/1.1 when only that is.

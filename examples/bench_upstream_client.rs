@@ -1,9 +1,9 @@
-//! Benchmark forwarder (not a test): one server loop, two kinds of upstream client over TLS,
+//! Benchmark forwarder (not a test): one server loop, three kinds of upstream client over TLS,
 //! to weigh HTTP/1.1 against HTTP/2 to an upstream that offers both (`bench/upstream-h2.sh`).
 //!
 //! ```text
 //! cargo run --release --example bench_upstream_client -- PORT UPSTREAM_URL KEY CA_PEM \
-//!     --client h1|h2 [--connections N] [--threads N | --shards N]
+//!     --client ours|h1|h2 [--connections N] [--threads N | --shards N]
 //! ```
 //!
 //! Every request, whatever its method and path, is forwarded (headers less `Host` and the
@@ -12,6 +12,10 @@
 //! frame by frame as hyper's client yields it. The server side is hyper's HTTP/1.1 server, as in
 //! the proxy; no checks, no logging, no privilege separation. The client side is hyper's:
 //!
+//! - `--client ours`: the proxy's own fast-path client (`benching::FastPathClient`, the
+//!   strict route's `direct_upstream`: its pool of HTTP/1.1 connections over tokio-rustls
+//!   offering only `http/1.1`, the body decoded in the response's `poll_frame`), with the
+//!   key, host and length it adds itself and the client's headers it lets through.
 //! - `--client h1`: `hyper::client::conn::http1` over tokio-rustls offering only `http/1.1` by
 //!   ALPN (as the proxy's fast path does), a pool of idle connections: a request takes one (or
 //!   opens one), and the connection goes back when its response body has ended.
@@ -48,6 +52,8 @@ type H1Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 type H2Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
 
 enum Client {
+    /// The proxy's own fast-path client (one pool of HTTP/1.1 connections).
+    Ours(codex_responses_api_proxy::benching::FastPathClient),
     /// Idle HTTP/1.1 connections, last in first out.
     H1(Mutex<Vec<H1Sender>>),
     /// HTTP/2 connections, each opened on first use (or again once closed).
@@ -158,6 +164,13 @@ async fn forward(
 ) -> Result<Response<Body>, BoxError> {
     let (parts, body) = request.into_parts();
     let body = body.collect().await?.to_bytes();
+    if let Client::Ours(client) = &forwarder.client {
+        // It filters the client's headers and adds the key, the host and the length itself.
+        return Ok(client
+            .post(&parts.headers, body)
+            .await
+            .unwrap_or_else(|e| bad_gateway(e.into())));
+    }
     let mut headers = parts.headers;
     for name in [
         HOST,
@@ -194,6 +207,7 @@ async fn forward(
             },
             Err(e) => Err(e),
         },
+        Client::Ours(_) => unreachable!("answered above"),
         Client::H2 { slots, next } => match forwarder.h2_sender(slots, next).await {
             Ok(mut sender) => match sender.send_request(upstream).await {
                 Ok(response) => Ok(response.map(|inner| Returning {
@@ -217,7 +231,7 @@ async fn forward(
 
 fn usage() -> ! {
     eprintln!(
-        "usage: bench_upstream_client PORT UPSTREAM_URL KEY CA_PEM --client h1|h2 [--connections N] [--threads N | --shards N]"
+        "usage: bench_upstream_client PORT UPSTREAM_URL KEY CA_PEM --client ours|h1|h2 [--connections N] [--threads N | --shards N]"
     );
     std::process::exit(2);
 }
@@ -234,7 +248,9 @@ fn main() {
     while let Some(arg) = rest.next() {
         let value = rest.next().unwrap_or_else(|| usage());
         match arg.as_str() {
-            "--client" if value == "h1" || value == "h2" => kind = Some(value.clone()),
+            "--client" if ["ours", "h1", "h2"].contains(&value.as_str()) => {
+                kind = Some(value.clone())
+            }
             "--connections" => connections = value.parse().unwrap_or_else(|_| usage()),
             "--threads" => threads = Some(value.parse().unwrap_or_else(|_| usage())),
             "--shards" => shards = Some(value.parse::<usize>().unwrap_or_else(|_| usage()).max(1)),
@@ -267,9 +283,19 @@ fn main() {
     } else {
         b"http/1.1".to_vec()
     }];
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(tls));
+    let tls_config = Arc::new(tls);
+    let tls = tokio_rustls::TlsConnector::from(tls_config.clone());
     let make_forwarder = || {
-        let client = if kind == "h2" {
+        let client = if kind == "ours" {
+            Client::Ours(
+                codex_responses_api_proxy::benching::FastPathClient::new(
+                    &url.to_string(),
+                    HeaderValue::from_str(&format!("Bearer {}", args[2])).expect("KEY"),
+                    tls_config.clone(),
+                )
+                .expect("UPSTREAM_URL"),
+            )
+        } else if kind == "h2" {
             Client::H2 {
                 slots: (0..connections.max(1))
                     .map(|_| tokio::sync::Mutex::new(None))
