@@ -9,8 +9,8 @@
 //! Every request, whatever its method and path, is forwarded (headers less `Host` and the
 //! connection-specific ones, body collected first, `Authorization: Bearer KEY` added) to the
 //! `https://` `UPSTREAM_URL`, whose certificate must chain to `CA_PEM`; the response streams back
-//! frame by frame as hyper's client yields it. The server side is hyper's HTTP/1.1 server, as in
-//! the proxy; no checks, no logging, no privilege separation. The client side is hyper's:
+//! frame by frame as the client yields it. The server side is hyper's HTTP/1.1 server, as in
+//! the proxy; no checks, no logging, no privilege separation. The client side is one of:
 //!
 //! - `--client ours`: the proxy's own fast-path client (`benching::FastPathClient`, the
 //!   strict route's `direct_upstream`: its pool of HTTP/1.1 connections over tokio-rustls
