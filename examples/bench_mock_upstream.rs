@@ -2,7 +2,7 @@
 //! provider for `bench/run.sh`.
 //!
 //! ```text
-//! cargo run --release --example bench_mock_upstream -- PORT KEY EVENTS [--chat] [--paced] [--hold SECS] [--threads N]
+//! cargo run --release --example bench_mock_upstream -- PORT KEY EVENTS [--chat] [--paced] [--hold SECS] [--threads N] [--tls CERT KEY [--alpn LIST]]
 //! ```
 //!
 //! - Responses mode (default): `POST /v1/responses` answers a Responses SSE stream of `EVENTS`
@@ -22,6 +22,10 @@
 //! - `--threads N`: tokio worker threads (default 2).
 //! - `--tls CERT KEY`: serve HTTPS with this PEM certificate chain and key (rustls), for the
 //!   HTTPS benchmark (`bench/https.sh`).
+//! - `--alpn LIST`: with `--tls`, the protocols offered by ALPN, comma-separated from
+//!   `h2,http/1.1` (default: none, so HTTP/1.1). A connection that settles on `h2` is served by
+//!   hyper's HTTP/2 server, any other by its HTTP/1.1 server: an upstream that speaks both, as
+//!   the OpenAI API does, for `bench/upstream-h2.sh`.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -259,7 +263,9 @@ async fn handle(
         .headers()
         .get(hyper::header::AUTHORIZATION)
         .is_some_and(|v| v.as_bytes() == config.authorization.as_slice());
-    let routed = request.method() == Method::POST && request.uri() == path;
+    // HTTP/2 requests carry the absolute form: compare the path and query alone.
+    let routed = request.method() == Method::POST
+        && request.uri().path_and_query().map(|p| p.as_str()) == Some(path);
     // Read the whole request body so that the connection stays usable.
     let _ = request.into_body().collect().await;
     if !routed {
@@ -301,6 +307,7 @@ fn parse_args() -> Result<Config, String> {
     let key = &args[1];
     let events = number(&args[2])? as usize;
     let (mut chat, mut paced, mut hold, mut threads, mut tls) = (false, false, None, 2, None);
+    let mut alpn = Vec::new();
     let mut rest = args[3..].iter();
     while let Some(arg) = rest.next() {
         match arg.as_str() {
@@ -311,11 +318,24 @@ fn parse_args() -> Result<Config, String> {
             "--tls" => {
                 let cert = rest.next().ok_or(usage)?;
                 let key = rest.next().ok_or(usage)?;
-                tls = Some(tls_acceptor(cert, key)?);
+                tls = Some((cert.clone(), key.clone()));
+            }
+            "--alpn" => {
+                for protocol in rest.next().ok_or(usage)?.split(',') {
+                    match protocol {
+                        "h2" | "http/1.1" => alpn.push(protocol.as_bytes().to_vec()),
+                        other => return Err(format!("--alpn: unknown protocol {other}\n{usage}")),
+                    }
+                }
             }
             other => return Err(format!("unknown argument {other}\n{usage}")),
         }
     }
+    let tls = match tls {
+        Some((cert, key)) => Some(tls_acceptor(&cert, &key, alpn)?),
+        None if alpn.is_empty() => None,
+        None => return Err(format!("--alpn needs --tls\n{usage}")),
+    };
     let events = if chat {
         chat_events(events)
     } else {
@@ -333,15 +353,19 @@ fn parse_args() -> Result<Config, String> {
     })
 }
 
-/// A rustls server configuration from PEM files.
-fn tls_acceptor(cert: &str, key: &str) -> Result<tokio_rustls::TlsAcceptor, String> {
+/// A rustls server configuration from PEM files, offering `alpn` by ALPN.
+fn tls_acceptor(
+    cert: &str,
+    key: &str,
+    alpn: Vec<Vec<u8>>,
+) -> Result<tokio_rustls::TlsAcceptor, String> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let chain = CertificateDer::pem_file_iter(cert)
         .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
         .map_err(|e| format!("{cert}: {e}"))?;
     let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{key}: {e}"))?;
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
     .with_safe_default_protocol_versions()
@@ -349,6 +373,7 @@ fn tls_acceptor(cert: &str, key: &str) -> Result<tokio_rustls::TlsAcceptor, Stri
     .with_no_client_auth()
     .with_single_cert(chain, key)
     .map_err(|e| e.to_string())?;
+    config.alpn_protocols = alpn;
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
@@ -401,7 +426,15 @@ async fn serve(config: Arc<Config>) {
                     let _ = http.serve_connection(TokioIo::new(stream), service).await;
                 }
                 Some(acceptor) => {
-                    if let Ok(stream) = acceptor.accept(stream).await {
+                    let Ok(stream) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        let http2 = hyper::server::conn::http2::Builder::new(
+                            hyper_util::rt::TokioExecutor::new(),
+                        );
+                        let _ = http2.serve_connection(TokioIo::new(stream), service).await;
+                    } else {
                         let _ = http.serve_connection(TokioIo::new(stream), service).await;
                     }
                 }

@@ -41,3 +41,61 @@ pub mod fuzzing {
     pub use crate::worker::server::framing_guard::FramingScanner;
     pub use crate::worker::upstream::upstream_wire;
 }
+
+/// The strict route's fast-path client alone (`worker::upstream::direct_upstream`: our own
+/// pool of HTTP/1.1 connections, plain or TLS), for the upstream-transport benchmark
+/// (`examples/bench_upstream_client.rs`, `bench/upstream-h2.sh`), which puts it in the same
+/// bare forwarder as hyper's HTTP/1.1 and HTTP/2 clients. Not an API.
+#[doc(hidden)]
+pub mod benching {
+    use crate::worker::upstream::direct_upstream::DirectUpstream;
+    use crate::worker::upstream::headers::UpstreamRequestPolicy;
+    use bytes::Bytes;
+    use hyper::header::{HeaderMap, HeaderValue};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// A response body as the fast path streams it.
+    pub type Body =
+        http_body_util::combinators::UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+    /// One pool of upstream connections (the proxy keeps one per shard).
+    pub struct FastPathClient(Arc<DirectUpstream>);
+
+    impl FastPathClient {
+        /// `None` unless `url` is `http://` or `https://` with a host. `tls` is used as given
+        /// (the proxy's offers only `http/1.1` by ALPN).
+        pub fn new(
+            url: &str,
+            authorization: HeaderValue,
+            tls: Arc<rustls::ClientConfig>,
+        ) -> Option<Self> {
+            let policy = UpstreamRequestPolicy {
+                organization: None,
+                project: None,
+                forward_client_billing: false,
+            };
+            DirectUpstream::new(
+                &url.parse().ok()?,
+                authorization,
+                policy,
+                Duration::from_secs(10),
+                Duration::from_secs(300),
+                tls,
+            )
+            .map(Self)
+        }
+
+        /// POSTs `body` with the client's end-to-end `headers`, as the strict route does.
+        pub async fn post(
+            &self,
+            headers: &HeaderMap,
+            body: Bytes,
+        ) -> Result<hyper::Response<Body>, String> {
+            self.0
+                .post(headers, body)
+                .await
+                .map_err(|error| error.to_string())
+        }
+    }
+}
