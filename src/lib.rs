@@ -81,7 +81,7 @@ pub mod benching {
                 policy,
                 Duration::from_secs(10),
                 Duration::from_secs(300),
-                tls,
+                &crate::worker::upstream::connection::UpstreamConnection::with_tls_as_given(tls),
             )
             .map(Self)
         }

@@ -65,6 +65,19 @@ impl UpstreamConnection {
         })
     }
 
+    /// Connections with `tls` as given (for every use) and no egress proxy, whatever the
+    /// environment says: for the upstream-transport benchmark (`crate::benching`).
+    pub(crate) fn with_tls_as_given(tls: Arc<rustls::ClientConfig>) -> UpstreamConnection {
+        UpstreamConnection {
+            tls: tls.clone(),
+            http1_tls: tls,
+            proxy: EgressProxy {
+                configured: None,
+                matcher: Arc::new(Matcher::builder().build()),
+            },
+        }
+    }
+
     /// The TLS configuration of the fast path and the WebSocket relay (a WebSocket handshake
     /// is an HTTP/1.1 request): the one configuration, HTTP/1.1 only.
     pub(crate) fn http1_tls(&self) -> Arc<rustls::ClientConfig> {
