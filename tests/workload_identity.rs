@@ -1,7 +1,9 @@
 //! `--github-oidc` end to end: the real binary with a GitHub OIDC request token on standard
 //! input, a mock of GitHub's ID-token endpoint and a mock of OpenAI's workload identity token
 //! exchange (both the tests' own hyper servers on loopback, checking the exact request shape),
-//! and a mock upstream that records which access token reached it.
+//! and a mock upstream that records which access token reached it. The schedule is the
+//! reference proxy's: a token at start, renewal when a request finds it due (90 % of its
+//! lifetime) or after a 401 (which is passed on), back-off after a failed renewal.
 
 mod common;
 
@@ -48,6 +50,7 @@ impl TokenEndpoints {
         TokenEndpoints { github, exchange }
     }
 
+    /// Tokens valid for `expires_in` seconds (`expires_at` an hour away).
     fn granting(expires_in: u64) -> impl Fn(usize) -> Reply + Send + Sync + 'static {
         move |n| {
             Reply::json(
@@ -57,6 +60,7 @@ impl TokenEndpoints {
                     "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
                     "token_type": "Bearer",
                     "expires_in": expires_in,
+                    "expires_at": unix_now() + 3600,
                 })
                 .to_string(),
             )
@@ -85,6 +89,50 @@ impl TokenEndpoints {
         .map(|s| s.to_string())
         .collect()
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Runs the binary with `args` and the request token on standard input, expecting it to exit
+/// (not to serve) within a minute; returns its standard error.
+fn start_expecting_exit(args: &[String]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(binary())
+        .args(args)
+        .arg("--server-info")
+        .arg(dir.path().join("info.json"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(format!("{REQUEST_TOKEN}\n").as_bytes())
+            .unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the proxy kept running");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let output = child.wait_with_output().unwrap();
+    assert!(!output.status.success());
+    assert!(
+        !dir.path().join("info.json").exists(),
+        "it never announced serving"
+    );
+    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 fn start(args: Vec<String>) -> Proxy {
@@ -178,18 +226,19 @@ async fn the_exchange_has_the_reference_shape_and_its_token_reaches_the_upstream
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_token_due_for_renewal_is_replaced_before_it_is_used() {
-    // A one-second token is due for renewal as soon as it is issued (the renewal lead is at
-    // least one second), so each request after the first needs a fresh exchange.
+    // A one-second token is due for renewal after 0.9 s; each request waits a second first.
     let endpoints = TokenEndpoints::start(TokenEndpoints::granting(1)).await;
     let upstream = upstream_ok().await;
     let proxy = start(endpoints.args(&upstream.url("/v1/responses")));
+    assert_eq!(endpoints.exchange.seen().len(), 1, "a token at start");
     for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let (status, body) = post(&proxy).await;
         assert_eq!(status, 200, "{body}");
     }
     assert_eq!(
         authorizations(&upstream),
-        (1..=3)
+        (2..=4)
             .map(|n| format!("Bearer {}", access_token(n)))
             .collect::<Vec<_>>()
     );
@@ -202,12 +251,12 @@ async fn a_token_due_for_renewal_is_replaced_before_it_is_used() {
         .collect();
     assert_eq!(
         subjects,
-        (1..=3).map(|n| json!(id_token(n))).collect::<Vec<_>>()
+        (1..=4).map(|n| json!(id_token(n))).collect::<Vec<_>>()
     );
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn an_upstream_401_gets_one_new_exchange_and_one_retry() {
+async fn an_upstream_401_is_passed_on_and_the_next_request_renews_the_token() {
     let endpoints = TokenEndpoints::start(TokenEndpoints::granting(3600)).await;
     let revoked = format!("Bearer {}", access_token(1));
     let upstream = MockUpstream::start(move |seen| {
@@ -220,6 +269,14 @@ async fn an_upstream_401_gets_one_new_exchange_and_one_retry() {
     .await;
     let proxy = start(endpoints.args(&upstream.url("/v1/responses")));
     let (status, body) = post(&proxy).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("token revoked"), "{body}");
+    assert_eq!(
+        endpoints.exchange.seen().len(),
+        1,
+        "no renewal, no retry yet"
+    );
+    let (status, body) = post(&proxy).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         authorizations(&upstream),
@@ -230,18 +287,26 @@ async fn an_upstream_401_gets_one_new_exchange_and_one_retry() {
     );
     assert_eq!(endpoints.exchange.seen().len(), 2);
 
-    // An upstream that refuses every token: one renewal, one retry, then its 401 is passed on.
+    // An upstream that refuses every token: every request gets its 401, and each renews the
+    // token the one before it got refused.
     let always = MockUpstream::start(|_| Reply::json(401, r#"{"error":{"message":"no"}}"#)).await;
     let endpoints = TokenEndpoints::start(TokenEndpoints::granting(3600)).await;
     let proxy = start(endpoints.args(&always.url("/v1/responses")));
-    let (status, _) = post(&proxy).await;
-    assert_eq!(status, 401);
-    assert_eq!(always.seen().len(), 2);
+    for _ in 0..2 {
+        assert_eq!(post(&proxy).await.0, 401);
+    }
+    assert_eq!(
+        authorizations(&always),
+        vec![
+            format!("Bearer {}", access_token(1)),
+            format!("Bearer {}", access_token(2))
+        ]
+    );
     assert_eq!(endpoints.exchange.seen().len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_failed_exchange_is_a_clear_502_without_secrets() {
+async fn a_failed_exchange_at_start_stops_the_proxy_with_a_clear_message_without_secrets() {
     let endpoints = TokenEndpoints::start(|_| {
         Reply::json(
             400,
@@ -250,17 +315,15 @@ async fn a_failed_exchange_is_a_clear_502_without_secrets() {
     })
     .await;
     let upstream = upstream_ok().await;
-    let proxy = start(endpoints.args(&upstream.url("/v1/responses")));
-    let (status, body) = post(&proxy).await;
-    assert_eq!(status, 502, "{body}");
-    let error: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(error["error"]["code"], "workload_identity_exchange_failed");
-    assert_eq!(error["error"]["type"], "upstream_error");
-    let message = error["error"]["message"].as_str().unwrap();
-    assert!(message.contains("400"), "{message}");
-    assert!(message.contains("invalid_subject_token"), "{message}");
+    let stderr = start_expecting_exit(&endpoints.args(&upstream.url("/v1/responses")));
+    assert!(
+        stderr.contains("workload identity token exchange"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("400"), "{stderr}");
+    assert!(stderr.contains("invalid_subject_token"), "{stderr}");
     for secret in [REQUEST_TOKEN, &id_token(1), "SECRET"] {
-        assert!(!body.contains(secret), "{body}");
+        assert!(!stderr.contains(secret), "{stderr}");
     }
     assert!(upstream.seen().is_empty(), "nothing went upstream");
 
@@ -268,19 +331,53 @@ async fn a_failed_exchange_is_a_clear_502_without_secrets() {
     let github = MockUpstream::start(|_| Reply::json(403, r#"{"message":"forbidden"}"#)).await;
     let exchange = MockUpstream::start(|_| Reply::json(500, "{}")).await;
     let endpoints = TokenEndpoints { github, exchange };
-    let proxy = start(endpoints.args(&upstream.url("/v1/responses")));
-    let (status, body) = post(&proxy).await;
-    assert_eq!(status, 502, "{body}");
-    assert!(body.contains("GitHub OIDC token endpoint"), "{body}");
-    assert!(body.contains("403"), "{body}");
-    assert!(!body.contains("GHREQUESTTOKENSECRET"), "{body}");
+    let stderr = start_expecting_exit(&endpoints.args(&upstream.url("/v1/responses")));
+    assert!(stderr.contains("GitHub OIDC token endpoint"), "{stderr}");
+    assert!(stderr.contains("403"), "{stderr}");
+    assert!(!stderr.contains("GHREQUESTTOKENSECRET"), "{stderr}");
     assert!(endpoints.exchange.seen().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_failed_renewal_is_a_clear_502_and_is_not_repeated_by_every_request() {
+    // The first exchange (at start) grants a one-second token; every later one fails.
+    let endpoints = TokenEndpoints::start(|n| {
+        if n == 1 {
+            TokenEndpoints::granting(1)(n)
+        } else {
+            Reply::json(503, r#"{"error":"temporarily_unavailable"}"#)
+        }
+    })
+    .await;
+    let upstream = upstream_ok().await;
+    let proxy = start(endpoints.args(&upstream.url("/v1/responses")));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (status, body) = post(&proxy).await;
+    assert_eq!(status, 502, "{body}");
+    let error: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(error["error"]["code"], "workload_identity_exchange_failed");
+    assert_eq!(error["error"]["type"], "upstream_error");
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(message.contains("503"), "{message}");
+    assert!(message.contains("temporarily_unavailable"), "{message}");
+    assert_eq!(endpoints.exchange.seen().len(), 2);
+    // The next request, within the back-off (1 s, then 2, 4 … 30), is refused without an
+    // exchange; were this machine paused past the back-off, it would have tried once more.
+    let (status, body) = post(&proxy).await;
+    assert_eq!(status, 502, "{body}");
+    if endpoints.exchange.seen().len() == 2 {
+        assert!(body.contains("temporarily unavailable"), "{body}");
+    }
+    for secret in [REQUEST_TOKEN, "SECRET"] {
+        assert!(!body.contains(secret), "{body}");
+    }
+    assert!(upstream.seen().is_empty(), "nothing went upstream");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn tokens_never_reach_logs_argv_or_the_environment() {
-    // Renewal before every request and a 401 on the second token, at the most verbose log
-    // level; then a second proxy whose exchanges all fail.
+    // Renewals, a 401 on the second token, at the most verbose log level; then a second proxy
+    // whose exchange fails at start.
     let endpoints = TokenEndpoints::start(TokenEndpoints::granting(1)).await;
     let rejected = format!("Bearer {}", access_token(2));
     let upstream = MockUpstream::start(move |seen| {
@@ -293,13 +390,14 @@ async fn tokens_never_reach_logs_argv_or_the_environment() {
     .await;
     let proxy = start(endpoints.args(&upstream.url("/v1/responses")));
     let mut statuses = Vec::new();
-    for _ in 0..3 {
-        statuses.push(post(&proxy).await.0);
-    }
-    assert_eq!(statuses, vec![200, 200, 200]);
-    // One-second tokens are renewed before every use: before each of the three requests, after
-    // the 401, and before its retry.
-    assert_eq!(endpoints.exchange.seen().len(), 5);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    statuses.push(post(&proxy).await.0);
+    statuses.push(post(&proxy).await.0);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    statuses.push(post(&proxy).await.0);
+    assert_eq!(statuses, vec![401, 200, 200]);
+    // At start, after the first second, after the 401, after the next second.
+    assert_eq!(endpoints.exchange.seen().len(), 4);
 
     let failing = TokenEndpoints::start(|_| {
         Reply::json(
@@ -308,34 +406,32 @@ async fn tokens_never_reach_logs_argv_or_the_environment() {
         )
     })
     .await;
-    let failing_proxy = start(failing.args(&upstream.url("/v1/responses")));
-    assert_eq!(post(&failing_proxy).await.0, 502);
+    let failing_log = start_expecting_exit(&failing.args(&upstream.url("/v1/responses")));
+    assert!(failing_log.contains("invalid_grant"), "{failing_log}");
+    assert!(failing_log.contains("DEBUG"), "verbose: {failing_log}");
 
     let mut places = Vec::new();
-    for (proxy, needle) in [
-        (&proxy, "issued a token for 1 s"),
-        (&failing_proxy, "invalid_grant"),
-    ] {
-        let log = proxy.stderr_once_it_has(needle, Duration::from_secs(5));
-        assert!(log.contains(needle), "{log}");
-        assert!(log.contains("DEBUG"), "verbose: {log}");
-        places.push(("log".to_string(), log));
-        for pid in [proxy.pid, proxy.worker_pid()] {
-            for file in ["cmdline", "environ"] {
-                let bytes = std::fs::read(format!("/proc/{pid}/{file}")).unwrap_or_default();
-                places.push((
-                    format!("/proc/{pid}/{file}"),
-                    String::from_utf8_lossy(&bytes).into_owned(),
-                ));
-            }
+    let needle = "issued a token for 1 s";
+    let log = proxy.stderr_once_it_has(needle, Duration::from_secs(5));
+    assert!(log.contains(needle), "{log}");
+    assert!(log.contains("DEBUG"), "verbose: {log}");
+    places.push(("log".to_string(), log));
+    for pid in [proxy.pid, proxy.worker_pid()] {
+        for file in ["cmdline", "environ"] {
+            let bytes = std::fs::read(format!("/proc/{pid}/{file}")).unwrap_or_default();
+            places.push((
+                format!("/proc/{pid}/{file}"),
+                String::from_utf8_lossy(&bytes).into_owned(),
+            ));
         }
     }
+    places.push(("the failing proxy's log".to_string(), failing_log));
     assert!(
         places[1].1.contains("--github-oidc"),
         "the supervisor's cmdline was read"
     );
     let mut secrets = vec![REQUEST_TOKEN.to_string(), "GHREQUESTTOKENSECRET".into()];
-    for n in 1..=5 {
+    for n in 1..=4 {
         secrets.push(id_token(n));
         secrets.push(access_token(n));
     }
