@@ -5,6 +5,7 @@
 //! reference proxy's: a token at start, renewal when a request finds it due (90 % of its
 //! lifetime) or after a 401 (which is passed on), back-off after a failed renewal.
 
+mod codex_support;
 mod common;
 
 use common::*;
@@ -581,4 +582,488 @@ async fn both_token_endpoints_use_the_egress_proxy_like_the_upstream() {
         upstream.seen()[0].header("authorization").unwrap(),
         format!("Bearer {}", access_token(1))
     );
+}
+
+// --- the reference proxy and ours, side by side ---------------------------------------------
+//
+// The reference (`codex responses-api-proxy --github-oidc`) insists on HTTPS for the GitHub
+// URL and has OpenAI's token endpoint and Responses URL built in. Both binaries are therefore
+// pointed at the same real names (`github.test`, `auth.openai.com`, `api.openai.com`) through an
+// egress proxy of the test's own on 127.0.0.1 that answers CONNECT, ends TLS with a certificate
+// of a throw-away CA and hands the plain requests to one recording mock per name. The reference
+// finds the proxy in `HTTPS_PROXY` and trusts the CA through `SSL_CERT_FILE` (no root and no
+// change to the system store needed); ours gets `--upstream-proxy` and `--upstream-ca-file`.
+
+/// The three endpoints one binary talks to, behind one intercepting egress proxy.
+struct Intercepted {
+    proxy: std::net::SocketAddr,
+    github: MockUpstream,
+    exchange: MockUpstream,
+    api: MockUpstream,
+}
+
+/// The names the intercepting proxy's certificate is valid for.
+const INTERCEPTED_NAMES: [&str; 3] = ["github.test", "auth.openai.com", "api.openai.com"];
+
+/// A throw-away CA (PEM) and a server configuration with a certificate it issued for
+/// [`INTERCEPTED_NAMES`].
+fn intercepting_tls() -> (String, Arc<rustls::ServerConfig>) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "workload identity test CA");
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let ca = params.self_signed(&ca_key).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(INTERCEPTED_NAMES.map(String::from).to_vec()).unwrap();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let leaf = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![leaf.der().clone()],
+        rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+    )
+    .unwrap();
+    (ca.pem(), Arc::new(config))
+}
+
+impl Intercepted {
+    async fn start(
+        tls: Arc<rustls::ServerConfig>,
+        exchange_reply: impl Fn(usize) -> Reply + Send + Sync + 'static,
+        api_reply: impl Fn(usize) -> Reply + Send + Sync + 'static,
+    ) -> Intercepted {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let endpoints = TokenEndpoints::start(exchange_reply).await;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let api =
+            MockUpstream::start(move |_| api_reply(calls.fetch_add(1, Ordering::SeqCst) + 1)).await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let proxy = listener.local_addr().unwrap();
+        let backends: std::collections::HashMap<String, std::net::SocketAddr> = [
+            ("github.test:443", endpoints.github.addr),
+            ("auth.openai.com:443", endpoints.exchange.addr),
+            ("api.openai.com:443", api.addr),
+        ]
+        .into_iter()
+        .map(|(name, addr)| (name.to_string(), addr))
+        .collect();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let (tls, backends) = (tls.clone(), backends.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        if client.read(&mut byte).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        head.push(byte[0]);
+                    }
+                    let head = String::from_utf8_lossy(&head).to_string();
+                    let mut words = head.split(' ');
+                    let backend = match (words.next(), words.next()) {
+                        (Some("CONNECT"), Some(target)) => backends.get(target).copied(),
+                        _ => None,
+                    };
+                    let Some(backend) = backend else {
+                        let _ = client.write_all(b"HTTP/1.1 403 Forbidden\r\n\r\n").await;
+                        return;
+                    };
+                    if client
+                        .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let Ok(mut plain_side) =
+                        tokio_rustls::TlsAcceptor::from(tls).accept(client).await
+                    else {
+                        return;
+                    };
+                    let Ok(mut mock) = tokio::net::TcpStream::connect(backend).await else {
+                        return;
+                    };
+                    let _ = tokio::io::copy_bidirectional(&mut plain_side, &mut mock).await;
+                });
+            }
+        });
+        Intercepted {
+            proxy,
+            github: endpoints.github,
+            exchange: endpoints.exchange,
+            api,
+        }
+    }
+
+    /// The flags both binaries share.
+    fn common_args() -> Vec<String> {
+        [
+            "--github-oidc",
+            "--oidc-audience",
+            AUDIENCE,
+            "--identity-provider-id",
+            PROVIDER,
+            "--service-account-id",
+            SERVICE_ACCOUNT,
+            "--github-oidc-request-url",
+            "https://github.test/_apis/actions/idtoken?api-version=2.0",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+
+    /// Everything the two token endpoints and the upstream saw, in a form that must be the
+    /// same for both binaries: the token endpoints' requests whole (method, target, every
+    /// header, body); of the upstream's, what the proxy itself decides (method, target,
+    /// `Authorization`, body), not the client headers each passes on by its own rules.
+    fn record(&self) -> Vec<String> {
+        let whole = |what: &str, seen: Vec<Seen>| -> Vec<String> {
+            seen.iter()
+                .map(|s| {
+                    let mut headers: Vec<String> = s
+                        .headers
+                        .iter()
+                        .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap_or("<binary>")))
+                        .collect();
+                    headers.sort();
+                    format!(
+                        "{what}: {} {}\n  {}\n  {}",
+                        s.method,
+                        s.uri,
+                        headers.join("\n  "),
+                        String::from_utf8_lossy(&s.body)
+                    )
+                })
+                .collect()
+        };
+        let mut record = whole("github", self.github.seen());
+        record.extend(whole("exchange", self.exchange.seen()));
+        record.extend(self.api.seen().iter().map(|s| {
+            format!(
+                "upstream: {} {} {:?} {}",
+                s.method,
+                s.uri,
+                s.header("authorization"),
+                String::from_utf8_lossy(&s.body)
+            )
+        }));
+        record
+    }
+}
+
+/// A proxy process (the reference or ours) started with the request token on standard input;
+/// `port` is `None` when it exited instead of serving. Killed when dropped.
+struct Started {
+    child: std::process::Child,
+    port: Option<u16>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let worker = worker_pid_of_opt(self.child.id());
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            if let Some(worker) = worker {
+                unsafe {
+                    libc::kill(worker as i32, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+impl Started {
+    /// Runs `command` plus `--server-info`; waits until it serves (its server-info names a
+    /// port that accepts connections) or exits.
+    fn run(mut command: std::process::Command) -> Started {
+        let dir = tempfile::tempdir().unwrap();
+        let info = dir.path().join("server-info.json");
+        command
+            .arg("--server-info")
+            .arg(&info)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        let mut child = command.spawn().expect("start a proxy");
+        {
+            use std::io::Write;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin
+                .write_all(format!("{REQUEST_TOKEN}\n").as_bytes())
+                .unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        let port = loop {
+            if child.try_wait().unwrap().is_some() {
+                break None;
+            }
+            let port = std::fs::read_to_string(&info)
+                .ok()
+                .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+                .and_then(|v| v["port"].as_u64())
+                .and_then(|p| u16::try_from(p).ok());
+            if let Some(port) = port {
+                if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                    break Some(port);
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{command:?} neither served nor exited"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Started {
+            child,
+            port,
+            _dir: dir,
+        }
+    }
+
+    /// The reference, through `intercepted`'s proxy (`HTTPS_PROXY`), trusting `ca_file`
+    /// (`SSL_CERT_FILE`), with an empty home.
+    fn reference(
+        codex: &std::path::Path,
+        intercepted: &Intercepted,
+        ca_file: &std::path::Path,
+        home: &std::path::Path,
+    ) -> Started {
+        let mut command = std::process::Command::new(codex);
+        command
+            .arg("responses-api-proxy")
+            .args(Intercepted::common_args())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", home)
+            .env("CODEX_HOME", home)
+            .env("HTTPS_PROXY", format!("http://{}", intercepted.proxy))
+            .env("SSL_CERT_FILE", ca_file);
+        Started::run(command)
+    }
+
+    /// Ours, through `intercepted`'s proxy (`--upstream-proxy`), trusting `ca_file`
+    /// (`--upstream-ca-file`).
+    fn ours(intercepted: &Intercepted, ca_file: &std::path::Path) -> Started {
+        let mut command = std::process::Command::new(binary());
+        command
+            .args(Intercepted::common_args())
+            .arg("--upstream-proxy")
+            .arg(format!("http://{}", intercepted.proxy))
+            .arg("--upstream-ca-file")
+            .arg(ca_file)
+            .env_remove("HTTPS_PROXY")
+            .env_remove("https_proxy")
+            .env_remove("ALL_PROXY")
+            .env_remove("NO_PROXY")
+            .env_remove("no_proxy");
+        Started::run(command)
+    }
+
+    async fn post(&self) -> u16 {
+        let port = self.port.expect("the proxy serves");
+        http_client()
+            .post(format!("http://127.0.0.1:{port}/v1/responses"))
+            .header("content-type", "application/json")
+            .body(r#"{"model":"gpt-5","input":"hi"}"#)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+}
+
+/// An exchange answer granting token `n` for `expires_in` seconds, with `changes` applied
+/// (`null` removes a field).
+fn grant(n: usize, expires_in: u64, changes: Value) -> Reply {
+    let mut answer = json!({
+        "access_token": access_token(n),
+        "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+        "token_type": "Bearer",
+        "expires_in": expires_in,
+        "expires_at": unix_now() + 3600,
+    });
+    for (name, value) in changes.as_object().unwrap() {
+        if value.is_null() {
+            answer.as_object_mut().unwrap().remove(name);
+        } else {
+            answer[name] = value.clone();
+        }
+    }
+    Reply::json(200, &answer.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reference_proxy_and_ours_make_the_same_exchanges() {
+    let Some(codex) = codex_support::codex_bin() else {
+        return;
+    };
+    let (ca_pem, tls) = intercepting_tls();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+
+    // A token at start; the upstream refuses the second request (401); the renewal after it
+    // grants a one-second token, so the request a second later renews again.
+    let mut records = Vec::new();
+    for which in ["reference", "ours"] {
+        let intercepted = Intercepted::start(
+            tls.clone(),
+            |n| grant(n, if n == 2 { 1 } else { 3600 }, json!({})),
+            |n| {
+                if n == 2 {
+                    Reply::json(
+                        401,
+                        r#"{"error":{"message":"revoked","code":"invalid_api_key"}}"#,
+                    )
+                } else {
+                    Reply::json(200, r#"{"id":"resp_1","object":"response"}"#)
+                }
+            },
+        )
+        .await;
+        let proxy = match which {
+            "reference" => Started::reference(&codex, &intercepted, &ca_file, dir.path()),
+            _ => Started::ours(&intercepted, &ca_file),
+        };
+        assert!(proxy.port.is_some(), "{which} serves");
+        assert_eq!(
+            intercepted.exchange.seen().len(),
+            1,
+            "{which}: a token at start"
+        );
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            statuses.push(proxy.post().await);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        statuses.push(proxy.post().await);
+        assert_eq!(statuses, vec![200, 401, 200, 200], "{which}");
+        let record = intercepted.record();
+        assert_eq!(record.len(), 3 + 3 + 4, "{which}: {record:#?}");
+        records.push(record);
+    }
+    assert_eq!(
+        records[0], records[1],
+        "the reference's exchanges, then ours"
+    );
+    let upstream: Vec<&String> = records[1]
+        .iter()
+        .filter(|r| r.starts_with("upstream"))
+        .collect();
+    for (line, n) in upstream.iter().zip([1, 1, 2, 3]) {
+        assert!(line.contains(&access_token(n)), "{line}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reference_proxy_and_ours_accept_and_refuse_the_same_exchange_answers() {
+    let Some(codex) = codex_support::codex_bin() else {
+        return;
+    };
+    let (ca_pem, tls) = intercepting_tls();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let now = unix_now();
+    let cases = [
+        (
+            json!({"token_type": "bearer", "scope": "api", "expires_at": now + 120}),
+            true,
+        ),
+        (
+            json!({"expires_in": 3600, "access_token": "aZ09-._~+/="}),
+            true,
+        ),
+        (json!({"expires_at": null}), false),
+        (json!({"issued_token_type": null}), false),
+        (json!({"expires_in": 3601}), false),
+        (json!({"expires_in": 0}), false),
+        (json!({"expires_at": now - 5}), false),
+        (json!({"expires_in": -1}), false),
+        (json!({"token_type": "DPoP"}), false),
+        (json!({"access_token": "a b"}), false),
+        (json!({"access_token": " padded"}), false),
+        (json!({"access_token": "a!b"}), false),
+    ];
+    for (changes, starts) in cases {
+        for which in ["reference", "ours"] {
+            let answer = changes.clone();
+            let intercepted = Intercepted::start(
+                tls.clone(),
+                move |n| grant(n, 60, answer.clone()),
+                |_| Reply::json(200, "{}"),
+            )
+            .await;
+            let proxy = match which {
+                "reference" => Started::reference(&codex, &intercepted, &ca_file, dir.path()),
+                _ => Started::ours(&intercepted, &ca_file),
+            };
+            assert_eq!(
+                proxy.port.is_some(),
+                starts,
+                "{which} with an exchange answer changed by {changes}"
+            );
+            assert_eq!(intercepted.exchange.seen().len(), 1, "{which}, {changes}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reference_proxy_and_ours_fail_and_back_off_the_same_way() {
+    let Some(codex) = codex_support::codex_bin() else {
+        return;
+    };
+    let (ca_pem, tls) = intercepting_tls();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    // A one-second token at start; every renewal fails. A second later a request needs a
+    // renewal, which fails (502, though the old token has not quite expired); the request
+    // right after it falls within the back-off and gets its 502 without an exchange.
+    let mut records = Vec::new();
+    for which in ["reference", "ours"] {
+        let intercepted = Intercepted::start(
+            tls.clone(),
+            |n| {
+                if n == 1 {
+                    grant(n, 1, json!({}))
+                } else {
+                    Reply::json(503, r#"{"error":"temporarily_unavailable"}"#)
+                }
+            },
+            |_| Reply::json(200, r#"{"id":"resp_1","object":"response"}"#),
+        )
+        .await;
+        let proxy = match which {
+            "reference" => Started::reference(&codex, &intercepted, &ca_file, dir.path()),
+            _ => Started::ours(&intercepted, &ca_file),
+        };
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let statuses = vec![proxy.post().await, proxy.post().await];
+        assert_eq!(statuses, vec![502, 502], "{which}");
+        records.push(intercepted.record());
+    }
+    assert_eq!(
+        records[0], records[1],
+        "the reference's exchanges, then ours"
+    );
+    assert_eq!(records[1].len(), 2 + 2, "{:#?}", records[1]);
 }
