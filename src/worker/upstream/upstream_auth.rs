@@ -433,7 +433,7 @@ impl Workload {
     /// token is dropped, so the next request renews it.
     fn forget_if_current(&self, rejected: &HeaderValue) {
         let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
-        if current.as_ref().is_some_and(|c| &c.bearer == rejected) {
+        if current.as_ref().is_some_and(|c| c.bearer == rejected) {
             *current = None;
             info!("the upstream rejected the workload identity token: the next request renews it");
         }
