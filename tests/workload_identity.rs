@@ -787,7 +787,7 @@ impl Drop for Started {
 impl Started {
     /// Runs `command` plus `--server-info`; waits until it serves (its server-info names a
     /// port that accepts connections) or exits.
-    fn run(mut command: std::process::Command) -> Started {
+    fn run(mut command: std::process::Command, request_token: &str) -> Started {
         let dir = tempfile::tempdir().unwrap();
         let info = dir.path().join("server-info.json");
         command
@@ -800,9 +800,7 @@ impl Started {
         {
             use std::io::Write;
             let mut stdin = child.stdin.take().unwrap();
-            stdin
-                .write_all(format!("{REQUEST_TOKEN}\n").as_bytes())
-                .unwrap();
+            let _ = stdin.write_all(format!("{request_token}\n").as_bytes());
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
         let port = loop {
@@ -839,6 +837,7 @@ impl Started {
         intercepted: &Intercepted,
         ca_file: &std::path::Path,
         home: &std::path::Path,
+        request_token: &str,
     ) -> Started {
         let mut command = std::process::Command::new(codex);
         command
@@ -850,12 +849,12 @@ impl Started {
             .env("CODEX_HOME", home)
             .env("HTTPS_PROXY", format!("http://{}", intercepted.proxy))
             .env("SSL_CERT_FILE", ca_file);
-        Started::run(command)
+        Started::run(command, request_token)
     }
 
     /// Ours, through `intercepted`'s proxy (`--upstream-proxy`), trusting `ca_file`
     /// (`--upstream-ca-file`).
-    fn ours(intercepted: &Intercepted, ca_file: &std::path::Path) -> Started {
+    fn ours(intercepted: &Intercepted, ca_file: &std::path::Path, request_token: &str) -> Started {
         let mut command = std::process::Command::new(binary());
         command
             .args(Intercepted::common_args())
@@ -868,7 +867,7 @@ impl Started {
             .env_remove("ALL_PROXY")
             .env_remove("NO_PROXY")
             .env_remove("no_proxy");
-        Started::run(command)
+        Started::run(command, request_token)
     }
 
     async fn post(&self) -> u16 {
@@ -940,8 +939,10 @@ async fn the_reference_proxy_and_ours_make_the_same_exchanges() {
         )
         .await;
         let proxy = match which {
-            "reference" => Started::reference(&codex, &intercepted, &ca_file, dir.path()),
-            _ => Started::ours(&intercepted, &ca_file),
+            "reference" => {
+                Started::reference(&codex, &intercepted, &ca_file, dir.path(), REQUEST_TOKEN)
+            }
+            _ => Started::ours(&intercepted, &ca_file, REQUEST_TOKEN),
         };
         assert!(proxy.port.is_some(), "{which} serves");
         assert_eq!(
@@ -1013,8 +1014,10 @@ async fn the_reference_proxy_and_ours_accept_and_refuse_the_same_exchange_answer
             )
             .await;
             let proxy = match which {
-                "reference" => Started::reference(&codex, &intercepted, &ca_file, dir.path()),
-                _ => Started::ours(&intercepted, &ca_file),
+                "reference" => {
+                    Started::reference(&codex, &intercepted, &ca_file, dir.path(), REQUEST_TOKEN)
+                }
+                _ => Started::ours(&intercepted, &ca_file, REQUEST_TOKEN),
             };
             assert_eq!(
                 proxy.port.is_some(),
@@ -1053,8 +1056,10 @@ async fn the_reference_proxy_and_ours_fail_and_back_off_the_same_way() {
         )
         .await;
         let proxy = match which {
-            "reference" => Started::reference(&codex, &intercepted, &ca_file, dir.path()),
-            _ => Started::ours(&intercepted, &ca_file),
+            "reference" => {
+                Started::reference(&codex, &intercepted, &ca_file, dir.path(), REQUEST_TOKEN)
+            }
+            _ => Started::ours(&intercepted, &ca_file, REQUEST_TOKEN),
         };
         tokio::time::sleep(Duration::from_secs(1)).await;
         let statuses = vec![proxy.post().await, proxy.post().await];
@@ -1066,4 +1071,47 @@ async fn the_reference_proxy_and_ours_fail_and_back_off_the_same_way() {
         "the reference's exchanges, then ours"
     );
     assert_eq!(records[1].len(), 2 + 2, "{:#?}", records[1]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_reference_proxy_and_ours_take_request_tokens_of_up_to_16_kib() {
+    let Some(codex) = codex_support::codex_bin() else {
+        return;
+    };
+    let (ca_pem, tls) = intercepting_tls();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    for (length, starts) in [(16 * 1024, true), (16 * 1024 + 1, false)] {
+        let token = format!("{}.{}", "eyJhbGciOiJub25lIn0", "x".repeat(length - 20));
+        assert_eq!(token.len(), length);
+        let mut records = Vec::new();
+        for which in ["reference", "ours"] {
+            let intercepted = Intercepted::start(
+                tls.clone(),
+                |n| grant(n, 3600, json!({})),
+                |_| Reply::json(200, "{}"),
+            )
+            .await;
+            let proxy = match which {
+                "reference" => {
+                    Started::reference(&codex, &intercepted, &ca_file, dir.path(), &token)
+                }
+                _ => Started::ours(&intercepted, &ca_file, &token),
+            };
+            assert_eq!(
+                proxy.port.is_some(),
+                starts,
+                "{which}, a request token of {length} bytes"
+            );
+            records.push(intercepted.record());
+        }
+        assert_eq!(
+            records[0], records[1],
+            "{length} bytes: the reference's exchanges, then ours"
+        );
+        if starts {
+            assert!(records[1][0].contains(&format!("authorization: Bearer {token}\n")));
+        }
+    }
 }
