@@ -9,7 +9,7 @@
 //!    `audience=<--oidc-audience>`, with `Authorization: Bearer <request token>` and no other
 //!    header of ours (reqwest adds `accept: */*`). The answer (at most 64 KiB) is
 //!    `{"value": "<ID token>"}`; the token is used as given, and must be 1 to 16 KiB long. The
-//!    request token came from standard input and lives in a locked page
+//!    request token came from standard input and lives in locked pages
 //!    (`crate::contract::ApiKeyHeader`).
 //! 2. That ID token is exchanged at OpenAI's token endpoint (`https://auth.openai.com/oauth/token`)
 //!    by a JSON POST (`content-type: application/json`, no credentials) of `grant_type`
