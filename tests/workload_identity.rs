@@ -2,8 +2,8 @@
 //! input, a mock of GitHub's ID-token endpoint and a mock of OpenAI's workload identity token
 //! exchange (both the tests' own hyper servers on loopback, checking the exact request shape),
 //! and a mock upstream that records which access token reached it. The schedule is the
-//! reference proxy's: a token at start, renewal when a request finds it due (90 % of its
-//! lifetime) or after a 401 (which is passed on), back-off after a failed renewal.
+//! reference proxy's: a token at start, renewal when a request finds it due (a tenth of its
+//! lifetime ahead, at most a minute) or after a 401 (which is passed on), back-off after a failed renewal.
 
 mod codex_support;
 mod common;

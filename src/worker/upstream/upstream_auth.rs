@@ -20,7 +20,7 @@
 //!   OpenAI access tokens obtained through workload identity federation
 //!   (`crate::worker::upstream::workload_identity`), on the reference proxy's schedule: one at
 //!   start (the worker does not serve without it), then, when a request finds the token due
-//!   for renewal (90 % of its lifetime) or rejected by an upstream 401, one renewal for all the
+//!   for renewal (a tenth of its lifetime ahead, at most a minute) or rejected by an upstream 401, one renewal for all the
 //!   requests waiting. The 401 itself is passed on (no retry). A failed renewal fails the
 //!   request (502, even while the old token is still valid) and the next attempt waits 1 s,
 //!   then 2, 4, 8, 16 and at most 30 s; requests in between get a 502 at once.

@@ -24,8 +24,8 @@
 //!
 //! The result is a [`WorkloadCredential`]: `Bearer <access token>` as a sensitive header value
 //! backed by locked, never-dumped memory that is wiped when the credential is dropped, with the
-//! instant it is due for renewal (after 90 % of its lifetime, the shorter of `expires_in` and
-//! `expires_at`). When and how often this runs (at start, single flight, on use
+//! instant it is due for renewal: a tenth of its lifetime (the shorter of `expires_in` and
+//! `expires_at`) before it ends, at most a minute before. When and how often this runs (at start, single flight, on use
 //! after renewal is due or after an upstream 401, backing off after failures) is
 //! `upstream_auth`'s business. No message built here contains a token: errors name the
 //! endpoint (without its query) and the status or safe error code.
@@ -54,6 +54,9 @@ const ANSWER_LIMIT: usize = 64 * 1024;
 const SUBJECT_TOKEN_LIMIT: usize = 16 * 1024;
 /// Longest lifetime (`expires_in`) an issued token may claim (the reference's limit).
 const MAX_LIFETIME_SECS: u64 = 3600;
+/// A token is renewed a tenth of its lifetime before it ends, but at most this long before (the
+/// reference's schedule: a 60 s token at 54 s, a one-hour token at 59 min).
+const MAX_RENEWAL_LEAD: Duration = Duration::from_secs(60);
 
 /// The settings of `--github-oidc`, checked by the worker's configuration.
 pub(crate) struct WorkloadIdentitySettings {
@@ -113,8 +116,8 @@ pub(crate) fn is_loopback(url: &reqwest::Url) -> bool {
 pub(crate) struct WorkloadCredential {
     /// `Bearer <access token>`, sensitive, backed by locked memory.
     pub bearer: HeaderValue,
-    /// From then on the token is renewed before use (90 % of its lifetime; the reference
-    /// never uses a token past that point either).
+    /// From then on the token is renewed before use ([`renewal_delay`]; the reference never
+    /// uses a token past that point either).
     pub renew_at: Instant,
 }
 
@@ -279,7 +282,7 @@ async fn exchange(
     );
     Ok(WorkloadCredential {
         bearer,
-        renew_at: Instant::now() + lifetime.mul_f64(0.9),
+        renew_at: Instant::now() + renewal_delay(lifetime),
     })
 }
 
@@ -305,6 +308,11 @@ fn lifetime(
         ));
     }
     Ok(Duration::from_secs(expires_in.min(expires_at - now)))
+}
+
+/// How long after it is issued a token of `lifetime` is due for renewal.
+fn renewal_delay(lifetime: Duration) -> Duration {
+    lifetime - (lifetime / 10).min(MAX_RENEWAL_LEAD)
 }
 
 /// The GitHub request URL with `audience=<audience>` as its last query pair: the URL's own pairs
@@ -457,6 +465,17 @@ mod tests {
             let shown = format!("{}?{}", url.path(), url.query().unwrap_or_default());
             assert_eq!(shown, expected);
         }
+    }
+
+    #[test]
+    fn tokens_are_renewed_a_tenth_of_their_lifetime_ahead_at_most_a_minute() {
+        let s = Duration::from_secs;
+        assert_eq!(renewal_delay(s(1)), Duration::from_millis(900));
+        assert_eq!(renewal_delay(s(10)), s(9));
+        assert_eq!(renewal_delay(s(60)), s(54));
+        assert_eq!(renewal_delay(s(600)), s(540));
+        assert_eq!(renewal_delay(s(601)), s(541));
+        assert_eq!(renewal_delay(s(3600)), s(3540));
     }
 
     #[test]
