@@ -1,7 +1,7 @@
 //! The upstream key as it crosses the fork: the finished `Authorization` header value
-//! (`Bearer <key>`) in its own page, locked in RAM, excluded from core dumps and read-only once
-//! written. Key intake (`supervisor::key`) fills it as root; the worker re-locks it after fork
-//! (locks are not inherited) and reads it. Its `Debug` never shows the key. When the key is
+//! (`Bearer <key>`) in its own page (pages, for a long GitHub OIDC request token), locked in
+//! RAM, excluded from core dumps and read-only once written. Key intake (`supervisor::key`)
+//! fills it as root; the worker re-locks it after fork (locks are not inherited) and reads it. Its `Debug` never shows the key. When the key is
 //! rotated, the supervisor wipes and unmaps a page once no worker of its own uses it
 //! ([`ApiKeyHeader::discard`]), and a newly forked worker discards the pages it does not use.
 //!
@@ -36,19 +36,20 @@ impl fmt::Debug for ApiKeyHeader {
 }
 
 impl ApiKeyHeader {
-    /// Copies `header` (`Bearer <key>`) into a fresh locked page.
+    /// Copies `header` (`Bearer <key>`) into fresh locked pages (one for any API key; a GitHub
+    /// OIDC request token may need a few).
     pub(crate) fn store(header: &[u8]) -> io::Result<ApiKeyHeader> {
-        assert!(header.len() <= page_size());
         let bytes = LockedBytes::copy_of(header)?.into_read_only_forever();
         Ok(ApiKeyHeader { bytes })
     }
 
-    /// Locks the page again. Memory locks are not inherited across fork, so the worker calls this.
+    /// Locks the pages again. Memory locks are not inherited across fork, so the worker calls
+    /// this.
     pub(crate) fn lock_in_memory(&self) -> io::Result<()> {
-        let page = page_size();
-        let start = self.bytes.as_ptr() as usize & !(page - 1);
-        // SAFETY: locking an existing mapping of ours does not touch its contents.
-        if unsafe { libc::mlock(start as *const libc::c_void, page) } != 0 {
+        let start = self.bytes.as_ptr();
+        // SAFETY: locking an existing mapping of ours (it starts where the header starts) does
+        // not touch its contents.
+        if unsafe { libc::mlock(start.cast::<libc::c_void>(), mapped_len(self.bytes.len())) } != 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(())
@@ -73,15 +74,16 @@ impl ApiKeyHeader {
     /// caller owns the last use, as the supervisor does for a retired worker's key and a new
     /// worker does for the keys it inherited but does not serve.
     pub(crate) unsafe fn discard(self) {
-        let page = page_size();
-        let start = (self.bytes.as_ptr() as usize & !(page - 1)) as *mut libc::c_void;
-        // SAFETY: the page is ours (mapped by `store`), and the caller guarantees no reader.
+        let start = self.bytes.as_ptr().cast_mut().cast::<libc::c_void>();
+        let mapped = mapped_len(self.bytes.len());
+        // SAFETY: the pages are ours (mapped by `store`, starting where the header starts), and
+        // the caller guarantees no reader.
         unsafe {
-            if libc::mprotect(start, page, libc::PROT_READ | libc::PROT_WRITE) == 0 {
-                let bytes = std::slice::from_raw_parts_mut(start.cast::<u8>(), page);
+            if libc::mprotect(start, mapped, libc::PROT_READ | libc::PROT_WRITE) == 0 {
+                let bytes = std::slice::from_raw_parts_mut(start.cast::<u8>(), mapped);
                 zeroize::Zeroize::zeroize(bytes);
             }
-            libc::munmap(start, page);
+            libc::munmap(start, mapped);
         }
     }
 
@@ -109,8 +111,7 @@ unsafe impl Sync for LockedBytes {}
 impl LockedBytes {
     /// Copies `secret` into fresh locked pages.
     pub(crate) fn copy_of(secret: &[u8]) -> io::Result<LockedBytes> {
-        let page = page_size();
-        let mapped = secret.len().max(1).div_ceil(page) * page;
+        let mapped = mapped_len(secret.len());
         // SAFETY: an anonymous private mapping; we check the result.
         let ptr = unsafe {
             libc::mmap(
@@ -182,6 +183,12 @@ impl fmt::Debug for LockedBytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("LockedBytes([REDACTED])")
     }
+}
+
+/// The bytes of whole pages `len` bytes occupy (at least one page).
+fn mapped_len(len: usize) -> usize {
+    let page = page_size();
+    len.max(1).div_ceil(page) * page
 }
 
 fn page_size() -> usize {

@@ -9,8 +9,8 @@
 //! ever contains the bytes that were read.
 //!
 //! With `--github-oidc`, standard input holds the GitHub OIDC request token instead; it is read
-//! the same way into a 4096-byte buffer (JWT characters allowed) and kept in the same kind of
-//! page ([`load_github_request_token`]).
+//! the same way into a buffer for up to 16 KiB (the reference proxy's limit; JWT characters
+//! allowed) and kept in the same kind of pages ([`load_github_request_token`]).
 //!
 //! Uses: `crate::contract` and memchr, secrecy, zeroize.
 
@@ -202,10 +202,10 @@ fn validate(key: &[u8]) -> Result<(), KeyError> {
     Ok(())
 }
 
-/// Size of the stack buffer (and at most of the page) for the GitHub OIDC request token.
-pub const REQUEST_TOKEN_BUFFER_LEN: usize = 4096;
-/// The longest GitHub OIDC request token accepted.
-pub const MAX_REQUEST_TOKEN_LEN: usize = REQUEST_TOKEN_BUFFER_LEN - HEADER_PREFIX.len();
+/// The longest GitHub OIDC request token accepted: 16 KiB, as the reference proxy accepts.
+pub const MAX_REQUEST_TOKEN_LEN: usize = 16 * 1024;
+/// Size of the stack buffer for the GitHub OIDC request token (`Bearer ` and the token).
+pub const REQUEST_TOKEN_BUFFER_LEN: usize = HEADER_PREFIX.len() + MAX_REQUEST_TOKEN_LEN;
 
 /// Why the GitHub OIDC request token (`--github-oidc`) could not be read. Never shows its bytes.
 #[derive(Debug, PartialEq, Eq)]
@@ -242,7 +242,7 @@ impl std::error::Error for RequestTokenError {}
 
 /// Reads the GitHub OIDC request token (`--github-oidc`) from standard input, the way the key
 /// is read: raw reads into a stack buffer that starts with `Bearer `, the first line only, then
-/// one locked, never-dumped, read-only page; the stack buffer is zeroized.
+/// locked, never-dumped, read-only pages; the stack buffer is zeroized.
 pub fn load_github_request_token() -> Result<ApiKeyHeader, RequestTokenError> {
     // SAFETY: fd 0 stays open; ManuallyDrop keeps us from closing it.
     let mut stdin = ManuallyDrop::new(unsafe { File::from_raw_fd(0) });
@@ -576,6 +576,66 @@ mod tests {
             load(Some(dir.path())).unwrap_err(),
             KeyError::InvalidCharacters
         );
+    }
+
+    #[test]
+    fn a_16_kib_request_token_spans_pages_all_locked_and_read_only() {
+        let token = vec![b'a'; MAX_REQUEST_TOKEN_LEN];
+        let header = read_request_token(&mut Pieces::new(&token, 1000)).unwrap();
+        assert_eq!(header.bytes(), header_of_token(&token));
+        header.lock_in_memory().unwrap();
+        // The mapping (as /proc/self/smaps shows it) that holds the whole header.
+        let (first, last) = (
+            header.bytes().as_ptr() as usize,
+            header.bytes().as_ptr() as usize + header.bytes().len(),
+        );
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut found = None;
+        let mut current: Option<(bool, Vec<&str>)> = None;
+        for line in smaps.lines() {
+            let range = line
+                .split_whitespace()
+                .next()
+                .and_then(|r| r.split_once('-'));
+            let range = range.and_then(|(a, b)| {
+                Some((
+                    usize::from_str_radix(a, 16).ok()?,
+                    usize::from_str_radix(b, 16).ok()?,
+                ))
+            });
+            if let Some((start, end)) = range {
+                if let Some((true, block)) = current.take() {
+                    found = Some(block);
+                }
+                current = Some((start <= first && last <= end, vec![line]));
+            } else if let Some((_, block)) = &mut current {
+                block.push(line);
+            }
+        }
+        if let Some((true, block)) = current {
+            found = Some(block);
+        }
+        let block = found.expect("the header's mapping");
+        assert!(
+            block[0]
+                .split_whitespace()
+                .nth(1)
+                .unwrap()
+                .starts_with("r--"),
+            "{block:?}"
+        );
+        let kb = |field: &str| -> u64 {
+            block
+                .iter()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+                .unwrap()
+        };
+        assert!(kb("Size:") * 1024 >= (last - first) as u64, "{block:?}");
+        assert_eq!(kb("Locked:"), kb("Size:"), "{block:?}");
+        // SAFETY: nothing reads this header afterwards.
+        unsafe { header.discard() };
     }
 
     #[test]

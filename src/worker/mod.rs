@@ -222,6 +222,14 @@ async fn serve(
     let Some(state) = shared_state(&mut config, supervisor_pipe) else {
         return 1;
     };
+    // Workload identity obtains its first token before serving, as the reference proxy does:
+    // a job whose federation settings are wrong fails at once instead of at its first request.
+    if let Some(upstream) = &state.upstream {
+        if let Err(e) = upstream.prepare().await {
+            error!("worker: {e}");
+            return 1;
+        }
+    }
     let (mut terminate, mut interrupt) = match (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),

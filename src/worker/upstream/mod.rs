@@ -187,6 +187,11 @@ impl UpstreamClient {
         }
     }
 
+    /// Obtains the credentials that must be there before serving (workload identity).
+    pub(crate) async fn prepare(&self) -> Result<(), AuthError> {
+        self.auth.prepare().await
+    }
+
     /// The same credentials over another connection pool (each worker shard has its own, so
     /// that a connection is driven by the thread that uses it).
     pub(crate) fn with_client(&self, client: reqwest::Client) -> Self {
@@ -258,7 +263,8 @@ impl UpstreamClient {
     }
 
     /// POSTs `body` with the client's end-to-end `headers` plus the credentials. After a 401
-    /// with refreshable credentials (ChatGPT tokens) it refreshes and retries once.
+    /// with refreshable credentials (ChatGPT tokens) it refreshes and retries once; a workload
+    /// identity token is only forgotten and the 401 passed on, as the reference proxy does.
     pub(crate) async fn post(
         &self,
         url: &reqwest::Url,

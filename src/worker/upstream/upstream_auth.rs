@@ -18,12 +18,16 @@
 //!
 //! * `--github-oidc` ([`AuthMode::WorkloadIdentity`]): no long-lived key at all; short-lived
 //!   OpenAI access tokens obtained through workload identity federation
-//!   (`crate::worker::upstream::workload_identity`), renewed before they expire and after an
-//!   upstream 401.
+//!   (`crate::worker::upstream::workload_identity`), on the reference proxy's schedule: one at
+//!   start (the worker does not serve without it), then, when a request finds the token due
+//!   for renewal (a tenth of its lifetime ahead, at most a minute) or rejected by an upstream 401, one renewal for all the
+//!   requests waiting. The 401 itself is passed on (no retry). A failed renewal fails the
+//!   request (502, even while the old token is still valid) and the next attempt waits 1 s,
+//!   then 2, 4, 8, 16 and at most 30 s; requests in between get a 502 at once.
 //!
-//! Both refreshable kinds share one [`RefreshGate`]: a single refresh at a time, however many
-//! requests need one, skipped when another request already replaced the credential, and a
-//! failed refresh remembered for a few seconds instead of retried by every request.
+//! ChatGPT tokens use a [`RefreshGate`]: a single refresh at a time, however many requests need
+//! one, skipped when another request already replaced the credential, and a failed refresh
+//! remembered for a few seconds instead of retried by every request.
 //!
 //! The `auth.json` bytes come from the supervisor (read as root from the systemd credential
 //! `codex-auth` or a file), never from plain environment variables. Tokens are held as
@@ -327,12 +331,30 @@ struct ChatGpt {
     warned_unsaved: AtomicBool,
 }
 
-/// `--github-oidc`: the current short-lived token (none before the first exchange).
+/// After a failed workload identity renewal the next one waits this long, doubling after
+/// every further failure up to [`MAX_RENEWAL_BACKOFF`] (the reference proxy's schedule).
+const FIRST_RENEWAL_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_RENEWAL_BACKOFF: Duration = Duration::from_secs(30);
+
+/// `--github-oidc`: the current short-lived token (none before the first exchange, or after
+/// the upstream rejected it).
 struct Workload {
     settings: WorkloadIdentitySettings,
     current: RwLock<Option<Arc<WorkloadCredential>>>,
-    refresh: RefreshGate,
+    /// Held while a renewal runs, so only one runs at a time.
+    renewal: tokio::sync::Mutex<Renewal>,
+    /// [`FIRST_RENEWAL_BACKOFF`] and [`MAX_RENEWAL_BACKOFF`] (tests lengthen them).
+    backoff: (Duration, Duration),
     http: reqwest::Client,
+}
+
+/// The failures since the last successful renewal.
+#[derive(Default)]
+struct Renewal {
+    failures: u32,
+    /// No renewal is tried before then; requests get `last_error`.
+    not_before: Option<Instant>,
+    last_error: Option<String>,
 }
 
 impl Workload {
@@ -343,54 +365,77 @@ impl Workload {
             .clone()
     }
 
-    fn current_bearer(&self) -> Option<HeaderValue> {
-        self.current().map(|c| c.bearer.clone())
+    /// The current token unless it is due for renewal.
+    fn usable(&self) -> Option<HeaderValue> {
+        self.current()
+            .filter(|c| Instant::now() < c.renew_at)
+            .map(|c| c.bearer.clone())
     }
 
-    /// Obtains a new token unless another request replaced `expected` meanwhile.
-    async fn refresh_unless_replaced(
-        &self,
-        expected: Option<&HeaderValue>,
-    ) -> Result<(), AuthError> {
-        self.refresh
-            .refresh_unless_replaced(
-                expected,
-                || self.current_bearer(),
-                || async {
-                    let fresh = workload_identity::obtain(&self.settings, &self.http)
-                        .await
-                        .map_err(AuthError::WorkloadIdentity)?;
-                    *self.current.write().unwrap_or_else(PoisonError::into_inner) =
-                        Some(Arc::new(fresh));
-                    info!("obtained a short-lived OpenAI access token through workload identity federation");
-                    Ok(())
-                },
-            )
+    /// Exchanges a new token and makes it the current one.
+    async fn obtain(&self) -> Result<HeaderValue, AuthError> {
+        let fresh = workload_identity::obtain(&self.settings, &self.http)
             .await
+            .map_err(AuthError::WorkloadIdentity)?;
+        let bearer = fresh.bearer.clone();
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(fresh));
+        info!("obtained a short-lived OpenAI access token through workload identity federation");
+        Ok(bearer)
     }
 
-    /// The token to send now: the current one while it is not due for renewal, else a new
-    /// one. A failed renewal falls back to the current token while it has not expired.
+    /// The token to send now: the current one while it is not due for renewal, else a new one
+    /// (one renewal for every request waiting). No renewal is tried while backing off after a
+    /// failure.
     async fn bearer_for_use(&self) -> Result<HeaderValue, AuthError> {
-        let held = self.current();
-        if let Some(credential) = &held {
-            if Instant::now() < credential.renew_at {
-                return Ok(credential.bearer.clone());
+        if let Some(bearer) = self.usable() {
+            return Ok(bearer);
+        }
+        let mut renewal = self.renewal.lock().await;
+        if let Some(bearer) = self.usable() {
+            return Ok(bearer);
+        }
+        if let Some(not_before) = renewal.not_before {
+            let now = Instant::now();
+            if now < not_before {
+                let wait = (not_before - now).as_secs_f64().ceil();
+                let last = renewal.last_error.as_deref().unwrap_or("unknown");
+                return Err(AuthError::WorkloadIdentity(format!(
+                    "renewal is temporarily unavailable after a failure; retry in {wait:.0} s (the last failure: {last})"
+                )));
             }
         }
-        let expected = held.as_ref().map(|c| c.bearer.clone());
-        match self.refresh_unless_replaced(expected.as_ref()).await {
-            Ok(()) => match self.current() {
-                Some(credential) => Ok(credential.bearer.clone()),
-                None => Err(AuthError::WorkloadIdentity("no token is available".into())),
-            },
-            Err(e) => match held {
-                Some(credential) if Instant::now() < credential.expires_at => {
-                    warn!("renewing the workload identity token failed; using the current one until it expires: {e}");
-                    Ok(credential.bearer.clone())
-                }
-                _ => Err(e),
-            },
+        match self.obtain().await {
+            Ok(bearer) => {
+                *renewal = Renewal::default();
+                Ok(bearer)
+            }
+            Err(e) => {
+                let AuthError::WorkloadIdentity(message) = &e else {
+                    unreachable!("obtain fails with AuthError::WorkloadIdentity only")
+                };
+                let (first, most) = self.backoff;
+                let backoff = first
+                    .saturating_mul(1 << renewal.failures.min(16))
+                    .min(most);
+                renewal.failures = renewal.failures.saturating_add(1);
+                renewal.not_before = Some(Instant::now() + backoff);
+                renewal.last_error = Some(message.clone());
+                error!(
+                    "{e}; the next renewal is tried in {} s at the earliest",
+                    backoff.as_secs()
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// After an upstream 401 for `rejected`: unless another request already renewed it, the
+    /// token is dropped, so the next request renews it.
+    fn forget_if_current(&self, rejected: &HeaderValue) {
+        let mut current = self.current.write().unwrap_or_else(PoisonError::into_inner);
+        if current.as_ref().is_some_and(|c| c.bearer == rejected) {
+            *current = None;
+            info!("the upstream rejected the workload identity token: the next request renews it");
         }
     }
 }
@@ -464,7 +509,8 @@ impl UpstreamAuth {
                 Kind::Workload(Box::new(Workload {
                     settings: workload,
                     current: RwLock::new(None),
-                    refresh: RefreshGate::default(),
+                    renewal: tokio::sync::Mutex::new(Renewal::default()),
+                    backoff: (FIRST_RENEWAL_BACKOFF, MAX_RENEWAL_BACKOFF),
                     http: settings.http.clone(),
                 }))
             }
@@ -510,9 +556,10 @@ impl UpstreamAuth {
     }
 
     /// Call after the upstream answered 401 to a request sent with the `Authorization` value
-    /// `rejected`. Refreshes the tokens unless another request already did (only one refresh
-    /// runs, however many requests got a 401 with the same token) and returns `true` when a
-    /// retry with fresh credentials makes sense. Static keys cannot be refreshed: `Ok(false)`.
+    /// `rejected`. ChatGPT tokens are refreshed unless another request already did (only one
+    /// refresh runs, however many requests got a 401 with the same token): `true`, a retry with
+    /// fresh credentials makes sense. Static keys cannot be refreshed, and a rejected workload
+    /// identity token is only forgotten (the next request renews it): `Ok(false)`.
     pub(crate) async fn refresh_after_unauthorized(
         &self,
         rejected: &HeaderValue,
@@ -524,9 +571,19 @@ impl UpstreamAuth {
                 Ok(true)
             }
             Kind::Workload(workload) => {
-                workload.refresh_unless_replaced(Some(rejected)).await?;
-                Ok(true)
+                // As the reference: the 401 goes to the client; the next request renews.
+                workload.forget_if_current(rejected);
+                Ok(false)
             }
+        }
+    }
+
+    /// Obtains the first credential where one must be obtained before serving (workload
+    /// identity, which the reference proxy also does at start); nothing to do otherwise.
+    pub(crate) async fn prepare(&self) -> Result<(), AuthError> {
+        match &self.inner.kind {
+            Kind::Workload(workload) => workload.obtain().await.map(drop),
+            Kind::Static(_) | Kind::ChatGpt(_) => Ok(()),
         }
     }
 }
@@ -1825,7 +1882,13 @@ mod tests {
                                 let n = counts.1.fetch_add(1, Ordering::SeqCst) + 1;
                                 (
                                     exchange_status,
-                                    serde_json::json!({"access_token": format!("wif-{n}"), "token_type": "Bearer", "expires_in": 3600}),
+                                    serde_json::json!({
+                                        "access_token": format!("wif-{n}"),
+                                        "token_type": "Bearer",
+                                        "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+                                        "expires_in": 3600,
+                                        "expires_at": crate::clock::unix_now() + 3600,
+                                    }),
                                 )
                             };
                             Ok::<_, Infallible>(
@@ -1861,52 +1924,74 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn concurrent_first_uses_and_401s_share_one_workload_exchange() {
+    async fn concurrent_first_uses_and_uses_after_a_401_share_one_workload_exchange() {
         let (base, counts) = workload_endpoints(Duration::from_millis(100), 200).await;
         let auth = workload_auth(&base);
-        let mut tasks = Vec::new();
-        for _ in 0..12 {
-            let auth = auth.clone();
-            tasks.push(tokio::spawn(async move {
-                headers_of(&auth).await[AUTHORIZATION].clone()
-            }));
-        }
-        for task in tasks {
-            assert_eq!(task.await.unwrap(), "Bearer wif-1");
-        }
+        let concurrent_uses = || async {
+            let mut tasks = Vec::new();
+            for _ in 0..12 {
+                let auth = auth.clone();
+                tasks.push(tokio::spawn(async move {
+                    headers_of(&auth).await[AUTHORIZATION].clone()
+                }));
+            }
+            let mut seen = Vec::new();
+            for task in tasks {
+                seen.push(task.await.unwrap());
+            }
+            seen
+        };
+        assert!(concurrent_uses().await.iter().all(|b| b == "Bearer wif-1"));
         assert_eq!(counts.0.load(Ordering::SeqCst), 1);
         assert_eq!(counts.1.load(Ordering::SeqCst), 1);
-        let mut tasks = Vec::new();
-        for _ in 0..12 {
-            let auth = auth.clone();
-            tasks.push(tokio::spawn(async move {
-                auth.refresh_after_unauthorized(&HeaderValue::from_static("Bearer wif-1"))
-                    .await
-                    .unwrap()
-            }));
+        // A 401 is not retried: the token is forgotten, once, and nothing is exchanged yet.
+        for _ in 0..3 {
+            let retry = auth
+                .refresh_after_unauthorized(&HeaderValue::from_static("Bearer wif-1"))
+                .await
+                .unwrap();
+            assert!(!retry);
         }
-        for task in tasks {
-            assert!(task.await.unwrap());
-        }
+        assert_eq!(counts.1.load(Ordering::SeqCst), 1);
+        assert!(concurrent_uses().await.iter().all(|b| b == "Bearer wif-2"));
         assert_eq!(
             counts.1.load(Ordering::SeqCst),
             2,
-            "one exchange for all the 401s"
+            "one exchange for all the requests after the 401"
         );
+        // A 401 for a token already replaced changes nothing.
+        auth.refresh_after_unauthorized(&HeaderValue::from_static("Bearer wif-1"))
+            .await
+            .unwrap();
         assert_eq!(headers_of(&auth).await[AUTHORIZATION], "Bearer wif-2");
+        assert_eq!(counts.1.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
-    async fn a_failed_workload_exchange_is_remembered_not_repeated_by_every_request() {
+    async fn a_failed_workload_exchange_backs_off_instead_of_being_repeated_by_every_request() {
         let (base, counts) = workload_endpoints(Duration::ZERO, 403).await;
-        let auth = workload_auth(&base);
-        for _ in 0..3 {
+        let mut auth = workload_auth(&base);
+        // The schedule (1 s doubling to 30 s) stretched so that no pause of this test's
+        // machine can outlast it.
+        let Kind::Workload(workload) = &mut Arc::get_mut(&mut auth.inner).unwrap().kind else {
+            unreachable!()
+        };
+        workload.backoff = (Duration::from_secs(3600), Duration::from_secs(7200));
+        let error = auth.prepare().await.unwrap_err();
+        assert!(error.to_string().contains("403"), "{error}");
+        assert_eq!(counts.1.load(Ordering::SeqCst), 1);
+        // The first use tries again (the start-up attempt does not count) and fails; the next
+        // ones, within the back-off, are refused without an exchange.
+        for attempt in 0..3 {
             let mut headers = HeaderMap::new();
             let error = auth.authorize(&mut headers).await.unwrap_err();
             assert!(matches!(error, AuthError::WorkloadIdentity(_)), "{error:?}");
             assert!(error.to_string().contains("403"), "{error}");
             assert_eq!(error.to_response_parts().0, 502);
+            if attempt > 0 {
+                assert!(error.to_string().contains("retry in 3600 s"), "{error}");
+            }
         }
-        assert_eq!(counts.1.load(Ordering::SeqCst), 1);
+        assert_eq!(counts.1.load(Ordering::SeqCst), 2);
     }
 }

@@ -1,29 +1,40 @@
 //! Workload identity (`--github-oidc`): how one short-lived OpenAI access token is obtained
-//! without any long-lived API key, as the reference proxy does it.
+//! without any long-lived API key, exactly as the reference proxy (`codex
+//! responses-api-proxy --github-oidc`) does it on the wire; what it does was observed by running
+//! it against mocks of our own (`tests/workload_identity.rs` compares the two).
 //!
 //! 1. A GitHub Actions ID token is asked of the runner's token-request URL
-//!    (`ACTIONS_ID_TOKEN_REQUEST_URL`, given as `--github-oidc-request-url`) with the query
-//!    parameter `audience=<--oidc-audience>` and `Authorization: Bearer <request token>`; the
-//!    answer is `{"value": "<JWT>"}`. The request token came from standard input and lives in a
-//!    locked page (`crate::contract::ApiKeyHeader`).
-//! 2. That JWT is exchanged at OpenAI's workload identity federation token endpoint
-//!    (`https://auth.openai.com/oauth/token`) by a JSON POST of `grant_type`
+//!    (`ACTIONS_ID_TOKEN_REQUEST_URL`, given as `--github-oidc-request-url`): a GET whose query is
+//!    the URL's own pairs (re-encoded, any `audience` pair dropped) plus
+//!    `audience=<--oidc-audience>`, with `Authorization: Bearer <request token>` and no other
+//!    header of ours (reqwest adds `accept: */*`). The answer (at most 64 KiB) is
+//!    `{"value": "<ID token>"}`; the token is used as given, and must be 1 to 16 KiB long. The
+//!    request token came from standard input and lives in locked pages
+//!    (`crate::contract::ApiKeyHeader`).
+//! 2. That ID token is exchanged at OpenAI's token endpoint (`https://auth.openai.com/oauth/token`)
+//!    by a JSON POST (`content-type: application/json`, no credentials) of `grant_type`
 //!    (`urn:ietf:params:oauth:grant-type:token-exchange`), `subject_token_type`
 //!    (`urn:ietf:params:oauth:token-type:jwt`), `subject_token`, `identity_provider_id` and
-//!    `service_account_id`. The answer carries `access_token`, `token_type` (`Bearer`),
-//!    `expires_in` and `issued_token_type`.
+//!    `service_account_id`, in that order. The answer (at most 64 KiB) must carry all of
+//!    `access_token` (characters of RFC 6750's b64token: letters, digits, `-._~+/=`),
+//!    `token_type` (`Bearer`, any case), `issued_token_type`
+//!    (`urn:ietf:params:oauth:token-type:access_token`), `expires_in` (1 to 3600 seconds) and
+//!    `expires_at` (Unix seconds, in the future); anything else is refused, as the reference
+//!    refuses it.
 //!
 //! The result is a [`WorkloadCredential`]: `Bearer <access token>` as a sensitive header value
 //! backed by locked, never-dumped memory that is wiped when the credential is dropped, with the
-//! instants it is due for renewal and it expires. When and how often this runs (single flight,
-//! before expiry, after a 401) is `upstream_auth`'s business. No message built here contains a
-//! token: errors name the endpoint (without its query) and the status or safe error code.
+//! instant it is due for renewal: a tenth of its lifetime (the shorter of `expires_in` and
+//! `expires_at`) before it ends, at most a minute before. When and how often this runs (at start, single flight, on use
+//! after renewal is due or after an upstream 401, backing off after failures) is
+//! `upstream_auth`'s business. No message built here contains a token: errors name the
+//! endpoint (without its query) and the status or safe error code.
 //!
-//! Uses: `crate::contract` (locked memory) and bytes, hyper, reqwest, secrecy, serde,
-//! serde_json, tracing.
+//! Uses: `crate::contract` (locked memory), `crate::clock` and bytes, hyper, reqwest, secrecy,
+//! serde, serde_json, tracing.
 
 use crate::contract::LockedBytes;
-use hyper::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use hyper::header::{HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use secrecy::{ExposeSecret, SecretSlice, SecretString};
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -37,11 +48,15 @@ pub(crate) const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
 pub(crate) const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
 /// Bound on each of the two calls, whatever the shared client's timeouts are.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// Most bytes of an answer that are read.
-const ANSWER_LIMIT: usize = 1024 * 1024;
-/// A token is renewed this long before it expires (a tenth of its lifetime, at least one
-/// second, at most five minutes).
-const MAX_RENEWAL_LEAD: Duration = Duration::from_secs(300);
+/// Most bytes of an answer that are read (the reference's limit).
+const ANSWER_LIMIT: usize = 64 * 1024;
+/// Longest GitHub ID token that is passed on (the reference's limit).
+const SUBJECT_TOKEN_LIMIT: usize = 16 * 1024;
+/// Longest lifetime (`expires_in`) an issued token may claim (the reference's limit).
+const MAX_LIFETIME_SECS: u64 = 3600;
+/// A token is renewed a tenth of its lifetime before it ends, but at most this long before (the
+/// reference's schedule: a 60 s token at 54 s, a one-hour token at 59 min).
+const MAX_RENEWAL_LEAD: Duration = Duration::from_secs(60);
 
 /// The settings of `--github-oidc`, checked by the worker's configuration.
 pub(crate) struct WorkloadIdentitySettings {
@@ -101,10 +116,9 @@ pub(crate) fn is_loopback(url: &reqwest::Url) -> bool {
 pub(crate) struct WorkloadCredential {
     /// `Bearer <access token>`, sensitive, backed by locked memory.
     pub bearer: HeaderValue,
-    /// From then on the token is renewed before use.
+    /// From then on the token is renewed before use ([`renewal_delay`]; the reference never
+    /// uses a token past that point either).
     pub renew_at: Instant,
-    /// From then on the token is not used at all.
-    pub expires_at: Instant,
 }
 
 impl fmt::Debug for WorkloadCredential {
@@ -112,7 +126,6 @@ impl fmt::Debug for WorkloadCredential {
         f.debug_struct("WorkloadCredential")
             .field("bearer", &"[REDACTED]")
             .field("renew_at", &self.renew_at)
-            .field("expires_at", &self.expires_at)
             .finish()
     }
 }
@@ -132,9 +145,7 @@ async fn github_id_token(
     settings: &WorkloadIdentitySettings,
     http: &reqwest::Client,
 ) -> Result<SecretString, String> {
-    let mut url = settings.request_url.clone();
-    url.query_pairs_mut()
-        .append_pair("audience", &settings.audience);
+    let url = with_audience(&settings.request_url, &settings.audience);
     let where_ = endpoint_for_messages(&settings.request_url);
     tracing::debug!(
         "asking {where_} for a GitHub OIDC ID token (audience {})",
@@ -143,7 +154,6 @@ async fn github_id_token(
     let response = http
         .get(url)
         .header(AUTHORIZATION, settings.request_token.clone())
-        .header(ACCEPT, "application/json")
         .timeout(REQUEST_TIMEOUT)
         .send()
         .await
@@ -175,10 +185,10 @@ async fn github_id_token(
     let parsed: GithubAnswer = serde_json::from_slice(answer.expose_secret()).map_err(|_| {
         format!("the GitHub OIDC token endpoint {where_} answered without a token (`value`)")
     })?;
-    let value = parsed.value.expose_secret().trim();
-    if value.is_empty() || value.bytes().any(|b| !b.is_ascii_graphic()) {
+    let length = parsed.value.expose_secret().len();
+    if length == 0 || length > SUBJECT_TOKEN_LIMIT {
         return Err(format!(
-            "the GitHub OIDC token endpoint {where_} answered with an empty or malformed token"
+            "the GitHub OIDC token endpoint {where_} answered with an empty token or one longer than {SUBJECT_TOKEN_LIMIT} bytes"
         ));
     }
     Ok(parsed.value)
@@ -202,7 +212,7 @@ async fn exchange(
         serde_json::to_vec(&ExchangeRequest {
             grant_type: TOKEN_EXCHANGE_GRANT_TYPE,
             subject_token_type: JWT_TOKEN_TYPE,
-            subject_token: id_token.expose_secret().trim(),
+            subject_token: id_token.expose_secret(),
             identity_provider_id: &settings.identity_provider_id,
             service_account_id: &settings.service_account_id,
         })
@@ -210,11 +220,9 @@ async fn exchange(
     );
     let where_ = endpoint_for_messages(&settings.token_url);
     tracing::debug!("exchanging the GitHub ID token at {where_}");
-    let sent_at = Instant::now();
     let response = http
         .post(settings.token_url.clone())
         .header(CONTENT_TYPE, "application/json")
-        .header(ACCEPT, "application/json")
         .timeout(REQUEST_TIMEOUT)
         .body(body.expose_secret().to_vec())
         .send()
@@ -248,48 +256,79 @@ async fn exchange(
     struct ExchangeAnswer {
         #[serde(deserialize_with = "secret_string")]
         access_token: SecretString,
-        #[serde(default)]
-        token_type: Option<String>,
-        #[serde(default)]
-        issued_token_type: Option<String>,
+        token_type: String,
+        issued_token_type: String,
         expires_in: u64,
+        expires_at: u64,
     }
     let parsed: ExchangeAnswer = serde_json::from_slice(answer.expose_secret()).map_err(|_| {
         format!(
-            "the workload identity token exchange at {where_} answered without an access_token and expires_in"
+            "the workload identity token exchange at {where_} answered without all of access_token, token_type, issued_token_type, expires_in and expires_at (whole seconds)"
         )
     })?;
-    if parsed
-        .token_type
-        .as_deref()
-        .is_some_and(|t| !t.eq_ignore_ascii_case("bearer"))
-        || parsed
-            .issued_token_type
-            .as_deref()
-            .is_some_and(|t| t != ACCESS_TOKEN_TYPE)
-    {
-        return Err(format!(
-            "the workload identity token exchange at {where_} issued an unsupported token type"
-        ));
-    }
-    if parsed.expires_in == 0 {
-        return Err(format!(
-            "the workload identity token exchange at {where_} issued a token with no lifetime"
-        ));
-    }
+    let lifetime = lifetime(
+        &parsed.token_type,
+        &parsed.issued_token_type,
+        parsed.expires_in,
+        parsed.expires_at,
+        crate::clock::unix_now(),
+    )
+    .map_err(|m| format!("the workload identity token exchange at {where_} issued {m}"))?;
     let bearer = locked_bearer(parsed.access_token.expose_secret())
         .map_err(|m| format!("the workload identity token exchange at {where_} issued {m}"))?;
     tracing::debug!(
         "the workload identity token exchange at {where_} issued a token for {} s",
-        parsed.expires_in
+        lifetime.as_secs()
     );
-    let lifetime = Duration::from_secs(parsed.expires_in.min(u64::from(u32::MAX)));
-    let lead = (lifetime / 10).clamp(Duration::from_secs(1), MAX_RENEWAL_LEAD);
     Ok(WorkloadCredential {
         bearer,
-        renew_at: sent_at + lifetime.saturating_sub(lead),
-        expires_at: sent_at + lifetime,
+        renew_at: Instant::now() + renewal_delay(lifetime),
     })
+}
+
+/// The lifetime of an issued token: the shorter of `expires_in` and what is left until
+/// `expires_at` (Unix seconds, compared with `now`). The error says what is wrong with the
+/// answer, as the reference tells it apart.
+fn lifetime(
+    token_type: &str,
+    issued_token_type: &str,
+    expires_in: u64,
+    expires_at: u64,
+    now: u64,
+) -> Result<Duration, String> {
+    if !token_type.eq_ignore_ascii_case("bearer") || issued_token_type != ACCESS_TOKEN_TYPE {
+        return Err("an unsupported token type".into());
+    }
+    if expires_in == 0 || expires_at <= now {
+        return Err("a token that has already expired".into());
+    }
+    if expires_in > MAX_LIFETIME_SECS {
+        return Err(format!(
+            "a token with an invalid lifetime (expires_in above {MAX_LIFETIME_SECS} s)"
+        ));
+    }
+    Ok(Duration::from_secs(expires_in.min(expires_at - now)))
+}
+
+/// How long after it is issued a token of `lifetime` is due for renewal.
+fn renewal_delay(lifetime: Duration) -> Duration {
+    lifetime - (lifetime / 10).min(MAX_RENEWAL_LEAD)
+}
+
+/// The GitHub request URL with `audience=<audience>` as its last query pair: the URL's own pairs
+/// are kept (re-encoded as `application/x-www-form-urlencoded`) except any `audience` pair.
+fn with_audience(request_url: &reqwest::Url, audience: &str) -> reqwest::Url {
+    let kept: Vec<(String, String)> = request_url
+        .query_pairs()
+        .filter(|(name, _)| name != "audience")
+        .map(|(name, value)| (name.into_owned(), value.into_owned()))
+        .collect();
+    let mut url = request_url.clone();
+    url.query_pairs_mut()
+        .clear()
+        .extend_pairs(kept)
+        .append_pair("audience", audience);
+    url
 }
 
 /// Deserializes a string straight into a [`SecretString`] (wiped when dropped).
@@ -304,8 +343,8 @@ fn overlaps(shown: &str, secret: &str) -> bool {
 
 /// `Bearer <token>` in locked memory, as a sensitive header value.
 fn locked_bearer(token: &str) -> Result<HeaderValue, String> {
-    let token = token.trim();
-    if token.is_empty() || token.bytes().any(|b| !b.is_ascii_graphic()) {
+    let b64token = |b: u8| b.is_ascii_alphanumeric() || b"-._~+/=".contains(&b);
+    if token.is_empty() || !token.bytes().all(b64token) {
         return Err("an empty or malformed access token".into());
     }
     let text = SecretString::from(format!("Bearer {token}"));
@@ -388,6 +427,87 @@ mod tests {
         assert!(value.is_sensitive());
         assert_eq!(value.as_bytes(), b"Bearer tok-123");
         assert!(locked_bearer("").is_err());
-        assert!(locked_bearer("a b").is_err());
+        // As the reference: b64token characters only, nothing trimmed.
+        assert!(locked_bearer("aZ09-._~+/=").is_ok());
+        for bad in ["a b", " tok", "tok\n", "a!b", "a,b", "a;b", "a:b", "é"] {
+            assert!(locked_bearer(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_audience_replaces_any_in_the_request_url_and_the_query_is_re_encoded() {
+        let cases = [
+            (
+                "https://github.test/_apis/actions/idtoken?api-version=2.0&audience=old",
+                "api://a b+c&d=é/~x",
+                "/_apis/actions/idtoken?api-version=2.0&audience=api%3A%2F%2Fa+b%2Bc%26d%3D%C3%A9%2F%7Ex",
+            ),
+            ("https://github.test/idtoken", "aud", "/idtoken?audience=aud"),
+            ("https://github.test/idtoken?", "aud", "/idtoken?audience=aud"),
+            (
+                "https://github.test/idtoken?x=a%20b&y=c+d",
+                "aud",
+                "/idtoken?x=a+b&y=c+d&audience=aud",
+            ),
+            (
+                "https://github.test/idtoken?Audience=x&audience=y&audience=z&a=1",
+                "aud",
+                "/idtoken?Audience=x&a=1&audience=aud",
+            ),
+            (
+                "https://github.test/idtoken?a&b=&c=%zz",
+                "aud",
+                "/idtoken?a=&b=&c=%25zz&audience=aud",
+            ),
+        ];
+        for (url, audience, expected) in cases {
+            let url = with_audience(&reqwest::Url::parse(url).unwrap(), audience);
+            let shown = format!("{}?{}", url.path(), url.query().unwrap_or_default());
+            assert_eq!(shown, expected);
+        }
+    }
+
+    #[test]
+    fn tokens_are_renewed_a_tenth_of_their_lifetime_ahead_at_most_a_minute() {
+        let s = Duration::from_secs;
+        assert_eq!(renewal_delay(s(1)), Duration::from_millis(900));
+        assert_eq!(renewal_delay(s(10)), s(9));
+        assert_eq!(renewal_delay(s(60)), s(54));
+        assert_eq!(renewal_delay(s(600)), s(540));
+        assert_eq!(renewal_delay(s(601)), s(541));
+        assert_eq!(renewal_delay(s(3600)), s(3540));
+    }
+
+    #[test]
+    fn the_lifetime_is_the_shorter_of_expires_in_and_expires_at() {
+        let bearer = "Bearer";
+        let issued = ACCESS_TOKEN_TYPE;
+        let now = 1_000_000;
+        assert_eq!(
+            lifetime(bearer, issued, 3600, now + 60, now),
+            Ok(Duration::from_secs(60))
+        );
+        assert_eq!(
+            lifetime("bearer", issued, 60, now + 3600, now),
+            Ok(Duration::from_secs(60))
+        );
+        assert_eq!(
+            lifetime("BEARER", issued, 1, u64::MAX, now),
+            Ok(Duration::from_secs(1))
+        );
+        for (token_type, issued_type) in
+            [("DPoP", issued), (bearer, JWT_TOKEN_TYPE), ("N_A", issued)]
+        {
+            let error = lifetime(token_type, issued_type, 60, now + 60, now).unwrap_err();
+            assert!(error.contains("unsupported token type"), "{error}");
+        }
+        for (expires_in, expires_at) in [(0, now + 60), (60, now), (60, now - 5), (60, 0)] {
+            let error = lifetime(bearer, issued, expires_in, expires_at, now).unwrap_err();
+            assert!(error.contains("expired"), "{error}");
+        }
+        for expires_in in [3601, 86400, u64::MAX] {
+            let error = lifetime(bearer, issued, expires_in, now + 60, now).unwrap_err();
+            assert!(error.contains("invalid lifetime"), "{error}");
+        }
     }
 }
