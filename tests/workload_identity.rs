@@ -419,7 +419,7 @@ async fn tokens_never_reach_logs_argv_or_the_environment() {
     places.push(("log".to_string(), log));
     for pid in [proxy.pid, proxy.worker_pid()] {
         for file in ["cmdline", "environ"] {
-            let bytes = std::fs::read(format!("/proc/{pid}/{file}")).unwrap_or_default();
+            let bytes = std::fs::read(format!("/proc/{pid}/{file}")).unwrap();
             places.push((
                 format!("/proc/{pid}/{file}"),
                 String::from_utf8_lossy(&bytes).into_owned(),
@@ -512,59 +512,20 @@ async fn bad_settings_stop_the_service_with_a_clear_message() {
     );
 }
 
-/// A forward proxy of the test's own for plain-HTTP destinations: records each request line
-/// (absolute form) and relays the connection to the destination it names.
-async fn egress_proxy() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let recorded = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((mut client, _)) = listener.accept().await {
-            let recorded = recorded.clone();
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut byte = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    if client.read(&mut byte).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    head.push(byte[0]);
-                }
-                let text = String::from_utf8_lossy(&head).to_string();
-                let line = text.lines().next().unwrap_or_default().to_string();
-                recorded.lock().unwrap().push(line.clone());
-                let authority = line
-                    .split(' ')
-                    .nth(1)
-                    .and_then(|target| target.strip_prefix("http://"))
-                    .and_then(|rest| rest.split('/').next())
-                    .unwrap_or_default()
-                    .to_string();
-                let Ok(mut destination) = tokio::net::TcpStream::connect(authority).await else {
-                    let _ = client.write_all(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").await;
-                    return;
-                };
-                destination.write_all(&head).await.unwrap();
-                let _ = tokio::io::copy_bidirectional(&mut client, &mut destination).await;
-            });
-        }
-    });
-    (format!("http://{address}"), seen)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn both_token_endpoints_use_the_egress_proxy_like_the_upstream() {
     let endpoints = TokenEndpoints::start(TokenEndpoints::granting(3600)).await;
     let upstream = upstream_ok().await;
-    let (proxy_url, through_proxy) = egress_proxy().await;
+    let egress = EgressProxy::start().await;
     let mut args = endpoints.args(&upstream.url("/v1/responses"));
-    args.extend(["--upstream-proxy".to_string(), proxy_url]);
+    args.extend([
+        "--upstream-proxy".to_string(),
+        format!("http://{}", egress.addr),
+    ]);
     let proxy = start(args);
     let (status, body) = post(&proxy).await;
     assert_eq!(status, 200, "{body}");
-    let mut lines = through_proxy.lock().unwrap().clone();
+    let mut lines: Vec<String> = egress.seen().into_iter().map(|(line, _)| line).collect();
     lines.sort();
     let mut expected = vec![
         format!(
