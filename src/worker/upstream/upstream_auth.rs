@@ -48,7 +48,9 @@ use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 use tracing::{error, info, warn};
 
-use super::workload_identity::{self, WorkloadCredential, WorkloadIdentitySettings};
+use super::workload_identity::{
+    self, cause, endpoint_for_messages, WorkloadCredential, WorkloadIdentitySettings,
+};
 
 /// The OAuth token endpoint the Codex CLI refreshes its ChatGPT tokens at.
 pub(crate) const DEFAULT_TOKEN_URL: &str = "https://auth.openai.com/oauth/token";
@@ -244,7 +246,12 @@ impl fmt::Debug for UpstreamAuthSettings {
             )
             .field("auth_json", &self.auth_json.as_ref().map(|_| "[REDACTED]"))
             .field("state_dir", &self.state_dir)
-            .field("token_url", &self.token_url)
+            .field(
+                "token_url",
+                &reqwest::Url::parse(&self.token_url)
+                    .map(|url| endpoint_for_messages(&url))
+                    .unwrap_or_else(|_| "[not a URL]".into()),
+            )
             .field("client_id", &self.client_id)
             .field("refresh_after", &self.refresh_after)
             .field("workload", &self.workload)
@@ -468,7 +475,7 @@ impl fmt::Debug for UpstreamAuth {
         let mut s = f.debug_struct("UpstreamAuth");
         s.field("mode", &self.inner.mode);
         if let Kind::ChatGpt(chatgpt) = &self.inner.kind {
-            s.field("token_url", &chatgpt.token_url.as_str())
+            s.field("token_url", &endpoint_for_messages(&chatgpt.token_url))
                 .field("state_dir", &chatgpt.state_dir)
                 .field("tokens", &*chatgpt.current());
         }
@@ -598,12 +605,12 @@ impl ChatGpt {
                 ))
             }
         };
-        let token_url = reqwest::Url::parse(settings.token_url.trim())
-            .ok()
-            .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
-            .ok_or_else(|| {
-                AuthError::Config("the token endpoint URL is not a valid http(s) URL".into())
-            })?;
+        // The refresh token goes there: HTTPS (plain HTTP only to loopback), no user info.
+        let token_url = crate::worker::upstream::workload_identity::secret_endpoint(
+            &settings.token_url,
+            "the token endpoint URL",
+        )
+        .map_err(AuthError::Config)?;
         let from_credential = settings
             .auth_json
             .as_ref()
@@ -722,7 +729,7 @@ impl ChatGpt {
             .map_err(|e| {
                 AuthError::TokenEndpoint(format!(
                     "the token endpoint {where_} could not be reached: {}",
-                    innermost_cause(&e)
+                    cause(&e)
                 ))
             })?;
         let status = response.status();
@@ -741,7 +748,7 @@ impl ChatGpt {
                 Err(e) => {
                     return Err(AuthError::TokenEndpoint(format!(
                         "the token endpoint {where_} answered {status} but its body could not be read: {}",
-                        innermost_cause(&e)
+                        cause(&e)
                     )))
                 }
             }
@@ -758,7 +765,7 @@ impl ChatGpt {
                     known
                         .iter()
                         .flatten()
-                        .all(|s| !c.contains(s.expose_secret()))
+                        .all(|s| !workload_identity::overlaps(c, s.expose_secret()))
                 })
                 .map(|c| format!(" ({c})"))
                 .unwrap_or_default();
@@ -1081,26 +1088,6 @@ pub(super) fn error_code(answer: &[u8]) -> Option<String> {
     looks_like_code.then(|| code.to_owned())
 }
 
-/// The token URL as shown in messages: no user info, query or fragment.
-fn endpoint_for_messages(url: &reqwest::Url) -> String {
-    let mut shown = url.clone();
-    let _ = shown.set_username("");
-    let _ = shown.set_password(None);
-    shown.set_query(None);
-    shown.set_fragment(None);
-    shown.to_string()
-}
-
-/// The transport error's root cause (never the URL), saying when it was a timeout.
-fn innermost_cause(error: &reqwest::Error) -> String {
-    let cause = crate::worker::upstream::innermost_cause(error);
-    if error.is_timeout() {
-        format!("timed out ({cause})")
-    } else {
-        cause
-    }
-}
-
 /// The tokens in `auth.json` format, ready to be written. No API key is copied into it.
 fn saved_document(tokens: &Tokens) -> SecretSlice<u8> {
     #[derive(serde::Serialize)]
@@ -1413,6 +1400,35 @@ mod tests {
         settings.auth_json = Some(SecretSlice::from(document.to_vec()));
         let auth = UpstreamAuth::new(settings).unwrap();
         assert_eq!(headers_of(&auth).await[AUTHORIZATION], "Bearer sk-other");
+    }
+
+    /// The refresh token is sent only over HTTPS (plain HTTP only to loopback), and the
+    /// endpoint's user info never shows in `Debug`.
+    #[test]
+    fn the_token_endpoint_must_be_https_or_loopback() {
+        for refused in [
+            "http://auth.example/oauth/token",
+            "https://user:pw@auth.example/oauth/token",
+            "ftp://auth.example/x",
+        ] {
+            let document = auth_json(chatgpt_tokens("a", "r"), Some(now_rfc3339()));
+            let error = config_error(UpstreamAuth::new(chatgpt_settings(
+                refused,
+                Some(document),
+                None,
+            )));
+            assert!(error.contains("token endpoint URL"), "{refused}: {error}");
+            assert!(!error.contains("pw"), "{error}");
+        }
+        let document = auth_json(chatgpt_tokens("a", "r"), Some(now_rfc3339()));
+        assert!(UpstreamAuth::new(chatgpt_settings(
+            "http://127.0.0.1:9/oauth/token",
+            Some(document),
+            None
+        ))
+        .is_ok());
+        let settings = chatgpt_settings("https://user:pw@auth.example/t?x=1", None, None);
+        assert!(!format!("{settings:?}").contains("pw"));
     }
 
     #[tokio::test]

@@ -337,7 +337,7 @@ fn secret_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SecretString,
 }
 
 /// Whether `shown` would reveal part of `secret` (contains it, or is a long piece of it).
-fn overlaps(shown: &str, secret: &str) -> bool {
+pub(crate) fn overlaps(shown: &str, secret: &str) -> bool {
     !secret.is_empty() && (shown.contains(secret) || (shown.len() >= 8 && secret.contains(shown)))
 }
 
@@ -379,7 +379,7 @@ async fn read_answer(mut response: reqwest::Response) -> Result<SecretSlice<u8>,
 }
 
 /// The URL as shown in messages: no user info, query or fragment.
-fn endpoint_for_messages(url: &reqwest::Url) -> String {
+pub(crate) fn endpoint_for_messages(url: &reqwest::Url) -> String {
     let mut shown = url.clone();
     let _ = shown.set_username("");
     let _ = shown.set_password(None);
@@ -389,7 +389,7 @@ fn endpoint_for_messages(url: &reqwest::Url) -> String {
 }
 
 /// The transport error's root cause (never the URL), saying when it was a timeout.
-fn cause(error: &reqwest::Error) -> String {
+pub(crate) fn cause(error: &reqwest::Error) -> String {
     let cause = crate::worker::upstream::innermost_cause(error);
     if error.is_timeout() {
         format!("timed out ({cause})")
