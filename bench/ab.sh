@@ -15,7 +15,8 @@ BASE=19000
 # shellcheck source=bench/side-by-side.sh
 source bench/side-by-side.sh
 BODY='{"model":"gpt-bench","input":"hello","stream":true}'
-summary() { sed -n 's/^WRKJSON //p' | python3 -c 'import json,sys; d=json.load(sys.stdin); print("%6.0f req/s p50 %.3f ms p99 %.2f ms non2xx %d" % (d["rps"], d["p50_us"]/1e3, d["p99_us"]/1e3, d["non2xx"]))'; }
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 for name in "${NAMES[@]}"; do
 	BENCH_BODY=$BODY wrk -t2 -c64 -d1s -s bench/wrk.lua "http://127.0.0.1:${PORT[$name]}/v1/responses" >/dev/null
 done

@@ -98,26 +98,8 @@ for name in "${NAMES[@]}"; do
 	[ "$status" = 200 ] || { echo "$name answered $status; logs in $WORK" >&2; cat "$WORK"/*.log >&2; exit 1; }
 	BENCH_BODY=$BODY wrk -t2 -c64 -d1s -s bench/wrk.lua "http://127.0.0.1:${PORT[$name]}/v1/responses" >/dev/null
 done
-# PID and its descendants (nginx's workers, our supervisor's worker).
-family() {
-	local all=$1 kid
-	for kid in $(pgrep -P "$1" 2>/dev/null || true); do all="$all $(family "$kid")"; done
-	echo "$all"
-}
-# CPU time (user + system, clock ticks) used so far by the processes given, all threads.
-CLK_TCK=$(getconf CLK_TCK)
-cpu_ticks() {
-	local total=0 pid stat
-	for pid in "$@"; do
-		stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
-		stat=${stat##*) }
-		# shellcheck disable=SC2086 # split the fields
-		set -- $stat
-		total=$((total + ${12} + ${13}))
-	done
-	echo $total
-}
-summary() { sed -n 's/^WRKJSON //p' | python3 -c 'import json,sys; d=json.load(sys.stdin); print("%6.0f req/s p50 %.3f ms p99 %.2f ms non2xx %d" % (d["rps"], d["p50_us"]/1e3, d["p99_us"]/1e3, d["non2xx"]))'; }
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 for round in $(seq 1 "$ROUNDS"); do
 	for name in "${NAMES[@]}"; do
 		url="http://127.0.0.1:${PORT[$name]}/v1/responses"

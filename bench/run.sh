@@ -212,19 +212,8 @@ port_of() {
 	esac
 }
 
-# CPU time (user + system, in clock ticks) used so far by the processes PIDS, all threads.
-CLK_TCK=$(getconf CLK_TCK)
-cpu_ticks() {
-	local total=0 pid stat
-	for pid in "$@"; do
-		stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
-		stat=${stat##*) }
-		# shellcheck disable=SC2086 # split the fields
-		set -- $stat
-		total=$((total + ${12} + ${13}))
-	done
-	echo $total
-}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 
 # One wrk run, checked against the mock's counters (and timed in CPU for the target's
 # processes); appends a JSON line to results.jsonl.

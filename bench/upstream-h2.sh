@@ -101,25 +101,8 @@ for name in "${NAMES[@]}"; do
 	[ "$status" = 200 ] || { echo "$name answered $status; logs in $WORK" >&2; cat "$WORK"/*.log >&2; exit 1; }
 	BENCH_BODY=$BODY wrk -t2 -c64 -d1s -s bench/wrk.lua "http://127.0.0.1:${PORT[$name]}/v1/responses" >/dev/null
 done
-# PID and its descendants (our supervisor's worker).
-family() {
-	local all=$1 kid
-	for kid in $(pgrep -P "$1" 2>/dev/null || true); do all="$all $(family "$kid")"; done
-	echo "$all"
-}
-# CPU time (user + system, clock ticks) used so far by the processes given, all threads.
-CLK_TCK=$(getconf CLK_TCK)
-cpu_ticks() {
-	local total=0 pid stat
-	for pid in "$@"; do
-		stat=$(cat "/proc/$pid/stat" 2>/dev/null) || continue
-		stat=${stat##*) }
-		# shellcheck disable=SC2086 # split the fields
-		set -- $stat
-		total=$((total + ${12} + ${13}))
-	done
-	echo $total
-}
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 # "RSS/peak" in MiB of the largest of the processes given.
 memory() {
 	local pid best=0 peak=0 rss hwm

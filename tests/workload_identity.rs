@@ -474,26 +474,7 @@ async fn bad_settings_stop_the_service_with_a_clear_message() {
         let mut args = endpoints.args("http://127.0.0.1:9/v1/responses");
         let at = args.iter().position(|a| a == flag).unwrap();
         args[at + 1] = value.to_string();
-        let dir = tempfile::tempdir().unwrap();
-        let mut child = std::process::Command::new(binary())
-            .args(&args)
-            .arg("--server-info")
-            .arg(dir.path().join("info.json"))
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        {
-            use std::io::Write;
-            let mut stdin = child.stdin.take().unwrap();
-            stdin
-                .write_all(format!("{REQUEST_TOKEN}\n").as_bytes())
-                .unwrap();
-        }
-        let output = child.wait_with_output().unwrap();
-        assert!(!output.status.success());
-        let stderr = String::from_utf8_lossy(&output.stderr);
+        let stderr = start_expecting_exit(&args);
         assert!(stderr.contains(expected), "{stderr}");
         assert!(!stderr.contains("GHREQUESTTOKENSECRET"), "{stderr}");
     }
