@@ -51,6 +51,26 @@ pub(crate) fn client_options(limit: usize, pool: &yawc::DeflatePool) -> yawc::Op
         .with_compression_threshold(COMPRESSION_THRESHOLD)
 }
 
+/// Removes a permessage-deflate offer of `server_max_window_bits=8`, which yawc answers with
+/// the parameter and no value (invalid: the client would fail the connection); zlib's raw
+/// deflate has no 256-byte window anyway. Without the header the socket is served
+/// uncompressed, as RFC 7692 lets a server decline any offer.
+fn decline_offers_yawc_would_answer_wrongly(headers: &mut HeaderMap) {
+    let asks_for_8_bits = headers
+        .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .filter_map(|parameter| parameter.split_once('='))
+        .any(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("server_max_window_bits")
+                && value.trim().trim_matches('"') == "8"
+        });
+    if asks_for_8_bits {
+        headers.remove(header::SEC_WEBSOCKET_EXTENSIONS);
+    }
+}
+
 /// Sends what the socket owes its peer (a pong, the answer to a close or the close after a
 /// fault, which yawc queues itself) and flushes.
 pub(crate) async fn flush_owed<S>(socket: &mut yawc::WebSocket<S>)
@@ -276,6 +296,7 @@ pub(crate) async fn accept(state: Arc<State>, mut request: Request<Incoming>) ->
     }
     let upstream_headers = headers_for_turns(request.headers());
     let options = client_options(state.max_request_body, &sockets.deflate_pool);
+    decline_offers_yawc_would_answer_wrongly(request.headers_mut());
     // yawc answers the handshake (checked above) and the client's permessage-deflate offer.
     let (answer, upgrade) = match yawc::WebSocket::upgrade_with_options(&mut request, options) {
         Ok(upgrade) => upgrade,
