@@ -733,7 +733,9 @@ impl ChatGpt {
                 ))
             })?;
         let status = response.status();
-        let mut answer = Vec::new();
+        // Room for the whole answer at once, so that it never moves (which would leave a copy
+        // of the tokens behind), and wiped when dropped.
+        let mut answer = zeroize::Zeroizing::new(Vec::with_capacity(TOKEN_RESPONSE_LIMIT));
         loop {
             match response.chunk().await {
                 Ok(Some(chunk)) => {
@@ -753,7 +755,7 @@ impl ChatGpt {
                 }
             }
         }
-        let answer = SecretSlice::from(answer);
+        let answer = SecretSlice::from(answer.to_vec());
         if !status.is_success() {
             let known = [
                 Some(refresh_token),

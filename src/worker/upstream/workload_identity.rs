@@ -359,19 +359,19 @@ fn locked_bearer(token: &str) -> Result<HeaderValue, String> {
 
 /// Reads an answer up to [`ANSWER_LIMIT`]; the bytes are wiped when dropped.
 async fn read_answer(mut response: reqwest::Response) -> Result<SecretSlice<u8>, String> {
-    let mut answer = Vec::new();
+    // Room for the whole answer at once, so that it never moves (which would leave a copy of
+    // a token behind), and wiped when dropped.
+    let mut answer = zeroize::Zeroizing::new(Vec::with_capacity(ANSWER_LIMIT));
     loop {
         match response.chunk().await {
             Ok(Some(chunk)) => {
                 if answer.len() + chunk.len() > ANSWER_LIMIT {
-                    let _ = SecretSlice::from(answer);
                     return Err(format!("with more than {ANSWER_LIMIT} bytes"));
                 }
                 answer.extend_from_slice(&chunk);
             }
-            Ok(None) => return Ok(SecretSlice::from(answer)),
+            Ok(None) => return Ok(SecretSlice::from(answer.to_vec())),
             Err(e) => {
-                let _ = SecretSlice::from(answer);
                 return Err(format!("but its body could not be read: {}", cause(&e)));
             }
         }
