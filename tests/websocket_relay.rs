@@ -466,3 +466,98 @@ async fn an_upgrade_refused_for_a_passing_reason_is_not_remembered() {
         );
     }
 }
+
+/// A client cannot end its own response's accounting early: an upstream `error` about another
+/// message (one the upstream does not know), arriving while the response runs, ends no
+/// response; the response's `response.completed` still carries its usage to the record.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_error_about_another_message_does_not_end_the_response_in_flight() {
+    let upstream = ws_upstream().await;
+    let state = tempfile::tempdir().unwrap();
+    let proxy = Proxy::start(
+        &upstream.url(),
+        &[
+            "--websocket-upstream",
+            "relay",
+            "--state-directory",
+            state.path().to_str().unwrap(),
+        ],
+    );
+    let mut socket = connect(&proxy).await.expect("the relayed handshake");
+    let create =
+        r#"{"type":"response.create","input":"hi","metadata":{"hold_after_created":true}}"#;
+    socket.send(Message::text(create.to_owned())).await.unwrap();
+    assert_eq!(next_event(&mut socket).await["type"], "response.created");
+    // The upstream answers this one with an error, then sends the held response's events.
+    let events = turn(&mut socket, r#"{"type":"client.unknown"}"#).await;
+    assert_eq!(events[0]["type"], "error", "{events:?}");
+    assert_eq!(events[0]["error"]["code"], "unknown_event_type");
+    let rest = {
+        let mut rest = Vec::new();
+        loop {
+            let event = next_event(&mut socket).await;
+            let done = event["type"] == "response.completed";
+            rest.push(event);
+            if done {
+                break rest;
+            }
+        }
+    };
+    assert_eq!(rest.last().unwrap()["response"]["usage"]["input_tokens"], 7);
+    socket.close(None).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let records = loop {
+        let records = usage_records(state.path());
+        if !records.is_empty() || std::time::Instant::now() > deadline {
+            break records;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert!(
+        records[0].to_string().contains("\"input_tokens\":7"),
+        "the response's tokens were not counted: {records:?}"
+    );
+}
+
+/// What the relay cannot classify with certainty is not passed on: a message with two
+/// `type`s (which the upstream might read as a `response.create` the proxy did not count), one
+/// that is not a JSON object, and a binary message each get an `error` event.
+#[tokio::test(flavor = "multi_thread")]
+async fn unclear_client_messages_are_answered_with_an_error_and_not_forwarded() {
+    let upstream = ws_upstream().await;
+    let proxy = Proxy::start(
+        &upstream.url(),
+        &[
+            "--websocket-upstream",
+            "relay",
+            "--requests-per-minute",
+            "1",
+        ],
+    );
+    let mut socket = connect(&proxy).await.expect("the relayed handshake");
+    for message in [
+        r#"{"type":"x","type":"response.create","input":"hi"}"#,
+        r#"[{"type":"response.create"}]"#,
+        r#"{"type":7}"#,
+    ] {
+        let events = turn(&mut socket, message).await;
+        assert_eq!(
+            events[0]["error"]["code"], "invalid_message",
+            "{message}: {events:?}"
+        );
+    }
+    socket
+        .send(Message::binary(br#"{"type":"response.create"}"#.to_vec()))
+        .await
+        .unwrap();
+    let event = next_event(&mut socket).await;
+    assert_eq!(event["error"]["code"], "invalid_message", "{event}");
+    // The one request a minute is still there: none of those was counted or forwarded.
+    let events = turn(&mut socket, r#"{"type":"response.create","input":"ok"}"#).await;
+    assert_eq!(events.last().unwrap()["type"], "response.completed");
+    assert_eq!(
+        upstream.seen.lock().unwrap().messages,
+        [r#"{"type":"response.create","input":"ok"}"#]
+    );
+}

@@ -6,7 +6,11 @@
 //!   output), as Codex expects;
 //! - a `previous_response_id` it did not make on this socket with an `error` event
 //!   (`previous_response_not_found`): the upstream's own state is per socket;
-//! - anything else with the events the test's script returns for that request.
+//! - anything else with the events the test's script returns for that request — all but the
+//!   first held back until the client's next message when its `metadata.hold_after_created`
+//!   is true.
+//!
+//! Any other message type gets an `error` event (`unknown_event_type`), as OpenAI's does.
 
 use super::TEST_KEY;
 use futures_util::{SinkExt, StreamExt};
@@ -111,6 +115,9 @@ async fn serve_socket(
     };
     let mut made: HashSet<String> = HashSet::new();
     let mut n = 0;
+    // The events of a response held back (`metadata.hold_after_created`) until the next
+    // message of the client.
+    let mut held: Vec<Value> = Vec::new();
     while let Some(Ok(message)) = socket.next().await {
         let Message::Text(text) = message else {
             continue;
@@ -120,6 +127,15 @@ async fn serve_socket(
             continue;
         };
         if request["type"] != "response.create" {
+            // As OpenAI does: an error for a type it does not know; then what was held.
+            let error = json!({"type": "error", "status": 400, "error": {
+                "type": "invalid_request_error", "code": "unknown_event_type",
+                "message": format!("Invalid type: {}", request["type"])}});
+            for event in std::iter::once(error).chain(held.drain(..)) {
+                if socket.send(Message::text(event.to_string())).await.is_err() {
+                    return;
+                }
+            }
             continue;
         }
         if let Some(previous) = request["previous_response_id"].as_str() {
@@ -143,6 +159,14 @@ async fn serve_socket(
             ]
         } else {
             script(&request, &id)
+        };
+        let events = if request["metadata"]["hold_after_created"] == true {
+            let mut events = events.into_iter();
+            let first: Vec<Value> = events.next().into_iter().collect();
+            held.extend(events);
+            first
+        } else {
+            events
         };
         for event in events {
             if socket.send(Message::text(event.to_string())).await.is_err() {

@@ -300,8 +300,8 @@ pub(crate) async fn serve(
     let identity = parts.identity.clone();
     let mut shutdown = parts.shutdown.clone();
     let mut last_heard = tokio::time::Instant::now();
-    // The responses asked for and not finished yet, oldest first, each with its dump.
-    let mut pending: VecDeque<(TurnRecord, Option<RelayedTurn>)> = VecDeque::new();
+    // The responses asked for and not finished yet, oldest first.
+    let mut pending: VecDeque<PendingResponse> = VecDeque::new();
     // What to send each side when the relay ends (`None`: only what yawc owes that side —
     // the answer to its close, or the close for a frame it got wrong, 1009 for one over the
     // limit).
@@ -330,7 +330,19 @@ pub(crate) async fn serve(
                             // yawc checks text frames (`with_utf8`); never reached.
                             break (Some(close(CloseCode::Invalid, "invalid UTF-8")), Some(client_left()));
                         };
-                        if event_type(text) == "response.create" {
+                        let kind = match client_message_type(text) {
+                            Ok(kind) => kind,
+                            Err(why) => {
+                                // Not forwarded: what the upstream would read it as is unclear,
+                                // and so whether it must be admitted and counted.
+                                tracing::info!(client_user = %identity.display_name(), "websocket relay: a client message refused: {why}");
+                                if client.send(Frame::text(invalid_message_event(why))).await.is_err() {
+                                    break (None, Some(client_left()));
+                                }
+                                continue;
+                            }
+                        };
+                        if kind == "response.create" {
                             let mut record = TurnRecord::start(&state, &parts.identity);
                             if let Some(refusal) = crate::worker::admission(&state, &identity, true) {
                                 record.record.status = refusal.status().as_u16();
@@ -348,7 +360,7 @@ pub(crate) async fn serve(
                                 dump.request_body(&bytes::Bytes::copy_from_slice(text.as_bytes()));
                                 Some(dump.relayed_turn(credential.clone()))
                             });
-                            pending.push_back((record, dump));
+                            pending.push_back(PendingResponse { record, dump, id: None });
                             tracing::debug!(client_user = %identity.display_name(), "websocket relay: response.create passed on ({} bytes)", text.len());
                         }
                         if upstream.send(Frame::text(frame.into_payload())).await.is_err() {
@@ -356,7 +368,15 @@ pub(crate) async fn serve(
                         }
                     }
                     OpCode::Close => break (None, Some(passed_on_close(&frame))),
-                    OpCode::Binary | OpCode::Ping | OpCode::Pong => {
+                    OpCode::Binary => {
+                        // The protocol is JSON text; a binary message is not relayed (the
+                        // upstream might read a `response.create` in it, uncounted).
+                        let why = "binary messages are not relayed; send JSON text";
+                        if client.send(Frame::text(invalid_message_event(why))).await.is_err() {
+                            break (None, Some(client_left()));
+                        }
+                    }
+                    OpCode::Ping | OpCode::Pong => {
                         if upstream.send(same_kind(&frame)).await.is_err() {
                             break (Some(upstream_failed()), None);
                         }
@@ -376,31 +396,31 @@ pub(crate) async fn serve(
                 };
                 match frame.opcode() {
                     OpCode::Text => {
-                        let mut redacted: Option<Vec<u8>> = None;
                         let Ok(text) = std::str::from_utf8(frame.payload()) else {
                             break (Some(upstream_failed()), Some(close(CloseCode::Invalid, "invalid UTF-8")));
                         };
-                        if let Some((turn, dump)) = pending.front_mut() {
-                            if let Some(dump) = dump {
+                        let kind = event_type(text);
+                        let mut redacted: Option<Vec<u8>> = None;
+                        if let (Some(credential), "error" | "response.failed") = (&credential, kind.as_str()) {
+                            redacted = redact::redact(text.as_bytes(), redact::secret_of(credential));
+                        }
+                        if let Some(at) = owner_of_event(&mut pending, &kind, text) {
+                            let turn = &mut pending[at];
+                            if let Some(dump) = &mut turn.dump {
                                 dump.event(text);
                             }
-                            if turn.record.first_byte.is_none() {
-                                turn.record.first_byte = Some(turn.record.started.elapsed());
+                            let record = &mut turn.record;
+                            if record.record.first_byte.is_none() {
+                                record.record.first_byte = Some(record.record.started.elapsed());
                             }
-                            turn.record.bytes += text.len() as u64;
-                            let kind = event_type(text);
-                            if let (Some(credential), "error" | "response.failed") = (&credential, kind.as_str()) {
-                                if let Some(clean) = redact::redact(text.as_bytes(), redact::secret_of(credential)) {
-                                    redacted = Some(clean);
-                                }
-                            }
+                            record.record.bytes += text.len() as u64;
                             if let Some(status) = terminal_status(&kind, text) {
-                                turn.tap.observe_event(&kind, text);
-                                turn.record.status = status;
-                                turn.record.upstream_status = Some(status);
-                                turn.record.failed = kind == "response.failed";
-                                turn.outcome = "complete";
-                                if let Some((_, Some(dump))) = pending.pop_front() {
+                                record.tap.observe_event(&kind, text);
+                                record.record.status = status;
+                                record.record.upstream_status = Some(status);
+                                record.record.failed = kind == "response.failed";
+                                record.outcome = "complete";
+                                if let Some(PendingResponse { dump: Some(dump), .. }) = pending.remove(at) {
                                     dump.finish(status);
                                 }
                             }
@@ -483,6 +503,120 @@ fn upstream_failed() -> Frame {
     close(CloseCode::Error, "the upstream connection failed")
 }
 
+/// A `response.create` passed to the upstream and not finished yet.
+struct PendingResponse {
+    record: TurnRecord,
+    dump: Option<RelayedTurn>,
+    /// The upstream's id for it, once its `response.created` came.
+    id: Option<String>,
+}
+
+/// Which pending response an upstream event belongs to (its index), noting the id a
+/// `response.created` gives the oldest response still without one. An event naming a
+/// response (`response.created`, `.completed`, …) belongs to the one with that id; an `error`
+/// only to the oldest response if that was never created (the `response.create` failed) —
+/// an error about anything else (a message the upstream did not understand, sent while a
+/// response runs) ends no response, so that a client cannot end its own response's
+/// accounting early and have its tokens go uncounted; any other event to the oldest.
+fn owner_of_event(
+    pending: &mut VecDeque<PendingResponse>,
+    kind: &str,
+    text: &str,
+) -> Option<usize> {
+    match kind {
+        "error" => pending.front().filter(|p| p.id.is_none()).map(|_| 0),
+        "response.created"
+        | "response.in_progress"
+        | "response.completed"
+        | "response.incomplete"
+        | "response.failed"
+        | "response.done" => {
+            let Some(id) = response_id(text) else {
+                return (!pending.is_empty()).then_some(0);
+            };
+            if let Some(at) = pending.iter().position(|p| p.id.as_deref() == Some(&id)) {
+                return Some(at);
+            }
+            let at = pending.iter().position(|p| p.id.is_none())?;
+            pending[at].id = Some(id);
+            Some(at)
+        }
+        _ => (!pending.is_empty()).then_some(0),
+    }
+}
+
+/// The `response.id` of an event that carries the response.
+fn response_id(text: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Event {
+        response: Option<Response>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Response {
+        id: Option<String>,
+    }
+    serde_json::from_str::<Event>(text).ok()?.response?.id
+}
+
+/// A client message's one top-level `type`: an error when the message is not a JSON object
+/// with exactly one `type` that is a string. (Two `type` keys would be read one way here and
+/// perhaps the other way by the upstream: a `response.create` could pass uncounted.)
+fn client_message_type(text: &str) -> Result<String, &'static str> {
+    struct Kinds(Vec<Option<String>>);
+    impl<'de> serde::Deserialize<'de> for Kinds {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct Visit;
+            impl<'de> serde::de::Visitor<'de> for Visit {
+                type Value = Kinds;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Kinds, A::Error> {
+                    let mut kinds = Vec::new();
+                    while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                        if key == "type" {
+                            kinds.push(
+                                map.next_value::<serde_json::Value>()?
+                                    .as_str()
+                                    .map(str::to_owned),
+                            );
+                        } else {
+                            map.next_value::<serde::de::IgnoredAny>()?;
+                        }
+                    }
+                    Ok(Kinds(kinds))
+                }
+            }
+            d.deserialize_map(Visit)
+        }
+    }
+    let Ok(Kinds(mut kinds)) = serde_json::from_str::<Kinds>(text) else {
+        return Err("a message must be a JSON object");
+    };
+    match (kinds.pop(), kinds.is_empty()) {
+        (Some(Some(kind)), true) => Ok(kind),
+        (Some(_), false) => Err("a message must have one `type`, not several"),
+        _ => Err("a message must have a `type` that is a string"),
+    }
+}
+
+/// The `error` event answering a client message the relay does not pass on.
+fn invalid_message_event(why: &str) -> String {
+    serde_json::json!({
+        "type": "error",
+        "status": 400,
+        "error": {
+            "type": "invalid_request_error",
+            "code": "invalid_message",
+            "message": format!("The proxy did not relay this message: {why}."),
+        },
+    })
+    .to_string()
+}
+
 /// The status a response's terminal event stands for, `None` for any other event.
 fn terminal_status(kind: &str, text: &str) -> Option<u16> {
     match kind {
@@ -524,6 +658,14 @@ mod tests {
         // Not first, or escaped: parsed.
         assert_eq!(event_type(r#"{"delta":"x","type":"error"}"#), "error");
         assert_eq!(event_type(r#"{"type":"a\u0062"}"#), "ab");
+        assert_eq!(
+            client_message_type(r#"{"input":"x","type":"response.create"}"#),
+            Ok("response.create".to_owned())
+        );
+        // A key spelled with an escape is the same key.
+        assert!(client_message_type(r#"{"typ\u0065":"response.create","type":"x"}"#).is_err());
+        assert!(client_message_type(r#"{"input":"x"}"#).is_err());
+        assert!(client_message_type("[]").is_err());
         assert!(means_http_only(405) && means_http_only(200) && means_http_only(426));
         assert!(!means_http_only(401) && !means_http_only(429) && !means_http_only(503));
     }
