@@ -18,6 +18,8 @@
 # supervisor drops privileges for its worker).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
 ROUNDS=${1:-3}
 SECS=${BENCH_SECONDS:-3}
 BIN=${CARGO_TARGET_DIR:-target}/release/codex-responses-api-proxy
@@ -37,15 +39,7 @@ chmod 755 "$WORK"
 PIDS=()
 trap 'kill "${PIDS[@]}" 2>/dev/null; wait 2>/dev/null; rm -rf "$WORK"' EXIT
 
-# A throw-away CA, and a certificate for localhost and 127.0.0.1 issued by it.
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=bench-ca \
-	-keyout "$WORK/ca.key" -out "$WORK/ca.pem" 2>/dev/null
-openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
-	-keyout "$WORK/server.key" -out "$WORK/server.csr" 2>/dev/null
-printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$WORK/ext"
-openssl x509 -req -in "$WORK/server.csr" -CA "$WORK/ca.pem" -CAkey "$WORK/ca.key" \
-	-CAcreateserial -days 1 -extfile "$WORK/ext" -out "$WORK/server.pem" 2>/dev/null
-chmod 644 "$WORK/ca.pem"
+make_throwaway_pki "$WORK"
 
 "$MOCK" $TLS_MOCK "$KEY" 9 --tls "$WORK/server.pem" "$WORK/server.key" 2>/dev/null &
 PIDS+=($!)
@@ -98,8 +92,6 @@ for name in "${NAMES[@]}"; do
 	[ "$status" = 200 ] || { echo "$name answered $status; logs in $WORK" >&2; cat "$WORK"/*.log >&2; exit 1; }
 	BENCH_BODY=$BODY wrk -t2 -c64 -d1s -s bench/wrk.lua "http://127.0.0.1:${PORT[$name]}/v1/responses" >/dev/null
 done
-# shellcheck source=bench/lib.sh
-. bench/lib.sh
 for round in $(seq 1 "$ROUNDS"); do
 	for name in "${NAMES[@]}"; do
 		url="http://127.0.0.1:${PORT[$name]}/v1/responses"

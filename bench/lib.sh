@@ -1,5 +1,6 @@
 # Helpers the bench scripts share (sourced, not run): the process family of a target, its CPU
-# time, and the one-line summary of a wrk run (bench/wrk.lua prints it as WRKJSON).
+# time, the one-line summary of a wrk run (bench/wrk.lua prints it as WRKJSON), and a
+# throw-away CA with a server certificate.
 
 # PID and its descendants (nginx's workers, our supervisor's worker).
 family() {
@@ -24,3 +25,17 @@ cpu_ticks() {
 
 # "req/s, p50, p99, non-2xx" of a wrk run's output on standard input.
 summary() { sed -n 's/^WRKJSON //p' | python3 -c 'import json,sys; d=json.load(sys.stdin); print("%6.0f req/s p50 %.3f ms p99 %.2f ms non2xx %d" % (d["rps"], d["p50_us"]/1e3, d["p99_us"]/1e3, d["non2xx"]))'; }
+
+# A throw-away CA (DIR/ca.pem, readable by all) and a certificate for localhost and 127.0.0.1
+# issued by it (DIR/server.pem, DIR/server.key).
+make_throwaway_pki() {
+	local dir=$1
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=bench-ca \
+		-keyout "$dir/ca.key" -out "$dir/ca.pem" 2>/dev/null
+	openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj /CN=localhost \
+		-keyout "$dir/server.key" -out "$dir/server.csr" 2>/dev/null
+	printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >"$dir/ext"
+	openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
+		-CAcreateserial -days 1 -extfile "$dir/ext" -out "$dir/server.pem" 2>/dev/null
+	chmod 644 "$dir/ca.pem"
+}

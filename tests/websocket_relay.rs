@@ -85,6 +85,19 @@ async fn turn(socket: &mut Client, message: &str) -> Vec<Value> {
     }
 }
 
+/// The usage records once there are `count` of them (they are written a moment after each
+/// response ends), or what there is after 10 s.
+async fn usage_records_once(state: &std::path::Path, count: usize) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let records = usage_records(state);
+        if records.len() >= count || std::time::Instant::now() > deadline {
+            return records;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn usage_records(state: &std::path::Path) -> Vec<Value> {
     std::fs::read_to_string(state.join("usage.jsonl"))
         .unwrap_or_default()
@@ -149,14 +162,7 @@ async fn strict_mode_relays_messages_unchanged_with_the_key_only_in_the_handshak
 
     // Usage from the upstream's response.completed, one record per response (the third
     // ended with the upstream's error and carries none).
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let records = loop {
-        let records = usage_records(state.path());
-        if records.len() >= 3 || std::time::Instant::now() > deadline {
-            break records;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let records = usage_records_once(state.path(), 3).await;
     assert_eq!(records.len(), 3, "{records:?}");
     let with_tokens = records
         .iter()
@@ -505,14 +511,7 @@ async fn an_error_about_another_message_does_not_end_the_response_in_flight() {
     };
     assert_eq!(rest.last().unwrap()["response"]["usage"]["input_tokens"], 7);
     socket.close(None).await.unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let records = loop {
-        let records = usage_records(state.path());
-        if !records.is_empty() || std::time::Instant::now() > deadline {
-            break records;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let records = usage_records_once(state.path(), 1).await;
     assert_eq!(records.len(), 1, "{records:?}");
     assert!(
         records[0].to_string().contains("\"input_tokens\":7"),
