@@ -215,6 +215,38 @@ fn start(args: Vec<String>, env: Vec<(&str, String)>) -> Proxy {
     })
 }
 
+type ClientConnection = hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>;
+
+/// One HTTP/1.1 connection to the proxy (reqwest may open another for the next request, and
+/// so reach another shard with a pool of its own).
+async fn one_client_connection(proxy: &Proxy) -> ClientConnection {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port))
+        .await
+        .unwrap();
+    let (sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    sender
+}
+
+/// A POST on `sender`: expects 200, returns the body.
+async fn post_on(sender: &mut ClientConnection) -> bytes::Bytes {
+    use http_body_util::BodyExt;
+    sender.ready().await.unwrap();
+    let request = hyper::Request::post("/v1/responses")
+        .header("host", "127.0.0.1")
+        .header("content-type", "application/json")
+        .body(http_body_util::Full::new(bytes::Bytes::from_static(
+            br#"{"model":"m","input":"hi"}"#,
+        )))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    response.into_body().collect().await.unwrap().to_bytes()
+}
+
 async fn post(proxy: &Proxy) -> (u16, String) {
     let response = http_client()
         .post(proxy.url("/v1/responses"))
@@ -390,16 +422,9 @@ async fn https_proxy_carries_an_https_upstream_through_connect() {
         ],
     );
     // One client connection (so one shard and its pool), its requests one after another.
-    let client = http_client();
+    let mut sender = one_client_connection(&proxy).await;
     for _ in 0..3 {
-        let response = client
-            .post(proxy.url("/v1/responses"))
-            .body(r#"{"model":"m","input":"hi"}"#)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 200);
-        assert_eq!(response.text().await.unwrap(), SSE);
+        assert_eq!(post_on(&mut sender).await, SSE.as_bytes());
     }
     // The fast path through the tunnel: one CONNECT, one TLS connection reused.
     let seen = egress.seen();
@@ -796,28 +821,9 @@ async fn https_requests_take_the_fast_path_over_one_reused_tls_connection() {
         vec![],
     );
     // One client connection (so one shard and its pool), its requests one after another.
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port))
-        .await
-        .unwrap();
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(connection);
+    let mut sender = one_client_connection(&proxy).await;
     for _ in 0..5 {
-        use http_body_util::BodyExt;
-        sender.ready().await.unwrap();
-        let request = hyper::Request::post("/v1/responses")
-            .header("host", "127.0.0.1")
-            .header("content-type", "application/json")
-            .body(http_body_util::Full::new(bytes::Bytes::from_static(
-                br#"{"model":"m","input":"hi"}"#,
-            )))
-            .unwrap();
-        let response = sender.send_request(request).await.unwrap();
-        assert_eq!(response.status(), 200);
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        assert_eq!(body, SSE.as_bytes());
+        assert_eq!(post_on(&mut sender).await, SSE.as_bytes());
     }
     assert_eq!(upstream.mock.seen().len(), 5);
     assert_eq!(
