@@ -547,6 +547,52 @@ struct Intercepted {
 /// The names the intercepting proxy's certificate is valid for.
 const INTERCEPTED_NAMES: [&str; 3] = ["github.test", "auth.openai.com", "api.openai.com"];
 
+/// What each comparison of the reference and ours shares: the reference binary, the
+/// interception's TLS configuration, and its CA in a file of a directory every user may read
+/// (which is also the reference's empty home).
+struct Both {
+    codex: std::path::PathBuf,
+    tls: Arc<rustls::ServerConfig>,
+    dir: tempfile::TempDir,
+    ca_file: std::path::PathBuf,
+}
+
+impl Both {
+    /// `None` (the test skips) without the reference binary outside CI.
+    fn set_up() -> Option<Both> {
+        let codex = codex_support::codex_bin()?;
+        let (ca_pem, tls) = intercepting_tls();
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, ca_pem).unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        Some(Both {
+            codex,
+            tls,
+            dir,
+            ca_file,
+        })
+    }
+
+    /// Starts `which` ("reference" or "ours") through `intercepted`.
+    fn start(&self, which: &str, intercepted: &Intercepted, request_token: &str) -> Started {
+        match which {
+            "reference" => Started::reference(
+                &self.codex,
+                intercepted,
+                &self.ca_file,
+                self.dir.path(),
+                request_token,
+            ),
+            _ => Started::ours(intercepted, &self.ca_file, request_token),
+        }
+    }
+}
+
 /// A throw-away CA (PEM) and a server configuration with a certificate it issued for
 /// [`INTERCEPTED_NAMES`].
 fn intercepting_tls() -> (String, Arc<rustls::ServerConfig>) {
@@ -848,25 +894,16 @@ fn grant(n: usize, expires_in: u64, changes: Value) -> Reply {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_reference_proxy_and_ours_make_the_same_exchanges() {
-    let Some(codex) = codex_support::codex_bin() else {
+    let Some(both) = Both::set_up() else {
         return;
     };
-    let (ca_pem, tls) = intercepting_tls();
-    let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca_pem).unwrap();
-    std::fs::set_permissions(
-        dir.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap();
 
     // A token at start; the upstream refuses the second request (401); the renewal after it
     // grants a one-second token, so the request a second later renews again.
     let mut records = Vec::new();
     for which in ["reference", "ours"] {
         let intercepted = Intercepted::start(
-            tls.clone(),
+            both.tls.clone(),
             |n| grant(n, if n == 2 { 1 } else { 3600 }, json!({})),
             |n| {
                 if n == 2 {
@@ -880,12 +917,7 @@ async fn the_reference_proxy_and_ours_make_the_same_exchanges() {
             },
         )
         .await;
-        let proxy = match which {
-            "reference" => {
-                Started::reference(&codex, &intercepted, &ca_file, dir.path(), REQUEST_TOKEN)
-            }
-            _ => Started::ours(&intercepted, &ca_file, REQUEST_TOKEN),
-        };
+        let proxy = both.start(which, &intercepted, REQUEST_TOKEN);
         assert!(proxy.port.is_some(), "{which} serves");
         assert_eq!(
             intercepted.exchange.seen().len(),
@@ -918,13 +950,9 @@ async fn the_reference_proxy_and_ours_make_the_same_exchanges() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_reference_proxy_and_ours_accept_and_refuse_the_same_exchange_answers() {
-    let Some(codex) = codex_support::codex_bin() else {
+    let Some(both) = Both::set_up() else {
         return;
     };
-    let (ca_pem, tls) = intercepting_tls();
-    let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca_pem).unwrap();
     let now = unix_now();
     let cases = [
         (
@@ -950,17 +978,12 @@ async fn the_reference_proxy_and_ours_accept_and_refuse_the_same_exchange_answer
         for which in ["reference", "ours"] {
             let answer = changes.clone();
             let intercepted = Intercepted::start(
-                tls.clone(),
+                both.tls.clone(),
                 move |n| grant(n, 60, answer.clone()),
                 |_| Reply::json(200, "{}"),
             )
             .await;
-            let proxy = match which {
-                "reference" => {
-                    Started::reference(&codex, &intercepted, &ca_file, dir.path(), REQUEST_TOKEN)
-                }
-                _ => Started::ours(&intercepted, &ca_file, REQUEST_TOKEN),
-            };
+            let proxy = both.start(which, &intercepted, REQUEST_TOKEN);
             assert_eq!(
                 proxy.port.is_some(),
                 starts,
@@ -973,20 +996,16 @@ async fn the_reference_proxy_and_ours_accept_and_refuse_the_same_exchange_answer
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_reference_proxy_and_ours_fail_and_back_off_the_same_way() {
-    let Some(codex) = codex_support::codex_bin() else {
+    let Some(both) = Both::set_up() else {
         return;
     };
-    let (ca_pem, tls) = intercepting_tls();
-    let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca_pem).unwrap();
     // A one-second token at start; every renewal fails. A second later a request needs a
     // renewal, which fails (502, though the old token has not quite expired); the request
     // right after it falls within the back-off and gets its 502 without an exchange.
     let mut records = Vec::new();
     for which in ["reference", "ours"] {
         let intercepted = Intercepted::start(
-            tls.clone(),
+            both.tls.clone(),
             |n| {
                 if n == 1 {
                     grant(n, 1, json!({}))
@@ -997,12 +1016,7 @@ async fn the_reference_proxy_and_ours_fail_and_back_off_the_same_way() {
             |_| Reply::json(200, r#"{"id":"resp_1","object":"response"}"#),
         )
         .await;
-        let proxy = match which {
-            "reference" => {
-                Started::reference(&codex, &intercepted, &ca_file, dir.path(), REQUEST_TOKEN)
-            }
-            _ => Started::ours(&intercepted, &ca_file, REQUEST_TOKEN),
-        };
+        let proxy = both.start(which, &intercepted, REQUEST_TOKEN);
         tokio::time::sleep(Duration::from_secs(1)).await;
         let statuses = vec![proxy.post().await, proxy.post().await];
         assert_eq!(statuses, vec![502, 502], "{which}");
@@ -1017,30 +1031,21 @@ async fn the_reference_proxy_and_ours_fail_and_back_off_the_same_way() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_reference_proxy_and_ours_take_request_tokens_of_up_to_16_kib() {
-    let Some(codex) = codex_support::codex_bin() else {
+    let Some(both) = Both::set_up() else {
         return;
     };
-    let (ca_pem, tls) = intercepting_tls();
-    let dir = tempfile::tempdir().unwrap();
-    let ca_file = dir.path().join("ca.pem");
-    std::fs::write(&ca_file, ca_pem).unwrap();
     for (length, starts) in [(16 * 1024, true), (16 * 1024 + 1, false)] {
         let token = format!("{}.{}", "eyJhbGciOiJub25lIn0", "x".repeat(length - 20));
         assert_eq!(token.len(), length);
         let mut records = Vec::new();
         for which in ["reference", "ours"] {
             let intercepted = Intercepted::start(
-                tls.clone(),
+                both.tls.clone(),
                 |n| grant(n, 3600, json!({})),
                 |_| Reply::json(200, "{}"),
             )
             .await;
-            let proxy = match which {
-                "reference" => {
-                    Started::reference(&codex, &intercepted, &ca_file, dir.path(), &token)
-                }
-                _ => Started::ours(&intercepted, &ca_file, &token),
-            };
+            let proxy = both.start(which, &intercepted, &token);
             assert_eq!(
                 proxy.port.is_some(),
                 starts,
