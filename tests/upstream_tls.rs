@@ -207,6 +207,19 @@ fn root_only(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// [`start`] in front of the HTTPS upstream at `url`, trusting `ca_file`'s CA.
+fn start_trusting(url: impl Into<String>, ca_file: &Path, env: Vec<(&str, String)>) -> Proxy {
+    start(
+        vec![
+            "--upstream-url".into(),
+            url.into(),
+            "--upstream-ca-file".into(),
+            ca_file.display().to_string(),
+        ],
+        env,
+    )
+}
+
 fn start(args: Vec<String>, env: Vec<(&str, String)>) -> Proxy {
     Proxy::start_with(ProxyOptions {
         args,
@@ -356,15 +369,7 @@ async fn untrusted_misnamed_and_expired_certificates_get_a_502_that_says_why() {
         "https://url-user:url-SECRET@localhost:{}/v1/responses",
         upstream.addr.port()
     );
-    let proxy = start(
-        vec![
-            "--upstream-url".into(),
-            url,
-            "--upstream-ca-file".into(),
-            ca_file.display().to_string(),
-        ],
-        vec![("CODEX_PROXY_LOG", "trace".into())],
-    );
+    let proxy = start_trusting(url, &ca_file, vec![("CODEX_PROXY_LOG", "trace".into())]);
     let (status, body) = post(&proxy).await;
     assert_eq!(status, 502, "{body}");
     let message = error_message(&body);
@@ -409,13 +414,9 @@ async fn https_proxy_carries_an_https_upstream_through_connect() {
     let egress = EgressProxy::start().await;
     let dir = tempfile::tempdir().unwrap();
     let ca_file = root_only(dir.path(), "ca.pem", &ca.pem());
-    let proxy = start(
-        vec![
-            "--upstream-url".into(),
-            upstream.url("/v1/responses"),
-            "--upstream-ca-file".into(),
-            ca_file.display().to_string(),
-        ],
+    let proxy = start_trusting(
+        upstream.url("/v1/responses"),
+        &ca_file,
         vec![
             ("HTTPS_PROXY", egress.url_with_credentials()),
             ("CODEX_PROXY_LOG", "trace".into()),
@@ -513,13 +514,9 @@ async fn no_proxy_bypasses_the_proxy() {
     let tls = TlsUpstream::start(server_config(&ca.server(), None), |_| Reply::sse(SSE)).await;
     let dir = tempfile::tempdir().unwrap();
     let ca_file = root_only(dir.path(), "ca.pem", &ca.pem());
-    let proxy = start(
-        vec![
-            "--upstream-url".into(),
-            tls.url("/v1/responses"),
-            "--upstream-ca-file".into(),
-            ca_file.display().to_string(),
-        ],
+    let proxy = start_trusting(
+        tls.url("/v1/responses"),
+        &ca_file,
         vec![
             ("CODEX_PROXY_UPSTREAM_PROXY", egress.url_with_credentials()),
             ("no_proxy", "localhost".into()),
@@ -811,15 +808,7 @@ async fn https_requests_take_the_fast_path_over_one_reused_tls_connection() {
     let upstream = TlsUpstream::start(config, |_| Reply::sse(SSE)).await;
     let dir = tempfile::tempdir().unwrap();
     let ca_file = root_only(dir.path(), "ca.pem", &ca.pem());
-    let proxy = start(
-        vec![
-            "--upstream-url".into(),
-            upstream.url("/v1/responses"),
-            "--upstream-ca-file".into(),
-            ca_file.display().to_string(),
-        ],
-        vec![],
-    );
+    let proxy = start_trusting(upstream.url("/v1/responses"), &ca_file, vec![]);
     // One client connection (so one shard and its pool), its requests one after another.
     let mut sender = one_client_connection(&proxy).await;
     for _ in 0..5 {
@@ -923,13 +912,9 @@ async fn an_upstream_closing_a_kept_alive_tls_connection_between_requests_is_no_
     for close_notify in [true, false] {
         let (port, counts) =
             closing_upstream(server_config(&ca.server(), None), close_notify, true).await;
-        let proxy = start(
-            vec![
-                "--upstream-url".into(),
-                format!("https://localhost:{port}/v1/responses"),
-                "--upstream-ca-file".into(),
-                ca_file.display().to_string(),
-            ],
+        let proxy = start_trusting(
+            format!("https://localhost:{port}/v1/responses"),
+            &ca_file,
             vec![],
         );
         let client = http_client();
@@ -981,13 +966,9 @@ async fn a_tls_body_ended_by_the_close_arrives_whole_with_or_without_close_notif
     for close_notify in [true, false] {
         let (port, _) =
             closing_upstream(server_config(&ca.server(), None), close_notify, false).await;
-        let proxy = start(
-            vec![
-                "--upstream-url".into(),
-                format!("https://localhost:{port}/v1/responses"),
-                "--upstream-ca-file".into(),
-                ca_file.display().to_string(),
-            ],
+        let proxy = start_trusting(
+            format!("https://localhost:{port}/v1/responses"),
+            &ca_file,
             vec![],
         );
         let (status, body) = post(&proxy).await;
