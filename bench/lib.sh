@@ -1,6 +1,6 @@
 # Helpers the bench scripts share (sourced, not run): the process family of a target, its CPU
-# time, the one-line summary of a wrk run (bench/wrk.lua prints it as WRKJSON), and a
-# throw-away CA with a server certificate.
+# time, the one-line summary of a wrk run (bench/wrk.lua prints it as WRKJSON), a throw-away
+# CA with a server certificate, and the check and warm-up of a target.
 
 # PID and its descendants (nginx's workers, our supervisor's worker).
 family() {
@@ -38,4 +38,14 @@ make_throwaway_pki() {
 	openssl x509 -req -in "$dir/server.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca.key" \
 		-CAcreateserial -days 1 -extfile "$dir/ext" -out "$dir/server.pem" 2>/dev/null
 	chmod 644 "$dir/ca.pem"
+}
+
+# Checks that the target NAME on PORT answers a POST of BODY with 200 (else prints the logs in
+# $WORK and exits), then warms it up with a second of wrk at c64.
+check_and_warm() {
+	local name=$1 port=$2 body=$3 status
+	status=$(curl -s -o /dev/null -w '%{http_code}' --noproxy '*' -X POST -d "$body" \
+		"http://127.0.0.1:$port/v1/responses")
+	[ "$status" = 200 ] || { echo "$name answered $status; logs in $WORK" >&2; cat "$WORK"/*.log >&2; exit 1; }
+	BENCH_BODY=$body wrk -t2 -c64 -d1s -s bench/wrk.lua "http://127.0.0.1:$port/v1/responses" >/dev/null
 }

@@ -89,12 +89,7 @@ done
 ALT_TARGETS=()
 for name in "${NAMES[@]}"; do ALT_TARGETS+=("$name=${PORT[$name]}"); done
 BODY='{"model":"gpt-bench","input":"hello","stream":true}'
-for name in "${NAMES[@]}"; do
-	status=$(curl -s -o /dev/null -w '%{http_code}' --noproxy '*' -X POST -d "$BODY" \
-		"http://127.0.0.1:${PORT[$name]}/v1/responses")
-	[ "$status" = 200 ] || { echo "$name answered $status; logs in $WORK" >&2; cat "$WORK"/*.log >&2; exit 1; }
-	BENCH_BODY=$BODY wrk -t2 -c64 -d1s -s bench/wrk.lua "http://127.0.0.1:${PORT[$name]}/v1/responses" >/dev/null
-done
+for name in "${NAMES[@]}"; do check_and_warm "$name" "${PORT[$name]}" "$BODY"; done
 # "RSS/peak" in MiB of the largest of the processes given.
 memory() {
 	local pid best=0 peak=0 rss hwm
